@@ -1,0 +1,41 @@
+"""The ``datvit`` command line: one entry point, one module per subcommand.
+
+A subcommand module defines ``register(subparsers)``, which adds its parser and sets ``func`` (called with the
+parsed arguments, returning an exit code). Add new modules to ``SUBCOMMANDS``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+# (module under datvit.cli, one-line help) — imported lazily so `datvit --help` stays fast.
+SUBCOMMANDS: dict[str, str] = {
+    "models": "list the registered DAT / DAT++ variants with their size",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="datvit",
+        description="Deformable Attention Transformer (DAT, DAT++): train, evaluate, benchmark and inspect models.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in SUBCOMMANDS:
+        module = importlib.import_module(f"datvit.cli.{name.replace('-', '_')}")
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Deformable multi-head attention — the D block of DAT and DAT++.
+
+Queries are projected from every pixel; an offset network (shared by the G channel groups) predicts where each
+group samples a small Hk×Wk grid of keys/values from the input by bilinear interpolation; attention gets a
+*deformable* relative position bias, read from ``rpe_table`` at the (query − sample) displacement.
+
+``reference_forward`` is the authors' algorithm step by step (einsum, ``grid_sample`` over a B·G × hg × HW × Ns
+grid for the bias). ``forward`` is the fast path: channels-last tokens, the bias by a direct 4-corner gather that
+separates rows from columns and is shared by the heads of a group, and ``scaled_dot_product_attention``.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import nn
+
+from .norm import ChannelLayerNorm
+from .ops import pointwise
+
+Generation = Literal["v1", "pp"]
+
+
+def reference_points(height: int, width: int, generation: Generation, batch: int = 1, dtype=torch.float32,
+                     device=None) -> torch.Tensor:
+    """Uniform grid of pixel centres, normalised to [−1, 1], as (batch, H, W, 2) in (y, x) order.
+
+    v1 divides by the size: ((i + 0.5) / H)·2 − 1. DAT++ divides by size − 1 (the grid is not centred), which is
+    undefined for a size of 1: that axis is then 0.
+    """
+    def axis(n: int) -> torch.Tensor:
+        i = torch.arange(n, dtype=dtype, device=device) + 0.5
+        if generation == "v1":
+            return i.div(n).mul(2.0).sub(1.0)
+        if n == 1:
+            return torch.zeros(1, dtype=dtype, device=device)
+        return i.div(n - 1.0).mul(2.0).sub(1.0)
+
+    ref = torch.stack(torch.meshgrid(axis(height), axis(width), indexing="ij"), dim=-1)
+    return ref.unsqueeze(0).expand(batch, -1, -1, -1)
+
+
+def query_grid(height: int, width: int, generation: Generation, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Normalised positions of the queries (H, W, 2) used for the position bias.
+
+    v1 uses its reference-point formula on the query map; DAT++ uses i / (H − 1)·2 − 1 (0 where H is 1).
+    """
+    if generation == "v1":
+        return reference_points(height, width, "v1", dtype=dtype, device=device)[0]
+
+    def axis(n: int) -> torch.Tensor:
+        if n == 1:
+            return torch.zeros(1, dtype=dtype, device=device)
+        return torch.arange(n, dtype=dtype, device=device).div(n - 1.0).mul(2.0).sub(1.0)
+
+    return torch.stack(torch.meshgrid(axis(height), axis(width), indexing="ij"), dim=-1)
+
+
+def _bilinear_axis(coord: torch.Tensor, size: int):
+    """Corner indices and weights of bilinear interpolation along one axis (grid_sample, align_corners=True,
+    zeros outside). ``coord`` normalised; returns (i0, i1, w0, w1) with out-of-range corners weighted 0."""
+    pix = ((coord + 1) / 2) * (size - 1)
+    i0 = torch.floor(pix)
+    w1 = pix - i0
+    w0 = 1 - w1
+    i0 = i0.long()
+    i1 = i0 + 1
+    w0 = w0 * ((i0 >= 0) & (i0 < size)).to(w0.dtype)
+    w1 = w1 * ((i1 >= 0) & (i1 < size)).to(w1.dtype)
+    return i0.clamp(0, size - 1), i1.clamp(0, size - 1), w0, w1
+
+
+def deformable_position_bias(table: torch.Tensor, pos: torch.Tensor, q_grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear lookup of ``table`` (heads×Th×Tw) at (q − p)/2 for every query q and sample p, by direct gather.
+
+    ``pos``: B×G×Ns×2 sampled positions (y, x); ``q_grid``: H×W×2. Returns B×heads×(H·W)×Ns. Equal to the
+    authors' ``grid_sample`` (align_corners=True, zeros padding). The y-coordinate depends only on (query row,
+    sample) and the x-coordinate on (query column, sample), so indices and weights are computed on those small
+    grids and broadcast; each gather fetches all heads of a group at once.
+    """
+    heads, th, tw = table.shape
+    B, G, ns, _ = pos.shape
+    H, W, _ = q_grid.shape
+    hg = heads // G
+    # displacement (q − p)/2, per axis: B×G×H×Ns (rows) and B×G×W×Ns (columns)
+    dy = (q_grid[:, 0, 0].view(1, 1, H, 1) - pos[..., 0].unsqueeze(2)) * 0.5
+    dx = (q_grid[0, :, 1].view(1, 1, W, 1) - pos[..., 1].unsqueeze(2)) * 0.5
+    y0, y1, wy0, wy1 = _bilinear_axis(dy, th)
+    x0, x1, wx0, wx1 = _bilinear_axis(dx, tw)
+    flat = table.reshape(G, hg, th * tw).unsqueeze(0).expand(B, -1, -1, -1)  # B×G×hg×(Th·Tw)
+
+    def corner(yi, xi, wy, wx):
+        index = (yi.unsqueeze(3) * tw + xi.unsqueeze(2)).reshape(B, G, 1, H * W * ns)   # B×G×1×(H·W·Ns)
+        values = torch.gather(flat, 3, index.expand(-1, -1, hg, -1))
+        weight = (wy.unsqueeze(3) * wx.unsqueeze(2)).reshape(B, G, 1, H * W * ns)
+        return values * weight
+
+    bias = corner(y0, x0, wy0, wx0) + corner(y0, x1, wy0, wx1) + corner(y1, x0, wy1, wx0) + corner(y1, x1, wy1, wx1)
+    return bias.view(B, heads, H * W, ns)
+
+
+class DeformableAttention(nn.Module):
+    """Deformable multi-head attention (``DAttentionBaseline`` in the authors' code; same parameter names).
+
+    Args:
+        dim: channels C. heads: attention heads. groups: offset groups G (heads and C divisible by G).
+        fmap_size: map size at the configured image size; sets the ``rpe_table`` size (2H₀−1)².
+        stride: offset-network stride; the key grid is about (H/stride)×(W/stride).
+        ksize: offset-network depthwise kernel.
+        offset_range_factor: > 0 — offsets are tanh(Δ)·factor/size (v1: /Hk, DAT++: /(Hk−1));
+            < 0 — no scaling, positions squashed by tanh (v1) or clamped to [−1, 1] (DAT++).
+        use_pe: deformable relative position bias. dwc_pe: depthwise-conv position encoding instead.
+        no_off: no offsets (keys from average pooling). generation: "v1" or "pp" (the quirks of spec §6).
+    """
+
+    def __init__(self, dim: int, heads: int, groups: int, fmap_size: int, stride: int = 1, ksize: int = 3,
+                 offset_range_factor: float = 2.0, use_pe: bool = True, generation: Generation = "v1",
+                 attn_drop: float = 0.0, proj_drop: float = 0.0, no_off: bool = False, dwc_pe: bool = False):
+        super().__init__()
+        if generation not in ("v1", "pp"):
+            raise ValueError(f"generation must be 'v1' or 'pp', got {generation!r}")
+        for name, n in (("dim", dim), ("heads", heads)):
+            if n % groups:
+                raise ValueError(f"{name} {n} is not divisible by the number of offset groups {groups}")
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.dim, self.heads, self.groups = dim, heads, groups
+        self.head_dim = dim // heads
+        self.group_dim = dim // groups
+        self.group_heads = heads // groups
+        self.scale = self.head_dim ** -0.5
+        self.fmap_size, self.stride, self.ksize = fmap_size, stride, ksize
+        self.offset_range_factor = offset_range_factor
+        self.generation = generation
+        self.use_pe, self.dwc_pe, self.no_off = use_pe, dwc_pe, no_off
+
+        pad = ksize // 2 if (generation == "v1" or ksize != stride) else 0
+        cg = self.group_dim
+        self.conv_offset = nn.Sequential(
+            nn.Conv2d(cg, cg, ksize, stride, pad, groups=cg),
+            ChannelLayerNorm(cg),
+            nn.GELU(),
+            nn.Conv2d(cg, 2, 1, 1, 0, bias=False),
+        )
+        if no_off:
+            for p in self.conv_offset.parameters():
+                p.requires_grad_(False)
+        self.proj_q = nn.Conv2d(dim, dim, 1)
+        self.proj_k = nn.Conv2d(dim, dim, 1)
+        self.proj_v = nn.Conv2d(dim, dim, 1)
+        self.proj_out = nn.Conv2d(dim, dim, 1)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj_drop = nn.Dropout(proj_drop)
+        if use_pe and not no_off:
+            if dwc_pe:
+                self.rpe_table = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+            else:
+                self.rpe_table = nn.Parameter(torch.zeros(heads, 2 * fmap_size - 1, 2 * fmap_size - 1))
+                trunc_normal_(self.rpe_table, std=0.01)
+        else:
+            self.rpe_table = None
+
+    # -- geometry shared by both paths -------------------------------------------------------------------------
+
+    def _positions(self, offset: torch.Tensor):
+        """``offset``: (B·G)×Hk×Wk×2 raw offset-network output (y, x). Returns sampled positions and references."""
+        BG, hk, wk, _ = offset.shape
+        if self.offset_range_factor >= 0 and not self.no_off:
+            if self.generation == "v1":
+                rng = offset.new_tensor([1.0 / hk, 1.0 / wk])
+            else:
+                rng = offset.new_tensor([1.0 / max(hk - 1.0, 1.0), 1.0 / max(wk - 1.0, 1.0)])
+            offset = offset.tanh().mul(rng).mul(self.offset_range_factor)
+        reference = reference_points(hk, wk, self.generation, BG, offset.dtype, offset.device)
+        if self.no_off:
+            offset = torch.zeros_like(offset)
+        if self.offset_range_factor >= 0:
+            pos = offset + reference
+        elif self.generation == "v1":
+            pos = (offset + reference).tanh()
+        else:
+            pos = (offset + reference).clamp(-1.0, 1.0)
+        return pos, reference
+
+    # -- fast path -----------------------------------------------------------------------------------------------
+
+    def _offsets_channels_last(self, q: torch.Tensor) -> torch.Tensor:
+        """Offset network on channels-last q (B×H×W×C) for all groups at once → (B·G)×Hk×Wk×2.
+
+        The groups share one depthwise filter bank, so it is tiled G times and run as a single C-channel
+        depthwise conv; LayerNorm and the final 1×1 conv then act on each group's Cg channels.
+        """
+        B = q.shape[0]
+        dw, ln, _, pw = self.conv_offset
+        weight = dw.weight.repeat(self.groups, 1, 1, 1)
+        bias = dw.bias.repeat(self.groups) if dw.bias is not None else None
+        h = F.conv2d(q.permute(0, 3, 1, 2), weight, bias, dw.stride, dw.padding, groups=self.dim)
+        hk, wk = h.shape[-2:]
+        h = h.permute(0, 2, 3, 1).reshape(B, hk, wk, self.groups, self.group_dim)
+        h = F.gelu(ln(h))
+        off = F.linear(h, pw.weight.flatten(1))                      # B×Hk×Wk×G×2
+        return off.permute(0, 3, 1, 2, 4).reshape(B * self.groups, hk, wk, 2)
+
+    def forward(self, x: torch.Tensor, return_positions: bool = False):
+        """Fast path. ``x``: B×H×W×C (normalised). Returns B×H×W×C, and with ``return_positions`` also the
+        sampled positions and reference points, each B×G×Hk×Wk×2 (y, x) in [−1, 1]."""
+        B, H, W, C = x.shape
+        G, heads = self.groups, self.heads
+        q = pointwise(x, self.proj_q)
+        offset = self._offsets_channels_last(q)
+        pos, reference = self._positions(offset)
+        _, hk, wk, _ = pos.shape
+        ns = hk * wk
+
+        x_groups = x.permute(0, 3, 1, 2).reshape(B * G, self.group_dim, H, W)
+        if self.no_off:
+            sampled = F.avg_pool2d(x_groups, kernel_size=self.stride, stride=self.stride)
+        else:
+            sampled = F.grid_sample(x_groups, pos.flip(-1), mode="bilinear", align_corners=True)
+        sampled = sampled.reshape(B, C, ns).transpose(1, 2)          # B×Ns×C
+        k = pointwise(sampled, self.proj_k).view(B, ns, heads, self.head_dim).transpose(1, 2)
+        v = pointwise(sampled, self.proj_v).view(B, ns, heads, self.head_dim).transpose(1, 2)
+        qh = q.reshape(B, H * W, heads, self.head_dim).transpose(1, 2)
+
+        bias = None
+        if self.rpe_table is not None and not self.dwc_pe:
+            grid = query_grid(H, W, self.generation, x.dtype, x.device)
+            bias = deformable_position_bias(self.rpe_table, pos.reshape(B, G, ns, 2), grid).to(qh.dtype)
+        out = F.scaled_dot_product_attention(qh, k, v, attn_mask=bias,
+                                             dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, H, W, C)
+        if self.rpe_table is not None and self.dwc_pe:
+            out = out + self.rpe_table(q.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+        y = self.proj_drop(pointwise(out, self.proj_out))
+        if return_positions:
+            return y, pos.reshape(B, G, hk, wk, 2), reference.reshape(B, G, hk, wk, 2)
+        return y
+
+    # -- reference path (the authors' algorithm) -----------------------------------------------------------------
+
+    def reference_forward(self, x: torch.Tensor, return_positions: bool = False):
+        """The authors' algorithm on B×C×H×W, step by step."""
+        B, C, H, W = x.shape
+        G, heads, hc = self.groups, self.heads, self.head_dim
+        q = self.proj_q(x)
+        q_off = q.reshape(B * G, self.group_dim, H, W)
+        dw, ln, act, pw = self.conv_offset
+        offset = pw(act(ln.reference_forward(dw(q_off))))             # (B·G)×2×Hk×Wk
+        hk, wk = offset.shape[-2:]
+        ns = hk * wk
+        pos, reference = self._positions(offset.permute(0, 2, 3, 1))
+        if self.no_off:
+            x_sampled = F.avg_pool2d(x, kernel_size=self.stride, stride=self.stride)
+        else:
+            x_sampled = F.grid_sample(x.reshape(B * G, self.group_dim, H, W), pos[..., (1, 0)],
+                                      mode="bilinear", align_corners=True)
+        x_sampled = x_sampled.reshape(B, C, 1, ns)
+        q = q.reshape(B * heads, hc, H * W)
+        k = self.proj_k(x_sampled).reshape(B * heads, hc, ns)
+        v = self.proj_v(x_sampled).reshape(B * heads, hc, ns)
+        attn = torch.einsum("bcm,bcn->bmn", q, k).mul(self.scale)
+        if self.rpe_table is not None and not self.dwc_pe:
+            rpe_bias = self.rpe_table[None].expand(B, -1, -1, -1)
+            grid = query_grid(H, W, self.generation, x.dtype, x.device)[None].expand(B * G, -1, -1, -1)
+            displacement = (grid.reshape(B * G, H * W, 2).unsqueeze(2)
+                            - pos.reshape(B * G, ns, 2).unsqueeze(1)).mul(0.5)
+            attn_bias = F.grid_sample(rpe_bias.reshape(B * G, self.group_heads, *self.rpe_table.shape[-2:]),
+                                      displacement[..., (1, 0)], mode="bilinear", align_corners=True)
+            attn = attn + attn_bias.reshape(B * heads, H * W, ns)
+        attn = self.attn_drop(F.softmax(attn, dim=2))
+        out = torch.einsum("bmn,bcn->bcm", attn, v)
+        if self.rpe_table is not None and self.dwc_pe:
+            out = out + self.rpe_table(q.reshape(B, C, H, W)).reshape(B * heads, hc, H * W)
+        y = self.proj_drop(self.proj_out(out.reshape(B, C, H, W)))
+        if return_positions:
+            return y, pos.reshape(B, G, hk, wk, 2), reference.reshape(B, G, hk, wk, 2)
+        return y

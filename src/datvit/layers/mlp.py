@@ -1,0 +1,64 @@
+"""The two feed-forward networks of DAT: the plain MLP (v1) and the MLP with a depthwise conv (DAT++)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import conv2d_channels_last, pointwise
+
+
+class Mlp(nn.Module):
+    """Linear(C, eC) → GELU → Linear(eC, C), on tokens. Keys ``chunk.linear1`` / ``chunk.linear2`` (DAT v1)."""
+
+    def __init__(self, dim: int, expansion: int = 4, drop: float = 0.0):
+        super().__init__()
+        hidden = dim * expansion
+        self.chunk = nn.Sequential()
+        self.chunk.add_module("linear1", nn.Linear(dim, hidden))
+        self.chunk.add_module("act", nn.GELU())
+        self.chunk.add_module("drop1", nn.Dropout(drop))
+        self.chunk.add_module("linear2", nn.Linear(hidden, dim))
+        self.chunk.add_module("drop2", nn.Dropout(drop))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: B×H×W×C."""
+        return self.chunk(x)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: B×C×H×W, flattened to tokens and back as the authors do."""
+        B, C, H, W = x.shape
+        y = self.chunk(x.flatten(2).transpose(1, 2))
+        return y.transpose(1, 2).reshape(B, C, H, W)
+
+
+class ConvMlp(nn.Module):
+    """1×1 conv C→eC, ``h + dwconv3×3(h)``, GELU, 1×1 conv eC→C (DAT++).
+
+    The 1×1 convolutions keep their conv-shaped weights (keys ``linear1.0`` / ``linear2.0``) so the authors'
+    checkpoints load unchanged; the fast path applies them as matrix multiplies on channels-last tokens.
+    """
+
+    def __init__(self, dim: int, expansion: int = 4, drop: float = 0.0):
+        super().__init__()
+        hidden = dim * expansion
+        self.linear1 = nn.Sequential(nn.Conv2d(dim, hidden, 1))
+        self.dwc = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(drop)
+        self.linear2 = nn.Sequential(nn.Conv2d(hidden, dim, 1))
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: B×H×W×C."""
+        h = pointwise(x, self.linear1[0])
+        h = h + conv2d_channels_last(h, self.dwc)
+        h = self.drop1(F.gelu(h))
+        return self.drop2(pointwise(h, self.linear2[0]))
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: B×C×H×W."""
+        h = self.linear1(x)
+        h = h + self.dwc(h)
+        h = self.drop1(self.act(h))
+        return self.drop2(self.linear2(h))

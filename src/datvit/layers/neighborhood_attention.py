@@ -1,0 +1,136 @@
+"""Neighborhood attention (N blocks of DAT++) in pure PyTorch, with NATTEN's semantics.
+
+Each query attends to the k×k pixels around it (dilation 1). Near a border the window is shifted inwards so it
+always holds k×k real pixels; the bias of key j for query i is ``rpb[:, (jy − iy) + k − 1, (jx − ix) + k − 1]``.
+Maps smaller than k are zero-padded on the right/bottom *before* ``qkv`` (so the padded tokens take part, as in
+NATTEN) and cropped after.
+
+Two implementations: ``reference_forward`` gathers each query's k×k keys explicitly (the definition, memory k²×);
+``forward`` cuts the queries into t×t tiles, gives each tile the (t+k−1)² halo of keys that covers all of its
+windows, and runs one ``scaled_dot_product_attention`` with the bias and the out-of-window mask as an additive mask.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import nn
+
+
+def window_starts(length: int, kernel_size: int, device=None) -> torch.Tensor:
+    """First key index of every query's window along one axis: clamp(i − k//2, 0, L − k)."""
+    i = torch.arange(length, device=device)
+    return (i - kernel_size // 2).clamp(0, length - kernel_size)
+
+
+def neighborhood_attention_gather(q, k, v, rpb, kernel_size: int, attn_drop: nn.Module | None = None) -> torch.Tensor:
+    """Reference NA. ``q, k, v``: B×heads×H×W×c (q already scaled); ``rpb``: heads×(2k−1)×(2k−1).
+
+    Returns B×heads×H×W×c.
+    """
+    B, heads, H, W, c = q.shape
+    ks = kernel_size
+    ar = torch.arange(ks, device=q.device)
+    rows = window_starts(H, ks, q.device)[:, None] + ar          # H×k key rows of each query row
+    cols = window_starts(W, ks, q.device)[:, None] + ar          # W×k
+    k_n = k[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # B×h×H×W×k×k×c
+    v_n = v[:, :, rows[:, None, :, None], cols[None, :, None, :]]
+    attn = torch.einsum("bhijc,bhijxyc->bhijxy", q, k_n)
+    dy = rows - torch.arange(H, device=q.device)[:, None] + ks - 1  # H×k
+    dx = cols - torch.arange(W, device=q.device)[:, None] + ks - 1  # W×k
+    bias = rpb[:, dy[:, None, :, None], dx[None, :, None, :]]        # h×H×W×k×k
+    attn = attn + bias.unsqueeze(0)
+    attn = attn.reshape(B, heads, H, W, ks * ks).softmax(dim=-1).reshape(B, heads, H, W, ks, ks)
+    if attn_drop is not None:
+        attn = attn_drop(attn)
+    return torch.einsum("bhijxy,bhijxyc->bhijc", attn, v_n)
+
+
+def _tile_halo(length: int, tile: int, kernel_size: int, device):
+    """For tiles of ``tile`` queries along one axis: key rows of each tile's halo, validity and bias index.
+
+    Returns ``keys`` (n_tiles×L_k) key indices, ``inside`` (n_tiles×tile×L_k) whether that key is in the window of
+    that query, and ``bias_index`` (n_tiles×tile×L_k) into the (2k−1) bias axis.
+    """
+    n_tiles = -(-length // tile)
+    halo = min(tile + kernel_size - 1, length)
+    starts = (torch.arange(n_tiles, device=device) * tile - kernel_size // 2).clamp(0, length - halo)
+    keys = starts[:, None] + torch.arange(halo, device=device)                       # n×L_k
+    queries = (torch.arange(n_tiles, device=device)[:, None] * tile
+               + torch.arange(tile, device=device)).clamp(max=length - 1)             # n×t (padding → last row)
+    first = window_starts(length, kernel_size, device)[queries]                      # n×t
+    inside = (keys[:, None, :] >= first[:, :, None]) & (keys[:, None, :] < first[:, :, None] + kernel_size)
+    bias_index = (keys[:, None, :] - queries[:, :, None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
+    return keys, inside, bias_index
+
+
+def neighborhood_attention_tiled(q, k, v, rpb, kernel_size: int, tile: int = 7, dropout_p: float = 0.0):
+    """Fast NA by query tiles and SDPA. ``q, k, v``: B×heads×H×W×c (q *not* scaled). Returns B×H×W×(heads·c)."""
+    B, heads, H, W, c = q.shape
+    ty, tx = min(tile, H), min(tile, W)
+    rows, in_y, by = _tile_halo(H, ty, kernel_size, q.device)
+    cols, in_x, bx = _tile_halo(W, tx, kernel_size, q.device)
+    nty, lky = rows.shape
+    ntx, lkx = cols.shape
+    pad_h, pad_w = nty * ty - H, ntx * tx - W
+    q = F.pad(q, (0, 0, 0, pad_w, 0, pad_h))
+    q = q.view(B, heads, nty, ty, ntx, tx, c).permute(0, 1, 2, 4, 3, 5, 6).reshape(B, heads * nty * ntx, ty * tx, c)
+    index = (rows[:, None, :, None], cols[None, :, None, :])
+    k = k[:, :, index[0], index[1]].reshape(B, heads * nty * ntx, lky * lkx, c)
+    v = v[:, :, index[0], index[1]].reshape(B, heads * nty * ntx, lky * lkx, c)
+    # heads × nty × ty × lky × ntx × tx × lkx → heads × nty × ntx × (ty·tx) × (lky·lkx)
+    bias = rpb[:, by[:, :, :, None, None, None], bx[None, None, None, :, :, :]]
+    inside = in_y[:, :, :, None, None, None] & in_x[None, None, None, :, :, :]
+    mask = bias.masked_fill(~inside, float("-inf"))
+    mask = mask.permute(0, 1, 4, 2, 5, 3, 6).reshape(1, heads * nty * ntx, ty * tx, lky * lkx)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=dropout_p)
+    out = out.view(B, heads, nty, ntx, ty, tx, c).permute(0, 2, 4, 3, 5, 1, 6).reshape(B, nty * ty, ntx * tx, heads * c)
+    return out[:, :H, :W]
+
+
+class NeighborhoodAttention2D(nn.Module):
+    """k×k neighborhood self-attention with relative position bias. Keys ``qkv``, ``proj``, ``rpb`` (NATTEN's)."""
+
+    def __init__(self, dim: int, kernel_size: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 tile_size: int = 7):
+        super().__init__()
+        if kernel_size < 2 or kernel_size % 2 == 0:
+            raise ValueError(f"neighborhood kernel must be odd and > 1, got {kernel_size}")
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads, self.head_dim, self.kernel_size = heads, dim // heads, kernel_size
+        self.scale = self.head_dim ** -0.5
+        self.tile_size = tile_size
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.rpb = nn.Parameter(torch.zeros(heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
+        trunc_normal_(self.rpb, std=0.02, mean=0.0, a=-2.0, b=2.0)
+
+    def _qkv(self, x: torch.Tensor):
+        """Pad maps smaller than the kernel (right/bottom), project, split heads: 3 × B×heads×H'×W'×c."""
+        B, H, W, C = x.shape
+        pad_b, pad_r = max(0, self.kernel_size - H), max(0, self.kernel_size - W)
+        if pad_b or pad_r:
+            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+        Hp, Wp = H + pad_b, W + pad_r
+        qkv = self.qkv(x).reshape(B, Hp, Wp, 3, self.heads, self.head_dim).permute(3, 0, 4, 1, 2, 5)
+        return qkv.unbind(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fast path. ``x``: B×H×W×C → B×H×W×C."""
+        B, H, W, C = x.shape
+        q, k, v = self._qkv(x)
+        out = neighborhood_attention_tiled(q, k, v, self.rpb, self.kernel_size, self.tile_size,
+                                           self.attn_drop.p if self.training else 0.0)
+        return self.proj_drop(self.proj(out[:, :H, :W]))
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Plain path on B×C×H×W: explicit k×k neighborhoods, as NATTEN defines them."""
+        x = x.permute(0, 2, 3, 1)
+        B, H, W, C = x.shape
+        q, k, v = self._qkv(x)
+        out = neighborhood_attention_gather(q * self.scale, k, v, self.rpb, self.kernel_size, self.attn_drop)
+        out = out.permute(0, 2, 3, 1, 4).reshape(B, q.shape[2], q.shape[3], C)[:, :H, :W]
+        return self.proj_drop(self.proj(out)).permute(0, 3, 1, 2)

@@ -1,0 +1,178 @@
+"""Local (L) and shifted (S) window attention of DAT v1 (Swin-style), for maps of any size.
+
+The authors' code needs H and W to be multiples of the window. Here the map is padded on the right/bottom to the
+window, padded keys are masked out, and the shifted-window region mask is computed for the actual (padded) size.
+At the configured size nothing is padded and the result is the authors'.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from timm.layers import trunc_normal_
+from torch import nn
+
+# Added to logits of query/key pairs from different regions of a shifted window (the authors' value).
+REGION_MASK_VALUE = -100.0
+# Added to logits of padded keys. Finite, so a padded query whose whole window is padding stays finite.
+PADDING_MASK_VALUE = -1e4
+
+
+def relative_position_index(window_size: int) -> torch.Tensor:
+    """Swin's (w², w²) index into a ((2w−1)², heads) table: (Δy + w − 1)·(2w − 1) + (Δx + w − 1)."""
+    coords = torch.stack(torch.meshgrid(torch.arange(window_size), torch.arange(window_size), indexing="ij"))
+    coords = coords.flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0)
+    rel = rel + (window_size - 1)
+    return rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
+
+
+def window_attention_mask(
+    height: int,
+    width: int,
+    window_size: int,
+    shift_size: int,
+    pad_bottom: int = 0,
+    pad_right: int = 0,
+    device: Optional[torch.device] = None,
+) -> Optional[torch.Tensor]:
+    """Additive mask (num_windows, w², w²) for a padded map of ``height``×``width`` (multiples of the window).
+
+    Pairs from different shifted regions get ``REGION_MASK_VALUE`` (regions as in Swin / the authors, computed on
+    the rolled padded map); padded keys get ``PADDING_MASK_VALUE``. Returns None when nothing is masked.
+    """
+    if shift_size == 0 and pad_bottom == 0 and pad_right == 0:
+        return None
+    w, s = window_size, shift_size
+    ys = torch.arange(height, device=device)
+    xs = torch.arange(width, device=device)
+    if s > 0:
+        region_y = (ys >= height - w).long() + (ys >= height - s).long()
+        region_x = (xs >= width - w).long() + (xs >= width - s).long()
+    else:
+        region_y, region_x = torch.zeros_like(ys), torch.zeros_like(xs)
+    region = region_y[:, None] * 3 + region_x[None, :]
+    # After rolling by −s, position y holds padded-map row (y + s) mod height.
+    padded = (((ys + s) % height) >= height - pad_bottom)[:, None] | (((xs + s) % width) >= width - pad_right)[None, :]
+
+    def windows(t: torch.Tensor) -> torch.Tensor:
+        return t.reshape(height // w, w, width // w, w).transpose(1, 2).reshape(-1, w * w)
+
+    region, padded = windows(region), windows(padded)
+    mask = torch.zeros(region.shape[0], w * w, w * w, device=device)
+    mask = mask.masked_fill(region[:, :, None] != region[:, None, :], REGION_MASK_VALUE)
+    mask = mask + padded[:, None, :].float() * PADDING_MASK_VALUE
+    return mask
+
+
+class LocalAttention(nn.Module):
+    """Multi-head self-attention inside non-overlapping w×w windows with a learned relative position bias."""
+
+    def __init__(self, dim: int, heads: int, window_size: int, attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.dim, self.heads, self.window_size = dim, heads, int(window_size)
+        self.head_dim = dim // heads
+        self.scale = self.head_dim ** -0.5
+        self.shift_size = 0
+        self.proj_qkv = nn.Linear(dim, 3 * dim)
+        self.proj_out = nn.Linear(dim, dim)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * self.window_size - 1) ** 2, heads))
+        trunc_normal_(self.relative_position_bias_table, std=0.01)
+        self.register_buffer("relative_position_index", relative_position_index(self.window_size))
+
+    def relative_position_bias(self) -> torch.Tensor:
+        """(heads, w², w²) bias looked up from the table."""
+        n = self.window_size ** 2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, self.heads)
+        return bias.permute(2, 0, 1)
+
+    def _padding(self, height: int, width: int) -> tuple[int, int]:
+        return (-height) % self.window_size, (-width) % self.window_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Fast path. ``x``: B×H×W×C → B×H×W×C. One SDPA call over all windows, bias and masks as an additive mask."""
+        B, H, W, C = x.shape
+        w, s, heads = self.window_size, self.shift_size, self.heads
+        pad_b, pad_r = self._padding(H, W)
+        qkv = self.proj_qkv(x)
+        if pad_b or pad_r:
+            qkv = F.pad(qkv, (0, 0, 0, pad_r, 0, pad_b))
+        Hp, Wp = H + pad_b, W + pad_r
+        if s:
+            qkv = torch.roll(qkv, shifts=(-s, -s), dims=(1, 2))
+        nh, nw = Hp // w, Wp // w
+        num_windows, n = nh * nw, w * w
+        qkv = qkv.view(B, nh, w, nw, w, 3, heads, self.head_dim).permute(5, 0, 1, 3, 6, 2, 4, 7)
+        q, k, v = qkv.reshape(3, B, num_windows * heads, n, self.head_dim).unbind(0)
+
+        bias = self.relative_position_bias()
+        mask = window_attention_mask(Hp, Wp, w, s, pad_b, pad_r, device=x.device)
+        if mask is None:
+            attn_mask = bias.unsqueeze(0).expand(num_windows, -1, -1, -1)
+        else:
+            attn_mask = bias.unsqueeze(0) + mask.to(bias.dtype).unsqueeze(1)
+        attn_mask = attn_mask.reshape(1, num_windows * heads, n, n).to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0)
+
+        out = out.view(B, nh, nw, heads, w, w, self.head_dim).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
+        if s:
+            out = torch.roll(out, shifts=(s, s), dims=(1, 2))
+        if pad_b or pad_r:
+            out = out[:, :H, :W]
+        return self.proj_drop(self.proj_out(out))
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The authors' algorithm step by step on B×C×H×W (plus padding and its mask)."""
+        B, C, H, W = x.shape
+        w, s = self.window_size, self.shift_size
+        pad_b, pad_r = self._padding(H, W)
+        x = F.pad(x, (0, pad_r, 0, pad_b))
+        Hp, Wp = H + pad_b, W + pad_r
+        if s:
+            x = torch.roll(x, shifts=(-s, -s), dims=(2, 3))
+        mask = window_attention_mask(Hp, Wp, w, s, pad_b, pad_r, device=x.device)
+        r1, r2 = Hp // w, Wp // w
+        # b c (r1 h1) (r2 w1) -> (b r1 r2) (h1 w1) c
+        tokens = x.reshape(B, C, r1, w, r2, w).permute(0, 2, 4, 3, 5, 1).reshape(B * r1 * r2, w * w, C)
+        q, k, v = torch.chunk(self.proj_qkv(tokens), 3, dim=2)
+        q = q * self.scale
+        q, k, v = [t.reshape(t.shape[0], w * w, self.heads, self.head_dim).transpose(1, 2) for t in (q, k, v)]
+        attn = torch.einsum("bhmc,bhnc->bhmn", q, k)
+        attn = attn + self.relative_position_bias().unsqueeze(0)
+        if mask is not None:
+            nw_, ww, _ = mask.shape
+            attn = attn.reshape(B, nw_, self.heads, ww, ww) + mask.reshape(1, nw_, 1, ww, ww)
+            attn = attn.reshape(B * nw_, self.heads, ww, ww)
+        attn = self.attn_drop(attn.softmax(dim=3))
+        out = torch.einsum("bhmn,bhnc->bhmc", attn, v)
+        out = out.transpose(1, 2).reshape(-1, w * w, C)
+        out = self.proj_drop(self.proj_out(out))
+        out = out.reshape(B, r1, r2, w, w, C).permute(0, 5, 1, 3, 2, 4).reshape(B, C, Hp, Wp)
+        if s:
+            out = torch.roll(out, shifts=(s, s), dims=(2, 3))
+        return out[:, :, :H, :W]
+
+
+class ShiftWindowAttention(LocalAttention):
+    """Window attention on the map rolled by −shift (⌈w/2⌉ in DAT v1, not Swin's ⌊w/2⌋) with the region mask.
+
+    ``attn_mask`` is kept as a buffer built for ``fmap_size`` because the authors' checkpoints contain it; the
+    forward computes the mask for the actual input size instead.
+    """
+
+    def __init__(self, dim: int, heads: int, window_size: int, shift_size: int, fmap_size: int,
+                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+        super().__init__(dim, heads, window_size, attn_drop, proj_drop)
+        if not 0 < shift_size < self.window_size:
+            raise ValueError(f"shift size {shift_size} must be in (0, window {self.window_size})")
+        self.shift_size = int(shift_size)
+        self.fmap_size = int(fmap_size)
+        pad = (-self.fmap_size) % self.window_size
+        size = self.fmap_size + pad
+        self.register_buffer("attn_mask", window_attention_mask(size, size, self.window_size, self.shift_size))

@@ -1,0 +1,400 @@
+"""The DAT / DAT++ network: stem, four stages of blocks, downsampling between them, and a classifier head.
+
+Parameter names follow the authors' code (``patch_proj``, ``stages.<i>.{layer_norms,attns,mlps,
+local_perception_units}``, ``down_projs``, ``cls_norm``, ``cls_head``), so their checkpoints load with strict key
+matching. Internally the fast path keeps maps channels-last (B×H×W×C); ``reference=True`` (or
+``set_reference(True)``) switches every layer to the authors' algorithm on B×C×H×W, the oracle of the fast path.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from timm.layers import DropPath, trunc_normal_
+from timm.models._features import feature_take_indices
+from torch import nn
+
+from ..layers import (ChannelLayerNorm, ConvMlp, ConvStem, DeformableAttention, Downsample, LocalAttention, Mlp,
+                      NeighborhoodAttention2D, PatchStem, ShiftWindowAttention)
+from ..layers.ops import conv2d_channels_last
+
+BLOCK_KINDS = {
+    "L": "local window attention",
+    "S": "shifted window attention",
+    "D": "deformable attention",
+    "N": "neighborhood attention",
+}
+
+
+class DATStage(nn.Module):
+    """A list of pre-norm blocks ``x + DropPath(Attn(LN(x)))``, ``x + DropPath(MLP(LN(x)))``, each optionally
+    preceded by a local perception unit ``x + DWConv3×3(x)`` (DAT++). Block kinds come from ``stage_spec``."""
+
+    def __init__(
+        self,
+        dim_in: int,
+        dim: int,
+        depth: int,
+        stage_spec: Sequence[str],
+        fmap_size: int,
+        heads: int,
+        window_size: int,
+        groups: int,
+        use_pe: bool,
+        stride: int,
+        offset_range_factor: float,
+        ksize: int,
+        nat_ksize: int,
+        generation: str,
+        use_dwc_mlp: bool,
+        use_lpu: bool,
+        expansion: int,
+        drop: float,
+        attn_drop: float,
+        drop_path: Sequence[float],
+        no_off: bool = False,
+        dwc_pe: bool = False,
+        layer_norm_eps: float = 1e-5,
+    ):
+        super().__init__()
+        if len(stage_spec) != depth:
+            raise ValueError(f"stage_spec {list(stage_spec)} has {len(stage_spec)} letters for depth {depth}")
+        self.depth = depth
+        self.stage_spec = list(stage_spec)
+        self.use_lpu = use_lpu
+        self.grad_checkpointing = False
+        self.proj = nn.Conv2d(dim_in, dim, 1) if dim_in != dim else nn.Identity()
+        self.layer_norms = nn.ModuleList([ChannelLayerNorm(dim, layer_norm_eps) for _ in range(2 * depth)])
+        mlp_cls = ConvMlp if use_dwc_mlp else Mlp
+        self.mlps = nn.ModuleList([mlp_cls(dim, expansion, drop) for _ in range(depth)])
+        self.attns = nn.ModuleList()
+        for kind in self.stage_spec:
+            if kind == "L":
+                attn = LocalAttention(dim, heads, window_size, attn_drop, drop)
+            elif kind == "S":
+                attn = ShiftWindowAttention(dim, heads, window_size, math.ceil(window_size / 2), fmap_size,
+                                            attn_drop, drop)
+            elif kind == "D":
+                attn = DeformableAttention(dim, heads, groups, fmap_size, stride, ksize, offset_range_factor,
+                                           use_pe, generation, attn_drop, drop, no_off=no_off, dwc_pe=dwc_pe)
+            elif kind == "N":
+                attn = NeighborhoodAttention2D(dim, nat_ksize, heads, attn_drop, drop)
+            else:
+                raise ValueError(f"unknown block kind {kind!r}; datvit supports {BLOCK_KINDS}")
+            self.attns.append(attn)
+        self.drop_path = nn.ModuleList([DropPath(p) if p > 0 else nn.Identity() for p in drop_path])
+        self.local_perception_units = nn.ModuleList(
+            [nn.Conv2d(dim, dim, 3, 1, 1, groups=dim) if use_lpu else nn.Identity() for _ in range(depth)])
+
+    def _block(self, x: torch.Tensor, d: int, reference: bool, return_positions: bool = False):
+        """Block ``d`` on channels-last x (fast) or B×C×H×W x (reference)."""
+        attn, drop_path = self.attns[d], self.drop_path[d]
+        norm1, norm2, mlp = self.layer_norms[2 * d], self.layer_norms[2 * d + 1], self.mlps[d]
+        positions = None
+        if reference:
+            if self.use_lpu:
+                x = x + self.local_perception_units[d](x)
+            if isinstance(attn, DeformableAttention) and return_positions:
+                y, pos, ref = attn.reference_forward(norm1.reference_forward(x), return_positions=True)
+                positions = (pos, ref)
+            else:
+                y = attn.reference_forward(norm1.reference_forward(x))
+            x = x + drop_path(y)
+            x = x + drop_path(mlp.reference_forward(norm2.reference_forward(x)))
+        else:
+            if self.use_lpu:
+                x = x + conv2d_channels_last(x, self.local_perception_units[d])
+            if isinstance(attn, DeformableAttention) and return_positions:
+                y, pos, ref = attn(norm1(x), return_positions=True)
+                positions = (pos, ref)
+            else:
+                y = attn(norm1(x))
+            x = x + drop_path(y)
+            x = x + drop_path(mlp(norm2(x)))
+        return x, positions
+
+    def forward(self, x: torch.Tensor, reference: bool = False, return_positions: bool = False):
+        """``x``: B×H×W×C (fast) or B×C×H×W (reference). With ``return_positions`` also returns a list with
+        (positions, references) for every D block and None for the others."""
+        if not isinstance(self.proj, nn.Identity):
+            x = self.proj(x) if reference else conv2d_channels_last(x, self.proj)
+        positions = []
+        for d in range(self.depth):
+            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                x, pos = torch.utils.checkpoint.checkpoint(self._block, x, d, reference, return_positions,
+                                                           use_reentrant=False)
+            else:
+                x, pos = self._block(x, d, reference, return_positions)
+            positions.append(pos)
+        return (x, positions) if return_positions else x
+
+
+class DAT(nn.Module):
+    """Deformable Attention Transformer (v1, CVPR 2022) and DAT++ (``generation="pp"``).
+
+    Arguments are the authors' constructor arguments (per-stage lists), plus ``generation`` (which set of
+    geometric conventions to follow), ``in_chans``, ``dense_norms`` (one LayerNorm per stage output, as in the
+    authors' detection/segmentation backbones) and ``reference`` (use the plain reference path).
+    """
+
+    def __init__(
+        self,
+        img_size: int = 224,
+        patch_size: int = 4,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        expansion: int = 4,
+        dim_stem: int = 96,
+        dims: Sequence[int] = (96, 192, 384, 768),
+        depths: Sequence[int] = (2, 2, 6, 2),
+        heads: Sequence[int] = (3, 6, 12, 24),
+        stage_spec: Sequence[Sequence[str]] = (("L", "S"), ("L", "S"), ("L", "D") * 3, ("L", "D")),
+        window_sizes: Sequence[int] = (7, 7, 7, 7),
+        groups: Sequence[int] = (-1, -1, 3, 6),
+        strides: Sequence[int] = (-1, -1, 1, 1),
+        offset_range_factor: Sequence[float] = (-1, -1, 2, 2),
+        use_pes: Sequence[bool] = (False, False, True, True),
+        ksizes: Sequence[int] = (9, 7, 5, 3),
+        nat_ksizes: Sequence[int] = (7, 7, 7, 7),
+        use_dwc_mlps: Sequence[bool] = (False, False, False, False),
+        use_lpus: Sequence[bool] = (False, False, False, False),
+        use_conv_patches: bool = False,
+        no_offs: Sequence[bool] = (False, False, False, False),
+        dwc_pes: Sequence[bool] = (False, False, False, False),
+        generation: str = "v1",
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        global_pool: str = "avg",
+        dense_norms: bool = False,
+        layer_norm_eps: float = 1e-5,
+        reference: bool = False,
+    ):
+        super().__init__()
+        num_stages = len(dims)
+        per_stage = dict(depths=depths, heads=heads, stage_spec=stage_spec, window_sizes=window_sizes,
+                         groups=groups, strides=strides, offset_range_factor=offset_range_factor, use_pes=use_pes,
+                         ksizes=ksizes, nat_ksizes=nat_ksizes, use_dwc_mlps=use_dwc_mlps, use_lpus=use_lpus,
+                         no_offs=no_offs, dwc_pes=dwc_pes)
+        for name, value in per_stage.items():
+            if len(value) != num_stages:
+                raise ValueError(f"{name} has {len(value)} entries but there are {num_stages} stages (dims={dims})")
+        if generation not in ("v1", "pp"):
+            raise ValueError(f"generation must be 'v1' (DAT) or 'pp' (DAT++), got {generation!r}")
+        if global_pool not in ("avg", ""):
+            raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+        self.num_classes = num_classes
+        self.in_chans = in_chans
+        self.global_pool = global_pool
+        self.generation = generation
+        self.img_size = img_size
+        self.patch_size = patch_size
+        self.dims = list(dims)
+        self.num_features = self.head_hidden_size = dims[-1]
+        self.drop_rate = drop_rate
+        self.reference = reference
+        self.grad_checkpointing = False
+        # The smallest input for which every stage still has at least one pixel.
+        self.min_input_size = patch_size * 2 ** (num_stages - 1)
+
+        stem_cls = ConvStem if use_conv_patches else PatchStem
+        self.patch_proj = stem_cls(in_chans, dim_stem, patch_size, layer_norm_eps)
+
+        fmap = img_size // patch_size
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.stages = nn.ModuleList()
+        self.feature_info = []
+        for i in range(num_stages):
+            dim_in = dim_stem if i == 0 else dims[i]
+            self.stages.append(DATStage(
+                dim_in, dims[i], depths[i], stage_spec[i], fmap, heads[i], window_sizes[i], groups[i], use_pes[i],
+                strides[i], offset_range_factor[i], ksizes[i], nat_ksizes[i], generation, use_dwc_mlps[i],
+                use_lpus[i], expansion, drop_rate, attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])],
+                no_off=no_offs[i], dwc_pe=dwc_pes[i], layer_norm_eps=layer_norm_eps))
+            self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f"stages.{i}"))
+            fmap //= 2
+        self.down_projs = nn.ModuleList(
+            [Downsample(dims[i], dims[i + 1], use_conv_patches, layer_norm_eps) for i in range(num_stages - 1)])
+        self.norms = (nn.ModuleList([ChannelLayerNorm(d, layer_norm_eps) for d in dims]) if dense_norms else None)
+        self.cls_norm = ChannelLayerNorm(dims[-1], layer_norm_eps)
+        self.cls_head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
+        self.apply(self._init_weights)
+        for m in self.modules():
+            if isinstance(m, DeformableAttention):
+                # Start with zero offsets: every group samples its reference grid, as a strided attention would.
+                nn.init.zeros_(m.conv_offset[3].weight)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        # The authors' init loop iterates parameters instead of modules and so does nothing; this is timm's.
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # -- timm model API -------------------------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Position tables (biases and norms are excluded by timm's optimizer factory already)."""
+        return {n for n, _ in self.named_parameters()
+                if n.endswith(("relative_position_bias_table", "rpe_table", ".rpb"))}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(
+            stem=r"^patch_proj",
+            blocks=r"^stages\.(\d+)" if coarse else [
+                (r"^stages\.(\d+)\.(?:attns|mlps|local_perception_units)\.(\d+)", None),
+                (r"^stages\.(\d+)\.layer_norms\.(\d+)", None),
+                (r"^down_projs\.(\d+)", (0,)),
+                (r"^cls_norm", (99999,)),
+            ],
+        )
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def load_pretrained(self, path: str) -> None:
+        """timm's ``custom_load`` hook: ``pretrained=True, pretrained_cfg_overlay=dict(file=...)`` lands here."""
+        from .checkpoint import load_checkpoint
+        load_checkpoint(self, path)
+
+    def set_reference(self, enable: bool = True) -> "DAT":
+        """Switch every layer between the fast path and the plain reference path (the authors' algorithm)."""
+        self.reference = enable
+        return self
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.cls_head
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            if global_pool not in ("avg", ""):
+                raise ValueError(f"global_pool must be 'avg' or '', got {global_pool!r}")
+            self.global_pool = global_pool
+        self.cls_head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    # -- forward -----------------------------------------------------------------------------------------------
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ValueError for inputs the network cannot take, naming the problem."""
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"expected a tensor, got {type(x).__name__}")
+        if x.ndim != 4:
+            raise ValueError(f"expected a 4-D batch B×C×H×W, got a {x.ndim}-D tensor of shape {tuple(x.shape)}"
+                             + (" (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""))
+        if x.shape[1] != self.in_chans:
+            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (input shape "
+                             f"{tuple(x.shape)}; build the model with in_chans={x.shape[1]} for other inputs)")
+        h, w = x.shape[-2:]
+        if h < self.min_input_size or w < self.min_input_size:
+            raise ValueError(f"input {h}×{w} is too small: this model downsamples by {self.min_input_size} "
+                             f"(patch {self.patch_size} and {len(self.stages) - 1} downsamplings), so height and "
+                             f"width must be at least {self.min_input_size}")
+        if not torch.is_floating_point(x):
+            raise ValueError(f"expected a floating-point image tensor, got {x.dtype}")
+
+    def _to_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        return x if self.reference else x.permute(0, 3, 1, 2)
+
+    def _stage_outputs(self, x: torch.Tensor, take: Optional[set[int]] = None, stop: Optional[int] = None,
+                       return_positions: bool = False):
+        """Run stem and stages; yield (index, stage output in the internal layout, positions) per stage."""
+        self.check_input(x)
+        ref = self.reference
+        x = self.patch_proj.reference_forward(x) if ref else self.patch_proj(x)
+        last = len(self.stages) - 1 if stop is None else stop
+        for i, stage in enumerate(self.stages):
+            if return_positions:
+                x, pos = stage(x, ref, True)
+            else:
+                x, pos = stage(x, ref), None
+            yield i, x, pos
+            if i >= last:
+                break
+            if i < len(self.down_projs):
+                x = self.down_projs[i].reference_forward(x) if ref else self.down_projs[i](x)
+
+    def _final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """cls_norm on the last map; returns B×C×H×W."""
+        if self.reference:
+            return self.cls_norm.reference_forward(x) if isinstance(self.cls_norm, ChannelLayerNorm) else x
+        return self.cls_norm(x).permute(0, 3, 1, 2)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Image B×C×H×W → normalised last-stage map B×C'×H/32×W/32."""
+        for _, x, _ in self._stage_outputs(x):
+            pass
+        return self._final_norm(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global average pool and classifier; ``pre_logits`` stops before the Linear."""
+        if self.global_pool == "avg":
+            x = x.mean(dim=(2, 3))
+        return x if pre_logits else self.cls_head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits B×num_classes."""
+        return self.forward_head(self.forward_features(x))
+
+    def forward_with_positions(self, x: torch.Tensor):
+        """Logits plus, per stage, a list with (sampled positions, reference points) of every D block (None for
+        other blocks); each B×G×Hk×Wk×2 in (y, x) order, normalised to [−1, 1]. For visualisation."""
+        positions = []
+        for _, x, pos in self._stage_outputs(x, return_positions=True):
+            positions.append(pos)
+        return self.forward_head(self._final_norm(x)), positions
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, list[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """Stage outputs (strides 4, 8, 16, 32), each through its own LayerNorm when the model has the dense
+        norms (``dense_norms=True``, as built by ``features_only=True``). ``norm`` is accepted for timm
+        compatibility; the per-stage norms already play that role."""
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NHWC', got {output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        intermediates = []
+        stop = max_index if (stop_early or intermediates_only) else None
+        for i, x, _ in self._stage_outputs(x, stop=stop):
+            if i in take:
+                y = x
+                if self.norms is not None:
+                    y = self.norms[i].reference_forward(y) if self.reference else self.norms[i](y)
+                if self.reference:
+                    y = y if output_fmt == "NCHW" else y.permute(0, 2, 3, 1)
+                else:
+                    y = y.permute(0, 3, 1, 2) if output_fmt == "NCHW" else y
+                intermediates.append(y)
+        if intermediates_only:
+            return intermediates
+        return self._final_norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, list[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
+        """Drop the stages (and head) that the requested intermediates do not need."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        self.stages = self.stages[:max_index + 1]
+        self.down_projs = self.down_projs[:max_index]
+        if self.norms is not None:
+            self.norms = self.norms[:max_index + 1]
+        if prune_head:
+            self.cls_norm = nn.Identity()
+            self.reset_classifier(0, "")
+        return take
+

@@ -1,0 +1,101 @@
+"""timm registration of the eight released variants, so ``timm.create_model("dat_tiny")`` works after
+``import datvit``, with pretrained configs as the papers evaluate (ImageNet mean/std, bicubic, crop 0.875)."""
+from __future__ import annotations
+
+from typing import Any
+
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from .checkpoint import fit_state_dict
+from .configs import MODEL_CONFIGS, model_config, translate_authors_config
+from .dat import DAT
+
+
+def _cfg(paper: str, input_size: int = 224, **kwargs: Any) -> dict[str, Any]:
+    return dict(
+        url="", num_classes=1000, input_size=(3, input_size, input_size), pool_size=(input_size // 32,) * 2,
+        crop_pct=0.875 if input_size == 224 else 1.0, interpolation="bicubic", fixed_input_size=False,
+        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="patch_proj.0", classifier="cls_head",
+        license="apache-2.0", paper_ids=paper, custom_load=True, **kwargs)
+
+
+_V1_PAPER, _PP_PAPER = "arXiv:2201.00520", "arXiv:2309.01430"
+default_cfgs = generate_default_cfgs({
+    "dat_tiny.in1k": _cfg(_V1_PAPER),
+    "dat_small.in1k": _cfg(_V1_PAPER),
+    "dat_base.in1k": _cfg(_V1_PAPER),
+    "dat_base_384.in1k": _cfg(_V1_PAPER, 384),
+    "datpp_tiny.in1k": _cfg(_PP_PAPER),
+    "datpp_small.in1k": _cfg(_PP_PAPER),
+    "datpp_base.in1k": _cfg(_PP_PAPER),
+    "datpp_base_384.in1k": _cfg(_PP_PAPER, 384),
+})
+
+
+def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> DAT:
+    if kwargs.get("features_only"):
+        kwargs.setdefault("dense_norms", True)
+    model_args = {**model_config(variant), **kwargs}
+    return build_model_with_cfg(
+        DAT, variant, pretrained,
+        pretrained_filter_fn=fit_state_dict,
+        feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
+        **model_args)
+
+
+@register_model
+def dat_tiny(pretrained: bool = False, **kwargs: Any) -> DAT:
+    """DAT-T (v1): 28.3M params, 4.6 GFLOPs, 82.0% ImageNet top-1."""
+    return _create("dat_tiny", pretrained, **kwargs)
+
+
+@register_model
+def dat_small(pretrained: bool = False, **kwargs: Any) -> DAT:
+    """DAT-S (v1): 49.7M params, 9.0 GFLOPs, 83.7%."""
+    return _create("dat_small", pretrained, **kwargs)
+
+
+@register_model
+def dat_base(pretrained: bool = False, **kwargs: Any) -> DAT:
+    """DAT-B (v1): 87.9M params, 15.8 GFLOPs, 84.0%."""
+    return _create("dat_base", pretrained, **kwargs)
+
+
+@register_model
+def dat_base_384(pretrained: bool = False, **kwargs: Any) -> DAT:
+    """DAT-B at 384×384 with 12×12 windows (v1): 88.2M params, 49.8 GFLOPs, 84.8%."""
+    return _create("dat_base_384", pretrained, **kwargs)
+
+
+@register_model
+def datpp_tiny(pretrained: bool = False, **kwargs: Any) -> DAT:
+    """DAT++-T: 24.0M params, 4.3 GFLOPs, 83.9%."""
+    return _create("datpp_tiny", pretrained, **kwargs)
+
+
+@register_model
+def datpp_small(pretrained: bool = False, **kwargs: Any) -> DAT:
+    """DAT++-S: 53.1M params, 9.4 GFLOPs, 84.6%."""
+    return _create("datpp_small", pretrained, **kwargs)
+
+
+@register_model
+def datpp_base(pretrained: bool = False, **kwargs: Any) -> DAT:
+    """DAT++-B: 93.7M params, 16.6 GFLOPs, 84.9%."""
+    return _create("datpp_base", pretrained, **kwargs)
+
+
+@register_model
+def datpp_base_384(pretrained: bool = False, **kwargs: Any) -> DAT:
+    """DAT++-B evaluated at 384×384 (tables built at 224): 93.7M params, 49.7 GFLOPs, 85.9%."""
+    return _create("datpp_base_384", pretrained, **kwargs)
+
+
+VARIANTS = tuple(MODEL_CONFIGS)
+
+
+def from_authors_config(config: dict[str, Any], **overrides: Any) -> DAT:
+    """Build a model from the authors' constructor arguments (e.g. the ``config`` of a manifest or fixture, or the
+    ``MODEL.DAT`` section of their YAML files); ``overrides`` are ``DAT`` arguments that win."""
+    return DAT(**translate_authors_config(config, **overrides))
