@@ -209,7 +209,10 @@ class DeformableAttention(nn.Module):
         B, H, W, C = x.shape
         G, heads = self.groups, self.heads
         q = pointwise(x, self.proj_q)
-        offset = self._offsets_channels_last(q)
+        if self.no_off:
+            offset = x.new_zeros(B * G, H // self.stride, W // self.stride, 2)
+        else:
+            offset = self._offsets_channels_last(q)
         pos, reference = self._positions(offset)
         _, hk, wk, _ = pos.shape
         ns = hk * wk
@@ -245,9 +248,12 @@ class DeformableAttention(nn.Module):
         B, C, H, W = x.shape
         G, heads, hc = self.groups, self.heads, self.head_dim
         q = self.proj_q(x)
-        q_off = q.reshape(B * G, self.group_dim, H, W)
-        dw, ln, act, pw = self.conv_offset
-        offset = pw(act(ln.reference_forward(dw(q_off))))             # (B·G)×2×Hk×Wk
+        if self.no_off:  # the authors run the offset network and zero its output; the result is the same
+            offset = x.new_zeros(B * G, 2, H // self.stride, W // self.stride)
+        else:
+            q_off = q.reshape(B * G, self.group_dim, H, W)
+            dw, ln, act, pw = self.conv_offset
+            offset = pw(act(ln.reference_forward(dw(q_off))))         # (B·G)×2×Hk×Wk
         hk, wk = offset.shape[-2:]
         ns = hk * wk
         pos, reference = self._positions(offset.permute(0, 2, 3, 1))

@@ -19,6 +19,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
+from timm.models import adapt_input_conv
 from torch import nn
 
 _logger = logging.getLogger(__name__)
@@ -114,6 +115,9 @@ def fit_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> 
             out[key] = resize_relative_position_table(value, target.shape[0])
         elif key.endswith(("rpe_table", ".rpb")) and value.ndim == 3 and value.shape[0] == target.shape[0]:
             out[key] = resize_position_table(value, tuple(target.shape[1:]))
+        elif key == "patch_proj.0.weight" and value.shape[0] == target.shape[0] and value.shape[2:] == target.shape[2:]:
+            # another number of input channels (e.g. grayscale): timm's adaptation of the first conv
+            out[key] = adapt_input_conv(target.shape[1], value)
     has_norms = any(k.startswith("norms.") for k in own)
     file_norms = [k for k in out if k.startswith("norms.")]
     if has_norms and not file_norms:
@@ -122,6 +126,10 @@ def fit_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> 
     elif file_norms and not has_norms:
         for k in file_norms:
             del out[k]
+    if not any(k.startswith("cls_") for k in out) and any(k.startswith("cls_") for k in own):
+        warnings.warn("checkpoint has no classifier (a detection/segmentation backbone): cls_norm and cls_head "
+                      "keep their init", stacklevel=3)
+        out.update({k: v for k, v in own.items() if k.startswith("cls_")})
     return out
 
 

@@ -36,6 +36,11 @@ default_cfgs = generate_default_cfgs({
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> DAT:
     if kwargs.get("features_only"):
         kwargs.setdefault("dense_norms", True)
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    if overlay and overlay.get("file"):
+        # timm resets custom_load when a file is given; keep it so the file goes through datvit.load_checkpoint,
+        # which reads the authors' training checkpoints (they pickle a config object) and resizes tables.
+        kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
     model_args = {**model_config(variant), **kwargs}
     return build_model_with_cfg(
         DAT, variant, pretrained,
