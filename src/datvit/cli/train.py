@@ -1,0 +1,51 @@
+"""``datvit train``: train a DAT / DAT++ variant (registered, preset or custom) on an image folder or the built-in
+Fashion-MNIST, on one process or under ``torchrun``. Flags are timm ``train.py``'s; ``-c FILE.yaml`` sets defaults."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ..train.config import ConfigFileParser, build_parser
+
+EPILOG = """examples:
+  datvit train                                        # a small DAT on Fashion-MNIST (offline)
+  datvit train -c configs/demo_fashion_mnist.yaml     # the demo's recipe
+  datvit train --data-dir /data/imagenet --model dat_tiny -b 128 --amp   # the papers' ImageNet recipe
+  torchrun --nproc_per_node 8 -m datvit train --data-dir /data/imagenet --model datpp_tiny
+  datvit train --resume auto --experiment my-run      # continue exactly where my-run stopped
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    # The train parser reads -c/--config YAML defaults while parsing its own arguments.
+    original = subparsers._parser_class
+    subparsers._parser_class = ConfigFileParser
+    try:
+        p = subparsers.add_parser("train", help="train a DAT / DAT++ model",
+                                  description=__doc__, epilog=EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    finally:
+        subparsers._parser_class = original
+    build_parser(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; problems the user can fix (missing data, bad config) end with a one-line message and exit code 2."""
+    from ..data.fashion_mnist import DatasetCorruptError, DatasetNotFoundError
+    from ..models import CheckpointError
+    from ..train.engine import TrainingError, train
+
+    try:
+        train(args)
+    except (DatasetNotFoundError, DatasetCorruptError, TrainingError, CheckpointError, FileNotFoundError,
+            ValueError) as e:
+        if os.environ.get("DATVIT_DEBUG"):
+            raise
+        print(f"datvit train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted; continue with the same command plus --resume auto", file=sys.stderr)
+        return 130
+    return 0

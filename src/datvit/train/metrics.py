@@ -1,0 +1,144 @@
+"""What a run shows and leaves behind: running averages, ``summary.csv`` and the loss/accuracy/lr plots.
+
+The history (one row per epoch, and a point every ``--log-interval`` steps) lives in the checkpoint, so a resumed
+run rewrites complete files rather than appending to possibly torn ones.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from .checkpointing import atomic_write_text
+
+SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "images/s", "seconds")
+EMA_COLUMNS = ("ema_eval_loss", "ema_eval_top1", "ema_eval_top5")
+
+
+class RunningSum:
+    """Sum and count of a per-sample quantity, kept as plain floats so it can go into a checkpoint."""
+
+    def __init__(self, total: float = 0.0, count: float = 0.0):
+        self.total = total
+        self.count = count
+
+    def add(self, value_sum: float, n: float) -> None:
+        self.total += value_sum
+        self.count += n
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else float("nan")
+
+    def state_dict(self) -> dict[str, float]:
+        return {"total": self.total, "count": self.count}
+
+    @classmethod
+    def from_state(cls, state: Optional[dict[str, float]]) -> "RunningSum":
+        return cls(**state) if state else cls()
+
+
+def format_summary_line(row: dict[str, Any], epochs: int) -> str:
+    """The one line printed per epoch."""
+    parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
+    if row.get("eval_top1") is not None:
+        parts += [f"eval_loss {row['eval_loss']:.4f}", f"top1 {row['eval_top1']:.2f}", f"top5 {row['eval_top5']:.2f}"]
+    if row.get("ema_eval_top1") is not None:
+        parts.append(f"ema_top1 {row['ema_eval_top1']:.2f}")
+    parts += [f"lr {row['lr']:.3g}", f"{row['images/s']:.0f} img/s", f"{row['seconds']:.0f} s"]
+    return "  ".join(parts)
+
+
+def summary_csv_text(rows: Iterable[dict[str, Any]]) -> str:
+    """summary.csv: the fixed columns, plus the EMA model's evaluation when a run keeps an EMA."""
+    rows = list(rows)
+    columns = list(SUMMARY_COLUMNS)
+    if any(r.get("ema_eval_top1") is not None for r in rows):
+        columns += EMA_COLUMNS
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else _fmt(row[k])) for k in columns})
+    return buf.getvalue()
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def write_summary(run_dir: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Path:
+    path = Path(run_dir) / "summary.csv"
+    atomic_write_text(summary_csv_text(rows), path)
+    return path
+
+
+def read_summary(path: str | os.PathLike) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _figure(title: str, ylabel: str):
+    # The object API with the Agg canvas: no global backend switch, works without a display.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _save(fig, ax, path: Path) -> Path:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_curves(run_dir: str | os.PathLike, rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> list[Path]:
+    """loss.png, accuracy.png and lr.png in ``run_dir``: per-step training points (x in fractional epochs) and
+    per-epoch evaluation points."""
+    run_dir = Path(run_dir)
+    written = []
+    fig, ax = _figure("loss", "loss")
+    if steps:
+        ax.plot([s["epoch"] for s in steps], [s["loss"] for s in steps], lw=0.8, alpha=0.6, label="train (steps)")
+    for key, label in (("train_loss", "train (epoch)"), ("eval_loss", "eval"), ("ema_eval_loss", "eval (EMA)")):
+        x, y = _series(rows, key)
+        if x:
+            ax.plot(x, y, marker="o", label=label)
+    written.append(_save(fig, ax, run_dir / "loss.png"))
+
+    fig, ax = _figure("accuracy", "accuracy (%)")
+    if steps and any(s.get("top1") is not None for s in steps):
+        ax.plot([s["epoch"] for s in steps], [s.get("top1") for s in steps], lw=0.8, alpha=0.6,
+                label="train top-1 (steps)")
+    for key, label in (("eval_top1", "eval top-1"), ("eval_top5", "eval top-5"), ("ema_eval_top1", "EMA top-1")):
+        x, y = _series(rows, key)
+        if x:
+            ax.plot(x, y, marker="o", label=label)
+    written.append(_save(fig, ax, run_dir / "accuracy.png"))
+
+    fig, ax = _figure("learning rate", "lr")
+    if steps:
+        ax.plot([s["epoch"] for s in steps], [s["lr"] for s in steps], label="lr")
+    else:
+        x, y = _series(rows, "lr")
+        ax.plot(x, y, marker="o", label="lr")
+    written.append(_save(fig, ax, run_dir / "lr.png"))
+    return written
