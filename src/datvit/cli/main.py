@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 # (module under datvit.cli, one-line help) — imported lazily so `datvit --help` stays fast.
 SUBCOMMANDS: dict[str, str] = {
     "models": "list the registered DAT / DAT++ variants with their size",
+    "train": "train a DAT / DAT++ model on an image folder or the built-in Fashion-MNIST (torchrun for DDP)",
+    "eval": "top-1 / top-5 / loss of a checkpoint on an image folder or the built-in Fashion-MNIST",
 }
 
 
