@@ -39,10 +39,24 @@ def find_split_dir(root: str | os.PathLike, split: str) -> Optional[Path]:
     return None
 
 
+def has_class_folders(root: str | os.PathLike) -> bool:
+    """True when a sub-folder of ``root`` directly holds an image file (``root/<class>/<image>``)."""
+    root = Path(root)
+    if not root.is_dir():
+        return False
+    for sub in root.iterdir():
+        if sub.is_dir() and any(f.suffix.lower() in IMG_EXTENSIONS for f in sub.iterdir()):
+            return True
+    return False
+
+
 def is_image_folder_root(root: str | os.PathLike) -> bool:
-    """True when ``root`` looks like an ImageNet-style dataset (a train split of class folders)."""
+    """True when ``root`` looks like an ImageNet-style dataset: a train split of class folders, or class folders
+    themselves (e.g. a ``val`` directory given to ``datvit eval``)."""
     train = find_split_dir(root, "train")
-    return train is not None and any(p.is_dir() for p in train.iterdir())
+    if train is not None:
+        return any(p.is_dir() for p in train.iterdir())
+    return has_class_folders(root)
 
 
 class ImageFolderDataset(Dataset):

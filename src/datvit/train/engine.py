@@ -306,6 +306,9 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint (call on every rank: the RNG states of all ranks are gathered)."""
         rng_all = dist_utils.gather_objects(capture_rng_state(), self.info)
+        meters = {"loss": self.meters["loss"].state_dict(), "top1": self.meters["top1"].state_dict(),
+                  "seconds": self.meters["seconds"], "samples": self.meters["samples"]}
+        meters_all = dist_utils.gather_objects(meters, self.info)
         corrupt = self._all_corrupt()
         args = self.args
         return {
@@ -321,8 +324,8 @@ class Trainer:
             "rng_per_rank": rng_all,
             "data_state": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": args.seed,
                            "batch_size": args.batch_size, "world_size": self.info.world_size},
-            "meters": {"loss": self.meters["loss"].state_dict(), "top1": self.meters["top1"].state_dict(),
-                       "seconds": self.meters["seconds"], "samples": self.meters["samples"]},
+            "meters": meters_all[0],
+            "meters_per_rank": meters_all,
             "history": self.history,
             "best": dict(self.best),
             "corrupt_files": corrupt,
@@ -363,7 +366,8 @@ class Trainer:
             self.batch_in_epoch = done // (self.args.batch_size * self.info.world_size)
             self.warn("batch size or number of processes changed since the checkpoint: the epoch continues near, "
                       "not exactly at, where it stopped")
-        meters = ckpt.get("meters") or {}
+        per_rank_meters = ckpt.get("meters_per_rank") or [ckpt.get("meters") or {}]
+        meters = per_rank_meters[self.info.rank] if same_layout else {}
         self.meters = {"loss": RunningSum.from_state(meters.get("loss")), "top1": RunningSum.from_state(meters.get("top1")),
                        "seconds": meters.get("seconds", 0.0), "samples": meters.get("samples", 0)}
         self.history = ckpt.get("history") or {"epochs": [], "steps": []}
@@ -480,9 +484,11 @@ class Trainer:
         self._flush_window(window, None, 0, 0.0)
         self.meters["seconds"] += time.perf_counter() - t_start
         seconds = self.meters["seconds"]
-        samples = self.meters["samples"] * self.info.world_size
-        return {"loss": self.meters["loss"].mean, "top1": self.meters["top1"].mean, "seconds": seconds,
-                "images_per_s": samples / seconds if seconds > 0 else 0.0}
+        loss, top1 = self.meters["loss"], self.meters["top1"]
+        loss_total, top1_total, count = dist_utils.all_reduce_sum([loss.total, top1.total, loss.count], self.info)
+        return {"loss": loss_total / count if count else float("nan"),
+                "top1": top1_total / count if count else float("nan"), "seconds": seconds,
+                "images_per_s": count / seconds if seconds > 0 else 0.0}
 
     def _flush_window(self, window: list, pbar: Optional[tqdm], session_images: int, elapsed: float) -> None:
         """Move the step accumulators into the epoch's averages, add a curve point, refresh the progress bar."""
