@@ -102,6 +102,25 @@ def test_position_bias_gather_matches_grid_sample():
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("groups,hg,H,W,ns,t", [(3, 2, 6, 9, 20, (11, 17)), (1, 2, 12, 12, 9, (23, 23)),
+                                                 (4, 1, 1, 5, 1, (3, 9))])
+def test_position_bias_gradients_match_grid_sample(groups, hg, H, W, ns, t):
+    torch.manual_seed(1)
+    B = 2
+    table = torch.randn(groups * hg, *t, requires_grad=True)
+    pos = (torch.rand(B, groups, ns, 2) * 2.6 - 1.3).requires_grad_()
+    grid = query_grid(H, W, "pp")
+    disp = (grid.reshape(1, H * W, 1, 2) - pos.reshape(B * groups, 1, ns, 2)) * 0.5
+    expected = F.grid_sample(table[None].expand(B, -1, -1, -1).reshape(B * groups, hg, *t), disp[..., (1, 0)],
+                             mode="bilinear", align_corners=True).reshape(B, groups * hg, H * W, ns)
+    ours = deformable_position_bias(table, pos, grid)
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-6)
+    g = torch.randn_like(ours)
+    for a, b, name in zip(torch.autograd.grad(ours, [table, pos], g), torch.autograd.grad(expected, [table, pos], g),
+                          ["table", "pos"]):
+        assert_close_scaled(a, b, 1e-5, name)
+
+
 def test_reference_point_conventions():
     v1 = reference_points(4, 2, "v1")[0]
     torch.testing.assert_close(v1[:, 0, 0], torch.tensor([-0.75, -0.25, 0.25, 0.75]))

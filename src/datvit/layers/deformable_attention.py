@@ -23,6 +23,26 @@ from .ops import pointwise
 Generation = Literal["v1", "pp"]
 
 
+def deformable_position_bias(table: torch.Tensor, pos: torch.Tensor, q_grid: torch.Tensor) -> torch.Tensor:
+    """Bias B×heads×(H·W)×Ns: ``table`` (heads×Th×Tw) read bilinearly at (q − p)/2 for every query position q
+    (``q_grid``, H×W×2) and sampled position p (``pos``, B×G×Ns×2, (y, x), normalised).
+
+    Same ``grid_sample`` call as the authors (align_corners=True, zeros outside; the heads of a group are its
+    channels, so they share the interpolation weights), but the (x, y)-ordered grid is built in one broadcast
+    instead of a displacement tensor plus a reordering copy. A direct four-corner gather was measured slower
+    than ``grid_sample``'s fused kernel on CPU (forward 1.2–1.7×, backward 2–4×), so it is not used.
+    """
+    heads, th, tw = table.shape
+    B, G, ns, _ = pos.shape
+    H, W, _ = q_grid.shape
+    q_xy = q_grid.flip(-1).reshape(1, H * W, 1, 2)
+    p_xy = pos.flip(-1).reshape(B * G, 1, ns, 2)
+    grid = torch.sub(q_xy, p_xy).mul_(0.5)
+    tables = table.reshape(1, heads, th, tw).expand(B, -1, -1, -1).reshape(B * G, heads // G, th, tw)
+    bias = F.grid_sample(tables, grid, mode="bilinear", align_corners=True)
+    return bias.view(B, heads, H * W, ns)
+
+
 def reference_points(height: int, width: int, generation: Generation, batch: int = 1, dtype=torch.float32,
                      device=None) -> torch.Tensor:
     """Uniform grid of pixel centres, normalised to [−1, 1], as (batch, H, W, 2) in (y, x) order.
@@ -56,49 +76,6 @@ def query_grid(height: int, width: int, generation: Generation, dtype=torch.floa
         return torch.arange(n, dtype=dtype, device=device).div(n - 1.0).mul(2.0).sub(1.0)
 
     return torch.stack(torch.meshgrid(axis(height), axis(width), indexing="ij"), dim=-1)
-
-
-def _bilinear_axis(coord: torch.Tensor, size: int):
-    """Corner indices and weights of bilinear interpolation along one axis (grid_sample, align_corners=True,
-    zeros outside). ``coord`` normalised; returns (i0, i1, w0, w1) with out-of-range corners weighted 0."""
-    pix = ((coord + 1) / 2) * (size - 1)
-    i0 = torch.floor(pix)
-    w1 = pix - i0
-    w0 = 1 - w1
-    i0 = i0.long()
-    i1 = i0 + 1
-    w0 = w0 * ((i0 >= 0) & (i0 < size)).to(w0.dtype)
-    w1 = w1 * ((i1 >= 0) & (i1 < size)).to(w1.dtype)
-    return i0.clamp(0, size - 1), i1.clamp(0, size - 1), w0, w1
-
-
-def deformable_position_bias(table: torch.Tensor, pos: torch.Tensor, q_grid: torch.Tensor) -> torch.Tensor:
-    """Bilinear lookup of ``table`` (heads×Th×Tw) at (q − p)/2 for every query q and sample p, by direct gather.
-
-    ``pos``: B×G×Ns×2 sampled positions (y, x); ``q_grid``: H×W×2. Returns B×heads×(H·W)×Ns. Equal to the
-    authors' ``grid_sample`` (align_corners=True, zeros padding). The y-coordinate depends only on (query row,
-    sample) and the x-coordinate on (query column, sample), so indices and weights are computed on those small
-    grids and broadcast; each gather fetches all heads of a group at once.
-    """
-    heads, th, tw = table.shape
-    B, G, ns, _ = pos.shape
-    H, W, _ = q_grid.shape
-    hg = heads // G
-    # displacement (q − p)/2, per axis: B×G×H×Ns (rows) and B×G×W×Ns (columns)
-    dy = (q_grid[:, 0, 0].view(1, 1, H, 1) - pos[..., 0].unsqueeze(2)) * 0.5
-    dx = (q_grid[0, :, 1].view(1, 1, W, 1) - pos[..., 1].unsqueeze(2)) * 0.5
-    y0, y1, wy0, wy1 = _bilinear_axis(dy, th)
-    x0, x1, wx0, wx1 = _bilinear_axis(dx, tw)
-    flat = table.reshape(G, hg, th * tw).unsqueeze(0).expand(B, -1, -1, -1)  # B×G×hg×(Th·Tw)
-
-    def corner(yi, xi, wy, wx):
-        index = (yi.unsqueeze(3) * tw + xi.unsqueeze(2)).reshape(B, G, 1, H * W * ns)   # B×G×1×(H·W·Ns)
-        values = torch.gather(flat, 3, index.expand(-1, -1, hg, -1))
-        weight = (wy.unsqueeze(3) * wx.unsqueeze(2)).reshape(B, G, 1, H * W * ns)
-        return values * weight
-
-    bias = corner(y0, x0, wy0, wx0) + corner(y0, x1, wy0, wx1) + corner(y1, x0, wy1, wx0) + corner(y1, x1, wy1, wx1)
-    return bias.view(B, heads, H * W, ns)
 
 
 class DeformableAttention(nn.Module):
