@@ -1,0 +1,173 @@
+"""Measurements that need a process of their own, run by ``benchmarks.run`` as ``python -m benchmarks.worker TASK``
+with TASK a JSON object; the result is printed as one line ``BENCH_RESULT {json}``.
+
+* ``train_memory`` — peak memory of training steps. On CPU: in a fresh process (so that no other model's freed
+  memory sits in the allocator), the kernel's peak-RSS mark (VmHWM) is reset just before the first step and read
+  after the last; the result is the peak minus the resident set before the first step. (getrusage's ru_maxrss
+  is not used: Linux carries it over from the parent across fork/exec.) On CUDA ``max_memory_allocated``.
+* ``compile`` — ``torch.compile`` (inductor, default mode) of one model for inference or a training step: the first
+  call (which compiles) is timed, then the compiled and the eager model are timed interleaved in the same process.
+  A fresh inductor cache directory is used, so the compile time is a cold compile. The parent enforces a timeout.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from . import common
+
+RESULT_PREFIX = "BENCH_RESULT "
+
+
+def _setup(task: dict[str, Any]):
+    common.set_threads(task.get("threads"))
+    common.QUIET_WAIT_S = float(task.get("wait_quiet", 0.0))
+    device = common.pick_device(task.get("device", "cpu"))
+    subject = common.Subject(task["model"], task["path"])
+    return device, subject
+
+
+def train_memory(task: dict[str, Any]) -> dict[str, Any]:
+    import gc
+
+    import torch
+
+    device, subject = _setup(task)
+    batch, steps = int(task["batch"]), int(task.get("steps", 2))
+    model = common.build_model(subject, device, task.get("img_size", 224)).train()
+    x, y = common.random_batch(batch, task.get("img_size", 224), device)
+    step, _ = common.train_fn(model, x, y, device, task.get("autocast"))
+    gc.collect()
+    out: dict[str, Any] = {"steps": steps}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        base = common.current_rss_bytes()
+        out["peak_reset"] = common.reset_peak_rss()
+        out["peak_before_mb"] = common.peak_rss_bytes() / 2 ** 20
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        step()
+        common.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device)
+        out["method"] = "torch.cuda.max_memory_allocated − memory_allocated before the first step"
+    else:
+        peak = common.peak_rss_bytes()
+        out["rss_after_mb"] = common.current_rss_bytes() / 2 ** 20
+        out["method"] = ("peak resident set during the steps (VmHWM, reset just before the first step) − resident "
+                         "set just before the first step, in a fresh process")
+        if not out["peak_reset"]:
+            out["warning"] = "could not reset the peak-RSS mark; the value may include earlier peaks"
+    out["baseline_mb"] = base / 2 ** 20
+    out["peak_extra_mb"] = (peak - base) / 2 ** 20
+    out["step_s"] = times
+    return out
+
+
+def compile_task(task: dict[str, Any]) -> dict[str, Any]:
+    import torch
+
+    device, subject = _setup(task)
+    batch, kind = int(task["batch"]), task["kind"]
+    img = task.get("img_size", 224)
+    autocast = task.get("autocast")
+    model = common.build_model(subject, device, img)
+    x, y = common.random_batch(batch, img, device)
+    compiled = torch.compile(model, fullgraph=bool(task.get("fullgraph", False)))
+    if kind == "inference":
+        model.eval()
+        eager = common.inference_fn(model, x, device, autocast)
+        fast = common.inference_fn(compiled, x, device, autocast)
+    else:
+        model.train()
+        eager, optimizer = common.train_fn(model, x, y, device, autocast)
+        # the compiled module shares the parameters, so one optimizer serves both
+        import torch.nn.functional as F
+
+        def fast():
+            optimizer.zero_grad(set_to_none=True)
+            with common.autocast_context(device, autocast):
+                out = compiled(x)
+            F.cross_entropy(out.float(), y).backward()
+            optimizer.step()
+    t0 = time.perf_counter()
+    fast()
+    common.synchronize(device)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fast()
+    common.synchronize(device)
+    second = time.perf_counter() - t0
+    bg: dict[str, list[float]] = {}
+    times = common.time_interleaved({"eager": eager, "compiled": fast}, warmup=int(task.get("warmup", 1)),
+                                    iters=int(task.get("iters", 3)), device=device, background=bg)
+    comp = common.summarize(times["compiled"], batch, bg.get("compiled"))
+    eag = common.summarize(times["eager"], batch, bg.get("eager"))
+    return {
+        "first_call_s": first,
+        "second_call_s": second,
+        "compile_s": max(first - comp["ms_median"] / 1e3, 0.0),
+        "compiled": comp,
+        "eager_same_process": eag,
+        "speedup_vs_eager": comp["images_per_s"] / eag["images_per_s"],
+    }
+
+
+TASKS = {"train_memory": train_memory, "compile": compile_task}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    task = json.loads(argv[0])
+    result = TASKS[task["task"]](task)
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+def run_in_subprocess(task: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
+    """Run ``task`` in a fresh Python process (this interpreter); returns its result, or a dict with ``status``
+    "timeout"/"error" and the tail of its output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(common.REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    cache = tempfile.mkdtemp(prefix="datvit-bench-inductor-")
+    env["TORCHINDUCTOR_CACHE_DIR"] = cache  # cold compile every time
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    cmd = [sys.executable, "-m", "benchmarks.worker", json.dumps(task)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=str(common.REPO_ROOT), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        import signal
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)   # the worker and the compile workers it started
+        except ProcessLookupError:
+            pass
+        output, _ = proc.communicate()
+        return {"status": "timeout", "timeout_s": timeout, "wall_s": time.perf_counter() - t0,
+                "output_tail": (output or "")[-2000:]}
+    finally:
+        import shutil
+        shutil.rmtree(cache, ignore_errors=True)
+    wall = time.perf_counter() - t0
+    for line in reversed((output or "").splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX):])
+            result.update(status="ok", wall_s=wall)
+            return result
+    return {"status": "error", "returncode": proc.returncode, "wall_s": wall, "output_tail": (output or "")[-2000:]}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
