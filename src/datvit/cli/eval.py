@@ -4,10 +4,9 @@ Flags are timm ``validate.py``'s."""
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 from ..train.evaluation import add_eval_arguments
+from ._errors import run_with_user_errors
 
 EPILOG = """examples:
   datvit eval --checkpoint output/train/my-run/best.pth          # on the data it was trained on
@@ -24,17 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.fashion_mnist import DatasetCorruptError, DatasetNotFoundError
-    from ..models import CheckpointError
-    from ..train.engine import TrainingError
+    """Evaluate; problems the user can fix end with a one-line message and exit code 2."""
     from ..train.evaluation import run_eval
 
-    try:
-        run_eval(args)
-    except (DatasetNotFoundError, DatasetCorruptError, TrainingError, CheckpointError, FileNotFoundError,
-            ValueError) as e:
-        if os.environ.get("DATVIT_DEBUG"):
-            raise
-        print(f"datvit eval: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return run_with_user_errors("eval", lambda: run_eval(args))

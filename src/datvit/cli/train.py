@@ -3,10 +3,9 @@ Fashion-MNIST, on one process or under ``torchrun``. Flags are timm ``train.py``
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 from ..train.config import ConfigFileParser, build_parser
+from ._errors import run_with_user_errors
 
 EPILOG = """examples:
   datvit train                                        # a small DAT on Fashion-MNIST (offline)
@@ -33,19 +32,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train; problems the user can fix (missing data, bad config) end with a one-line message and exit code 2."""
-    from ..data.fashion_mnist import DatasetCorruptError, DatasetNotFoundError
-    from ..models import CheckpointError
-    from ..train.engine import TrainingError, train
+    from ..train.engine import train
 
-    try:
-        train(args)
-    except (DatasetNotFoundError, DatasetCorruptError, TrainingError, CheckpointError, FileNotFoundError,
-            ValueError) as e:
-        if os.environ.get("DATVIT_DEBUG"):
-            raise
-        print(f"datvit train: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted; continue with the same command plus --resume auto", file=sys.stderr)
-        return 130
-    return 0
+    return run_with_user_errors("train", lambda: train(args))

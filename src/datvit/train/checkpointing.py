@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -54,15 +54,15 @@ def _temp_path(directory: str, name: str) -> str:
     return path
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` atomically (temp file in the same directory + fsync + rename)."""
+def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> None:
+    """Call ``write(file)`` on a temp file beside ``path``, flush + fsync it, rename it over ``path``."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     tmp = _temp_path(directory, os.path.basename(path))
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with open(tmp, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -73,22 +73,14 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     _fsync_dir(directory)
 
 
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically (temp file in the same directory + fsync + rename)."""
+    _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
-    """Write a small text file atomically (summary.csv, args.yaml, reports)."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = _temp_path(directory, os.path.basename(path))
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a small text file atomically (summary.csv, reports)."""
+    _atomic_write(path, lambda f: f.write(text), "w")
 
 
 def atomic_link(source: str | os.PathLike, target: str | os.PathLike) -> None:

@@ -24,7 +24,7 @@ import yaml
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
-from timm.scheduler import create_scheduler_v2
+from timm.scheduler import PlateauLRScheduler, create_scheduler_v2
 from timm.utils import ModelEmaV3, dispatch_clip_grad
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -353,11 +353,16 @@ class Trainer:
         if self.ema is not None and ckpt.get("model_ema") is not None:
             self.ema.module.load_state_dict(ckpt["model_ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+        self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
+        if isinstance(self.scheduler, PlateauLRScheduler) and ckpt.get("scheduler") is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
+        elif self.scheduler is not None:
+            # timm's other schedules are functions of (epoch, step): re-deriving the lr from the arguments gives
+            # the same value as the checkpoint's and lets a resumed run extend --epochs.
+            self.scheduler.step(self.epoch)
+            self.scheduler.step_update(self.step)
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
-        self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
         data_state = ckpt.get("data_state", {})
         same_layout = (data_state.get("world_size") == self.info.world_size
                        and data_state.get("batch_size") == self.args.batch_size)

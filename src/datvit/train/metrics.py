@@ -110,35 +110,31 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[flo
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+# file: (title, y label, per-step key and label, per-epoch (key, label) pairs)
+PLOTS = {
+    "loss.png": ("loss", "loss", ("loss", "train (steps)"),
+                 (("train_loss", "train (epoch)"), ("eval_loss", "eval"), ("ema_eval_loss", "eval (EMA)"))),
+    "accuracy.png": ("accuracy", "accuracy (%)", ("top1", "train top-1 (steps)"),
+                     (("eval_top1", "eval top-1"), ("eval_top5", "eval top-5"), ("ema_eval_top1", "EMA top-1"))),
+    "lr.png": ("learning rate", "lr", ("lr", "lr"), ()),
+}
+
+
 def plot_curves(run_dir: str | os.PathLike, rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> list[Path]:
     """loss.png, accuracy.png and lr.png in ``run_dir``: per-step training points (x in fractional epochs) and
     per-epoch evaluation points."""
     run_dir = Path(run_dir)
     written = []
-    fig, ax = _figure("loss", "loss")
-    if steps:
-        ax.plot([s["epoch"] for s in steps], [s["loss"] for s in steps], lw=0.8, alpha=0.6, label="train (steps)")
-    for key, label in (("train_loss", "train (epoch)"), ("eval_loss", "eval"), ("ema_eval_loss", "eval (EMA)")):
-        x, y = _series(rows, key)
-        if x:
-            ax.plot(x, y, marker="o", label=label)
-    written.append(_save(fig, ax, run_dir / "loss.png"))
-
-    fig, ax = _figure("accuracy", "accuracy (%)")
-    if steps and any(s.get("top1") is not None for s in steps):
-        ax.plot([s["epoch"] for s in steps], [s.get("top1") for s in steps], lw=0.8, alpha=0.6,
-                label="train top-1 (steps)")
-    for key, label in (("eval_top1", "eval top-1"), ("eval_top5", "eval top-5"), ("ema_eval_top1", "EMA top-1")):
-        x, y = _series(rows, key)
-        if x:
-            ax.plot(x, y, marker="o", label=label)
-    written.append(_save(fig, ax, run_dir / "accuracy.png"))
-
-    fig, ax = _figure("learning rate", "lr")
-    if steps:
-        ax.plot([s["epoch"] for s in steps], [s["lr"] for s in steps], label="lr")
-    else:
-        x, y = _series(rows, "lr")
-        ax.plot(x, y, marker="o", label="lr")
-    written.append(_save(fig, ax, run_dir / "lr.png"))
+    for name, (title, ylabel, (step_key, step_label), epoch_series) in PLOTS.items():
+        fig, ax = _figure(title, ylabel)
+        points = [s for s in steps if s.get(step_key) is not None]
+        if points:
+            ax.plot([s["epoch"] for s in points], [s[step_key] for s in points], lw=0.8, alpha=0.7, label=step_label)
+        elif step_key == "lr":
+            epoch_series = (("lr", "lr"),)
+        for key, label in epoch_series:
+            x, y = _series(rows, key)
+            if x:
+                ax.plot(x, y, marker="o", label=label)
+        written.append(_save(fig, ax, run_dir / name))
     return written
