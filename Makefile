@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.datvit-installed
 
-.PHONY: test demo venv clean bench
+.PHONY: test demo venv clean bench fashion-mnist
 
 venv: $(STAMP)
 
@@ -17,6 +17,27 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# `make demo`: a small DAT trained on Fashion-MNIST for a few minutes on CPU, evaluated on the 10,000 test
+# images; checkpoint, curves and report.md in demo_output/fashion_mnist/. DEMO_ARGS go to `datvit train`
+# (e.g. DEMO_ARGS='--epochs 1', or DEMO_ARGS='--data-dir DIR' for IDX files elsewhere).
+DEMO_ARGS ?=
+
+demo: $(STAMP) fashion-mnist
+	$(PY) -m datvit.train.demo $(DEMO_ARGS)
+
+# Fashion-MNIST comes from the Debian package dataset-fashion-mnist; install it when missing and possible.
+FIND_FMNIST := $(PY) -c "from datvit.data.fashion_mnist import find_fashion_mnist; find_fashion_mnist()"
+fashion-mnist: $(STAMP)
+	@case "$(DEMO_ARGS)" in *--data-dir*) exit 0;; esac; \
+	$(FIND_FMNIST) 2>/dev/null && exit 0; \
+	echo "Fashion-MNIST not found: installing the Debian package dataset-fashion-mnist"; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then SUDO=; \
+	elif command -v apt-get >/dev/null && command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; \
+	else echo "cannot install it from here: run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu), or"; \
+	  echo "make demo DEMO_ARGS='--data-dir DIR' with the four IDX files (add --dataset-download when online)"; exit 1; fi; \
+	$$SUDO apt-get install -y dataset-fashion-mnist || { $$SUDO apt-get update && $$SUDO apt-get install -y dataset-fashion-mnist; }; \
+	$(FIND_FMNIST)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
