@@ -430,6 +430,22 @@ def _status_kb(field: str) -> Optional[int]:
     return None
 
 
+def available_memory_bytes() -> int:
+    """MemAvailable of /proc/meminfo (Linux), 0 where unavailable."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def virtual_size_bytes() -> int:
+    kb = _status_kb("VmSize")
+    return 0 if kb is None else kb * 1024
+
+
 def current_rss_bytes() -> int:
     """Resident set size now (Linux), 0 where unavailable."""
     kb = _status_kb("VmRSS")

@@ -3,10 +3,11 @@
 In one process and one run it measures, side by side, datvit's fast path, datvit's reference path (the authors'
 algorithm) and timm's Swin-T and ConvNeXt-T:
 
-* inference images/s (eval, no_grad) at each ``--batch-sizes`` and training-step images/s (forward, cross-entropy,
-  backward, AdamW step) at each ``--train-batch-sizes``; the subjects are timed *interleaved* (one call of each
-  per round), so background load on a shared machine hits all of them alike; medians are reported;
-* peak memory of a training step (fresh process per model: peak RSS growth on CPU, max_memory_allocated on CUDA);
+* inference images/s (eval, no_grad) at each ``--batch-sizes``, all subjects in this process, timed *interleaved*
+  (one call of each per round, so background load on a shared machine hits all of them alike); medians;
+* training-step images/s (forward, cross-entropy, backward, AdamW step) at each ``--train-batch-sizes`` and the
+  peak memory of those steps, each subject in a fresh process (peak RSS growth on CPU, max_memory_allocated on
+  CUDA; one process holding every model's training state would need the sum of their memory);
 * ``torch.compile`` (compile time and compiled speed, in a fresh process with a timeout);
 * the DeformableAttention module alone at dat_tiny's stage-3 shapes, fast vs reference, forward and
   forward+backward;
@@ -72,9 +73,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:i] (default auto)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable CPU count)")
     p.add_argument("--img-size", type=int, default=224, help="input resolution (default 224)")
-    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurements")
-    p.add_argument("--memory-steps", type=int, default=2,
-                   help="training steps in the memory process (default 2: the second is the steady state)")
+    p.add_argument("--train-iters", type=int, default=None,
+                   help="timed training steps per model (default: --iters); one or more untimed steps come first")
+    p.add_argument("--train-timeout", type=float, default=3600.0,
+                   help="seconds per training process before it is abandoned (default 3600)")
+    p.add_argument("--memory-fraction", type=float, default=0.85,
+                   help="cap each training process's memory at this fraction of the memory available when it "
+                        "starts, so that a model too big for the machine fails cleanly (default 0.85; 0: no cap)")
     p.add_argument("--no-module", action="store_true", help="skip the DeformableAttention module benchmark")
     p.add_argument("--module-batch", type=int, default=8, help="batch of the module benchmark (default 8)")
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (then no GFLOP/s)")
@@ -132,8 +137,9 @@ def _resolve(args: argparse.Namespace, device) -> dict[str, Any]:
         cfg["compile_batch_sizes"] = None   # largest inference / training batch
     cfg["compile_timeout_s"] = args.compile_timeout
     cfg["img_size"] = args.img_size
-    cfg["memory"] = not args.no_memory
-    cfg["memory_steps"] = args.memory_steps
+    cfg["train_iters"] = args.train_iters or cfg["iters"]
+    cfg["train_timeout_s"] = args.train_timeout
+    cfg["memory_fraction"] = args.memory_fraction
     cfg["module"] = not args.no_module
     cfg["module_batch"] = args.module_batch
     cfg["flops"] = not args.no_flops
@@ -329,47 +335,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _attach_flops(row, flops, peaks)
                 results.append(row)
                 _log(f"  {s.label:28s} {row['images_per_s']:8.2f} img/s")
-        for batch in cfg["train_batch_sizes"]:
-            _log(f"{mode} training batch {batch}")
-            x, y = common.random_batch(batch, cfg["img_size"], device)
-            fns, optimizers = {}, []
-            for s in subjects:
-                models[s].train()
-                fn, opt = common.train_fn(models[s], x, y, device, autocast)
-                fns[s.label] = fn
-                optimizers.append(opt)
-            bg = {}
-            times = common.time_interleaved(fns, max(cfg["warmup"], 1), _iters_for(batch, cfg["iters"]), device, bg)
-            del fns, optimizers
-            for s in subjects:
-                models[s].zero_grad(set_to_none=True)
-                row = dict(s.as_dict(), mode=mode, kind="train", batch=batch, **common.summarize(
-                    times[s.label], batch, bg.get(s.label)))
-                _attach_flops(row, flops, peaks)
-                results.append(row)
-                _log(f"  {s.label:28s} {row['images_per_s']:8.2f} img/s")
     del models, sources
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
-    # --- peak memory of a training step, one fresh process per model
+    # --- training steps: one fresh process per subject (throughput and peak memory)
     from . import worker
     memory = []
-    if cfg["memory"]:
-        for mode in [m for m in cfg["modes"] if m in IN_PROCESS_MODES]:
-            for batch in cfg["train_batch_sizes"]:
-                for s in subjects:
-                    _log(f"peak memory: {s.label} {mode} training batch {batch}")
-                    res = worker.run_in_subprocess(dict(
-                        task="train_memory", model=s.model, path=s.path, batch=batch, steps=cfg["memory_steps"],
-                        device=str(device), img_size=cfg["img_size"], threads=threads,
-                        autocast=_autocast_for(mode)), timeout=3600)
-                    memory.append(dict(s.as_dict(), mode=mode, batch=batch, **res))
-                    _log(f"  {res.get('peak_extra_mb', float('nan')):.0f} MB ({res.get('status')})")
+    for mode in [m for m in cfg["modes"] if m in IN_PROCESS_MODES]:
+        for batch in cfg["train_batch_sizes"]:
+            for s in subjects:
+                _log(f"{mode} training batch {batch}: {s.label} (own process)")
+                res = worker.run_in_subprocess(dict(
+                    task="train", model=s.model, path=s.path, batch=batch, device=str(device),
+                    img_size=cfg["img_size"], threads=threads, autocast=_autocast_for(mode),
+                    warmup=max(cfg["warmup"] - 1, 1), iters=cfg["train_iters"], wait_quiet=cfg["wait_quiet_s"],
+                    memory_fraction=cfg["memory_fraction"]), timeout=cfg["train_timeout_s"])
+                mem = {k: v for k, v in res.items() if k not in ("timing", "step_s")}
+                memory.append(dict(s.as_dict(), mode=mode, batch=batch, **mem))
+                if res.get("status") == "ok":
+                    row = dict(s.as_dict(), mode=mode, kind="train", batch=batch, **res["timing"])
+                    _attach_flops(row, flops, peaks)
+                    results.append(row)
+                    _log(f"  {row['images_per_s']:8.2f} img/s, peak {res['peak_extra_mb']:.0f} MB")
+                else:
+                    _log(f"  {res.get('status')}: {res.get('error') or res.get('output_tail', '')[-300:]}")
     report["memory"] = memory
 
     # --- torch.compile, one fresh process per measurement
-    compiles = []
+    compiles: list[dict] = []
     for mode in [m for m in cfg["modes"] if "compile" in m]:
         compile_subjects = [s for s in common.expand_subjects(cfg["compile_models"], ["fast"])]
         for s in compile_subjects:

@@ -1,10 +1,12 @@
 """Measurements that need a process of their own, run by ``benchmarks.run`` as ``python -m benchmarks.worker TASK``
 with TASK a JSON object; the result is printed as one line ``BENCH_RESULT {json}``.
 
-* ``train_memory`` — peak memory of training steps. On CPU: in a fresh process (so that no other model's freed
-  memory sits in the allocator), the kernel's peak-RSS mark (VmHWM) is reset just before the first step and read
-  after the last; the result is the peak minus the resident set before the first step. (getrusage's ru_maxrss
-  is not used: Linux carries it over from the parent across fork/exec.) On CUDA ``max_memory_allocated``.
+* ``train`` — training steps of one model: images/s (median of the timed steps) and peak memory. On CPU the fresh
+  process matters: no other model's freed memory sits in the allocator, and the kernel's peak-RSS mark (VmHWM) is
+  reset just before the first step and read after the last; the result is the peak minus the resident set before
+  the first step. (getrusage's ru_maxrss is not used: Linux carries it over from the parent across fork/exec.) On
+  CUDA ``max_memory_allocated``. The address space is capped (``memory_fraction`` of the available memory) so a
+  run too big for the machine ends with ``out_of_memory`` rather than the kernel's OOM killer.
 * ``compile`` — ``torch.compile`` (inductor, default mode) of one model for inference or a training step: the first
   call (which compiles) is timed, then the compiled and the eager model are timed interleaved in the same process.
   A fresh inductor cache directory is used, so the compile time is a cold compile. The parent enforces a timeout.
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Any
+from typing import Any, Optional
 
 from . import common
 
@@ -32,44 +34,82 @@ def _setup(task: dict[str, Any]):
     return device, subject
 
 
-def train_memory(task: dict[str, Any]) -> dict[str, Any]:
+def _limit_memory(task: dict[str, Any]) -> Optional[float]:
+    """Cap the address space so that a run too big for the machine fails with a clean allocation error instead of
+    being killed by the kernel's OOM killer (which can also hit other processes). Returns the cap in GB."""
+    frac = float(task.get("memory_fraction", 0.0))
+    if frac <= 0:
+        return None
+    try:
+        import resource
+        available = common.available_memory_bytes()
+        size = common.virtual_size_bytes()
+        if not available or not size:
+            return None
+        cap = size + int(frac * available)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+        return frac * available / 2 ** 30
+    except (ImportError, ValueError, OSError):
+        return None
+
+
+def train(task: dict[str, Any]) -> dict[str, Any]:
+    """Training steps of one model in this fresh process: throughput (median of the timed steps) and peak memory
+    over all steps (warm-up included: the first step creates AdamW's state)."""
     import gc
 
     import torch
 
     device, subject = _setup(task)
-    batch, steps = int(task["batch"]), int(task.get("steps", 2))
+    batch, warmup, iters = int(task["batch"]), int(task.get("warmup", 1)), int(task.get("iters", 3))
     model = common.build_model(subject, device, task.get("img_size", 224)).train()
     x, y = common.random_batch(batch, task.get("img_size", 224), device)
     step, _ = common.train_fn(model, x, y, device, task.get("autocast"))
     gc.collect()
-    out: dict[str, Any] = {"steps": steps}
+    out: dict[str, Any] = {"warmup_steps": warmup}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
         torch.cuda.reset_peak_memory_stats(device)
     else:
+        out["memory_cap_gb"] = _limit_memory(task)
         base = common.current_rss_bytes()
         out["peak_reset"] = common.reset_peak_rss()
-        out["peak_before_mb"] = common.peak_rss_bytes() / 2 ** 20
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        common.synchronize(device)
-        times.append(time.perf_counter() - t0)
+    times, background = [], []
+    try:
+        for i in range(warmup + iters):
+            if i >= warmup:
+                common.MONITOR.wait_quiet(common.QUIET_WAIT_S)
+            a = common.MONITOR.sample()
+            t0 = time.perf_counter()
+            step()
+            common.synchronize(device)
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                times.append(dt)
+                o = common.MONITOR.others(a, common.MONITOR.sample())
+                if o is not None:
+                    background.append(o["others"] + o["steal"])
+            else:
+                out.setdefault("warmup_step_s", []).append(dt)
+    except (RuntimeError, MemoryError) as exc:
+        if "memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
+            raise
+        return {"status": "out_of_memory", "error": str(exc)[:500], "memory_cap_gb": out.get("memory_cap_gb"),
+                "completed_steps": len(times) + len(out.get("warmup_step_s", []))}
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
-        out["method"] = "torch.cuda.max_memory_allocated − memory_allocated before the first step"
+        out["memory_method"] = "torch.cuda.max_memory_allocated − memory_allocated before the first step"
     else:
         peak = common.peak_rss_bytes()
         out["rss_after_mb"] = common.current_rss_bytes() / 2 ** 20
-        out["method"] = ("peak resident set during the steps (VmHWM, reset just before the first step) − resident "
-                         "set just before the first step, in a fresh process")
+        out["memory_method"] = ("peak resident set during the steps (VmHWM, reset just before the first step) − "
+                                "resident set just before the first step, in a fresh process")
         if not out["peak_reset"]:
             out["warning"] = "could not reset the peak-RSS mark; the value may include earlier peaks"
     out["baseline_mb"] = base / 2 ** 20
     out["peak_extra_mb"] = (peak - base) / 2 ** 20
+    out["timing"] = common.summarize(times, batch, background)
     out["step_s"] = times
     return out
 
@@ -123,7 +163,7 @@ def compile_task(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-TASKS = {"train_memory": train_memory, "compile": compile_task}
+TASKS = {"train": train, "compile": compile_task}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ def test_benchmark_smoke(tmp_path):
     out = tmp_path / "bench"
     run.main(["--models", "dat_tiny", "--img-size", "64", "--batch-sizes", "1", "--train-batch-sizes", "1",
               "--iters", "1", "--warmup", "0", "--modes", "eager", "--no-compile", "--matmul-sizes", "128",
-              "--module-batch", "1", "--memory-steps", "1", "--threads", "1", "--out", str(out)])
+              "--module-batch", "1", "--train-iters", "1", "--threads", "1", "--out", str(out)])
     report = json.loads((out / "benchmark.json").read_text())
     assert (out / "benchmark.png").stat().st_size > 1000
     assert (out / "benchmark.md").read_text().startswith("# datvit benchmark")
