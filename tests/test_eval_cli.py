@@ -73,3 +73,21 @@ def test_eval_rejects_a_dataset_with_more_classes(run, capsys, tmp_path):
     (data / "val" / "zebra" / "a.png").write_bytes((data / "val" / "cat" / "000.png").read_bytes())
     code, _, err = _eval(capsys, ["--checkpoint", str(run_dir / "last.pth"), "--data-dir", str(data)])
     assert code == 2 and "zebra" in err
+
+
+def test_eval_authors_checkpoint_of_a_registered_variant(run, capsys, tmp_path):
+    """The authors' layout ({"model": state_dict} of dat_tiny, 3 classes): --model names the variant, the class
+    count comes from the weights, and the position tables built for 224 are resized for 64×64 inputs."""
+    import timm
+
+    _, data = run
+    torch.manual_seed(0)
+    authors = tmp_path / "dat_tiny_3cls.pth"
+    torch.save({"model": timm.create_model("dat_tiny", num_classes=3).state_dict()}, authors)
+    results = tmp_path / "r.json"
+    code, out, err = _eval(capsys, ["--model", "dat_tiny", "--checkpoint", str(authors), "--data-dir", str(data),
+                                    "--img-size", "64", "--results-file", str(results), "-b", "16"])
+    assert code == 0, err
+    r = json.loads(results.read_text())
+    assert (r["model"], r["images"], r["img_size"], r["crop_pct"]) == ("dat_tiny", 9, 64, 0.875)
+    assert r["param_count"] > 27e6  # dat_tiny with a 3-class head
