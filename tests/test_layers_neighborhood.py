@@ -38,7 +38,8 @@ def test_tiled_and_gather_match_brute_force(shape, ks, tile):
     expected = brute_force(q * c ** -0.5, k, v, rpb, ks)
     got_gather = neighborhood_attention_gather(q * c ** -0.5, k, v, rpb, ks)
     torch.testing.assert_close(got_gather, expected, atol=1e-5, rtol=1e-5)
-    got_tiled = neighborhood_attention_tiled(q, k, v, rpb, ks, tile)
+    qkv = torch.stack([q, k, v]).permute(1, 3, 4, 0, 2, 5)          # B×H×W×3×heads×c
+    got_tiled = neighborhood_attention_tiled(qkv, rpb, ks, tile)
     torch.testing.assert_close(got_tiled, expected.permute(0, 2, 3, 1, 4).reshape(B, *shape, h * c),
                                atol=1e-5, rtol=1e-5)
 

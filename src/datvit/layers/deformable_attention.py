@@ -199,9 +199,12 @@ class DeformableAttention(nn.Module):
             sampled = F.avg_pool2d(x_groups, kernel_size=self.stride, stride=self.stride)
         else:
             sampled = F.grid_sample(x_groups, pos.flip(-1), mode="bilinear", align_corners=True)
-        sampled = sampled.reshape(B, C, ns).transpose(1, 2)          # B×Ns×C
-        k = pointwise(sampled, self.proj_k).view(B, ns, heads, self.head_dim).transpose(1, 2)
-        v = pointwise(sampled, self.proj_v).view(B, ns, heads, self.head_dim).transpose(1, 2)
+        sampled = sampled.reshape(B, C, ns).transpose(1, 2).contiguous()      # B×Ns×C
+        # k and v in one GEMM
+        kv_weight = torch.cat([self.proj_k.weight.flatten(1), self.proj_v.weight.flatten(1)])
+        kv_bias = torch.cat([self.proj_k.bias, self.proj_v.bias])
+        kv = F.linear(sampled, kv_weight, kv_bias).view(B, ns, 2, heads, self.head_dim)
+        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
         qh = q.reshape(B, H * W, heads, self.head_dim).transpose(1, 2)
 
         bias = None

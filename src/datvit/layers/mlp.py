@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import conv2d_channels_last, pointwise
+from .ops import pointwise, residual_depthwise_conv
 
 
 class Mlp(nn.Module):
@@ -51,8 +51,7 @@ class ConvMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B×H×W×C."""
-        h = pointwise(x, self.linear1[0])
-        h = h + conv2d_channels_last(h, self.dwc)
+        h = residual_depthwise_conv(pointwise(x, self.linear1[0]), self.dwc)
         h = self.drop1(F.gelu(h))
         return self.drop2(pointwise(h, self.linear2[0]))
 

@@ -7,7 +7,8 @@ NATTEN) and cropped after.
 
 Two implementations: ``reference_forward`` gathers each query's k×k keys explicitly (the definition, memory k²×);
 ``forward`` cuts the queries into t×t tiles, gives each tile the (t+k−1)² halo of keys that covers all of its
-windows, and runs one ``scaled_dot_product_attention`` with the bias and the out-of-window mask as an additive mask.
+windows, and runs one ``scaled_dot_product_attention`` with the bias and the out-of-window mask as an additive mask;
+maps up to 2t on a side are one tile (the whole map), which needs no halo copies at all.
 """
 from __future__ import annotations
 
@@ -64,25 +65,45 @@ def _tile_halo(length: int, tile: int, kernel_size: int, device):
     return keys, inside, bias_index
 
 
-def neighborhood_attention_tiled(q, k, v, rpb, kernel_size: int, tile: int = 7, dropout_p: float = 0.0):
-    """Fast NA by query tiles and SDPA. ``q, k, v``: B×heads×H×W×c (q *not* scaled). Returns B×H×W×(heads·c)."""
-    B, heads, H, W, c = q.shape
+def neighborhood_attention_tiled(qkv: torch.Tensor, rpb: torch.Tensor, kernel_size: int, tile: int = 7,
+                                 dropout_p: float = 0.0) -> torch.Tensor:
+    """Fast NA by query tiles and SDPA. ``qkv``: B×H×W×3×heads×c (the projection's output, q not scaled).
+
+    Returns B×H×W×(heads·c). The halos are cut with two ``index_select`` calls (rows, then columns) on the
+    k/v part of ``qkv``; the bias and the out-of-window mask form one additive mask shared by the batch.
+    """
+    B, H, W, _, heads, c = qkv.shape
+    if H <= 2 * tile and W <= 2 * tile:
+        # Small map: one tile holding the whole map. q, k, v are strided views of qkv (no halo copies); the
+        # mask keeps each query's k×k window.
+        q, k, v = qkv.view(B, H * W, 3, heads, c).permute(2, 0, 3, 1, 4).unbind(0)  # B×heads×HW×c views
+        rows, in_y, by = _tile_halo(H, H, kernel_size, qkv.device)
+        cols, in_x, bx = _tile_halo(W, W, kernel_size, qkv.device)
+        bias = rpb[:, by[0][:, None, :, None], bx[0][None, :, None, :]]            # heads×H×W×H×W
+        inside = in_y[0][:, None, :, None] & in_x[0][None, :, None, :]
+        mask = bias.masked_fill(~inside, float("-inf")).reshape(1, heads, H * W, H * W)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=dropout_p)
+        return out.transpose(1, 2).reshape(B, H, W, heads * c)
     ty, tx = min(tile, H), min(tile, W)
-    rows, in_y, by = _tile_halo(H, ty, kernel_size, q.device)
-    cols, in_x, bx = _tile_halo(W, tx, kernel_size, q.device)
+    rows, in_y, by = _tile_halo(H, ty, kernel_size, qkv.device)
+    cols, in_x, bx = _tile_halo(W, tx, kernel_size, qkv.device)
     nty, lky = rows.shape
     ntx, lkx = cols.shape
-    pad_h, pad_w = nty * ty - H, ntx * tx - W
-    q = F.pad(q, (0, 0, 0, pad_w, 0, pad_h))
-    q = q.view(B, heads, nty, ty, ntx, tx, c).permute(0, 1, 2, 4, 3, 5, 6).reshape(B, heads * nty * ntx, ty * tx, c)
-    index = (rows[:, None, :, None], cols[None, :, None, :])
-    k = k[:, :, index[0], index[1]].reshape(B, heads * nty * ntx, lky * lkx, c)
-    v = v[:, :, index[0], index[1]].reshape(B, heads * nty * ntx, lky * lkx, c)
+    n_tiles = heads * nty * ntx
+
+    # heads-major copy of q, k, v (one pass), then one index_select per tensor straight into the tile layout
+    qkv = qkv.view(B, H * W, 3, heads, c).permute(2, 0, 3, 1, 4).contiguous()   # 3×B×heads×HW×c
+    halo = (rows[:, None, :, None] * W + cols[None, :, None, :]).flatten()       # nty×ntx×lky×lkx
+    q_rows = (torch.arange(nty * ty, device=qkv.device).clamp(max=H - 1)).view(nty, ty)
+    q_cols = (torch.arange(ntx * tx, device=qkv.device).clamp(max=W - 1)).view(ntx, tx)
+    tiles = (q_rows[:, None, :, None] * W + q_cols[None, :, None, :]).flatten()  # nty×ntx×ty×tx (padding → edge)
+    q = qkv[0].index_select(2, tiles).view(B, n_tiles, ty * tx, c)
+    k, v = qkv[1:].index_select(3, halo).view(2, B, n_tiles, lky * lkx, c).unbind(0)
     # heads × nty × ty × lky × ntx × tx × lkx → heads × nty × ntx × (ty·tx) × (lky·lkx)
     bias = rpb[:, by[:, :, :, None, None, None], bx[None, None, None, :, :, :]]
     inside = in_y[:, :, :, None, None, None] & in_x[None, None, None, :, :, :]
     mask = bias.masked_fill(~inside, float("-inf"))
-    mask = mask.permute(0, 1, 4, 2, 5, 3, 6).reshape(1, heads * nty * ntx, ty * tx, lky * lkx)
+    mask = mask.permute(0, 1, 4, 2, 5, 3, 6).reshape(1, n_tiles, ty * tx, lky * lkx)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=dropout_p)
     out = out.view(B, heads, nty, ntx, ty, tx, c).permute(0, 2, 4, 3, 5, 1, 6).reshape(B, nty * ty, ntx * tx, heads * c)
     return out[:, :H, :W]
@@ -108,21 +129,18 @@ class NeighborhoodAttention2D(nn.Module):
         self.rpb = nn.Parameter(torch.zeros(heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
         trunc_normal_(self.rpb, std=0.02, mean=0.0, a=-2.0, b=2.0)
 
-    def _qkv(self, x: torch.Tensor):
-        """Pad maps smaller than the kernel (right/bottom), project, split heads: 3 × B×heads×H'×W'×c."""
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad maps smaller than the kernel (right/bottom) and project: B×H'×W'×3×heads×c."""
         B, H, W, C = x.shape
         pad_b, pad_r = max(0, self.kernel_size - H), max(0, self.kernel_size - W)
         if pad_b or pad_r:
             x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        Hp, Wp = H + pad_b, W + pad_r
-        qkv = self.qkv(x).reshape(B, Hp, Wp, 3, self.heads, self.head_dim).permute(3, 0, 4, 1, 2, 5)
-        return qkv.unbind(0)
+        return self.qkv(x).view(B, H + pad_b, W + pad_r, 3, self.heads, self.head_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path. ``x``: B×H×W×C → B×H×W×C."""
         B, H, W, C = x.shape
-        q, k, v = self._qkv(x)
-        out = neighborhood_attention_tiled(q, k, v, self.rpb, self.kernel_size, self.tile_size,
+        out = neighborhood_attention_tiled(self._qkv(x), self.rpb, self.kernel_size, self.tile_size,
                                            self.attn_drop.p if self.training else 0.0)
         return self.proj_drop(self.proj(out[:, :H, :W]))
 
@@ -130,7 +148,7 @@ class NeighborhoodAttention2D(nn.Module):
         """Plain path on B×C×H×W: explicit k×k neighborhoods, as NATTEN defines them."""
         x = x.permute(0, 2, 3, 1)
         B, H, W, C = x.shape
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x).permute(3, 0, 4, 1, 2, 5).unbind(0)
         out = neighborhood_attention_gather(q * self.scale, k, v, self.rpb, self.kernel_size, self.attn_drop)
         out = out.permute(0, 2, 3, 1, 4).reshape(B, q.shape[2], q.shape[3], C)[:, :H, :W]
         return self.proj_drop(self.proj(out)).permute(0, 3, 1, 2)

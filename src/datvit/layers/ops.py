@@ -28,3 +28,17 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
 def to_channels_first(x: torch.Tensor) -> torch.Tensor:
     """B×H×W×C → B×C×H×W (a view with channels-last strides)."""
     return x.permute(0, 3, 1, 2)
+
+
+def residual_depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``x + conv(x)`` on B×H×W×C for a depthwise, stride-1, same-padded ``conv``, as a single convolution.
+
+    The identity is folded into the kernel's centre tap, which saves a full read-add-write pass over the map
+    (the LPU of DAT++ and the depthwise conv inside its MLP are both of this form).
+    """
+    k = conv.kernel_size
+    identity = torch.zeros_like(conv.weight)
+    identity[:, :, k[0] // 2, k[1] // 2] = 1.0
+    out = F.conv2d(x.permute(0, 3, 1, 2), conv.weight + identity, conv.bias, conv.stride, conv.padding,
+                   conv.dilation, conv.groups)
+    return out.permute(0, 2, 3, 1)

@@ -66,6 +66,26 @@ def window_attention_mask(
     return mask
 
 
+def window_token_index(height: int, width: int, window_size: int, shift_size: int, device=None):
+    """Token orders for window attention on an H×W map (row-major tokens).
+
+    ``gather`` lists, window by window, the token at every slot of the map padded to the window and rolled by
+    −shift (padding slots point at a real token: they are masked as keys and dropped as queries); ``scatter``
+    gives, for every real token, its slot. So ``tokens[gather]`` partitions and ``windows[scatter]`` merges.
+    """
+    w, s = window_size, shift_size
+    hp, wp = height + (-height) % w, width + (-width) % w
+    ys = (torch.arange(hp, device=device) + s) % hp            # padded-map row shown at each rolled row
+    xs = (torch.arange(wp, device=device) + s) % wp
+    tokens = ys.clamp(max=height - 1)[:, None] * width + xs.clamp(max=width - 1)[None, :]
+    gather = tokens.view(hp // w, w, wp // w, w).transpose(1, 2).reshape(-1)
+    ry = (torch.arange(height, device=device) - s) % hp         # rolled row of each real row
+    rx = (torch.arange(width, device=device) - s) % wp
+    scatter = (((ry // w)[:, None] * (wp // w) + (rx // w)[None, :]) * (w * w)
+               + (ry % w)[:, None] * w + (rx % w)[None, :])
+    return gather, scatter.reshape(-1)
+
+
 class LocalAttention(nn.Module):
     """Multi-head self-attention inside non-overlapping w×w windows with a learned relative position bias."""
 
@@ -95,37 +115,30 @@ class LocalAttention(nn.Module):
         return (-height) % self.window_size, (-width) % self.window_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Fast path. ``x``: B×H×W×C → B×H×W×C. One SDPA call over all windows, bias and masks as an additive mask."""
+        """Fast path. ``x``: B×H×W×C → B×H×W×C.
+
+        Padding, the cyclic shift and the window partition are one ``index_select`` of the tokens (and one back),
+        q/k/v go to ``scaled_dot_product_attention`` as strided views, the bias and masks as an additive mask.
+        """
         B, H, W, C = x.shape
-        w, s, heads = self.window_size, self.shift_size, self.heads
+        w, heads = self.window_size, self.heads
         pad_b, pad_r = self._padding(H, W)
-        qkv = self.proj_qkv(x)
-        if pad_b or pad_r:
-            qkv = F.pad(qkv, (0, 0, 0, pad_r, 0, pad_b))
         Hp, Wp = H + pad_b, W + pad_r
-        if s:
-            qkv = torch.roll(qkv, shifts=(-s, -s), dims=(1, 2))
-        nh, nw = Hp // w, Wp // w
-        num_windows, n = nh * nw, w * w
-        qkv = qkv.view(B, nh, w, nw, w, 3, heads, self.head_dim).permute(5, 0, 1, 3, 6, 2, 4, 7)
-        q, k, v = qkv.reshape(3, B, num_windows * heads, n, self.head_dim).unbind(0)
+        num_windows, n = (Hp // w) * (Wp // w), w * w
+        gather, scatter = window_token_index(H, W, w, self.shift_size, x.device)
+        windows = x.reshape(B, H * W, C).index_select(1, gather)               # B×(nW·w²)×C
+        qkv = self.proj_qkv(windows).view(B * num_windows, n, 3, heads, self.head_dim)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))                    # (B·nW)×heads×w²×c views
 
-        bias = self.relative_position_bias()
-        mask = window_attention_mask(Hp, Wp, w, s, pad_b, pad_r, device=x.device)
-        if mask is None:
-            attn_mask = bias.unsqueeze(0).expand(num_windows, -1, -1, -1)
-        else:
-            attn_mask = bias.unsqueeze(0) + mask.to(bias.dtype).unsqueeze(1)
-        attn_mask = attn_mask.reshape(1, num_windows * heads, n, n).to(q.dtype)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0)
-
-        out = out.view(B, nh, nw, heads, w, w, self.head_dim).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, Hp, Wp, C)
-        if s:
-            out = torch.roll(out, shifts=(s, s), dims=(1, 2))
-        if pad_b or pad_r:
-            out = out[:, :H, :W]
-        return self.proj_drop(self.proj_out(out))
+        bias = self.relative_position_bias().unsqueeze(0)                       # 1×heads×w²×w²
+        mask = window_attention_mask(Hp, Wp, w, self.shift_size, pad_b, pad_r, device=x.device)
+        if mask is not None:
+            bias = (bias + mask.to(bias.dtype).unsqueeze(1)).unsqueeze(0).expand(B, -1, -1, -1, -1)
+            bias = bias.reshape(B * num_windows, heads, n, n)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
+                                             dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, num_windows * n, C).index_select(1, scatter)
+        return self.proj_drop(self.proj_out(out)).view(B, H, W, C)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The authors' algorithm step by step on B×C×H×W (plus padding and its mask)."""

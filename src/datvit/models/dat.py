@@ -19,7 +19,7 @@ from torch import nn
 
 from ..layers import (ChannelLayerNorm, ConvMlp, ConvStem, DeformableAttention, Downsample, LocalAttention, Mlp,
                       NeighborhoodAttention2D, PatchStem, ShiftWindowAttention)
-from ..layers.ops import conv2d_channels_last
+from ..layers.ops import conv2d_channels_last, residual_depthwise_conv
 
 BLOCK_KINDS = {
     "L": "local window attention",
@@ -106,7 +106,7 @@ class DATStage(nn.Module):
             x = x + drop_path(mlp.reference_forward(norm2.reference_forward(x)))
         else:
             if self.use_lpu:
-                x = x + conv2d_channels_last(x, self.local_perception_units[d])
+                x = residual_depthwise_conv(x, self.local_perception_units[d])
             if isinstance(attn, DeformableAttention) and return_positions:
                 y, pos, ref = attn(norm1(x), return_positions=True)
                 positions = (pos, ref)
