@@ -311,23 +311,33 @@ def model_flops(model, img_size: int, device) -> dict[str, Any]:
 # -- matmul peak ---------------------------------------------------------------------------------------------------
 
 def matmul_peak(sizes: Iterable[int], device, iters: int = 5, dtype_name: str = "float32") -> dict[str, Any]:
-    """GFLOP/s of torch.mm on n×n matrices; the peak is the best single call over all sizes (background load on
-    a shared machine only ever lowers it)."""
+    """GFLOP/s of torch.mm on n×n matrices. The peak is the best single call over all sizes: background load on a
+    shared machine only ever lowers a call's speed, so the best call is the closest to the machine's capability.
+    Smaller sizes get proportionally more calls (``iters`` × (largest/n)³, at most 40) so each size gets a similar
+    time budget and more chances to land in a quiet moment."""
     import torch
 
     dtype = getattr(torch, dtype_name)
+    sizes = list(sizes)
+    largest = max(sizes)
     per_size = {}
     for n in sizes:
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
-        times = time_interleaved({"mm": lambda: torch.mm(a, b)}, warmup=2, iters=iters, device=device)["mm"]
+        calls = min(40, max(iters, round(iters * (largest / n) ** 3)))
+        bg: dict[str, list[float]] = {}
+        times = time_interleaved({"mm": lambda: torch.mm(a, b)}, warmup=2, iters=calls, device=device,
+                                 background=bg)["mm"]
         flop = 2.0 * n ** 3
         per_size[str(n)] = {"gflops_best": flop / min(times) / 1e9, "gflops_median": flop / statistics.median(times)
-                            / 1e9}
+                            / 1e9, "calls": calls}
+        if bg.get("mm"):
+            per_size[str(n)]["background_cores"] = sum(bg["mm"]) / len(bg["mm"])
         del a, b
     peak = max(v["gflops_best"] for v in per_size.values())
     return {"dtype": dtype_name, "sizes": per_size, "peak_gflops": peak,
-            "how": f"torch.mm n×n, {iters} timed calls per size after 2 warm-up calls; peak = best call"}
+            "how": "torch.mm n×n after 2 warm-up calls, iters × (largest/n)³ timed calls per size (≤ 40); "
+                   "peak = the best call"}
 
 
 def bf16_probe(device) -> dict[str, float]:
