@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
+from .attention import biased_attention
 from .norm import ChannelLayerNorm
 from .ops import pointwise
 
@@ -211,8 +212,7 @@ class DeformableAttention(nn.Module):
         if self.rpe_table is not None and not self.dwc_pe:
             grid = query_grid(H, W, self.generation, x.dtype, x.device)
             bias = deformable_position_bias(self.rpe_table, pos.reshape(B, G, ns, 2), grid).to(qh.dtype)
-        out = F.scaled_dot_product_attention(qh, k, v, attn_mask=bias,
-                                             dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = biased_attention(qh, k, v, bias, self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, H, W, C)
         if self.rpe_table is not None and self.dwc_pe:
             out = out + self.rpe_table(q.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)

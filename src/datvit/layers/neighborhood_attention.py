@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
+from .attention import biased_attention
+
 
 def window_starts(length: int, kernel_size: int, device=None) -> torch.Tensor:
     """First key index of every query's window along one axis: clamp(i − k//2, 0, L − k)."""
@@ -82,7 +84,7 @@ def neighborhood_attention_tiled(qkv: torch.Tensor, rpb: torch.Tensor, kernel_si
         bias = rpb[:, by[0][:, None, :, None], bx[0][None, :, None, :]]            # heads×H×W×H×W
         inside = in_y[0][:, None, :, None] & in_x[0][None, :, None, :]
         mask = bias.masked_fill(~inside, float("-inf")).reshape(1, heads, H * W, H * W)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=dropout_p)
+        out = biased_attention(q, k, v, mask.to(q.dtype), dropout_p)
         return out.transpose(1, 2).reshape(B, H, W, heads * c)
     ty, tx = min(tile, H), min(tile, W)
     rows, in_y, by = _tile_halo(H, ty, kernel_size, qkv.device)
@@ -104,7 +106,7 @@ def neighborhood_attention_tiled(qkv: torch.Tensor, rpb: torch.Tensor, kernel_si
     inside = in_y[:, :, :, None, None, None] & in_x[None, None, None, :, :, :]
     mask = bias.masked_fill(~inside, float("-inf"))
     mask = mask.permute(0, 1, 4, 2, 5, 3, 6).reshape(1, n_tiles, ty * tx, lky * lkx)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype), dropout_p=dropout_p)
+    out = biased_attention(q, k, v, mask.to(q.dtype), dropout_p)
     out = out.view(B, heads, nty, ntx, ty, tx, c).permute(0, 2, 4, 3, 5, 1, 6).reshape(B, nty * ty, ntx * tx, heads * c)
     return out[:, :H, :W]
 

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from timm.layers import trunc_normal_
 from torch import nn
 
+from .attention import biased_attention
+
 # Added to logits of query/key pairs from different regions of a shifted window (the authors' value).
 REGION_MASK_VALUE = -100.0
 # Added to logits of padded keys. Finite, so a padded query whose whole window is padding stays finite.
@@ -135,8 +137,7 @@ class LocalAttention(nn.Module):
         if mask is not None:
             bias = (bias + mask.to(bias.dtype).unsqueeze(1)).unsqueeze(0).expand(B, -1, -1, -1, -1)
             bias = bias.reshape(B * num_windows, heads, n, n)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype),
-                                             dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = biased_attention(q, k, v, bias.to(q.dtype), self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, num_windows * n, C).index_select(1, scatter)
         return self.proj_drop(self.proj_out(out)).view(B, H, W, C)
 

@@ -1,0 +1,26 @@
+"""Scaled dot-product attention with an additive bias, choosing the fastest correct kernel.
+
+``scaled_dot_product_attention`` takes the position bias as ``attn_mask``. On CPU its fused (flash) kernel
+cannot return the gradient of the mask, so when the bias is learnable and gradients are being recorded, SDPA
+silently falls back to its generic math path, which is slower than plain matmul + softmax. This helper uses SDPA
+for inference and on GPU, and the explicit form for CPU training.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
+                     dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(q·kᵀ/√c + bias)·v for q: …×L×c, k, v: …×S×c, bias broadcastable to …×L×S."""
+    explicit = (bias is not None and bias.requires_grad and torch.is_grad_enabled() and q.device.type == "cpu")
+    if not explicit:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    attn = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+    attn = attn.add_(bias).softmax(dim=-1)
+    if dropout_p > 0:
+        attn = F.dropout(attn, dropout_p)
+    return torch.matmul(attn, v)
