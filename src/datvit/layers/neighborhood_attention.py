@@ -111,6 +111,49 @@ def neighborhood_attention_tiled(qkv: torch.Tensor, rpb: torch.Tensor, kernel_si
     return out[:, :H, :W]
 
 
+_BLOCK_MASKS: dict = {}
+_COMPILED_FLEX = None
+
+
+def _flex_attention():
+    """``flex_attention`` compiled once (it is only fast compiled), or None where this torch lacks it."""
+    global _COMPILED_FLEX
+    if _COMPILED_FLEX is None:
+        try:
+            from torch.nn.attention.flex_attention import flex_attention
+        except ImportError:
+            return None
+        _COMPILED_FLEX = torch.compile(flex_attention, dynamic=False)
+    return _COMPILED_FLEX
+
+
+def neighborhood_attention_flex(qkv: torch.Tensor, rpb: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """NA with ``flex_attention``: a block mask of the clamped k×k windows (blocks without any neighbour are
+    skipped) and a score_mod adding the relative position bias. ``qkv``: B×H×W×3×heads×c → B×H×W×(heads·c)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    B, H, W, _, heads, c = qkv.shape
+    ks, r = kernel_size, kernel_size // 2
+    q, k, v = qkv.view(B, H * W, 3, heads, c).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def in_window(b, h, q_idx, kv_idx):
+        qy, qx, ky, kx = q_idx // W, q_idx % W, kv_idx // W, kv_idx % W
+        sy = (qy - r).clamp(0, H - ks)
+        sx = (qx - r).clamp(0, W - ks)
+        return (ky >= sy) & (ky < sy + ks) & (kx >= sx) & (kx < sx + ks)
+
+    def add_bias(score, b, h, q_idx, kv_idx):
+        dy = (kv_idx // W - q_idx // W + ks - 1).clamp(0, 2 * ks - 2)
+        dx = (kv_idx % W - q_idx % W + ks - 1).clamp(0, 2 * ks - 2)
+        return score + rpb[h, dy, dx]
+
+    key = (H, W, ks, str(qkv.device))
+    if key not in _BLOCK_MASKS:
+        _BLOCK_MASKS[key] = create_block_mask(in_window, None, None, H * W, H * W, device=qkv.device)
+    out = _flex_attention()(q, k, v, score_mod=add_bias, block_mask=_BLOCK_MASKS[key])
+    return out.transpose(1, 2).reshape(B, H, W, heads * c)
+
+
 class NeighborhoodAttention2D(nn.Module):
     """k×k neighborhood self-attention with relative position bias. Keys ``qkv``, ``proj``, ``rpb`` (NATTEN's)."""
 
@@ -124,6 +167,9 @@ class NeighborhoodAttention2D(nn.Module):
         self.heads, self.head_dim, self.kernel_size = heads, dim // heads, kernel_size
         self.scale = self.head_dim ** -0.5
         self.tile_size = tile_size
+        # flex_attention on CUDA in eager mode (None = auto); the tiled SDPA path everywhere else, including
+        # inside torch.compile, where it compiles without graph breaks.
+        self.use_flex: bool | None = None
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.attn_drop = nn.Dropout(attn_drop)
@@ -142,9 +188,21 @@ class NeighborhoodAttention2D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path. ``x``: B×H×W×C → B×H×W×C."""
         B, H, W, C = x.shape
-        out = neighborhood_attention_tiled(self._qkv(x), self.rpb, self.kernel_size, self.tile_size,
-                                           self.attn_drop.p if self.training else 0.0)
+        qkv = self._qkv(x)
+        dropout = self.attn_drop.p if self.training else 0.0
+        if self._flex_enabled(x) and dropout == 0.0:
+            out = neighborhood_attention_flex(qkv, self.rpb, self.kernel_size)
+        else:
+            out = neighborhood_attention_tiled(qkv, self.rpb, self.kernel_size, self.tile_size, dropout)
         return self.proj_drop(self.proj(out[:, :H, :W]))
+
+    def _flex_enabled(self, x: torch.Tensor) -> bool:
+        if torch.compiler.is_compiling():
+            return False
+        if self.use_flex is None:
+            return x.is_cuda and _flex_attention() is not None
+        # flex_attention has no backward on CPU: there it can only serve inference
+        return self.use_flex and (x.is_cuda or not torch.is_grad_enabled()) and _flex_attention() is not None
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Plain path on B×C×H×W: explicit k×k neighborhoods, as NATTEN defines them."""
