@@ -45,6 +45,7 @@ def test_imagenet_recipe_is_the_papers():
     assert (args.smoothing, args.aa, args.reprob, args.mixup, args.cutmix) == \
         (0.1, "rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0)
     assert (args.crop_pct, args.interpolation, args.model_ema, args.epochs) == (0.875, "bicubic", True, 300)
+    assert args.linear_init == "model" and args.drop_path is None  # the variant's drop path
     assert scaled_lr(args.lr_base, 512, args.lr_base_size) == pytest.approx(5e-4)  # 1e-3 × batch / 1024
     overridden = apply_recipe(parse(["--mixup", "0", "--aa", "none", "--smoothing", "0.2"]), "folder")
     assert (overridden.mixup, overridden.aa, overridden.smoothing) == (0, None, 0.2)
@@ -53,6 +54,7 @@ def test_imagenet_recipe_is_the_papers():
 def test_fashion_mnist_recipe_is_single_channel_small():
     args = apply_recipe(parse([]), "fashion_mnist")
     assert (args.in_chans, args.img_size, args.model, args.mixup, args.aa) == (1, 32, "dat_nano", 0.0, None)
+    assert (args.drop_path, args.linear_init, args.crop_pct) == (0.0, "torch", 1.0)
 
 
 def test_custom_model_kwargs_regenerate_the_block_pattern():
@@ -124,3 +126,15 @@ def test_amp_refusal_is_reported_by_the_trainer(tmp_path, monkeypatch, capsys):
     trainer = Trainer(args)
     assert not trainer.amp.enabled and trainer.scaler is None
     assert "--amp refused" in capsys.readouterr().err
+
+
+def test_linear_init_torch_resets_linear_layers():
+    from datvit.train.modeling import reset_linear_layers
+
+    torch.manual_seed(0)
+    model = create_model("dat_nano", resolve_model_kwargs("dat_nano", num_classes=10, in_chans=1))
+    weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert max(abs(w.std().item() - 0.02) for w in weights) < 0.005  # the model's truncated normal
+    assert reset_linear_layers(model) == len(weights)
+    fan_in_32 = [w for w in weights if w.shape[1] == 32]
+    assert fan_in_32 and all(abs(w.std().item() - (1 / 32) ** 0.5 / 3 ** 0.5) < 0.02 for w in fan_in_32)

@@ -38,7 +38,8 @@ from . import distributed as dist_utils
 from .checkpointing import CheckpointManager, capture_rng_state, find_auto_resume, restore_rng_state
 from .config import apply_recipe, args_to_dict, default_experiment_name, scaled_lr
 from .metrics import RunningSum, format_summary_line, plot_curves, write_summary
-from .modeling import arch_record, count_parameters, create_model, load_model_config, resolve_model_kwargs
+from .modeling import (arch_record, count_parameters, create_model, load_model_config, reset_linear_layers,
+                       resolve_model_kwargs)
 from .precision import AmpPlan, autocast, resolve_amp
 
 
@@ -184,6 +185,8 @@ class Trainer:
             args.img_size = int(self.model_kwargs.get("img_size", 224))
         torch.manual_seed(args.seed)  # the same initial weights on every rank (and for EMA)
         model = create_model(args.model, self.model_kwargs)
+        if args.linear_init == "torch":
+            reset_linear_layers(model)
         if args.img_size < model.min_input_size:
             raise TrainingError(f"--img-size {args.img_size} is below this model's minimum input "
                                 f"{model.min_input_size} (patch {model.patch_size} × 8)")
