@@ -57,3 +57,28 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float
     err = (actual - expected).abs().max().item()
     scale = max(1.0, expected.abs().max().item())
     assert err <= tol * scale, f"{name}: max abs error {err:.3g} > {tol:g} × {scale:.3g}"
+
+
+def assert_fast_matches_reference(module: torch.nn.Module, x: torch.Tensor, fwd_tol: float = 1e-5,
+                                  grad_tol: float = 1e-4, **kwargs):
+    """Run a layer's fast ``forward`` on channels-last ``x`` (B×H×W×C) and its ``reference_forward`` on the same
+    values as B×C×H×W; assert outputs agree to ``fwd_tol`` and the gradients of input and every parameter to
+    ``grad_tol`` (scaled by the gradient's magnitude). Extra outputs (e.g. positions) are returned for checks."""
+    x = x.detach().requires_grad_(True)
+    x_ref = x.detach().permute(0, 3, 1, 2).requires_grad_(True)
+    out_fast, out_ref = module(x, **kwargs), module.reference_forward(x_ref, **kwargs)
+    extra_fast = extra_ref = ()
+    if isinstance(out_fast, tuple):
+        (out_fast, *extra_fast), (out_ref, *extra_ref) = out_fast, out_ref
+    out_ref = out_ref.permute(0, 2, 3, 1)
+    assert torch.isfinite(out_fast).all()
+    torch.testing.assert_close(out_fast, out_ref, atol=fwd_tol, rtol=fwd_tol)
+    g = torch.randn_like(out_fast)
+    names = [n for n, p in module.named_parameters() if p.requires_grad]
+    params = [p for p in module.parameters() if p.requires_grad]
+    grads_fast = torch.autograd.grad(out_fast, [x, *params], g)
+    grads_ref = torch.autograd.grad(out_ref, [x_ref, *params], g)
+    assert_close_scaled(grads_fast[0], grads_ref[0].permute(0, 2, 3, 1), grad_tol, "input")
+    for name, a, b in zip(names, grads_fast[1:], grads_ref[1:]):
+        assert_close_scaled(a, b, grad_tol, name)
+    return out_fast, extra_fast, extra_ref

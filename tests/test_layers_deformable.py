@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close_scaled
+from conftest import assert_close_scaled, assert_fast_matches_reference
 from datvit.layers import DeformableAttention, deformable_position_bias, query_grid, reference_points
 
 
@@ -23,23 +23,10 @@ def make(generation="v1", dim=32, heads=4, groups=2, fmap=14, stride=1, ksize=5,
 
 
 def check_paths(m, shape, batch=2):
-    x = torch.randn(batch, *shape, m.dim, requires_grad=True)
-    y_fast, pos_f, ref_f = m(x, return_positions=True)
-    x_ref = x.detach().permute(0, 3, 1, 2).requires_grad_(True)
-    y_ref, pos_r, ref_r = m.reference_forward(x_ref, return_positions=True)
-    y_ref = y_ref.permute(0, 2, 3, 1)
-    assert torch.isfinite(y_fast).all()
-    torch.testing.assert_close(y_fast, y_ref, atol=1e-5, rtol=1e-5)
+    _, (pos_f, ref_f), (pos_r, ref_r) = assert_fast_matches_reference(
+        m, torch.randn(batch, *shape, m.dim), return_positions=True)
     torch.testing.assert_close(pos_f, pos_r, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(ref_f, ref_r)
-    g = torch.randn_like(y_fast)
-    params = [p for p in m.parameters() if p.requires_grad]
-    grads_fast = torch.autograd.grad(y_fast, [x, *params], g)
-    grads_ref = torch.autograd.grad(y_ref, [x_ref, *params], g)
-    assert_close_scaled(grads_fast[0], grads_ref[0].permute(0, 2, 3, 1), 1e-4, "x")
-    names = [n for n, p in m.named_parameters() if p.requires_grad]
-    for name, a, b in zip(names, grads_fast[1:], grads_ref[1:]):
-        assert_close_scaled(a, b, 1e-4, name)
     return pos_f
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import assert_fast_matches_reference
 from datvit.layers import NeighborhoodAttention2D, neighborhood_attention_gather, neighborhood_attention_tiled
 
 
@@ -47,19 +48,8 @@ def test_tiled_and_gather_match_brute_force(shape, ks, tile):
 @pytest.mark.parametrize("shape", [(14, 14), (9, 13), (3, 5), (7, 7), (6, 12)])
 def test_module_fast_matches_reference_forward_and_grad(shape):
     torch.manual_seed(0)
-    m = NeighborhoodAttention2D(16, 7, 2)
-    x = torch.randn(2, *shape, 16, requires_grad=True)
-    y_fast = m(x)
-    x_ref = x.detach().permute(0, 3, 1, 2).requires_grad_(True)
-    y_ref = m.reference_forward(x_ref).permute(0, 2, 3, 1)
-    assert y_fast.shape == (2, *shape, 16)
-    torch.testing.assert_close(y_fast, y_ref, atol=1e-5, rtol=1e-5)
-    g = torch.randn_like(y_fast)
-    grads_fast = torch.autograd.grad(y_fast, [x, *m.parameters()], g)
-    grads_ref = torch.autograd.grad(y_ref, [x_ref, *m.parameters()], g)
-    torch.testing.assert_close(grads_fast[0], grads_ref[0].permute(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
-    for a, b in zip(grads_fast[1:], grads_ref[1:]):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    y = assert_fast_matches_reference(NeighborhoodAttention2D(16, 7, 2), torch.randn(2, *shape, 16))[0]
+    assert y.shape == (2, *shape, 16)
 
 
 def test_small_map_is_padded_before_qkv():

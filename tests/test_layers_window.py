@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from conftest import assert_fast_matches_reference
 from datvit.layers import LocalAttention, ShiftWindowAttention, relative_position_index, window_attention_mask
 
 
@@ -60,18 +61,7 @@ def test_fast_matches_brute_force(kind, shape):
 @pytest.mark.parametrize("kind", ["L", "S"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_fast_matches_reference_forward_and_grad(kind, shape):
-    m = make(kind).eval()
-    x = torch.randn(2, *shape, 24, requires_grad=True)
-    y_fast = m(x)
-    x_ref = x.detach().permute(0, 3, 1, 2).requires_grad_(True)
-    y_ref = m.reference_forward(x_ref).permute(0, 2, 3, 1)
-    torch.testing.assert_close(y_fast, y_ref, atol=1e-5, rtol=1e-5)
-    g = torch.randn_like(y_fast)
-    grads_fast = torch.autograd.grad(y_fast, [x, *m.parameters()], g)
-    grads_ref = torch.autograd.grad(y_ref, [x_ref, *m.parameters()], g)
-    torch.testing.assert_close(grads_fast[0], grads_ref[0].permute(0, 2, 3, 1), atol=1e-4, rtol=1e-4)
-    for a, b in zip(grads_fast[1:], grads_ref[1:]):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert_fast_matches_reference(make(kind).eval(), torch.randn(2, *shape, 24))
 
 
 def test_padding_content_does_not_leak():
