@@ -18,7 +18,7 @@ import hashlib
 import math
 import os
 import random
-from typing import Any, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -107,7 +107,7 @@ class EpochSampler(Sampler):
             return math.ceil(self.num_samples / self.num_replicas)
         return len(range(self.rank, self.num_samples, self.num_replicas))
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator:
         for index in self.rank_indices()[self.start:]:
             yield (index, sample_seed(self.seed, self.epoch, index)) if self.per_sample_seeds else index
 
@@ -273,7 +273,7 @@ def train_transform(
     re_prob: float = 0.0,
     re_mode: str = "pixel",
     re_count: int = 1,
-):
+) -> Callable:
     """timm's training transform (random-resized crop, flips, RandAugment, random erasing)."""
     if auto_augment:
         _fix_timm_posterize()
@@ -285,7 +285,7 @@ def train_transform(
 
 
 def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float = 0.875,
-                   interpolation: str = "bicubic"):
+                   interpolation: str = "bicubic") -> Callable:
     """timm's evaluation transform: resize to ``img_size / crop_pct``, center-crop ``img_size``."""
     return create_transform(img_size, is_training=False, interpolation=interpolation, mean=tuple(mean),
                             std=tuple(std), crop_pct=crop_pct)

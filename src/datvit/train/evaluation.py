@@ -15,6 +15,7 @@ import time
 from typing import Any, Mapping, Optional
 
 from timm.data import resolve_data_config
+from torch import nn
 
 from datvit.models import load_checkpoint, read_checkpoint
 from datvit.models.checkpoint import extract_state_dict
@@ -65,7 +66,7 @@ def _infer_from_weights(state: Mapping[str, Any]) -> dict[str, Optional[int]]:
     return {"num_classes": head_size(state), "in_chans": int(stem.shape[1]) if stem is not None else None}
 
 
-def build_eval_model(args: argparse.Namespace, checkpoint: Any):
+def build_eval_model(args: argparse.Namespace, checkpoint: Any) -> tuple[nn.Module, str]:
     """The model described by the checkpoint (or ``--model``), with the checkpoint's weights loaded."""
     state = extract_state_dict(checkpoint, args.use_ema, source=args.checkpoint)
     inferred = _infer_from_weights(state)

@@ -69,7 +69,7 @@ def resolve_amp(device: torch.device, requested: bool, dtype_name: str = "bfloat
     return AmpPlan(False, torch.float32, False, f"--amp is not supported on {device.type}: training in fp32")
 
 
-def autocast(device: torch.device, plan: AmpPlan):
+def autocast(device: torch.device, plan: AmpPlan) -> contextlib.AbstractContextManager:
     """The autocast context of ``plan`` (a no-op context when disabled)."""
     if not plan.enabled:
         return contextlib.nullcontext()
