@@ -37,7 +37,7 @@ IMAGENET_RECIPE: dict[str, Any] = dict(
 FASHION_MNIST_RECIPE: dict[str, Any] = dict(
     model="dat_nano", in_chans=1, img_size=32, mean=list(FMNIST_MEAN), std=list(FMNIST_STD), crop_pct=1.0,
     interpolation="bicubic", train_interpolation="bicubic", batch_size=128, epochs=3,
-    opt="adamw", lr=2e-3, lr_base=1e-3, lr_base_size=1024, weight_decay=0.05, sched="cosine", warmup_epochs=0.3,
+    opt="adamw", lr=1e-3, lr_base=1e-3, lr_base_size=1024, weight_decay=0.05, sched="cosine", warmup_epochs=0.3,
     warmup_lr=1e-5, min_lr=1e-5, clip_grad=5.0, smoothing=0.1, aa=None, reprob=0.0, remode="pixel", mixup=0.0,
     cutmix=0.0, scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.5, color_jitter=None, model_ema=False,
     model_ema_decay=0.999, drop_path=0.0, linear_init="torch",
