@@ -81,8 +81,8 @@ def window_token_index(height: int, width: int, window_size: int, shift_size: in
     xs = (torch.arange(wp, device=device) + s) % wp
     tokens = ys.clamp(max=height - 1)[:, None] * width + xs.clamp(max=width - 1)[None, :]
     gather = tokens.view(hp // w, w, wp // w, w).transpose(1, 2).reshape(-1)
-    ry = (torch.arange(height, device=device) - s) % hp         # rolled row of each real row
-    rx = (torch.arange(width, device=device) - s) % wp
+    ry = (torch.arange(height, device=device) + (hp - s)) % hp  # rolled row of each real row (operands kept ≥ 0:
+    rx = (torch.arange(width, device=device) + (wp - s)) % wp   # inductor cannot bound a modulo of negatives)
     scatter = (((ry // w)[:, None] * (wp // w) + (rx // w)[None, :]) * (w * w)
                + (ry % w)[:, None] * w + (rx % w)[None, :])
     return gather, scatter.reshape(-1)
