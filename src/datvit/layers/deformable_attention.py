@@ -5,8 +5,9 @@ group samples a small Hk×Wk grid of keys/values from the input by bilinear inte
 *deformable* relative position bias, read from ``rpe_table`` at the (query − sample) displacement.
 
 ``reference_forward`` is the authors' algorithm step by step (einsum, ``grid_sample`` over a B·G × hg × HW × Ns
-grid for the bias). ``forward`` is the fast path: channels-last tokens, the bias by a direct 4-corner gather that
-separates rows from columns and is shared by the heads of a group, and ``scaled_dot_product_attention``.
+grid for the bias). ``forward`` is the fast path: channels-last tokens, the bias by one ``grid_sample`` on a grid
+built in a single broadcast (the heads of a group share its interpolation weights), and
+``scaled_dot_product_attention`` with the bias as an additive mask.
 """
 from __future__ import annotations
 
