@@ -429,6 +429,27 @@ def _git_commit() -> dict[str, Any]:
         return {"commit": None}
 
 
+def add_allocator_argument(p) -> None:
+    p.add_argument("--allocator", choices=("tuned", "system"), default="tuned",
+                   help="CPU memory allocator for every subject: 'tuned' keeps freed tensor memory in malloc's heap "
+                        "(datvit.tune_cpu_allocator, what the datvit CLI does), 'system' leaves glibc's default "
+                        "(a fresh mmap and page faults for every large tensor) (default tuned)")
+
+
+def apply_allocator(choice: str) -> bool:
+    """Set the allocator of this process and of the worker processes it starts (they read the environment)."""
+    from datvit.runtime import tune_cpu_allocator
+
+    os.environ["DATVIT_CPU_ALLOCATOR"] = choice
+    return tune_cpu_allocator(choice == "tuned")
+
+
+def cpu_allocator_tuned() -> bool:
+    from datvit.runtime import cpu_allocator_tuned as tuned
+
+    return tuned()
+
+
 def machine_info(device, threads: int) -> dict[str, Any]:
     import numpy
     import timm
@@ -452,6 +473,7 @@ def machine_info(device, threads: int) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "device": str(device),
+        "cpu_allocator": "tuned (datvit.tune_cpu_allocator)" if cpu_allocator_tuned() else "system default",
         "git": _git_commit(),
         "datvit_source": str(Path(datvit.__file__).resolve().parent),
         "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,

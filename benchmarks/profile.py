@@ -193,9 +193,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--rows", type=int, default=20)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
+    common.add_allocator_argument(p)
     p.add_argument("--out", default=str(common.REPO_ROOT / "benchmarks" / "results" / "profile"))
     args = p.parse_args(argv)
 
+    common.apply_allocator(args.allocator)
     common.set_threads(args.threads)
     device = common.pick_device(args.device)
     out = Path(args.out)

@@ -96,6 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait-quiet", type=float, default=0.0,
                    help="seconds each timed call may wait for other processes to go quiet (< 0.3 cores busy) on a "
                         "shared machine (default 0: do not wait; background load is recorded either way)")
+    common.add_allocator_argument(p)
 
 
 def _log(msg: str) -> None:
@@ -253,6 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     t_start = time.perf_counter()
+    common.apply_allocator(args.allocator)
     device = common.pick_device(args.device)
     threads = common.set_threads(args.threads)
     cfg = _resolve(args, device)

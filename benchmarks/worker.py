@@ -169,6 +169,7 @@ TASKS = {"train": train, "compile": compile_task}
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     task = json.loads(argv[0])
+    common.apply_allocator(os.environ.get("DATVIT_CPU_ALLOCATOR") or "tuned")   # the parent's choice
     result = TASKS[task["task"]](task)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
