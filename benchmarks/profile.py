@@ -147,16 +147,10 @@ def model_cases(model_name: str, path: str, kinds: Sequence[str], batch: int, im
 def module_cases(batch: int, device, rows: int):
     import torch
 
-    from datvit.layers import DeformableAttention
+    from .run import MODULE_CONFIG, module_case
 
-    from .run import MODULE_CONFIG
-
-    torch.manual_seed(0)
-    m = DeformableAttention(**MODULE_CONFIG).to(device)
-    torch.nn.init.normal_(m.conv_offset[3].weight, std=0.05)
+    m, x_cl, x_ref = module_case(batch, device)
     C, H = MODULE_CONFIG["dim"], MODULE_CONFIG["fmap_size"]
-    x_cl = torch.randn(batch, H, H, C, device=device)
-    x_ref = x_cl.permute(0, 3, 1, 2).contiguous()
     for impl in ("fast", "reference"):
         x = x_cl if impl == "fast" else x_ref
         call = m if impl == "fast" else m.reference_forward

@@ -220,6 +220,8 @@ def markdown_report(report: dict) -> str:
                  _fmt(v["train_gflop"], ".3f")] for k, v in flops.items()]
         parts += ["", "## FLOPs per image (FlopCounterMode)", "",
                   _md_table(["model", "forward GFLOP", "fast path executes GFLOP", "train step GFLOP"], rows)]
+    if report.get("notes"):
+        parts += ["", "## Notes", ""] + [f"* {n}" for n in report["notes"]]
     return "\n".join(parts) + "\n"
 
 

@@ -175,10 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_in_subprocess(task: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
-    """Run ``task`` in a fresh Python process (this interpreter); returns its result, or a dict with ``status``
-    "timeout"/"error" and the tail of its output."""
-    env = dict(os.environ)
+def run_in_subprocess(task: dict[str, Any], timeout: float | None = None,
+                      env_overrides: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """Run ``task`` in a fresh Python process (this interpreter); returns its result (``status`` "ok" unless the
+    task set another, e.g. "out_of_memory"), or a dict with ``status`` "timeout"/"error" and the tail of its
+    output."""
+    env = dict(os.environ, **(env_overrides or {}))
     env["PYTHONPATH"] = os.pathsep.join([str(common.REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
     cache = tempfile.mkdtemp(prefix="datvit-bench-inductor-")
     env["TORCHINDUCTOR_CACHE_DIR"] = cache  # cold compile every time
@@ -205,7 +207,8 @@ def run_in_subprocess(task: dict[str, Any], timeout: float | None = None) -> dic
     for line in reversed((output or "").splitlines()):
         if line.startswith(RESULT_PREFIX):
             result = json.loads(line[len(RESULT_PREFIX):])
-            result.update(status="ok", wall_s=wall)
+            result.setdefault("status", "ok")
+            result["wall_s"] = wall
             return result
     return {"status": "error", "returncode": proc.returncode, "wall_s": wall, "output_tail": (output or "")[-2000:]}
 
