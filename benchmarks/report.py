@@ -227,6 +227,18 @@ def markdown_report(report: dict) -> str:
 
 # -- chart ----------------------------------------------------------------------------------------------------------
 
+def _bar_panel(ax, labels: list[str], values: list[float], colors: list[str], xlabel: str, title: str) -> None:
+    """One horizontal bar chart, first label on top, each bar with its value."""
+    ax.barh(range(len(values)), values, color=colors)
+    ax.set_yticks(range(len(values)), labels, fontsize=8)
+    ax.invert_yaxis()
+    for i, v in enumerate(values):
+        ax.text(v, i, f" {v:.1f}", va="center", fontsize=7)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.margins(x=0.2)
+
+
 def bar_chart(report: dict, path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -245,31 +257,18 @@ def bar_chart(report: dict, path) -> None:
     colors = {"fast": "tab:blue", "reference": "tab:gray", "timm": "tab:orange"}
     for ax, (mode, kind, batch) in zip(axes.flat, groups):
         rs = [r for r in results if (r["mode"], r["kind"], r["batch"]) == (mode, kind, batch)]
-        labels = [r["label"] for r in rs]
-        values = [r["images_per_s"] for r in rs]
-        ax.barh(range(len(rs)), values, color=[colors.get(r["path"], "tab:green") for r in rs])
-        ax.set_yticks(range(len(rs)), labels, fontsize=8)
-        ax.invert_yaxis()
-        for i, v in enumerate(values):
-            ax.text(v, i, f" {v:.1f}", va="center", fontsize=7)
-        ax.set_xlabel("images/s (higher is better)")
-        ax.set_title(f"{kind} batch {batch} — {mode}", fontsize=9)
-        ax.margins(x=0.2)
+        _bar_panel(ax, [r["label"] for r in rs], [r["images_per_s"] for r in rs],
+                   [colors.get(r["path"], "tab:green") for r in rs], "images/s (higher is better)",
+                   f"{kind} batch {batch} — {mode}")
     i = len(groups)
     if report.get("module"):
         ax = axes.flat[i]
         t = report["module"]["timings"]
         names = [k for k in ("fast/forward", "reference/forward", "fast/forward_backward",
                              "reference/forward_backward") if k in t]
-        values = [t[k]["ms_median"] for k in names]
-        ax.barh(range(len(names)), values, color=["tab:blue" if n.startswith("fast") else "tab:gray" for n in names])
-        ax.set_yticks(range(len(names)), names, fontsize=8)
-        ax.invert_yaxis()
-        for j, v in enumerate(values):
-            ax.text(v, j, f" {v:.1f}", va="center", fontsize=7)
-        ax.set_xlabel("ms (lower is better)")
-        ax.set_title(f"DeformableAttention {report['module']['shape']}", fontsize=9)
-        ax.margins(x=0.2)
+        _bar_panel(ax, names, [t[k]["ms_median"] for k in names],
+                   ["tab:blue" if n.startswith("fast") else "tab:gray" for n in names], "ms (lower is better)",
+                   f"DeformableAttention {report['module']['shape']}")
         i += 1
     for ax in list(axes.flat)[i:]:
         ax.axis("off")
