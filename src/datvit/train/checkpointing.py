@@ -83,6 +83,11 @@ def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     _atomic_write(path, lambda f: f.write(text), "w")
 
 
+def atomic_savefig(fig: Any, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure as PNG atomically."""
+    _atomic_write(path, lambda f: fig.savefig(f, format="png"), "wb")
+
+
 def atomic_link(source: str | os.PathLike, target: str | os.PathLike) -> None:
     """Make ``target`` hold the bytes of ``source`` (a hard link, or a copy), replacing it atomically."""
     source, target = os.fspath(source), os.fspath(target)

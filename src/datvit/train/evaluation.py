@@ -89,6 +89,36 @@ def build_eval_model(args: argparse.Namespace, checkpoint: Any) -> tuple[nn.Modu
     return model, name
 
 
+def resolve_eval_data_config(args: argparse.Namespace, checkpoint: Optional[Mapping[str, Any]],
+                             model: nn.Module) -> dict[str, Any]:
+    """Mean, std, crop and resolution for evaluating ``model``: the training run's (a datvit ``checkpoint``) or the
+    model's pretrained config (ImageNet defaults), overridden by ``--img-size``/``--crop-pct``/... flags."""
+    base_cfg = dict((checkpoint or {}).get("data_config") or {})
+    if not base_cfg:
+        base_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+        base_cfg.setdefault("mean", IMAGENET_MEAN)
+        base_cfg.setdefault("std", IMAGENET_STD)
+        base_cfg.setdefault("crop_pct", 0.875)
+        base_cfg.setdefault("interpolation", "bicubic")
+        base_cfg["input_size"] = (model.in_chans, model.img_size, model.img_size)
+    overrides = {"in_chans": model.in_chans, "img_size": args.img_size, "crop_pct": args.crop_pct,
+                 "interpolation": args.interpolation, "mean": args.mean, "std": args.std}
+    if args.img_size is None:
+        overrides["input_size"] = (model.in_chans, *base_cfg["input_size"][1:])
+    data_config = resolve_data_config(args=overrides, pretrained_cfg=base_cfg)
+    for key in ("mean", "std"):
+        values = tuple(data_config[key])
+        if len(values) != model.in_chans:
+            if model.in_chans != 1:
+                raise TrainingError(f"the {key} has {len(values)} values for a {model.in_chans}-channel model: "
+                                    f"give --{key} with {model.in_chans} values")
+            data_config[key] = (sum(values) / len(values),)   # grey images: the channels' average
+    img_size = int(data_config["input_size"][-1])
+    if img_size < model.min_input_size:
+        raise TrainingError(f"--img-size {img_size} is below this model's minimum input {model.min_input_size}")
+    return data_config
+
+
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
     """Evaluate; prints one line and returns the results (also written to ``--results-file``)."""
     info = dist_utils.init_distributed(args.device)
@@ -108,22 +138,8 @@ def _run_eval(args: argparse.Namespace, info: dist_utils.DistInfo) -> dict[str, 
     model, name = build_eval_model(args, checkpoint)
     model.to(info.device)
 
-    base_cfg = dict(checkpoint.get("data_config") or {}) if ours else {}
-    if not base_cfg:
-        base_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        base_cfg.setdefault("mean", IMAGENET_MEAN)
-        base_cfg.setdefault("std", IMAGENET_STD)
-        base_cfg.setdefault("crop_pct", 0.875)
-        base_cfg.setdefault("interpolation", "bicubic")
-        base_cfg["input_size"] = (model.in_chans, model.img_size, model.img_size)
-    overrides = {"in_chans": model.in_chans, "img_size": args.img_size, "crop_pct": args.crop_pct,
-                 "interpolation": args.interpolation, "mean": args.mean, "std": args.std}
-    if args.img_size is None:
-        overrides["input_size"] = (model.in_chans, *base_cfg["input_size"][1:])
-    data_config = resolve_data_config(args=overrides, pretrained_cfg=base_cfg)
+    data_config = resolve_eval_data_config(args, checkpoint if ours else None, model)
     img_size = int(data_config["input_size"][-1])
-    if img_size < model.min_input_size:
-        raise TrainingError(f"--img-size {img_size} is below this model's minimum input {model.min_input_size}")
 
     kind = resolve_dataset_kind(args.dataset, args.data_dir)
     transform = eval_transform(img_size, data_config["mean"], data_config["std"], data_config["crop_pct"],

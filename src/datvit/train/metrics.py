@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .checkpointing import atomic_write_text
+from .checkpointing import atomic_savefig, atomic_write_text
 
 SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "images/s", "seconds")
 EMA_COLUMNS = ("ema_eval_loss", "ema_eval_top1", "ema_eval_top5")
@@ -99,9 +99,7 @@ def _save(fig, ax, path: Path) -> Path:
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    atomic_savefig(fig, path)
     return path
 
 

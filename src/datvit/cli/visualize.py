@@ -1,0 +1,82 @@
+"""``datvit visualize``: draw where the deformable attention of a trained DAT / DAT++ samples its keys.
+
+Loads a checkpoint (datvit's, or the authors' with --model), preprocesses one image the way ``datvit eval`` does
+(the run's resolution, mean/std, resize + center crop) and writes a PNG with, for every D block, the reference
+grid and the sampled key positions of each offset group over the image."""
+from __future__ import annotations
+
+import argparse
+
+from ._errors import run_with_user_errors
+
+EPILOG = """examples:
+  datvit visualize --checkpoint demo_output/fashion_mnist/last.pth --image shoe.png
+  datvit visualize --model dat_tiny --checkpoint dat_tiny_in1k_224.pth --image cat.jpg --out cat_points.png
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("visualize", help="draw the deformable sampling points of a model on an image (PNG)",
+                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="datvit checkpoint or the authors' .pth (then give --model)")
+    p.add_argument("--model", default=None, help="variant for checkpoints that do not record it, e.g. dat_tiny")
+    p.add_argument("--image", required=True, metavar="FILE", help="image file (anything PIL reads)")
+    p.add_argument("--out", default=None, metavar="PNG", help="output PNG (default: <image name>_dat_points.png)")
+    p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
+    p.add_argument("--crop-pct", type=float, default=None, help="center-crop ratio (default: the checkpoint's)")
+    p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--max-blocks", type=int, default=8, help="at most this many D blocks, the deepest (default 8)")
+    p.set_defaults(func=run, interpolation=None, mean=None, std=None, num_classes=None, in_chans=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    return run_with_user_errors("visualize", lambda: visualize(args))
+
+
+def visualize(args: argparse.Namespace):
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from ..data.loader import eval_transform
+    from ..models.checkpoint import read_checkpoint
+    from ..tools import collect_deformable_points, plot_deformable_points
+    from ..train.evaluation import build_eval_model, resolve_eval_data_config
+
+    image_path = Path(args.image)
+    try:
+        with Image.open(image_path) as im:
+            im.load()
+            image = im.copy()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {image_path}") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {image_path}: {e}") from None
+    checkpoint = read_checkpoint(args.checkpoint)
+    model, name = build_eval_model(args, checkpoint)
+    model.eval()
+    ours = isinstance(checkpoint, dict) and "arch" in checkpoint
+    data_config = resolve_eval_data_config(args, checkpoint if ours else None, model)
+    img_size = int(data_config["input_size"][-1])
+    image = image.convert("L" if model.in_chans == 1 else "RGB")
+    x = eval_transform(img_size, data_config["mean"], data_config["std"], data_config["crop_pct"],
+                       data_config["interpolation"])(image)
+    points = collect_deformable_points(model, x)
+    # the picture the model saw, un-normalised for display
+    mean = torch.tensor(data_config["mean"]).view(-1, 1, 1)
+    std = torch.tensor(data_config["std"]).view(-1, 1, 1)
+    shown = (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    shown = shown[..., 0] if shown.shape[-1] == 1 else shown
+    out = Path(args.out) if args.out else image_path.with_name(f"{image_path.stem}_dat_points.png")
+    with torch.no_grad():
+        probs = model(x.unsqueeze(0)).softmax(-1)[0]
+    top = int(probs.argmax())
+    classes = checkpoint.get("class_names") if ours else None
+    label = classes[top] if classes and top < len(classes) else f"class {top}"
+    plot_deformable_points(np.asarray(shown), points, out, max_blocks=args.max_blocks,
+                           title=f"{name} on {image_path.name}: {label} ({100 * float(probs[top]):.1f}%)")
+    print(f"wrote {out} ({len(points)} deformable block(s))")
+    return out
