@@ -386,7 +386,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 task = dict(
                     task="train", model=s.model, path=s.path, batch=batch, device=str(device),
                     img_size=cfg["img_size"], threads=threads, autocast=_autocast_for(mode),
-                    warmup=max(cfg["warmup"] - 1, 1), iters=cfg["train_iters"], wait_quiet=cfg["wait_quiet_s"],
+                    warmup=max(cfg["warmup"], 1), iters=cfg["train_iters"], wait_quiet=cfg["wait_quiet_s"],
                     memory_fraction=cfg["memory_fraction"])
                 res = worker.run_in_subprocess(task, timeout=cfg["train_timeout_s"])
                 if res.get("status") == "out_of_memory" and os.environ.get("DATVIT_CPU_ALLOCATOR") == "tuned":
