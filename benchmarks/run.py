@@ -395,8 +395,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     res = worker.run_in_subprocess(task, timeout=cfg["train_timeout_s"],
                                                    env_overrides={"DATVIT_CPU_ALLOCATOR": "system"})
                     res["allocator"] = "system (the tuned allocator ran out of memory)"
-                    report["notes"].append(f"{s.label} training batch {batch} ran with glibc's default allocator: "
-                                           "with the tuned one it ran out of memory")
+                    report["notes"].append(
+                        f"{s.label} training batch {batch} " + (
+                            "ran with glibc's default allocator: with the tuned one it ran out of memory"
+                            if res.get("status") == "ok" else
+                            f"ran out of memory (address space capped at {res.get('memory_cap_gb') or 0:.1f} GB) with "
+                            "both allocators"))
                 mem = {k: v for k, v in res.items() if k not in ("timing", "step_s")}
                 memory.append(dict(s.as_dict(), mode=mode, batch=batch, **mem))
                 if res.get("status") == "ok":
