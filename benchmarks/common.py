@@ -444,18 +444,13 @@ def apply_allocator(choice: str) -> bool:
     return tune_cpu_allocator(choice == "tuned")
 
 
-def cpu_allocator_tuned() -> bool:
-    from datvit.runtime import cpu_allocator_tuned as tuned
-
-    return tuned()
-
-
 def machine_info(device, threads: int) -> dict[str, Any]:
     import numpy
     import timm
     import torch
 
     import datvit
+    from datvit.runtime import cpu_allocator_tuned
 
     info: dict[str, Any] = {
         "cpu": _cpu_model(),

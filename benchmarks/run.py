@@ -389,7 +389,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     warmup=max(cfg["warmup"], 1), iters=cfg["train_iters"], wait_quiet=cfg["wait_quiet_s"],
                     memory_fraction=cfg["memory_fraction"])
                 res = worker.run_in_subprocess(task, timeout=cfg["train_timeout_s"])
-                if res.get("status") == "out_of_memory" and os.environ.get("DATVIT_CPU_ALLOCATOR") == "tuned":
+                if res.get("status") == "out_of_memory" and args.allocator == "tuned":
                     # a heap that is never trimmed can fragment past the cap; glibc's default returns memory
                     _log("  out of memory with the tuned allocator: again with glibc's default allocator")
                     res = worker.run_in_subprocess(task, timeout=cfg["train_timeout_s"],

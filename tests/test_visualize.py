@@ -18,7 +18,8 @@ def _nano(**kw):
 
 def test_points_per_d_block_in_image_coordinates():
     model = _nano()
-    points = collect_deformable_points(model, torch.randn(1, 32, 40))
+    logits, points = collect_deformable_points(model, torch.randn(1, 32, 40))
+    assert logits.shape == (1, 10)
     assert [(p.stage, p.block) for p in points] == [(2, 1), (3, 1)]   # dat_nano: stages L-S, L-S, L-D, L-D
     for p in points:
         assert p.sampled.shape == p.reference.shape and p.sampled.shape[-1] == 2
@@ -30,7 +31,7 @@ def test_points_per_d_block_in_image_coordinates():
         for m in model.modules():
             if hasattr(m, "conv_offset"):
                 m.conv_offset[-1].weight.normal_(std=0.1)
-    moved = collect_deformable_points(model, torch.randn(1, 32, 40))
+    _, moved = collect_deformable_points(model, torch.randn(1, 32, 40))
     assert max(np.abs(p.sampled - p.reference).max() for p in moved) > 0.1
 
 

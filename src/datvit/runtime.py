@@ -22,7 +22,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 _ENV_SWITCH = "DATVIT_CPU_ALLOCATOR"   # "system" leaves malloc alone
-_state: dict[str, Optional[bool]] = {"tuned": None}
+_tuned = False
 
 
 def _glibc() -> Optional[ctypes.CDLL]:
@@ -43,23 +43,23 @@ def tune_cpu_allocator(enable: bool = True) -> bool:
     Affects allocations made after the call; call it once, early, in a process you own (the ``datvit`` command
     line does). ``tune_cpu_allocator(False)`` restores glibc's defaults for later allocations.
     """
+    global _tuned
     libc = _glibc()
     if libc is None:
         return False
-    if enable and os.environ.get(_ENV_SWITCH, "").strip().lower() == "system":
+    if os.environ.get(_ENV_SWITCH, "").strip().lower() == "system":
         enable = False
     if enable:
         # M_MMAP_MAX 0: no mmap for large blocks; M_TRIM_THRESHOLD -1: never give the heap's top back
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
+        _tuned = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, -1) == 1
     else:
         # glibc's defaults: up to 65536 mmapped blocks, 128 KiB trim threshold
         libc.mallopt(_M_MMAP_MAX, 65536)
         libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
-        ok = False
-    _state["tuned"] = bool(enable and ok)
-    return bool(_state["tuned"])
+        _tuned = False
+    return _tuned
 
 
 def cpu_allocator_tuned() -> bool:
     """Whether :func:`tune_cpu_allocator` is in effect in this process."""
-    return bool(_state["tuned"])
+    return _tuned

@@ -39,42 +39,36 @@ def visualize(args: argparse.Namespace):
 
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
-
+    from ..data.folder import IMAGE_ERRORS, read_image
     from ..data.loader import eval_transform
     from ..models.checkpoint import read_checkpoint
     from ..tools import collect_deformable_points, plot_deformable_points
     from ..train.evaluation import build_eval_model, resolve_eval_data_config
 
     image_path = Path(args.image)
-    try:
-        with Image.open(image_path) as im:
-            im.load()
-            image = im.copy()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {image_path}") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {image_path}: {e}") from None
+    if not image_path.is_file():
+        raise FileNotFoundError(f"image file not found: {image_path}")
     checkpoint = read_checkpoint(args.checkpoint)
     model, name = build_eval_model(args, checkpoint)
     model.eval()
-    ours = isinstance(checkpoint, dict) and "arch" in checkpoint
-    data_config = resolve_eval_data_config(args, checkpoint if ours else None, model)
+    try:
+        image = read_image(image_path, "L" if model.in_chans == 1 else "RGB")
+    except IMAGE_ERRORS as e:
+        raise ValueError(f"cannot read image {image_path}: {e}") from None
+    data_config = resolve_eval_data_config(args, checkpoint, model)
     img_size = int(data_config["input_size"][-1])
-    image = image.convert("L" if model.in_chans == 1 else "RGB")
     x = eval_transform(img_size, data_config["mean"], data_config["std"], data_config["crop_pct"],
                        data_config["interpolation"])(image)
-    points = collect_deformable_points(model, x)
+    logits, points = collect_deformable_points(model, x)
     # the picture the model saw, un-normalised for display
     mean = torch.tensor(data_config["mean"]).view(-1, 1, 1)
     std = torch.tensor(data_config["std"]).view(-1, 1, 1)
     shown = (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
     shown = shown[..., 0] if shown.shape[-1] == 1 else shown
     out = Path(args.out) if args.out else image_path.with_name(f"{image_path.stem}_dat_points.png")
-    with torch.no_grad():
-        probs = model(x.unsqueeze(0)).softmax(-1)[0]
+    probs = logits.softmax(-1)[0]
     top = int(probs.argmax())
-    classes = checkpoint.get("class_names") if ours else None
+    classes = checkpoint.get("class_names") if isinstance(checkpoint, dict) else None
     label = classes[top] if classes and top < len(classes) else f"class {top}"
     plot_deformable_points(np.asarray(shown), points, out, max_blocks=args.max_blocks,
                            title=f"{name} on {image_path.name}: {label} ({100 * float(probs[top]):.1f}%)")

@@ -30,6 +30,18 @@ class CorruptSample(NamedTuple):
     error: str
 
 
+# What decoding a corrupt, truncated or hostile image file raises.
+IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def read_image(path: str | os.PathLike, mode: str) -> Image.Image:
+    """Decode an image fully (so truncated files fail here, not later in a transform) and convert it to ``mode``."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        img.load()
+    return img.convert(mode)
+
+
 def find_split_dir(root: str | os.PathLike, split: str) -> Optional[Path]:
     """``root/<split>`` (or its usual alternative names); None when absent."""
     root = Path(root)
@@ -105,18 +117,13 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def load_image(self, index: int) -> Image.Image:
-        """Decode the image fully (so truncated files fail here, not later in a transform)."""
-        path, _ = self.samples[index]
-        with open(path, "rb") as f:
-            img = Image.open(f)
-            img.load()
-        return img.convert(self.image_mode)
+        return read_image(self.samples[index][0], self.image_mode)
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         try:
             img = self.load_image(index)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except IMAGE_ERRORS as e:
             return CorruptSample(path, f"{type(e).__name__}: {e}")
         if self.transform is not None:
             img = self.transform(img)

@@ -34,9 +34,9 @@ def _to_pixels(points: torch.Tensor, map_hw: tuple[int, int], image_hw: tuple[in
 
 
 @torch.no_grad()
-def collect_deformable_points(model: nn.Module, image: torch.Tensor) -> list[DeformablePoints]:
-    """Run ``model`` (a DAT or DAT++ with D blocks) on one preprocessed image (C×H×W or 1×C×H×W) and return the
-    sampled and reference points of every D block."""
+def collect_deformable_points(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, list[DeformablePoints]]:
+    """Run ``model`` (a DAT or DAT++ with D blocks) on one preprocessed image (C×H×W or 1×C×H×W); return its
+    logits (1×classes) and the sampled and reference points of every D block."""
     if image.dim() == 3:
         image = image.unsqueeze(0)
     if image.dim() != 4 or image.shape[0] != 1:
@@ -46,7 +46,7 @@ def collect_deformable_points(model: nn.Module, image: torch.Tensor) -> list[Def
     was_training = model.training
     model.eval()
     try:
-        _, per_stage = model.forward_with_positions(image)
+        logits, per_stage = model.forward_with_positions(image)
     finally:
         model.train(was_training)
     image_hw = (image.shape[-2], image.shape[-1])
@@ -62,7 +62,7 @@ def collect_deformable_points(model: nn.Module, image: torch.Tensor) -> list[Def
                                         _to_pixels(reference[0], map_sizes[stage], image_hw)))
     if not out:
         raise ValueError("this model has no deformable (D) blocks: nothing to draw")
-    return out
+    return logits, out
 
 
 def plot_deformable_points(image: np.ndarray, points: Sequence[DeformablePoints], path: Union[str, Path],

@@ -89,11 +89,10 @@ def build_eval_model(args: argparse.Namespace, checkpoint: Any) -> tuple[nn.Modu
     return model, name
 
 
-def resolve_eval_data_config(args: argparse.Namespace, checkpoint: Optional[Mapping[str, Any]],
-                             model: nn.Module) -> dict[str, Any]:
-    """Mean, std, crop and resolution for evaluating ``model``: the training run's (a datvit ``checkpoint``) or the
-    model's pretrained config (ImageNet defaults), overridden by ``--img-size``/``--crop-pct``/... flags."""
-    base_cfg = dict((checkpoint or {}).get("data_config") or {})
+def resolve_eval_data_config(args: argparse.Namespace, checkpoint: Any, model: nn.Module) -> dict[str, Any]:
+    """Mean, std, crop and resolution for evaluating ``model``: the training run's (a datvit ``checkpoint`` records
+    them) or the model's pretrained config (ImageNet defaults), overridden by ``--img-size``/``--crop-pct``/..."""
+    base_cfg = dict((checkpoint.get("data_config") if isinstance(checkpoint, dict) else None) or {})
     if not base_cfg:
         base_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
         base_cfg.setdefault("mean", IMAGENET_MEAN)
@@ -138,7 +137,7 @@ def _run_eval(args: argparse.Namespace, info: dist_utils.DistInfo) -> dict[str, 
     model, name = build_eval_model(args, checkpoint)
     model.to(info.device)
 
-    data_config = resolve_eval_data_config(args, checkpoint if ours else None, model)
+    data_config = resolve_eval_data_config(args, checkpoint, model)
     img_size = int(data_config["input_size"][-1])
 
     kind = resolve_dataset_kind(args.dataset, args.data_dir)
