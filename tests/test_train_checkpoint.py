@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from datvit.cli.main import main
-from datvit.train.checkpointing import (CheckpointManager, atomic_save, capture_rng_state, find_auto_resume,
+from datvit.utils.files import atomic_save
+from datvit.train.checkpointing import (CheckpointManager, capture_rng_state, find_auto_resume,
                                         restore_rng_state)
 from train_helpers import TINY_MODEL_ARGS, make_image_folder
 

@@ -39,7 +39,7 @@ def visualize(args: argparse.Namespace):
 
     import numpy as np
     import torch
-    from ..data.folder import IMAGE_ERRORS, read_image
+    from ..utils.images import IMAGE_ERRORS, read_image
     from ..data.loader import eval_transform
     from ..models.checkpoint import read_checkpoint
     from ..tools import collect_deformable_points, plot_deformable_points

@@ -13,6 +13,8 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..utils.images import IMAGE_ERRORS, read_image
+
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp")
 # timm's names for the validation split, tried in this order.
 SPLIT_DIR_NAMES = {
@@ -28,18 +30,6 @@ class CorruptSample(NamedTuple):
 
     path: str
     error: str
-
-
-# What decoding a corrupt, truncated or hostile image file raises.
-IMAGE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
-
-
-def read_image(path: str | os.PathLike, mode: str) -> Image.Image:
-    """Decode an image fully (so truncated files fail here, not later in a transform) and convert it to ``mode``."""
-    with open(path, "rb") as f:
-        img = Image.open(f)
-        img.load()
-    return img.convert(mode)
 
 
 def find_split_dir(root: str | os.PathLike, split: str) -> Optional[Path]:

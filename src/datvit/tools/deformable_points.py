@@ -74,7 +74,7 @@ def plot_deformable_points(image: np.ndarray, points: Sequence[DeformablePoints]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..train.checkpointing import atomic_savefig
+    from ..utils.files import atomic_savefig
 
     points = list(points)[-max_blocks:]
     cols = min(4, len(points))

@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..cli.main import main as cli_main
-from .checkpointing import atomic_write_text
+from ..utils.files import atomic_write_text
 from .metrics import read_summary
 
 DEFAULT_CONFIG = "configs/demo_fashion_mnist.yaml"

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .checkpointing import atomic_savefig, atomic_write_text
+from ..utils.files import atomic_savefig, atomic_write_text
 
 SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "images/s", "seconds")
 EMA_COLUMNS = ("ema_eval_loss", "ema_eval_top1", "ema_eval_top5")
