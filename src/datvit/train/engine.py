@@ -557,7 +557,8 @@ class Trainer:
                 self._flush_window(window, pbar, session_samples * self.info.world_size,
                                    time.perf_counter() - t_start)
             pbar.update(1)
-            if args.checkpoint_interval and self.step % args.checkpoint_interval == 0 and not last_batch:
+            if (args.checkpoint_interval and self.step % args.checkpoint_interval == 0 and not last_batch
+                    and not self._bad_run):  # no step checkpoint inside a run of non-finite losses
                 self._flush_window(window, pbar, session_samples * self.info.world_size,
                                    time.perf_counter() - t_start)
                 self.meters["seconds"] += time.perf_counter() - t_start
