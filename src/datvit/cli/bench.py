@@ -40,6 +40,11 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "_bench_error", None):
         print(args._bench_error, file=sys.stderr)
         return 2
+    from ._errors import run_with_user_errors
+
     args.command_line = "datvit bench " + " ".join(sys.argv[2:])
-    _benchmarks_run().run(args)
-    return 0
+
+    def bench() -> None:
+        _benchmarks_run().run(args)
+
+    return run_with_user_errors("bench", bench)

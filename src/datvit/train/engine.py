@@ -205,6 +205,8 @@ class Trainer:
 
     def _setup_model(self) -> None:
         args = self.args
+        if args.model_config and not os.path.isfile(args.model_config):
+            raise TrainingError(f"--model-config {args.model_config}: no such file")
         config = load_model_config(args.model_config) if args.model_config else None
         self.model_kwargs = resolve_model_kwargs(
             args.model, config, args.model_kwargs, num_classes=args.num_classes, in_chans=args.in_chans,
@@ -234,10 +236,15 @@ class Trainer:
         self.model = model
         self.data_config = {"input_size": [args.in_chans, args.img_size, args.img_size], "mean": args.mean,
                             "std": args.std, "crop_pct": args.crop_pct, "interpolation": args.interpolation}
-        self.train_set.transform = train_transform(
-            args.img_size, args.mean, args.std, interpolation=args.train_interpolation, no_aug=args.no_aug,
-            scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
-            auto_augment=args.aa, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
+        try:
+            self.train_set.transform = train_transform(
+                args.img_size, args.mean, args.std, interpolation=args.train_interpolation, no_aug=args.no_aug,
+                scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
+                color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob, re_mode=args.remode,
+                re_count=args.recount)
+        except (AssertionError, KeyError) as e:  # timm asserts on an unknown --aa policy
+            raise TrainingError(f"the augmentation flags (--aa {args.aa}, --remode {args.remode}) are not valid: "
+                                f"{e}") from None
         if self.eval_set is not None:
             self.eval_set.transform = eval_transform(args.img_size, args.mean, args.std, args.crop_pct,
                                                      args.interpolation)
