@@ -60,7 +60,21 @@ def _query(text: str) -> tuple[float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_with_user_errors("visualize", lambda: visualize(args))
+    return run_with_user_errors("visualize", lambda: (_check_attention_arguments(args), visualize(args)))
+
+
+def _check_attention_arguments(args: argparse.Namespace) -> None:
+    """What is wrong with the attention options, before any model is loaded."""
+    if args.topk < 1:
+        raise ValueError(f"--topk must be at least 1, got {args.topk}")
+    if args.query and args.top_queries:
+        raise ValueError("give either --query or --top-queries, not both")
+    if args.mode == "queries" and not (args.query or args.top_queries):
+        raise ValueError("--mode queries needs --query Y,X or --top-queries N")
+    if args.top_queries is not None and args.top_queries < 1:
+        raise ValueError(f"--top-queries must be at least 1, got {args.top_queries}")
+    if args.mode == "points" and (args.query or args.top_queries):
+        raise ValueError("--mode points draws no queries: drop --query/--top-queries or use --mode queries")
 
 
 def visualize(args: argparse.Namespace):
@@ -118,14 +132,6 @@ def _draw_attention(args: argparse.Namespace, model, x, shown, mode: str, title:
     """The paper's second figure (queries) or the received-attention view, one panel per chosen D block."""
     from ..tools import collect_deformable_attention, parse_blocks, plot_deformable_attention
 
-    if args.topk < 1:
-        raise ValueError(f"--topk must be at least 1, got {args.topk}")
-    if args.query and args.top_queries:
-        raise ValueError("give either --query or --top-queries, not both")
-    if mode == "queries" and not (args.query or args.top_queries):
-        raise ValueError("--mode queries needs --query Y,X or --top-queries N")
-    if args.top_queries is not None and args.top_queries < 1:
-        raise ValueError(f"--top-queries must be at least 1, got {args.top_queries}")
     blocks = parse_blocks(args.blocks, model) if args.blocks else None
     maps = collect_deformable_attention(model, x, args.query, top_queries=args.top_queries, blocks=blocks)
     plot_deformable_attention(shown, maps, out, mode=mode, topk=args.topk, title=title)
