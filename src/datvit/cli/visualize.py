@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
     p.add_argument("--crop-pct", type=float, default=None, help="center-crop ratio (default: the checkpoint's)")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint that pickles other Python objects to run code while loading (only for "
+                        "files you trust)")
     p.add_argument("--max-blocks", type=int, default=8, help="at most this many D blocks, the deepest (default 8)")
     p.set_defaults(func=run, interpolation=None, mean=None, std=None, num_classes=None, in_chans=None)
     p.add_argument("--mode", default=None, choices=("points", "queries", "received"),
@@ -83,25 +86,21 @@ def visualize(args: argparse.Namespace):
     import numpy as np
     import torch
     from ..utils.images import IMAGE_ERRORS, read_image
-    from ..data.loader import eval_transform
-    from ..models.checkpoint import read_checkpoint
+    from ..inference import eval_transform
     from ..tools import collect_deformable_points, plot_deformable_points
-    from ..train.evaluation import build_eval_model, resolve_eval_data_config
+    from ..train.evaluation import load_eval_model
 
     image_path = Path(args.image)
     if not image_path.is_file():
         raise FileNotFoundError(f"image file not found: {image_path}")
-    checkpoint = read_checkpoint(args.checkpoint)
-    model, name = build_eval_model(args, checkpoint)
-    model.eval()
+    loaded = load_eval_model(args)
+    model, name = loaded.model, loaded.name
     try:
         image = read_image(image_path, "L" if model.in_chans == 1 else "RGB")
     except IMAGE_ERRORS as e:
         raise ValueError(f"cannot read image {image_path}: {e}") from None
-    data_config = resolve_eval_data_config(args, checkpoint, model)
-    img_size = int(data_config["input_size"][-1])
-    x = eval_transform(img_size, data_config["mean"], data_config["std"], data_config["crop_pct"],
-                       data_config["interpolation"])(image)
+    data_config = loaded.data_config
+    x = eval_transform(data_config)(image)
     logits, points = collect_deformable_points(model, x)
     # the picture the model saw, un-normalised for display
     mean = torch.tensor(data_config["mean"]).view(-1, 1, 1)
@@ -111,7 +110,7 @@ def visualize(args: argparse.Namespace):
     out = Path(args.out) if args.out else image_path.with_name(f"{image_path.stem}_dat_points.png")
     probs = logits.softmax(-1)[0]
     top = int(probs.argmax())
-    classes = checkpoint.get("class_names") if isinstance(checkpoint, dict) else None
+    classes = loaded.class_names
     label = classes[top] if classes and top < len(classes) else f"class {top}"
     title = f"{name} on {image_path.name}: {label} ({100 * float(probs[top]):.1f}%)"
     mode = args.mode or ("queries" if args.query or args.top_queries else "points")
