@@ -119,7 +119,7 @@ def test_blocks_selection_and_errors():
 
 
 def test_cli_attention_figures_and_errors(tmp_path, capsys):
-    from datvit.train.modeling import arch_record
+    from datvit.models.factory import arch_record
 
     # a datvit checkpoint of a custom model: it records its architecture
     torch.save({"model": _tiny_pp().state_dict(), "arch": arch_record("custom", _tiny_pp_kwargs())},

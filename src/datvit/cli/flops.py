@@ -81,7 +81,7 @@ def _input_size(args: argparse.Namespace, default: tuple[int, int, int], in_chan
 def _report_for(args: argparse.Namespace, name: str, config: dict):
     import datvit
     from ..tools.flops import build_on_meta, count_flops, variant_input_size
-    from ..train.modeling import resolve_model_kwargs
+    from ..models.factory import resolve_model_kwargs
 
     kwargs = resolve_model_kwargs(name, config, args.model_kwargs, num_classes=args.num_classes,
                                   in_chans=args.in_chans)
@@ -119,11 +119,7 @@ def flops(args: argparse.Namespace) -> None:
 
     config: dict = {}
     if args.model_config:
-        from pathlib import Path
-
-        from ..train.modeling import load_model_config
-        if not Path(args.model_config).is_file():
-            raise FileNotFoundError(f"--model-config: file not found: {args.model_config}")
+        from ..models.factory import load_model_config
         config = load_model_config(args.model_config)
     if args.model or config or args.model_kwargs:
         report = _report_for(args, args.model or "custom", config)
