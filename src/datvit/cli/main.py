@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "predict": "top-k classes of images (files, directories, globs) from any checkpoint",
     "convert": "a checkpoint → model.safetensors + config.json (timm / Hugging Face hub layout)",
     "demo": "train a small DAT on Fashion-MNIST offline, evaluate it, write checkpoint, plots and report",
+    "flops": "parameters and FLOPs (multiply-adds) per stage, as the papers count them",
 }
 
 
