@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 DETECTOR_KINDS = ("mask_rcnn", "faster_rcnn", "retinanet")
+# COCO training: short side 480–800 in steps of 32 (long side ≤ 1333); testing 800 (the last entry).
+COCO_TRAIN_MIN_SIZES = tuple(range(480, 801, 32))
 SEGMENTER_KINDS = ("upernet", "fpn")
 
 
@@ -48,7 +50,8 @@ class BackboneConfig:
 class DetectorConfig:
     """A torchvision detector over a ``DenseBackbone`` and an FPN as the authors configure it.
 
-    ``num_classes`` counts foreground classes (labels 1..K; torchvision is given K + 1 with 0 = background).
+    ``min_size`` may be a tuple: torchvision then resizes each training image's short side to a random entry
+    (multi-scale training) and evaluates at the last one. ``num_classes`` counts foreground classes (labels 1..K; torchvision is given K + 1 with 0 = background).
     Anchors are ``anchor_scale`` × the level's stride (mmdet's ``scales=[8]`` for the RPN; RetinaNet uses
     ``octave_base_scale=4`` with 3 scales per octave), aspect ratios 0.5/1/2. The RPN keeps 2000 → 1000 proposals
     in training (the authors' value; torchvision's default is 2000 → 2000).
@@ -58,7 +61,7 @@ class DetectorConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     num_classes: int = 80
     fpn_channels: int = 256
-    min_size: int = 800
+    min_size: int | tuple = COCO_TRAIN_MIN_SIZES
     max_size: int = 1333
     image_mean: Optional[tuple] = None            # None: the backbone's pretrained_cfg (ImageNet for DAT)
     image_std: Optional[tuple] = None
@@ -81,6 +84,8 @@ class DetectorConfig:
             object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
         if self.num_classes < 1:
             raise ValueError(f"num_classes (foreground classes) must be ≥ 1, got {self.num_classes}")
+        if isinstance(self.min_size, (list, tuple)):
+            object.__setattr__(self, "min_size", tuple(int(v) for v in self.min_size))
 
     def resolved(self) -> "DetectorConfig":
         anchor = self.anchor_scale if self.anchor_scale is not None else (4.0 if self.kind == "retinanet" else 8.0)
