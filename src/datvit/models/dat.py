@@ -208,7 +208,7 @@ class DAT(nn.Module):
         self.patch_proj = stem_cls(in_chans, dim_stem, patch_size, layer_norm_eps)
 
         fmap = img_size // patch_size
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
         self.stages = nn.ModuleList()
         self.feature_info = []
         for i in range(num_stages):
