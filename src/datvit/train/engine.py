@@ -32,7 +32,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import datvit
-from datvit.models import load_checkpoint, read_checkpoint
+from datvit.inference.checkpoint_format import build_checkpoint, describe_arch_difference, read_datvit_checkpoint
+from datvit.models import CheckpointError, load_checkpoint, load_state_dict_checked
 
 from ..data.loader import create_dataset, create_loader, eval_transform, resolve_dataset_kind, train_transform
 from ..utils.files import atomic_write_text, remove_stale_temp_files
@@ -352,9 +353,7 @@ class Trainer:
         meters_all = dist_utils.gather_objects(meters, self.info)
         corrupt = self._all_corrupt()
         args = self.args
-        return {
-            "model": self.model.state_dict(),
-            "model_ema": self.ema.module.state_dict() if self.ema is not None else None,
+        training = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -371,11 +370,11 @@ class Trainer:
             "best": dict(self.best),
             "corrupt_files": corrupt,
             "args": args_to_dict(args),
-            "class_names": self.class_names,
-            "arch": arch_record(args.model, self.model_kwargs),
-            "data_config": self.data_config,
-            "datvit_version": datvit.__version__,
         }
+        return build_checkpoint(
+            self.model.state_dict(), arch=arch_record(args.model, self.model_kwargs), data_config=self.data_config,
+            class_names=self.class_names, model_ema=self.ema.module.state_dict() if self.ema is not None else None,
+            training=training)
 
     def save(self, epoch_end: Optional[int] = None, is_best: bool = False) -> None:
         """Write last.pth (+ checkpoint-<epoch>.pth, best.pth) — never over a good one with non-finite weights."""
@@ -413,16 +412,23 @@ class Trainer:
         return self.history.setdefault("skipped", {"nonfinite_loss": 0, "amp_overflow": 0})
 
     def _resume(self, path: str) -> None:
-        ckpt = read_checkpoint(path)
-        if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
+        loaded = read_datvit_checkpoint(path, trust_checkpoint=getattr(self.args, "trust_checkpoint", False))
+        ckpt = loaded.training
+        if not loaded.is_datvit or "step" not in ckpt:
             raise TrainingError(f"{path} is not a datvit training checkpoint; to start from its weights use "
                                 "--initial-checkpoint")
-        self.model.load_state_dict(ckpt["model"])
+        if loaded.arch is not None:
+            differs = describe_arch_difference(loaded.arch, arch_record(self.args.model, self.model_kwargs))
+            if differs:
+                raise CheckpointError(f"--resume {path}: the checkpoint was trained with another model ({differs}; "
+                                      "checkpoint vs this run); resume with the run's --model/--model-kwargs, or "
+                                      "start from its weights with --initial-checkpoint")
+        load_state_dict_checked(self.model, loaded.model, path, reset_head_on_mismatch=False)
         if self.args.no_resume_opt:
             self.log(f"resumed the weights of {path} (optimizer, schedule and position not restored)")
             return
-        if self.ema is not None and ckpt.get("model_ema") is not None:
-            self.ema.module.load_state_dict(ckpt["model_ema"])
+        if self.ema is not None and loaded.model_ema is not None:
+            load_state_dict_checked(self.ema.module, loaded.model_ema, f"{path} (EMA)", reset_head_on_mismatch=False)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
         if isinstance(self.scheduler, PlateauLRScheduler) and ckpt.get("scheduler") is not None:
