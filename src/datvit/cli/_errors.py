@@ -51,7 +51,8 @@ def run_with_user_errors(command: str, func: Callable[[], Any]) -> int:
     try:
         result = func()
     except RunInterrupted as e:
-        print(f"datvit {command}: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 says so
+            print(f"datvit {command}: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         if debug_enabled():
