@@ -448,3 +448,12 @@ def test_memory_stays_flat_over_many_epochs_with_the_tuned_allocator(tmp_path, l
         assert growth > 16 * 2 ** 20
     else:
         assert growth <= 16 * 2 ** 20, f"resident set grew by {growth / 2 ** 20:.1f} MB after warm-up"
+
+
+def test_mixup_batch_with_a_single_readable_image_is_a_zero_weight_step(data, tmp_path, capsys):
+    """Batches of 2 under Mixup: the one holding the corrupt file keeps a single image, which Mixup cannot pair
+    (it used to be trimmed to an empty batch and crash the forward pass)."""
+    out = tmp_path / "out"
+    assert train_cli(["--data-dir", str(data), *COMMON, "-b", "2", "--epochs", "1", "--output", str(out),
+                      "--experiment", "run"]) == 0
+    assert ckpt(out / "run" / "last.pth")["step"] == 6
