@@ -194,6 +194,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--deterministic", action=bool_flag, default=False,
                    help="deterministic algorithms (slower on GPU; CPU runs are deterministic already)")
     g.add_argument("--seed", type=int, default=42, help="random seed (data order, augmentation, init)")
+    g.add_argument("--max-bad-steps", type=int, default=3, metavar="N",
+                   help="stop after N consecutive steps with a non-finite loss (their updates are skipped and "
+                        "no checkpoint is written after them); 0: never stop, keep skipping them")
 
     g = p.add_argument_group("output and checkpoints")
     g.add_argument("--output", default="output/train", metavar="DIR", help="parent of the run directories")
