@@ -4,8 +4,8 @@ traceback from the CLI — and a pickle that would run code never runs it (its m
 
 The corpus is built here: empty file, a text page saved as .pth (a failed download), random bytes, a truncated
 zip, a truncated safetensors file, a bad safetensors header, a pickle of a list, a dict without tensors, another
-variant's state_dict, pickles whose reduce calls os.system (zip and legacy formats), a directory whose
-config.json is not JSON. Routes: datvit.load_checkpoint, timm's pretrained_cfg_overlay, datvit.inference.load_model,
+variant's state_dict, pickles whose reduce calls os.system (zip and legacy formats), a TorchScript archive, a
+directory whose config.json is not JSON. Routes: datvit.load_checkpoint, timm's pretrained_cfg_overlay, datvit.inference.load_model,
 datvit eval / predict / convert / visualize, datvit train --resume and --initial-checkpoint."""
 from __future__ import annotations
 
@@ -76,6 +76,12 @@ def build_corpus(root: Path, marker: Path) -> dict[str, tuple[Path, str]]:
     add("runs code (zip)", "evil.pth", "system", lambda p: torch.save({"model": good, "x": RunsCode(marker)}, p))
     add("runs code (legacy pickle)", "evil_legacy.pth", "system",
         lambda p: torch.save({"model": good, "x": RunsCode(marker)}, p, _use_new_zipfile_serialization=False))
+    def scripted(p):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # torch.jit.script is deprecated, still written
+            torch.jit.script(torch.nn.Linear(2, 2)).save(str(p))
+
+    add("torchscript", "scripted.pth", "TorchScript", scripted)
     hub = root / "hub"
     hub.mkdir()
     save_file(good, str(hub / "model.safetensors"))
