@@ -158,8 +158,9 @@ def _g(n: int) -> str:
 def format_report(report: FlopsReport) -> str:
     """A plain-text table: one line per part, the total and, for released variants, the papers' numbers."""
     c, h, w = report.input_size
-    lines = [f"{report.model} at {c}×{h}×{w}, batch 1 — multiply-adds (the papers' FLOPs, fvcore convention), "
-             f"{report.path} path"]
+    path = f", {report.path} path" if report.path in ("reference", "fast") else ""
+    lines = [f"{report.model} at {c}×{h}×{w}, batch 1 — multiply-adds (the papers' FLOPs, fvcore convention)"
+             + path]
     width = max([len(r.detail) for r in report.rows] + [6])
     lines.append(f"{'part':8s}  {'':{width}s}  {'params':>10s}  {'FLOPs':>9s}  {'share':>6s}")
     total = max(report.macs, 1)
