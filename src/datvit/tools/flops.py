@@ -234,7 +234,7 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, *,
     head, in the papers' convention (see the module docstring).
 
     The model is traced on the ``meta`` device with its parameters swapped out: nothing is computed and the
-    model is left as it was. ``path``: "reference" (default; the count the papers report) or "fast" (DAT models
+    model is left as it was (a forward that needs tensor values is traced once for real instead). ``path``: "reference" (default; the count the papers report) or "fast" (DAT models
     only; what the fast path's operations add up to). Models other than DAT are counted as they run, per
     ``stages``/``layers`` entry when they have them.
     """
@@ -283,8 +283,17 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, *,
             model.set_reference(path == "reference")
         elif path == "fast":
             raise ValueError("path='fast' is only meaningful for DAT models (they have two paths)")
-        with counter:
-            torch.func.functional_call(model, meta, (x,), strict=False)
+        try:
+            with counter:
+                torch.func.functional_call(model, meta, (x,), strict=False)
+        except (NotImplementedError, RuntimeError):
+            # a forward that reads tensor values (``.item()``, data-dependent shapes) cannot run on meta:
+            # trace it once for real, on the model's device (FlopCounterMode starts from zero again)
+            starts.clear()
+            ends.clear()
+            device = next(iter(model.parameters()), torch.empty(0)).device
+            with counter:
+                model(torch.zeros((1,) + size, device=device))
         final = snapshot()
     finally:
         for h in handles:
