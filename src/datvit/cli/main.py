@@ -18,6 +18,9 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "top-1 / top-5 / loss of a checkpoint on an image folder or the built-in Fashion-MNIST",
     "bench": "benchmark speed, memory and GFLOP/s against the reference path, Swin-T and ConvNeXt-T",
     "visualize": "draw where the deformable attention samples its keys, as a PNG over an image",
+    "predict": "top-k classes of images (files, directories, globs) from any checkpoint",
+    "convert": "a checkpoint → model.safetensors + config.json (timm / Hugging Face hub layout)",
+    "demo": "train a small DAT on Fashion-MNIST offline, evaluate it, write checkpoint, plots and report",
     "flops": "parameters and FLOPs (multiply-adds) per stage, as the papers count them",
 }
 

@@ -207,11 +207,17 @@ def resolve_dataset_kind(name: Optional[str], data_dir: Optional[str | os.PathLi
         return DATASET_ALIASES[key]
     if data_dir is None:
         return "fashion_mnist"
+    if not os.path.exists(data_dir):
+        raise FileNotFoundError(f"data directory {data_dir} does not exist")
+    if not os.path.isdir(data_dir):
+        raise NotADirectoryError(f"data directory {data_dir} is a file, not a directory")
     if is_image_folder_root(data_dir):
         return "folder"
     try:
         fashion_mnist.find_fashion_mnist(data_dir)
         return "fashion_mnist"
+    except fashion_mnist.DatasetIncompleteError:
+        raise
     except fashion_mnist.DatasetNotFoundError:
         pass
     raise ValueError(f"{data_dir} is neither an image folder (train/<class>/*.jpg) nor a Fashion-MNIST directory; "

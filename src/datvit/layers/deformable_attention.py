@@ -14,8 +14,9 @@ from __future__ import annotations
 from typing import Literal, Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_function, trunc_normal_
 from torch import nn
 
 from .attention import biased_attention
@@ -45,8 +46,9 @@ def deformable_position_bias(table: torch.Tensor, pos: torch.Tensor, q_grid: tor
     return bias.view(B, heads, H * W, ns)
 
 
-def reference_points(height: int, width: int, generation: Generation, batch: int = 1, dtype=torch.float32,
-                     device=None) -> torch.Tensor:
+@register_notrace_function  # branches on the key-grid size (see layers/tracing.py)
+def reference_points(height: int, width: int, generation: str, batch: int = 1, dtype: torch.dtype = torch.float32,
+                     device: Optional[torch.device] = None) -> torch.Tensor:
     """Uniform grid of pixel centres, normalised to [−1, 1], as (batch, H, W, 2) in (y, x) order.
 
     v1 divides by the size: ((i + 0.5) / H)·2 − 1. DAT++ divides by size − 1 (the grid is not centred), which is
@@ -64,7 +66,9 @@ def reference_points(height: int, width: int, generation: Generation, batch: int
     return ref.unsqueeze(0).expand(batch, -1, -1, -1)
 
 
-def query_grid(height: int, width: int, generation: Generation, dtype=torch.float32, device=None) -> torch.Tensor:
+@register_notrace_function  # branches on the map size (see layers/tracing.py)
+def query_grid(height: int, width: int, generation: str, dtype: torch.dtype = torch.float32,
+               device: Optional[torch.device] = None) -> torch.Tensor:
     """Normalised positions of the queries (H, W, 2) used for the position bias.
 
     v1 uses its reference-point formula on the query map; DAT++ uses i / (H − 1)·2 − 1 (0 where H is 1).
@@ -78,6 +82,20 @@ def query_grid(height: int, width: int, generation: Generation, dtype=torch.floa
         return torch.arange(n, dtype=dtype, device=device).div(n - 1.0).mul(2.0).sub(1.0)
 
     return torch.stack(torch.meshgrid(axis(height), axis(width), indexing="ij"), dim=-1)
+
+
+@register_notrace_function  # branches on the key-grid size (see layers/tracing.py)
+def offset_range(hk: int, wk: int, generation: str, like: torch.Tensor) -> torch.Tensor:
+    """(y, x) scale of tanh(offset): 1/size (v1) or 1/max(size − 1, 1) (DAT++), as a tensor like ``like``."""
+    if generation == "v1":
+        return like.new_tensor([1.0 / hk, 1.0 / wk])
+    return like.new_tensor([1.0 / max(hk - 1.0, 1.0), 1.0 / max(wk - 1.0, 1.0)])
+
+
+torch.fx.wrap("reference_points")
+torch.fx.wrap("query_grid")
+torch.fx.wrap("offset_range")
+torch.fx.wrap("biased_attention")
 
 
 class DeformableAttention(nn.Module):
@@ -151,10 +169,7 @@ class DeformableAttention(nn.Module):
         """``offset``: (B·G)×Hk×Wk×2 raw offset-network output (y, x). Returns sampled positions and references."""
         BG, hk, wk, _ = offset.shape
         if self.offset_range_factor >= 0 and not self.no_off:
-            if self.generation == "v1":
-                rng = offset.new_tensor([1.0 / hk, 1.0 / wk])
-            else:
-                rng = offset.new_tensor([1.0 / max(hk - 1.0, 1.0), 1.0 / max(wk - 1.0, 1.0)])
+            rng = offset_range(hk, wk, self.generation, offset)
             offset = offset.tanh().mul(rng).mul(self.offset_range_factor)
         reference = reference_points(hk, wk, self.generation, BG, offset.dtype, offset.device)
         if self.no_off:

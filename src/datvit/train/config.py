@@ -213,8 +213,10 @@ def normalise_keys(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML (or JSON) mapping; a clear error for anything else."""
-    with open(path) as f:
+    """A YAML (or JSON) mapping; a clear error for anything else. A name of a config shipped with datvit
+    (``demo_fashion_mnist``) works from any directory."""
+    from ..configs import resolve_config_path
+    with open(resolve_config_path(path)) as f:
         data = yaml.safe_load(f)
     if data is None:
         return {}

@@ -55,6 +55,22 @@ class TrainingDiverged(RuntimeError):
     """The loss (or the weights) stopped being finite; the message names the step and the last good checkpoint."""
 
 
+def check_model_kwargs(kwargs: dict[str, Any]) -> None:
+    """Refuse an argument ``datvit.models.DAT`` does not take (a typo in --model-kwargs / --model-config) with
+    the closest valid name, instead of the constructor's TypeError deep inside timm."""
+    import difflib
+    import inspect
+
+    from datvit.models import DAT
+
+    valid = [n for n in inspect.signature(DAT.__init__).parameters if n != "self"]
+    for key in kwargs:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f"; valid: {', '.join(sorted(valid))}"
+            raise TrainingError(f"unknown model argument '{key}' in --model-kwargs/--model-config{hint}")
+
+
 def seed_everything(seed: int) -> None:
     """Python, NumPy and torch (CPU and CUDA) generators."""
     random.seed(seed)
@@ -196,13 +212,16 @@ class Trainer:
             img_size=args.img_size, drop_path_rate=args.drop_path, drop_rate=args.drop)
         if args.img_size is None:
             args.img_size = int(self.model_kwargs.get("img_size", 224))
+        check_model_kwargs(self.model_kwargs)
+        patch, stages = int(self.model_kwargs.get("patch_size", 4)), len(self.model_kwargs.get("dims") or [0] * 4)
+        min_size = patch * 2 ** (stages - 1)  # = DAT.min_input_size, checked before building anything
+        if args.img_size < min_size:
+            raise TrainingError(f"--img-size {args.img_size} is below this model's minimum input {min_size} "
+                                f"(patch {patch} × {2 ** (stages - 1)})")
         torch.manual_seed(args.seed)  # the same initial weights on every rank (and for EMA)
         model = create_model(args.model, self.model_kwargs)
         if args.linear_init == "torch":
             reset_linear_layers(model)
-        if args.img_size < model.min_input_size:
-            raise TrainingError(f"--img-size {args.img_size} is below this model's minimum input "
-                                f"{model.min_input_size} (patch {model.patch_size} × 8)")
         self.n_params = count_parameters(model)
         for path in (args.initial_checkpoint, args.pretrained_path):
             if path:
@@ -544,7 +563,8 @@ class Trainer:
                 self._flush_window(window, pbar, session_samples * self.info.world_size,
                                    time.perf_counter() - t_start)
             pbar.update(1)
-            if args.checkpoint_interval and self.step % args.checkpoint_interval == 0 and not last_batch:
+            if (args.checkpoint_interval and self.step % args.checkpoint_interval == 0 and not last_batch
+                    and not self._bad_run):  # no step checkpoint inside a run of non-finite losses
                 self._flush_window(window, pbar, session_samples * self.info.world_size,
                                    time.perf_counter() - t_start)
                 self.meters["seconds"] += time.perf_counter() - t_start

@@ -21,6 +21,9 @@ class FileWriteError(OSError):
     """A file could not be written (disk full, read-only or missing directory, no permission). The message
     names the path and the reason, and says that the file previously at that path is unchanged."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]" prefix
+        return self.strerror or super().__str__()
+
 
 def _write_error(path: str, error: OSError) -> FileWriteError:
     reason = error.strerror or str(error)
