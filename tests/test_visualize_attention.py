@@ -143,6 +143,7 @@ def test_cli_attention_figures_and_errors(tmp_path, capsys):
 
     for extra, message in [(["--query", "64,3"], "outside the 64×64 input image"),
                            (["--query", "3,3", "--blocks", "5"], "stage 5 has no deformable"),
+                           (["--query", "1,1", "--img-size", "16"], "img_size 16 is too small"),
                            (["--mode", "queries"], "needs --query"),                 # these two: before loading
                            (["--query", "1,1", "--top-queries", "2"], "either --query or --top-queries")]:
         assert main(common + extra) == 2, extra
