@@ -12,9 +12,9 @@ the global pool, and the CPU kernels of ``scaled_dot_product_attention``); the r
 the papers: neighborhood attention there gathers each query's k×k = 49 keys, as NATTEN's counter assumes. The
 fast path cuts queries into 7×7 tiles that attend to a (7+6)² = 169-key halo under a mask (3.4× the attention
 multiply-adds of an N block) and, on maps of at most 14×14, to the whole map (196 keys); traced, datpp_tiny's
-fast path counts 4.517G instead of 4.288G (published 4.3G): +5%, all of it in the N blocks. Both paths hold the same weights and give the same
-output (tested to 1e-5), so the reference count is the model's count. Window and deformable attention cost the
-same on both paths.
+fast path counts 4.517G instead of 4.288G (published 4.3G): +5%, all of it in the N blocks. Both paths hold the
+same weights and give the same output (tested to 1e-5), so the reference count is the model's count. Window and
+deformable attention cost the same on both paths.
 
 **No arithmetic is run.** The forward is traced with the parameters swapped for ``meta`` tensors
 (``torch.func.functional_call``), so counting takes a second or two for any variant on a CPU and needs no
@@ -234,9 +234,10 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, *,
     head, in the papers' convention (see the module docstring).
 
     The model is traced on the ``meta`` device with its parameters swapped out: nothing is computed and the
-    model is left as it was (a forward that needs tensor values is traced once for real instead). ``path``: "reference" (default; the count the papers report) or "fast" (DAT models
-    only; what the fast path's operations add up to). Models other than DAT are counted as they run, per
-    ``stages``/``layers`` entry when they have them.
+    model is left as it was (a forward that needs tensor values is traced once for real instead). ``path``:
+    "reference" (default; the count the papers report) or "fast" (DAT models only; what the fast path's
+    operations add up to). Models other than DAT are counted as they run, per ``stages``/``layers`` entry when
+    they have them.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
