@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "top-1 / top-5 / loss of a checkpoint on an image folder or the built-in Fashion-MNIST",
     "bench": "benchmark speed, memory and GFLOP/s against the reference path, Swin-T and ConvNeXt-T",
     "visualize": "draw where the deformable attention samples its keys, as a PNG over an image",
+    "export": "export a model to ONNX, torch.export (.pt2) or TorchScript, checked against eager",
 }
 
 
