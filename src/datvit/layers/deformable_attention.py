@@ -158,6 +158,10 @@ class DeformableAttention(nn.Module):
                 trunc_normal_(self.rpe_table, std=0.01)
         else:
             self.rpe_table = None
+        # Visualisation (datvit.tools.collect_deformable_attention): when set, the fast path computes the softmax
+        # explicitly and keeps it in ``captured_attention``; otherwise it never materialises the weights (SDPA).
+        self.capture_attention = False
+        self.captured_attention: Optional[torch.Tensor] = None
 
     # -- geometry shared by both paths -------------------------------------------------------------------------
 
@@ -228,7 +232,10 @@ class DeformableAttention(nn.Module):
         if self.rpe_table is not None and not self.dwc_pe:
             grid = query_grid(H, W, self.generation, x.dtype, x.device)
             bias = deformable_position_bias(self.rpe_table, pos.reshape(B, G, ns, 2), grid).to(qh.dtype)
-        out = biased_attention(qh, k, v, bias, self.attn_drop.p if self.training else 0.0)
+        if self.capture_attention:
+            out = self._attention_captured(qh, k, v, bias)
+        else:
+            out = biased_attention(qh, k, v, bias, self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, H, W, C)
         if self.rpe_table is not None and self.dwc_pe:
             out = out + self.rpe_table(q.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -236,6 +243,17 @@ class DeformableAttention(nn.Module):
         if return_positions:
             return y, pos.reshape(B, G, hk, wk, 2), reference.reshape(B, G, hk, wk, 2)
         return y
+
+    @torch.jit.unused
+    def _attention_captured(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """softmax(q·kᵀ/√c + B)·v with the weights (B×heads×HW×Ns) kept in ``captured_attention``."""
+        attn = torch.matmul(q * self.scale, k.transpose(-2, -1))
+        if bias is not None:
+            attn = attn + bias
+        attn = attn.softmax(dim=-1)
+        self.captured_attention = attn.detach()
+        return torch.matmul(self.attn_drop(attn), v)
 
     # -- reference path (the authors' algorithm) -----------------------------------------------------------------
 

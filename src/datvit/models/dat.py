@@ -223,12 +223,16 @@ class DAT(nn.Module):
         self.grad_checkpointing = False
         # The smallest input for which every stage still has at least one pixel.
         self.min_input_size = patch_size * 2 ** (num_stages - 1)
+        if img_size < self.min_input_size:  # the position tables of stage 4 would have a negative size
+            raise ValueError(f"img_size {img_size} is too small: this model downsamples by {self.min_input_size} "
+                             f"(patch {patch_size} and {num_stages - 1} downsamplings), so img_size must be at "
+                             f"least {self.min_input_size}")
 
         stem_cls = ConvStem if use_conv_patches else PatchStem
         self.patch_proj = stem_cls(in_chans, dim_stem, patch_size, layer_norm_eps)
 
         fmap = img_size // patch_size
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
         self.stages = nn.ModuleList()
         self.feature_info = []
         for i in range(num_stages):
