@@ -1,17 +1,17 @@
 """``datvit export``: write a DAT / DAT++ checkpoint as ONNX, a ``torch.export`` program (.pt2) or TorchScript.
 
-The model is loaded the way ``datvit eval`` loads it (a datvit checkpoint records its architecture; the authors'
-.pth needs --model), exported on CPU in float32 with a dynamic batch size, written atomically, then checked: the
+The model is loaded by the inference layer like every other command (a datvit checkpoint or a safetensors +
+config.json directory records its architecture; the authors' .pth needs --model), exported on CPU in float32 with a dynamic batch size, written atomically, then checked: the
 file is run (onnxruntime on CPU, the loaded ExportedProgram, the loaded ScriptModule) against the eager model on a
 random batch of 2 and the largest logit difference is printed. ONNX and torch.export fix the image size
-(--img-size, default the model's); TorchScript takes any size."""
+(--img-size, default the checkpoint's); TorchScript takes any size."""
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-from ._errors import run_with_user_errors
+from ._errors import RUNTIME_FAILURE, debug_enabled, run_with_user_errors
 
 EPILOG = """examples:
   datvit export --checkpoint output/train/run/best.pth --format onnx --output dat.onnx
@@ -36,27 +36,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="variant for checkpoints that do not record it, e.g. dat_tiny")
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx, torch-export (.pt2) or torchscript")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="file to write (replaced atomically)")
-    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="H [W]",
-                   help="input height (and width) to export at (default: the model's); ONNX and torch-export "
+    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
+                   help="input size H, or H W, to export at (default: the checkpoint's); ONNX and torch-export "
                         "files run at this size only")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, 18+)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to 1 instead of dynamic")
     p.add_argument("--no-check", action="store_true", help="do not run the exported file against eager")
     p.add_argument("--use-ema", action="store_true", help="export the checkpoint's EMA weights")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: from the weights)")
-    p.set_defaults(func=run, in_chans=None)
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint that pickles other Python objects to run code while loading (only for "
+                        "files you trust)")
+    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_with_user_errors("export", lambda: _export_or_report(args))
+
+
+def _export_or_report(args: argparse.Namespace) -> int:
+    """``export``, with an export or check failure as one line and exit status 1 (a runtime failure)."""
     from ..tools.export import ExportError
 
     try:
-        return run_with_user_errors("export", lambda: export(args))
+        export(args)
     except ExportError as e:
-        if os.environ.get("DATVIT_DEBUG"):
+        if debug_enabled():
             raise
         print(f"datvit export: error: {e}", file=sys.stderr)
-        return 1
+        return RUNTIME_FAILURE
+    return 0
 
 
 def _check_output(path: str) -> None:
@@ -75,26 +84,17 @@ def _check_output(path: str) -> None:
 
 
 def _load(args: argparse.Namespace):
-    """(model in eval mode, its name) from --checkpoint / --model, through the eval loader."""
-    from ..train.evaluation import build_eval_model
-    from ..train.modeling import create_model, resolve_model_kwargs
+    """The model (eval mode, CPU) and the input size it was trained at, through the inference layer."""
+    from ..inference import load_model
 
+    if args.checkpoint is None and not args.model:
+        raise ValueError("give --checkpoint FILE (and --model for the authors' files), or --model alone for "
+                         "random weights")
     if args.checkpoint is None:
-        if not args.model:
-            raise ValueError("give --checkpoint FILE (and --model for the authors' files), or --model alone for "
-                             "random weights")
         print(f"no --checkpoint: exporting {args.model} with random weights", file=sys.stderr)
-        kwargs = resolve_model_kwargs(args.model, None, None, num_classes=args.num_classes, in_chans=None,
-                                      img_size=None)
-        return create_model(args.model, kwargs).eval(), args.model
-    from ..models.checkpoint import read_checkpoint
-
-    if not os.path.isfile(args.checkpoint):
-        raise FileNotFoundError(f"--checkpoint {args.checkpoint}: no such file")
-    ns = argparse.Namespace(checkpoint=args.checkpoint, model=args.model, use_ema=args.use_ema,
-                            num_classes=args.num_classes, in_chans=None, img_size=None)
-    model, name = build_eval_model(ns, read_checkpoint(args.checkpoint))
-    return model.eval(), name
+    loaded = load_model(args.checkpoint, args.model, num_classes=args.num_classes, use_ema=args.use_ema,
+                        trust_checkpoint=args.trust_checkpoint)
+    return loaded.model.eval(), loaded.name, tuple(loaded.data_config["input_size"][-2:])
 
 
 def export(args: argparse.Namespace) -> None:
@@ -103,8 +103,8 @@ def export(args: argparse.Namespace) -> None:
     if args.format not in FORMATS:
         raise ValueError(f"--format {args.format!r} is not one of {', '.join(FORMATS)}")
     _check_output(args.output)
-    model, name = _load(args)
-    input_size = resolve_input_size(model, args.img_size)
+    model, name, trained_size = _load(args)
+    input_size = resolve_input_size(model, args.img_size or trained_size)
     c, h, w = input_size
     what = {"onnx": f"ONNX (opset {args.opset})", "torch-export": "torch.export", "torchscript": "TorchScript"}
     batch = "batch 1" if args.static_batch else "dynamic batch"

@@ -78,14 +78,15 @@ def example_batch(input_size: Sequence[int], batch: int = 2, seed: int = 0) -> t
     return torch.randn(batch, *input_size, generator=g)
 
 
-def _save_atomically(path: str | os.PathLike, save: Callable[[str], None]) -> str:
+def _save_atomically(path: str | os.PathLike, save: Callable[[str], None], suffix: str) -> str:
     """Let ``save`` write a file in a temporary directory beside ``path``, then move it over ``path`` atomically
-    (``utils.files.atomic_link``): a failed export leaves any earlier file at ``path`` untouched."""
+    (``utils.files.atomic_link``): a failed export leaves any earlier file at ``path`` untouched. The staged file
+    is named with ``suffix`` (``torch.export.save`` insists on ``.pt2``), whatever ``path`` is called."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(directory, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".datvit-export-", dir=directory) as tmp:
-        staged = os.path.join(tmp, os.path.basename(path))
+        staged = os.path.join(tmp, "model" + suffix)
         save(staged)
         atomic_link(staged, path)
     return path
@@ -126,7 +127,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[
                                         external_data=False)
     except Exception as e:  # the exporter wraps its failures in many types
         raise ExportError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from e
-    return _save_atomically(path, lambda p: program.save(p, external_data=False))
+    return _save_atomically(path, lambda p: program.save(p, external_data=False), ".onnx")
 
 
 def export_torch(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int],
@@ -141,7 +142,7 @@ def export_torch(model: nn.Module, path: str | os.PathLike, input_size: Sequence
             program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
     except Exception as e:
         raise ExportError(f"torch.export failed: {str(e).strip().splitlines()[0]}") from e
-    return _save_atomically(path, lambda p: torch.export.save(program, p))
+    return _save_atomically(path, lambda p: torch.export.save(program, p), ".pt2")
 
 
 def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: Optional[Sequence[int]] = None) -> str:
@@ -153,7 +154,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: Op
             scripted = torch.jit.script(model)
     except Exception as e:
         raise ExportError(f"torch.jit.script failed: {str(e).strip().splitlines()[0]}") from e
-    return _save_atomically(path, lambda p: torch.jit.save(scripted, p))
+    return _save_atomically(path, lambda p: torch.jit.save(scripted, p), ".pt")
 
 
 def export_model(model: nn.Module, fmt: str, path: str | os.PathLike, input_size: Sequence[int],
@@ -186,7 +187,8 @@ def load_exported(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor],
             return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
         return run_onnx
     if fmt == "torch-export":
-        module = torch.export.load(path).module()
+        with open(path, "rb") as f:  # a buffer: torch.export.load wants a .pt2 name otherwise
+            module = torch.export.load(io.BytesIO(f.read())).module()
     elif fmt == "torchscript":
         module = torch.jit.load(path, map_location="cpu").eval()
     else:
