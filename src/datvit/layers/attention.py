@@ -88,6 +88,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Op
     """softmax(q·kᵀ/√c + bias)·v for q: …×L×c, k, v: …×S×c, bias broadcastable to …×L×S."""
     if bias is None or not (bias.requires_grad and torch.is_grad_enabled() and q.device.type == "cpu"):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
-    if dropout_p > 0 or torch.compiler.is_compiling():
-        return explicit_biased_attention(q, k, v, bias, dropout_p)
-    return ChunkedBiasedAttention.apply(q, k, v, bias, q.shape[-1] ** -0.5)
+    if not torch.jit.is_scripting():  # TorchScript cannot call an autograd.Function
+        if dropout_p == 0 and not torch.compiler.is_compiling():
+            return ChunkedBiasedAttention.apply(q, k, v, bias, q.shape[-1] ** -0.5)
+    return explicit_biased_attention(q, k, v, bias, dropout_p)
