@@ -17,6 +17,8 @@ import torch.nn.functional as F
 # gradients of one chunk stay in the core's L2 (512 KB on Zen 3) and the shared L3, instead of streaming
 # B·heads·L·S floats through memory once per elementwise pass (`benchmarks/levers.py attention` measures it).
 CHUNK_BYTES = 1 << 20
+# Off: CPU training uses the explicit form (for A/B measurements: `benchmarks/levers.py`).
+CHUNKED_CPU_TRAINING = True
 
 
 def _flatten(t: torch.Tensor, n: int) -> torch.Tensor:
@@ -89,6 +91,6 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Op
     explicit = (bias is not None and bias.requires_grad and torch.is_grad_enabled() and q.device.type == "cpu")
     if not explicit:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
-    if dropout_p > 0 or torch.compiler.is_compiling():
+    if dropout_p > 0 or torch.compiler.is_compiling() or not CHUNKED_CPU_TRAINING:
         return explicit_biased_attention(q, k, v, bias, dropout_p)
     return ChunkedBiasedAttention.apply(q, k, v, bias, q.shape[-1] ** -0.5)
