@@ -17,7 +17,9 @@ import traceback
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import common
+from datvit.tools.benchmark import common
+
+_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _frames(stack) -> list[str]:
@@ -25,7 +27,7 @@ def _frames(stack) -> list[str]:
     for f in stack or []:
         filename = getattr(f, "filename", "?")
         try:
-            filename = str(Path(filename).resolve().relative_to(common.REPO_ROOT))
+            filename = str(Path(filename).resolve().relative_to(_ROOT))
         except ValueError:
             pass
         out.append(f"{filename}:{getattr(f, 'lineno', '?')} in {getattr(f, 'name', '?')}: "
@@ -78,7 +80,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--no-module", action="store_true")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=str(common.REPO_ROOT / "benchmarks" / "results"))
+    p.add_argument("--out", default=str(_ROOT / "benchmarks" / "results"))
     args = p.parse_args(argv)
 
     import torch

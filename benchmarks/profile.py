@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import common
+from datvit.tools.benchmark import common
 
 BLOCK_PREFIX = "block::"
 
@@ -188,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     common.add_allocator_argument(p)
-    p.add_argument("--out", default=str(common.REPO_ROOT / "benchmarks" / "results" / "profile"))
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "profile"))
     args = p.parse_args(argv)
 
     common.apply_allocator(args.allocator)

@@ -1,5 +1,6 @@
-"""Smoke test of the benchmark harness: a tiny configuration end to end (JSON, markdown and PNG written, with the
-fields the report relies on). Timings are not checked."""
+"""Smoke tests of the benchmark harness (``datvit.tools.benchmark``): a tiny configuration end to end (JSON, markdown
+and PNG written, with the fields the report relies on), through ``python -m benchmarks.run`` in the checkout and
+through ``datvit bench`` from another directory with only the package on the path. Timings are not checked."""
 from __future__ import annotations
 
 import json
@@ -15,15 +16,19 @@ if str(ROOT) not in sys.path:
 pytest.importorskip("matplotlib")
 
 
-@pytest.mark.timeout(120)
+SMOKE_ARGS = ["--img-size", "64", "--batch-sizes", "1", "--train-batch-sizes", "1", "--iters", "1", "--warmup", "0",
+              "--modes", "eager", "--no-compile", "--matmul-sizes", "128", "--module-batch", "1", "--train-iters",
+              "1", "--threads", "1"]
+
+
+@pytest.mark.timeout(150)
 def test_benchmark_smoke(tmp_path):
     from benchmarks import run
 
     out = tmp_path / "bench"
-    run.main(["--models", "dat_tiny", "--img-size", "64", "--batch-sizes", "1", "--train-batch-sizes", "1",
-              "--iters", "1", "--warmup", "0", "--modes", "eager", "--no-compile", "--matmul-sizes", "128",
-              "--module-batch", "1", "--train-iters", "1", "--threads", "1", "--out", str(out)])
+    run.main(["--models", "dat_tiny", "--train-runs", "2", *SMOKE_ARGS, "--out", str(out)])
     report = json.loads((out / "benchmark.json").read_text())
+    assert report["command"].startswith("python -m benchmarks.run")
     assert (out / "benchmark.png").stat().st_size > 1000
     assert (out / "benchmark.md").read_text().startswith("# datvit benchmark")
 
@@ -47,6 +52,15 @@ def test_benchmark_smoke(tmp_path):
     assert ratio["fast_over_reference"] > 0
     assert {t["name"] for t in report["targets"]} >= {"dat_tiny inference b32: fast / reference"}
 
+    # training: both paths stepped interleaved in each of the 2 runs; the ratio has one value per run
+    assert [r["status"] for r in report["train_runs"]] == ["ok", "ok"]
+    for r in report["train_runs"]:
+        assert set(r["timing"]) == {"dat_tiny:fast", "dat_tiny:reference"} and len(r["rounds"]) == 1
+    spread = report["train_ratio_spread"]
+    assert [(s["numerator"], s["denominator"]) for s in spread] == [("dat_tiny:fast", "dat_tiny:reference")]
+    assert len(spread[0]["runs"]) == 2 and spread[0]["min"] <= spread[0]["median"] <= spread[0]["max"]
+    assert "ratios per interleaved run" in (out / "benchmark.md").read_text()
+
     assert len(report["memory"]) == 2
     for m in report["memory"]:
         assert m["status"] == "ok", m
@@ -56,6 +70,40 @@ def test_benchmark_smoke(tmp_path):
     assert set(module["timings"]) == {"fast/forward", "reference/forward", "fast/forward_backward",
                                       "reference/forward_backward"}
     assert module["fast_vs_reference_max_abs_diff"] < 1e-3
+
+
+@pytest.mark.timeout(150)
+def test_datvit_bench_outside_the_checkout(tmp_path):
+    """``datvit bench`` needs nothing but the installed package: run from an empty directory with only the
+    package's parent directory on the path (not the checkout, so ``benchmarks/`` is not importable)."""
+    import os
+    import subprocess
+
+    import datvit
+
+    env = dict(os.environ, PYTHONPATH=str(Path(datvit.__file__).resolve().parents[1]), DATVIT_CPU_ALLOCATOR="system")
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    probe = subprocess.run([sys.executable, "-c", "import benchmarks"], cwd=cwd, env=env, capture_output=True)
+    assert probe.returncode != 0   # the checkout's benchmarks/ is out of reach
+    help_text = subprocess.run([sys.executable, "-m", "datvit", "bench", "--help"], cwd=cwd, env=env,
+                               capture_output=True, text=True, check=True).stdout
+    assert "--train-runs" in help_text and "examples:" in help_text
+    subprocess.run([sys.executable, "-m", "datvit", "bench", "--models", "dat_tiny", "--paths", "fast",
+                    "--no-module", "--no-flops", "--no-chart", "--no-train-memory", *SMOKE_ARGS],
+                   cwd=cwd, env=env, check=True, capture_output=True, text=True, timeout=140)
+    report = json.loads((cwd / "benchmark_results" / "benchmark.json").read_text())
+    assert {(r["label"], r["kind"]) for r in report["results"]} == {("dat_tiny:fast", "inference"),
+                                                                     ("dat_tiny:fast", "train")}
+
+
+def test_bench_bad_model_is_one_line(capsys):
+    from datvit.cli.main import main
+
+    assert main(["bench", "--models", "no_such_model"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "datvit bench: error: --models: unknown model(s) no_such_model (DAT variants: `datvit models`; or any timm "
+        "model name)"]
 
 
 def test_cli_registers_bench():

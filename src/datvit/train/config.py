@@ -191,6 +191,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--deterministic", action=bool_flag, default=False,
                    help="deterministic algorithms (slower on GPU; CPU runs are deterministic already)")
     g.add_argument("--seed", type=int, default=42, help="random seed (data order, augmentation, init)")
+    g.add_argument("--max-bad-steps", type=int, default=3, metavar="N",
+                   help="stop after N consecutive steps with a non-finite loss (their updates are skipped and "
+                        "no checkpoint is written after them); 0: never stop, keep skipping them")
 
     g = p.add_argument_group("output and checkpoints")
     g.add_argument("--output", default="output/train", metavar="DIR", help="parent of the run directories")
@@ -210,8 +213,10 @@ def normalise_keys(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """A YAML (or JSON) mapping; a clear error for anything else."""
-    with open(path) as f:
+    """A YAML (or JSON) mapping; a clear error for anything else. A name of a config shipped with datvit
+    (``demo_fashion_mnist``) works from any directory."""
+    from ..configs import resolve_config_path
+    with open(resolve_config_path(path)) as f:
         data = yaml.safe_load(f)
     if data is None:
         return {}

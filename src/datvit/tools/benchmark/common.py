@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+# src/datvit/tools/benchmark/common.py → the repository root when the package runs from a source checkout
+_CHECKOUT = Path(__file__).resolve().parents[4]
+PACKAGE_PARENT = Path(__file__).resolve().parents[3]   # the directory that holds ``datvit`` (for worker processes)
+
+
+def source_checkout() -> Optional[Path]:
+    """The git checkout this package runs from (editable install), or None for an installed package."""
+    return _CHECKOUT if (_CHECKOUT / ".git").exists() and (_CHECKOUT / "src" / "datvit").is_dir() else None
 
 # timm models users would pick instead of DAT, with short labels used in tables and ratios.
 ALIASES = {
@@ -419,10 +426,13 @@ def _cpu_model() -> dict[str, Any]:
 
 
 def _git_commit() -> dict[str, Any]:
+    root = source_checkout()
+    if root is None:
+        return {"commit": None, "installed_package": True}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=REPO_ROOT, capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True,
                                text=True, timeout=10).stdout.strip()
         return {"commit": commit or None, "src_modified": bool(dirty)}
     except (OSError, subprocess.SubprocessError):

@@ -1,4 +1,4 @@
-"""Measurements that need a process of their own, run by ``benchmarks.run`` as ``python -m benchmarks.worker TASK``
+"""Measurements that need a process of their own, run by :mod:`datvit.tools.benchmark.run` as ``python -m datvit.tools.benchmark.worker TASK``
 with TASK a JSON object; the result is printed as one line ``BENCH_RESULT {json}``.
 
 * ``train`` — training steps of one model: images/s (median of the timed steps) and peak memory. On CPU the fresh
@@ -163,7 +163,71 @@ def compile_task(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-TASKS = {"train": train, "compile": compile_task}
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "memory" in str(exc).lower()
+
+
+def train_interleaved(task: dict[str, Any]) -> dict[str, Any]:
+    """Training steps of several subjects in this one process, interleaved: ``warmup`` untimed rounds, then
+    ``iters`` rounds in which every subject takes one step (order reversed every other round), so background load
+    falls on all of them alike and their ratios can be trusted on a shared machine. Activations are freed after
+    each backward, so the process holds every model's weights, gradients and AdamW state but only one step's
+    activations at a time. A subject that runs out of memory is dropped from later rounds (``out_of_memory``)."""
+    import gc
+
+    device = common.pick_device(task.get("device", "cpu"))
+    common.set_threads(task.get("threads"))
+    common.QUIET_WAIT_S = float(task.get("wait_quiet", 0.0))
+    _limit_memory(task)
+    batch, warmup, iters = int(task["batch"]), int(task.get("warmup", 1)), int(task.get("iters", 3))
+    img = task.get("img_size", 224)
+    x, y = common.random_batch(batch, img, device)
+    steps: dict[str, Any] = {}
+    sources: dict[str, Any] = {}
+    status: dict[str, str] = {}
+    for model_name, path in task["subjects"]:
+        subject = common.Subject(model_name, path)
+        model = common.build_model(subject, device, img, source=sources.get(model_name)).train()
+        if subject.dat:
+            sources.setdefault(model_name, model)
+        steps[subject.label], _ = common.train_fn(model, x, y, device, task.get("autocast"))
+        status[subject.label] = "ok"
+    sources.clear()
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    background: dict[str, list[float]] = {k: [] for k in steps}
+    rounds: list[dict[str, float]] = []
+    for i in range(warmup + iters):
+        order = [k for k in (steps if i % 2 == 0 else reversed(list(steps))) if status[k] == "ok"]
+        this_round: dict[str, float] = {}
+        for k in order:
+            gc.collect()
+            if i >= warmup:
+                common.MONITOR.wait_quiet(common.QUIET_WAIT_S)
+            a = common.MONITOR.sample()
+            t0 = time.perf_counter()
+            try:
+                steps[k]()
+                common.synchronize(device)
+            except (RuntimeError, MemoryError) as exc:
+                if not _is_oom(exc):
+                    raise
+                status[k] = "out_of_memory"
+                continue
+            dt = time.perf_counter() - t0
+            if i >= warmup:
+                times[k].append(dt)
+                this_round[k] = dt
+                o = common.MONITOR.others(a, common.MONITOR.sample())
+                if o is not None:
+                    background[k].append(o["others"] + o["steal"])
+        if i >= warmup:
+            rounds.append(this_round)
+    timing = {k: common.summarize(v, batch, background[k] if len(background[k]) == len(v) else None)
+              for k, v in times.items() if v and status[k] == "ok"}
+    return {"batch": batch, "timing": timing, "rounds": rounds, "subject_status": status}
+
+
+TASKS = {"train": train, "compile": compile_task, "train_interleaved": train_interleaved}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,13 +245,14 @@ def run_in_subprocess(task: dict[str, Any], timeout: float | None = None,
     task set another, e.g. "out_of_memory"), or a dict with ``status`` "timeout"/"error" and the tail of its
     output."""
     env = dict(os.environ, **(env_overrides or {}))
-    env["PYTHONPATH"] = os.pathsep.join([str(common.REPO_ROOT)] + [p for p in [env.get("PYTHONPATH")] if p])
+    # the child imports the same datvit as this process, wherever it is installed
+    env["PYTHONPATH"] = os.pathsep.join([str(common.PACKAGE_PARENT)] + [p for p in [env.get("PYTHONPATH")] if p])
     cache = tempfile.mkdtemp(prefix="datvit-bench-inductor-")
     env["TORCHINDUCTOR_CACHE_DIR"] = cache  # cold compile every time
     env.setdefault("PYTHONUNBUFFERED", "1")
-    cmd = [sys.executable, "-m", "benchmarks.worker", json.dumps(task)]
+    cmd = [sys.executable, "-m", "datvit.tools.benchmark.worker", json.dumps(task)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=str(common.REPO_ROOT), env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         output, _ = proc.communicate(timeout=timeout)
