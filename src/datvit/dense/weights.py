@@ -18,7 +18,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import torch
 from torch import nn
 
 from ..models import DAT
