@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, str] = {
     "convert": "a checkpoint → model.safetensors + config.json (timm / Hugging Face hub layout)",
     "demo": "train a small DAT on Fashion-MNIST offline, evaluate it, write checkpoint, plots and report",
     "flops": "parameters and FLOPs (multiply-adds) per stage, as the papers count them",
+    "export": "export a model to ONNX, torch.export (.pt2) or TorchScript, checked against eager",
 }
 
 

@@ -138,6 +138,9 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--resume", default=None, metavar="PATH|auto",
                    help="continue a run exactly from a checkpoint; 'auto' takes last.pth of the experiment "
                         "(--experiment, or the newest run under --output)")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="let --resume/--initial-checkpoint files that pickle Python objects besides tensors and "
+                        "configs run code while loading (only for files you trust; refused otherwise)")
     g.add_argument("--no-resume-opt", action="store_true",
                    help="with --resume: restore only the weights, not optimizer/scheduler/position")
     g.add_argument("--linear-init", default=None, choices=("model", "torch"),

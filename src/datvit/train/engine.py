@@ -210,7 +210,7 @@ class Trainer:
         self.n_params = count_parameters(model)
         for path in (args.initial_checkpoint, args.pretrained_path):
             if path:
-                load_checkpoint(model, path)
+                load_checkpoint(model, path, trust_checkpoint=getattr(args, "trust_checkpoint", False))
                 self.log(f"loaded weights from {path}")
         if args.grad_checkpointing:
             model.set_grad_checkpointing(True)
