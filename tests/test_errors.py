@@ -19,7 +19,8 @@ from train_helpers import (TINY_MODEL_ARGS, TINY_MODEL_KWARGS, make_fashion_mnis
 @pytest.fixture(autouse=True)
 def plain_environment(monkeypatch):
     monkeypatch.setenv("DATVIT_CPU_ALLOCATOR", "system")   # main() would tune the allocator of pytest itself
-    monkeypatch.delenv("DATVIT_DEBUG", raising=False)
+    monkeypatch.setenv("DATVIT_DEBUG", "")   # recorded, so the DATVIT_DEBUG that `main --debug` sets is undone
+    monkeypatch.delenv("DATVIT_DEBUG")
 
 
 def one_line(capsys, command: str) -> str:
