@@ -63,10 +63,16 @@ def add_arguments(p: argparse.ArgumentParser, default_out: str = DEFAULT_OUT) ->
                         "bf16-compile; default eager,compile on CPU and eager,bf16,compile on CUDA")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it can take many minutes on CPU)")
     p.add_argument("--compile-models", default="dat_tiny",
-                   help="models to torch.compile (fast path for DAT; default dat_tiny)")
+                   help="models to torch.compile (fast path for DAT; default dat_tiny; e.g. "
+                        "dat_tiny,datpp_tiny,swin,convnext for all under the same treatment)")
     p.add_argument("--compile-kinds", default="inference,train", help="default inference,train")
     p.add_argument("--compile-batch-sizes", default=None,
                    help="batch sizes for compile runs (default: the largest inference and training batch)")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode: default, max-autotune, ... (default: default)")
+    p.add_argument("--no-freezing", action="store_true",
+                   help="compile inference without inductor freezing (default: with it, as "
+                        "datvit.optimize_for_inference deploys)")
     p.add_argument("--compile-timeout", type=float, default=900.0,
                    help="seconds per compile measurement before it is abandoned (default 900)")
     p.add_argument("--iters", type=int, default=5,
@@ -155,6 +161,8 @@ def _resolve(args: argparse.Namespace, device) -> dict[str, Any]:
     else:
         cfg["compile_batch_sizes"] = None   # largest inference / training batch
     cfg["compile_timeout_s"] = args.compile_timeout
+    cfg["compile_mode"] = args.compile_mode
+    cfg["freezing"] = not args.no_freezing
     cfg["img_size"] = args.img_size
     cfg["skip"] = _str_list(args.skip)
     for item in cfg["skip"]:
@@ -482,9 +490,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     res = worker.run_in_subprocess(dict(
                         task="compile", model=s.model, path=s.path, kind=kind, batch=batch, device=str(device),
                         img_size=cfg["img_size"], threads=threads, autocast=_autocast_for(mode),
-                        warmup=1, iters=max(3, min(cfg["iters"], 5)), wait_quiet=cfg["wait_quiet_s"]),
+                        warmup=1, iters=max(3, min(cfg["iters"], 5)), wait_quiet=cfg["wait_quiet_s"],
+                        compile_mode=cfg["compile_mode"], freezing=cfg["freezing"] and kind == "inference"),
                         timeout=cfg["compile_timeout_s"])
-                    entry = dict(s.as_dict(), mode=mode, kind=kind, batch=batch, **res)
+                    entry = dict(s.as_dict(), mode=mode, kind=kind, batch=batch,
+                                 freezing=cfg["freezing"] and kind == "inference", **res)
                     compiles.append(entry)
                     if res.get("status") == "ok":
                         _log(f"  compile {res['compile_s']:.0f}s, {res['compiled']['images_per_s']:.2f} img/s, "
