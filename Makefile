@@ -24,7 +24,7 @@ test: $(STAMP)
 DEMO_ARGS ?=
 
 demo: $(STAMP) fashion-mnist
-	$(PY) -m datvit.train.demo $(DEMO_ARGS)
+	$(PY) -m datvit demo $(DEMO_ARGS)
 
 # Fashion-MNIST comes from the Debian package dataset-fashion-mnist; install it when missing and possible.
 FIND_FMNIST := $(PY) -c "from datvit.data.fashion_mnist import find_fashion_mnist; find_fashion_mnist()"

@@ -16,24 +16,57 @@ from datvit.models import DAT, CheckpointError
 
 
 class CfgNode(dict):
-    """Stands in for the yacs config object the authors pickle into their training checkpoints."""
+    """Pickles as ``yacs.config.CfgNode``, the config object the authors pickle into their training checkpoints
+    (a dict subclass with its flags in ``__dict__``, as yacs's); yacs itself is not installed."""
+
+    def __init__(self, **items):
+        super().__init__(**items)
+        self.__dict__["__immutable__"] = False
+        self.__dict__["__deprecated_keys__"] = set()
+
+
+def save_with_yacs_config(obj, path):
+    """torch.save ``obj`` while a fake ``yacs.config`` module makes ``CfgNode`` pickle under yacs's name; the
+    module is gone again before anything loads the file."""
+    import sys
+    import types
+    yacs, config = types.ModuleType("yacs"), types.ModuleType("yacs.config")
+    config.CfgNode, yacs.config = CfgNode, config
+    CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
+    sys.modules.update({"yacs": yacs, "yacs.config": config})
+    try:
+        torch.save(obj, path)
+    finally:
+        del sys.modules["yacs"], sys.modules["yacs.config"]
+        CfgNode.__module__, CfgNode.__qualname__ = __name__, "CfgNode"
 
 
 @pytest.fixture(scope="module")
 def authors_pth(tmp_path_factory):
-    """The v1 fixture's weights saved as the authors' training checkpoint (with a non-tensor config object)."""
+    """The v1 fixture's weights saved as the authors' training checkpoint (with a pickled yacs config)."""
     config, _, state, tensors = load_fixture("dat")
     path = tmp_path_factory.mktemp("ckpt") / "dat_reduced.pth"
-    torch.save({"model": state, "epoch": 299, "max_accuracy": 82.0,
-                "config": CfgNode(MODEL="dat")}, path)
+    save_with_yacs_config({"model": state, "epoch": 299, "max_accuracy": 82.0,
+                           "config": CfgNode(MODEL=CfgNode(TYPE="dat"), DATA={"IMG_SIZE": 224})}, path)
     return path, tensors
+
+
+def test_authors_training_checkpoint_reads_without_running_code(authors_pth):
+    """The yacs config comes back as an inert dict with its values; no warning, no weights_only=False."""
+    import warnings
+    path, _ = authors_pth
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ckpt = datvit.models.read_checkpoint(path)
+    assert type(ckpt["config"]).__name__ == "InertConfig"
+    assert ckpt["config"]["MODEL"]["TYPE"] == "dat" and ckpt["config"]["DATA"] == {"IMG_SIZE": 224}
+    assert ckpt["epoch"] == 299 and "yacs" not in __import__("sys").modules
 
 
 def test_timm_pretrained_path_loads_authors_file(authors_pth):
     path, tensors = authors_pth
-    with pytest.warns(UserWarning, match="weights_only=False"):
-        model = timm.create_model("dat_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                                  **reduced_kwargs("dat"))
+    model = timm.create_model("dat_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
+                              **reduced_kwargs("dat"))
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(tensors["__input__"]), tensors["__logits__"], atol=1e-4, rtol=0)
@@ -91,8 +124,7 @@ def test_other_resolution_resizes_tables_and_rebuilds_buffers(authors_pth):
     path, _ = authors_pth
     _, _, state, _ = load_fixture("dat")
     model = DAT(**reduced_kwargs("dat", img_size=320, window_sizes=[10, 10, 10, 10]))
-    with pytest.warns(UserWarning):
-        datvit.load_checkpoint(model, path)
+    datvit.load_checkpoint(model, path)
     sd = model.state_dict()
     rpe = state["stages.2.attns.1.rpe_table"]
     assert sd["stages.2.attns.1.rpe_table"].shape == (4, 39, 39)

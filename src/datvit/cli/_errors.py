@@ -1,28 +1,80 @@
-"""How ``datvit train`` / ``datvit eval`` end on a problem the user can fix: one line and exit code 2."""
+"""How a ``datvit`` command ends on a problem: one line ``datvit <command>: error: ...`` and an exit status.
+
+* 2 — a usage error the user fixes in the command line or the files given (missing data, bad configuration,
+  a checkpoint that does not fit, an image too small for the model): argparse's status for bad arguments.
+* 1 — a runtime failure (disk full, read-only output, a diverged run, out of memory, anything unexpected).
+* 128 + N — training stopped on signal N after writing its checkpoint (143 SIGTERM, 130 SIGINT, 138 SIGUSR1),
+  the status a shell reports for a process killed by that signal; ``--resume auto`` continues.
+
+``datvit --debug <command>`` or ``DATVIT_DEBUG=1`` re-raises instead, so the full traceback is printed.
+"""
 from __future__ import annotations
 
 import os
 import sys
 from typing import Any, Callable
 
+USAGE_ERROR = 2
+RUNTIME_FAILURE = 1
 
-def run_with_user_errors(command: str, func: Callable[[], Any]) -> int:
-    """Run ``func``; missing data, bad configurations and checkpoints that do not fit print ``datvit <command>:
-    error: ...`` (no traceback unless DATVIT_DEBUG is set) and return 2; Ctrl-C returns 130."""
+
+def debug_enabled() -> bool:
+    """``datvit --debug`` (which sets DATVIT_DEBUG) or DATVIT_DEBUG set to anything but '' / '0'."""
+    return os.environ.get("DATVIT_DEBUG", "") not in ("", "0")
+
+
+def _usage_errors() -> tuple[type, ...]:
     from ..data.fashion_mnist import DatasetCorruptError, DatasetNotFoundError
     from ..models import CheckpointError
     from ..train.engine import TrainingError
 
+    return (DatasetNotFoundError, DatasetCorruptError, TrainingError, CheckpointError, FileNotFoundError,
+            NotADirectoryError, IsADirectoryError, ValueError)
+
+
+def error_line(command: str, error: BaseException) -> str:
+    """The one line printed for ``error``."""
+    text = str(error).strip() or type(error).__name__
+    if isinstance(error, OSError) and error.filename and error.strerror and not isinstance(error, FileNotFoundError):
+        text = f"{error.filename}: {error.strerror}"  # not "[Errno 13] Permission denied: '...'"
+    elif isinstance(error, FileNotFoundError) and error.filename and error.strerror:
+        text = f"{error.filename}: no such file or directory"
+    return f"datvit {command}: error: {text.splitlines()[0] if len(text.splitlines()) > 3 else ' '.join(text.split())}"
+
+
+def run_with_user_errors(command: str, func: Callable[[], Any]) -> int:
+    """Run ``func`` and turn what it raises into one line on stderr and an exit status (see the module doc);
+    without a problem, 0 (or ``func``'s own integer status)."""
+    from ..train.engine import TrainingDiverged
+    from ..train.preemption import RunInterrupted
+
     try:
-        func()
-    except (DatasetNotFoundError, DatasetCorruptError, TrainingError, CheckpointError, FileNotFoundError,
-            ValueError) as e:
-        if os.environ.get("DATVIT_DEBUG"):
-            raise
-        print(f"datvit {command}: error: {e}", file=sys.stderr)
-        return 2
+        result = func()
+    except RunInterrupted as e:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 says so
+            print(f"datvit {command}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        hint = "; continue with the same command plus --resume auto" if command == "train" else ""
-        print(f"\ninterrupted{hint}", file=sys.stderr)
+        if debug_enabled():
+            raise
+        hint = ("; the current step was not saved: --resume auto continues from the last checkpoint written"
+                if command == "train" else "")
+        print(f"\ndatvit {command}: interrupted{hint}", file=sys.stderr)
         return 130
-    return 0
+    except _usage_errors() as e:
+        if debug_enabled():
+            raise
+        print(error_line(command, e), file=sys.stderr)
+        return USAGE_ERROR
+    except (OSError, MemoryError, TrainingDiverged) as e:
+        if debug_enabled():
+            raise
+        print(error_line(command, e), file=sys.stderr)
+        return RUNTIME_FAILURE
+    except Exception as e:  # a bug or an unforeseen failure: one line, the traceback with --debug
+        if debug_enabled():
+            raise
+        print(error_line(command, f"{type(e).__name__}: {e} (run `datvit --debug {command} ...` for the "
+                                  "traceback)"), file=sys.stderr)
+        return RUNTIME_FAILURE
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0

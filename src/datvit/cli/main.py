@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -17,6 +18,11 @@ SUBCOMMANDS: dict[str, str] = {
     "eval": "top-1 / top-5 / loss of a checkpoint on an image folder or the built-in Fashion-MNIST",
     "bench": "benchmark speed, memory and GFLOP/s against the reference path, Swin-T and ConvNeXt-T",
     "visualize": "draw where the deformable attention samples its keys, as a PNG over an image",
+    "predict": "top-k classes of images (files, directories, globs) from any checkpoint",
+    "convert": "a checkpoint → model.safetensors + config.json (timm / Hugging Face hub layout)",
+    "demo": "train a small DAT on Fashion-MNIST offline, evaluate it, write checkpoint, plots and report",
+    "flops": "parameters and FLOPs (multiply-adds) per stage, as the papers count them",
+    "export": "export a model to ONNX, torch.export (.pt2) or TorchScript, checked against eager",
 }
 
 
@@ -25,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="datvit",
         description="Deformable Attention Transformer (DAT, DAT++): train, evaluate, benchmark and inspect models.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error instead of the one-line message "
+                             "(also: DATVIT_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"datvit.cli.{name.replace('-', '_')}")
@@ -38,6 +47,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.debug:  # read by datvit.cli._errors, and inherited by DataLoader workers and torchrun ranks
+        os.environ["DATVIT_DEBUG"] = "1"
     # freed tensor memory stays in malloc's heap: no page faults on every batch (DATVIT_CPU_ALLOCATOR=system: off)
     from ..runtime import tune_cpu_allocator
     tune_cpu_allocator()

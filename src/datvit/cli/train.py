@@ -9,7 +9,7 @@ from ._errors import run_with_user_errors
 
 EPILOG = """examples:
   datvit train                                        # a small DAT on Fashion-MNIST (offline)
-  datvit train -c configs/demo_fashion_mnist.yaml     # the demo's recipe
+  datvit train -c demo_fashion_mnist                  # the demo's recipe (shipped with datvit)
   datvit train --data-dir /data/imagenet --model dat_tiny -b 128 --amp   # the papers' ImageNet recipe
   torchrun --nproc_per_node 8 -m datvit train --data-dir /data/imagenet --model datpp_tiny
   datvit train --resume auto --experiment my-run      # continue exactly where my-run stopped

@@ -36,6 +36,10 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are not where we looked; the message lists the places and how to get the files."""
 
 
+class DatasetIncompleteError(DatasetNotFoundError):
+    """A directory holds some of the four Fashion-MNIST files but not all; the message names the missing ones."""
+
+
 class DatasetCorruptError(ValueError):
     """A dataset file exists but cannot be parsed (truncated download, wrong file)."""
 
@@ -89,6 +93,12 @@ def find_fashion_mnist(data_dir: Optional[str | os.PathLike] = None) -> Path:
     for directory in places:
         if directory.is_dir() and _has_all_files(directory):
             return directory
+    for directory in places:  # some files but not all: name what is missing
+        stems = [stem for pair in FILES.values() for stem in pair]
+        missing = [stem + ".gz" for stem in stems if directory.is_dir() and not _resolve_file(directory, stem)]
+        if directory.is_dir() and 0 < len(missing) < len(stems):
+            raise DatasetIncompleteError(f"Fashion-MNIST in {directory} is incomplete: {', '.join(missing)} "
+                                         f"missing (or the same name without .gz). To get it, {how_to_get()}.")
     looked = ", ".join(dict.fromkeys(str(p) for p in places))
     raise DatasetNotFoundError(f"Fashion-MNIST not found (looked in: {looked}). To get it, {how_to_get()}.")
 

@@ -18,6 +18,7 @@ import hashlib
 import math
 import os
 import random
+import signal
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -161,6 +162,16 @@ def collate_skip_corrupt(samples: Sequence[Any]) -> Batch:
     return Batch(images, targets, bad)
 
 
+def _worker_ignores_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT/SIGTERM/SIGUSR1: a terminal's Ctrl-C and SLURM's SIGTERM/SIGUSR1 reach
+    every process of the job, and a worker killed by one makes PyTorch's SIGCHLD handler raise in the main
+    process while it finishes its step and writes the checkpoint (``datvit.train.preemption``). Workers exit when
+    the main process closes the loader, or when it dies (their watchdog polls the parent)."""
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 def create_loader(
     dataset: Dataset,
     batch_size: int,
@@ -181,6 +192,7 @@ def create_loader(
         SeededDataset(dataset) if training else dataset, batch_size=batch_size, sampler=sampler,
         num_workers=workers, collate_fn=collate_skip_corrupt, drop_last=training, pin_memory=pin_memory,
         generator=generator, persistent_workers=workers > 0,
+        worker_init_fn=_worker_ignores_stop_signals if workers > 0 else None,
     )
 
 
@@ -195,11 +207,17 @@ def resolve_dataset_kind(name: Optional[str], data_dir: Optional[str | os.PathLi
         return DATASET_ALIASES[key]
     if data_dir is None:
         return "fashion_mnist"
+    if not os.path.exists(data_dir):
+        raise FileNotFoundError(f"data directory {data_dir} does not exist")
+    if not os.path.isdir(data_dir):
+        raise NotADirectoryError(f"data directory {data_dir} is a file, not a directory")
     if is_image_folder_root(data_dir):
         return "folder"
     try:
         fashion_mnist.find_fashion_mnist(data_dir)
         return "fashion_mnist"
+    except fashion_mnist.DatasetIncompleteError:
+        raise
     except fashion_mnist.DatasetNotFoundError:
         pass
     raise ValueError(f"{data_dir} is neither an image folder (train/<class>/*.jpg) nor a Fashion-MNIST directory; "

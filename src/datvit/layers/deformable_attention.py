@@ -11,11 +11,12 @@ built in a single broadcast (the heads of a group share its interpolation weight
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_function, trunc_normal_
 from torch import nn
 
 from .attention import biased_attention
@@ -45,8 +46,9 @@ def deformable_position_bias(table: torch.Tensor, pos: torch.Tensor, q_grid: tor
     return bias.view(B, heads, H * W, ns)
 
 
-def reference_points(height: int, width: int, generation: Generation, batch: int = 1, dtype=torch.float32,
-                     device=None) -> torch.Tensor:
+@register_notrace_function  # branches on the key-grid size (see layers/tracing.py)
+def reference_points(height: int, width: int, generation: str, batch: int = 1, dtype: torch.dtype = torch.float32,
+                     device: Optional[torch.device] = None) -> torch.Tensor:
     """Uniform grid of pixel centres, normalised to [−1, 1], as (batch, H, W, 2) in (y, x) order.
 
     v1 divides by the size: ((i + 0.5) / H)·2 − 1. DAT++ divides by size − 1 (the grid is not centred), which is
@@ -64,7 +66,9 @@ def reference_points(height: int, width: int, generation: Generation, batch: int
     return ref.unsqueeze(0).expand(batch, -1, -1, -1)
 
 
-def query_grid(height: int, width: int, generation: Generation, dtype=torch.float32, device=None) -> torch.Tensor:
+@register_notrace_function  # branches on the map size (see layers/tracing.py)
+def query_grid(height: int, width: int, generation: str, dtype: torch.dtype = torch.float32,
+               device: Optional[torch.device] = None) -> torch.Tensor:
     """Normalised positions of the queries (H, W, 2) used for the position bias.
 
     v1 uses its reference-point formula on the query map; DAT++ uses i / (H − 1)·2 − 1 (0 where H is 1).
@@ -78,6 +82,20 @@ def query_grid(height: int, width: int, generation: Generation, dtype=torch.floa
         return torch.arange(n, dtype=dtype, device=device).div(n - 1.0).mul(2.0).sub(1.0)
 
     return torch.stack(torch.meshgrid(axis(height), axis(width), indexing="ij"), dim=-1)
+
+
+@register_notrace_function  # branches on the key-grid size (see layers/tracing.py)
+def offset_range(hk: int, wk: int, generation: str, like: torch.Tensor) -> torch.Tensor:
+    """(y, x) scale of tanh(offset): 1/size (v1) or 1/max(size − 1, 1) (DAT++), as a tensor like ``like``."""
+    if generation == "v1":
+        return like.new_tensor([1.0 / hk, 1.0 / wk])
+    return like.new_tensor([1.0 / max(hk - 1.0, 1.0), 1.0 / max(wk - 1.0, 1.0)])
+
+
+torch.fx.wrap("reference_points")
+torch.fx.wrap("query_grid")
+torch.fx.wrap("offset_range")
+torch.fx.wrap("biased_attention")
 
 
 class DeformableAttention(nn.Module):
@@ -140,6 +158,10 @@ class DeformableAttention(nn.Module):
                 trunc_normal_(self.rpe_table, std=0.01)
         else:
             self.rpe_table = None
+        # Visualisation (datvit.tools.collect_deformable_attention): when set, the fast path computes the softmax
+        # explicitly and keeps it in ``captured_attention``; otherwise it never materialises the weights (SDPA).
+        self.capture_attention = False
+        self.captured_attention: Optional[torch.Tensor] = None
 
     # -- geometry shared by both paths -------------------------------------------------------------------------
 
@@ -147,10 +169,7 @@ class DeformableAttention(nn.Module):
         """``offset``: (B·G)×Hk×Wk×2 raw offset-network output (y, x). Returns sampled positions and references."""
         BG, hk, wk, _ = offset.shape
         if self.offset_range_factor >= 0 and not self.no_off:
-            if self.generation == "v1":
-                rng = offset.new_tensor([1.0 / hk, 1.0 / wk])
-            else:
-                rng = offset.new_tensor([1.0 / max(hk - 1.0, 1.0), 1.0 / max(wk - 1.0, 1.0)])
+            rng = offset_range(hk, wk, self.generation, offset)
             offset = offset.tanh().mul(rng).mul(self.offset_range_factor)
         reference = reference_points(hk, wk, self.generation, BG, offset.dtype, offset.device)
         if self.no_off:
@@ -213,7 +232,10 @@ class DeformableAttention(nn.Module):
         if self.rpe_table is not None and not self.dwc_pe:
             grid = query_grid(H, W, self.generation, x.dtype, x.device)
             bias = deformable_position_bias(self.rpe_table, pos.reshape(B, G, ns, 2), grid).to(qh.dtype)
-        out = biased_attention(qh, k, v, bias, self.attn_drop.p if self.training else 0.0)
+        if self.capture_attention:
+            out = self._attention_captured(qh, k, v, bias)
+        else:
+            out = biased_attention(qh, k, v, bias, self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, H, W, C)
         if self.rpe_table is not None and self.dwc_pe:
             out = out + self.rpe_table(q.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
@@ -221,6 +243,17 @@ class DeformableAttention(nn.Module):
         if return_positions:
             return y, pos.reshape(B, G, hk, wk, 2), reference.reshape(B, G, hk, wk, 2)
         return y
+
+    @torch.jit.unused
+    def _attention_captured(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """softmax(q·kᵀ/√c + B)·v with the weights (B×heads×HW×Ns) kept in ``captured_attention``."""
+        attn = torch.matmul(q * self.scale, k.transpose(-2, -1))
+        if bias is not None:
+            attn = attn + bias
+        attn = attn.softmax(dim=-1)
+        self.captured_attention = attn.detach()
+        return torch.matmul(self.attn_drop(attn), v)
 
     # -- reference path (the authors' algorithm) -----------------------------------------------------------------
 

@@ -12,12 +12,16 @@ maps up to 2t on a side are one tile (the whole map), which needs no halo copies
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+import torch.fx
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_function, trunc_normal_
 from torch import nn
 
 from .attention import biased_attention
+from .tracing import is_tracing
 
 
 def window_starts(length: int, kernel_size: int, device=None) -> torch.Tensor:
@@ -67,6 +71,7 @@ def _tile_halo(length: int, tile: int, kernel_size: int, device):
     return keys, inside, bias_index
 
 
+@register_notrace_function  # chooses the tiling from the map size (see layers/tracing.py)
 def neighborhood_attention_tiled(qkv: torch.Tensor, rpb: torch.Tensor, kernel_size: int, tile: int = 7,
                                  dropout_p: float = 0.0) -> torch.Tensor:
     """Fast NA by query tiles and SDPA. ``qkv``: B×H×W×3×heads×c (the projection's output, q not scaled).
@@ -154,6 +159,19 @@ def neighborhood_attention_flex(qkv: torch.Tensor, rpb: torch.Tensor, kernel_siz
     return out.transpose(1, 2).reshape(B, H, W, heads * c)
 
 
+@register_notrace_function  # branches on the map size (see layers/tracing.py)
+def pad_to_kernel(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """Zero-pad a B×H×W×C map on the right/bottom to at least k×k (NATTEN pads maps smaller than the kernel)."""
+    pad_b, pad_r = max(0, kernel_size - x.shape[1]), max(0, kernel_size - x.shape[2])
+    if pad_b > 0 or pad_r > 0:
+        x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+    return x
+
+
+torch.fx.wrap("neighborhood_attention_tiled")
+torch.fx.wrap("pad_to_kernel")
+
+
 class NeighborhoodAttention2D(nn.Module):
     """k×k neighborhood self-attention with relative position bias. Keys ``qkv``, ``proj``, ``rpb`` (NATTEN's)."""
 
@@ -179,11 +197,9 @@ class NeighborhoodAttention2D(nn.Module):
 
     def _qkv(self, x: torch.Tensor) -> torch.Tensor:
         """Pad maps smaller than the kernel (right/bottom) and project: B×H'×W'×3×heads×c."""
+        x = pad_to_kernel(x, self.kernel_size)
         B, H, W, C = x.shape
-        pad_b, pad_r = max(0, self.kernel_size - H), max(0, self.kernel_size - W)
-        if pad_b or pad_r:
-            x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
-        return self.qkv(x).view(B, H + pad_b, W + pad_r, 3, self.heads, self.head_dim)
+        return self.qkv(x).view(B, H, W, 3, self.heads, self.head_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path. ``x``: B×H×W×C → B×H×W×C."""
@@ -197,7 +213,7 @@ class NeighborhoodAttention2D(nn.Module):
         return self.proj_drop(self.proj(out[:, :H, :W]))
 
     def _flex_enabled(self, x: torch.Tensor) -> bool:
-        if torch.compiler.is_compiling():
+        if torch.jit.is_scripting() or is_tracing():
             return False
         if self.use_flex is None:
             return x.is_cuda and _flex_attention() is not None

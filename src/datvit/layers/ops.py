@@ -36,9 +36,10 @@ def residual_depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     The identity is folded into the kernel's centre tap, which saves a full read-add-write pass over the map
     (the LPU of DAT++ and the depthwise conv inside its MLP are both of this form).
     """
-    k = conv.kernel_size
-    identity = torch.zeros_like(conv.weight)
-    identity[:, :, k[0] // 2, k[1] // 2] = 1.0
+    k, weight = conv.kernel_size, conv.weight
+    # the centre-tap kernel as a padded 1×1 of ones (no item assignment, which torch.fx cannot trace)
+    identity = F.pad(weight.new_ones(weight.shape[0], weight.shape[1], 1, 1),
+                     (k[1] // 2, k[1] - 1 - k[1] // 2, k[0] // 2, k[0] - 1 - k[0] // 2))
     out = F.conv2d(x.permute(0, 3, 1, 2), conv.weight + identity, conv.bias, conv.stride, conv.padding,
                    conv.dilation, conv.groups)
     return out.permute(0, 2, 3, 1)

@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.fx
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
+from timm.layers import register_notrace_function, trunc_normal_
 from torch import nn
 
 from .attention import biased_attention
@@ -30,6 +31,11 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
 
 
+def _per_window(t: torch.Tensor, w: int) -> torch.Tensor:
+    """An H×W map (multiples of ``w``) → (number of windows)×w², window by window."""
+    return t.reshape(t.shape[0] // w, w, t.shape[1] // w, w).transpose(1, 2).reshape(-1, w * w)
+
+
 def window_attention_mask(
     height: int,
     width: int,
@@ -38,6 +44,8 @@ def window_attention_mask(
     pad_bottom: int = 0,
     pad_right: int = 0,
     device: Optional[torch.device] = None,
+    region_value: float = REGION_MASK_VALUE,
+    padding_value: float = PADDING_MASK_VALUE,
 ) -> Optional[torch.Tensor]:
     """Additive mask (num_windows, w², w²) for a padded map of ``height``×``width`` (multiples of the window).
 
@@ -57,18 +65,16 @@ def window_attention_mask(
     region = region_y[:, None] * 3 + region_x[None, :]
     # After rolling by −s, position y holds padded-map row (y + s) mod height.
     padded = (((ys + s) % height) >= height - pad_bottom)[:, None] | (((xs + s) % width) >= width - pad_right)[None, :]
-
-    def windows(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(height // w, w, width // w, w).transpose(1, 2).reshape(-1, w * w)
-
-    region, padded = windows(region), windows(padded)
+    region, padded = _per_window(region, w), _per_window(padded, w)
     mask = torch.zeros(region.shape[0], w * w, w * w, device=device)
-    mask = mask.masked_fill(region[:, :, None] != region[:, None, :], REGION_MASK_VALUE)
-    mask = mask + padded[:, None, :].float() * PADDING_MASK_VALUE
+    mask = mask.masked_fill(region[:, :, None] != region[:, None, :], region_value)
+    mask = mask + padded[:, None, :].float() * padding_value
     return mask
 
 
-def window_token_index(height: int, width: int, window_size: int, shift_size: int, device=None):
+@register_notrace_function  # sizes are Proxies under torch.fx (see layers/tracing.py)
+def window_token_index(height: int, width: int, window_size: int, shift_size: int,
+                       device: Optional[torch.device] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Token orders for window attention on an H×W map (row-major tokens).
 
     ``gather`` lists, window by window, the token at every slot of the map padded to the window and rolled by
@@ -86,6 +92,28 @@ def window_token_index(height: int, width: int, window_size: int, shift_size: in
     scatter = (((ry // w)[:, None] * (wp // w) + (rx // w)[None, :]) * (w * w)
                + (ry % w)[:, None] * w + (rx % w)[None, :])
     return gather, scatter.reshape(-1)
+
+
+@register_notrace_function  # branches on whether the map is padded (see layers/tracing.py)
+def windowed_attention_bias(bias: torch.Tensor, batch: int, height: int, width: int, window_size: int,
+                            shift_size: int) -> torch.Tensor:
+    """The additive SDPA mask of window attention on an H×W map: the relative position ``bias`` (heads×w²×w²)
+    alone (1×heads×w²×w²) when no window is padded or shifted, else plus the region/padding mask of every window,
+    (B·nW)×heads×w²×w²."""
+    w = window_size
+    pad_b, pad_r = (-height) % w, (-width) % w
+    bias = bias.unsqueeze(0)
+    mask = window_attention_mask(height + pad_b, width + pad_r, w, shift_size, pad_b, pad_r, device=bias.device)
+    if mask is not None:
+        heads, n = bias.shape[1], w * w
+        bias = (bias + mask.to(bias.dtype).unsqueeze(1)).unsqueeze(0).expand(batch, -1, -1, -1, -1)
+        bias = bias.reshape(batch * mask.shape[0], heads, n, n)
+    return bias
+
+
+torch.fx.wrap("window_token_index")
+torch.fx.wrap("windowed_attention_bias")
+torch.fx.wrap("biased_attention")
 
 
 class LocalAttention(nn.Module):
@@ -109,7 +137,7 @@ class LocalAttention(nn.Module):
 
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, w², w²) bias looked up from the table."""
-        n = self.window_size ** 2
+        n = self.window_size * self.window_size
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)].view(n, n, self.heads)
         return bias.permute(2, 0, 1)
 
@@ -130,13 +158,9 @@ class LocalAttention(nn.Module):
         gather, scatter = window_token_index(H, W, w, self.shift_size, x.device)
         windows = x.reshape(B, H * W, C).index_select(1, gather)               # B×(nW·w²)×C
         qkv = self.proj_qkv(windows).view(B * num_windows, n, 3, heads, self.head_dim)
-        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))                    # (B·nW)×heads×w²×c views
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                          # (B·nW)×heads×w²×c views
 
-        bias = self.relative_position_bias().unsqueeze(0)                       # 1×heads×w²×w²
-        mask = window_attention_mask(Hp, Wp, w, self.shift_size, pad_b, pad_r, device=x.device)
-        if mask is not None:
-            bias = (bias + mask.to(bias.dtype).unsqueeze(1)).unsqueeze(0).expand(B, -1, -1, -1, -1)
-            bias = bias.reshape(B * num_windows, heads, n, n)
+        bias = windowed_attention_bias(self.relative_position_bias(), B, H, W, w, self.shift_size)
         out = biased_attention(q, k, v, bias.to(q.dtype), self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, num_windows * n, C).index_select(1, scatter)
         return self.proj_drop(self.proj_out(out)).view(B, H, W, C)

@@ -32,31 +32,190 @@ class CheckpointError(RuntimeError):
     """The checkpoint cannot be read or does not fit the model; the message says which keys or file."""
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
-    """Load a checkpoint file (``.pth``/``.pt``/``.bin`` or ``.safetensors``) into Python objects on CPU."""
+# Pickled globals that are data, not code, in checkpoints users meet: the authors' training checkpoints pickle
+# their yacs config (``config``, a dict subclass), timm's train.py pickles its ``args`` (an argparse Namespace).
+# They are rebuilt as the inert stand-ins below; nothing of yacs or argparse runs.
+class InertConfig(dict):
+    """What a pickled ``yacs.config.CfgNode`` becomes: its keys and values as a dict; its attributes ignored."""
+
+    def __setstate__(self, state: Any) -> None:  # CfgNode's __dict__ (immutability flags): not needed
+        pass
+
+
+class InertNamespace:
+    """What a pickled ``argparse.Namespace`` becomes: its attributes, nothing else."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, dict):
+            self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        return f"Namespace({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
+
+
+INERT_GLOBALS: dict[str, type] = {"yacs.config.CfgNode": InertConfig, "argparse.Namespace": InertNamespace}
+_TRUST_HINT = "trust_checkpoint=True (CLI: --trust-checkpoint)"
+
+
+def _first_line(error: BaseException, limit: int = 200) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0].strip() if text else type(error).__name__
+    return line if len(line) <= limit else line[:limit] + "…"
+
+
+def _describe_foreign_bytes(head: bytes) -> str:
+    """What a file that is neither zip, pickle nor safetensors holds, for the error message."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None and text.strip() and all(c.isprintable() or c in "\r\n\t" for c in text[:256]):
+        snippet = " ".join(text.split())[:60]
+        more = "…" if len(" ".join(text.split())) > 60 else ""
+        kind = "HTML" if snippet.lower().startswith(("<!doctype html", "<html")) else "text"
+        return f"it holds {kind}, starting {snippet + more!r} (a failed download?)"
+    return f"it starts with bytes {head[:8].hex(' ')}, which are neither a zip archive (torch.save), a pickle nor " \
+           "a safetensors header"
+
+
+def _sniff(path: str) -> tuple[str, bytes]:
+    """The kind of checkpoint file by its first bytes: 'empty', 'zip', 'pickle', 'safetensors' or 'other'."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "empty", head
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"PK\x05\x06"):
+        return "zip", head
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
+        return "safetensors", head
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:   # pickle protocol 2-5 (torch's legacy format)
+        return "pickle", head
+    return "other", head
+
+
+def _is_torchscript(path: str) -> bool:
+    """A torch.jit.save archive holds compiled code (``<name>/code/``) and ``constants.pkl``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False   # truncated: torch.load says so below
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+class _InertUnpickler(pickle.Unpickler):
+    """Resolves only the globals torch's weights-only loader allows (tensor rebuilders, OrderedDict, ...) plus
+    the inert stand-ins of ``INERT_GLOBALS``; any other global is refused before anything is called."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        import _compat_pickle
+        from torch._weights_only_unpickler import _get_allowed_globals
+        if (module, name) in _compat_pickle.NAME_MAPPING:     # protocol-2 pickles name Python 2 modules
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        full = f"{module}.{name}"
+        if full in INERT_GLOBALS:
+            return INERT_GLOBALS[full]
+        allowed = _get_allowed_globals()
+        if full in allowed:
+            return allowed[full]
+        raise pickle.UnpicklingError(f"global {full} is not allowed")
+
+
+class _InertPickleModule:
+    """A ``pickle_module`` for ``torch.load`` whose unpickler executes nothing (see ``_InertUnpickler``)."""
+    __name__ = "datvit_inert_pickle"
+    Unpickler = _InertUnpickler
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _InertUnpickler(file, **kwargs).load()
+
+
+def _unsafe_globals(path: str, kind: str, error: BaseException) -> list[str]:
+    """The globals a torch.save file pickles beyond the weights-only allowlist (static disassembly; nothing runs)."""
+    if kind == "zip":
+        try:
+            return sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)))
+        except Exception:
+            pass
+    m = re.search(r"GLOBAL ([\w.]+)", str(error)) or re.search(r"global ([\w.]+)", str(error))
+    return [m[1]] if m else []
+
+
+def read_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False) -> Any:
+    """Load a checkpoint file (``.pth``/``.pt``/``.bin`` or ``.safetensors``) into Python objects on CPU.
+
+    Nothing in the file is executed unless ``trust_checkpoint=True``: tensors and plain containers load with
+    ``torch.load(weights_only=True)``; the configs the authors' and timm's training checkpoints pickle
+    (``INERT_GLOBALS``) are rebuilt as inert stand-ins by an unpickler that resolves no other global; any other
+    pickled global (e.g. ``posix.system`` in a hostile file) is refused, naming it. Files that are not checkpoints
+    at all (empty, a text or HTML page saved as ``.pth`` after a failed download, random bytes, truncated) raise
+    ``CheckpointError`` saying what the file holds, in one line.
+    """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.endswith(".safetensors"):
+    try:
+        kind, head = _sniff(path)
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read: {e.strerror or e}") from e
+    if kind == "empty":
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint (an interrupted download or copy?)")
+    if kind == "safetensors" or (path.endswith(".safetensors") and kind == "other"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             return load_file(path, device="cpu")
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): "
+                                  f"{_first_line(e)}") from e
+    if kind == "other":
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_describe_foreign_bytes(head)}")
+    if kind == "zip" and _is_torchscript(path):
+        raise CheckpointError(f"{path} is a TorchScript archive (torch.jit.save), not a checkpoint: its weights are "
+                              "torch.jit.load(path).state_dict()")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights_only" not in str(e) and "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
-        warnings.warn(f"{path} pickles Python objects besides tensors (e.g. the authors' training config); "
-                      "loading it with weights_only=False — only do this with files you trust", stacklevel=3)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {e}") from e
+        unsafe = _unsafe_globals(path, kind, e)
+        if not unsafe:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): "
+                                  f"{_first_line(e)}") from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError,
+            AttributeError, MemoryError, OverflowError) as e:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): "
+                              f"{_first_line(e)}") from e
+    if trust_checkpoint:
+        warnings.warn(f"{path} pickles Python objects besides tensors ({', '.join(unsafe)}); loading it with "
+                      "weights_only=False because the file is trusted (this runs code the file names)", stacklevel=3)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # any failure of an arbitrary pickle
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(e)}") from e
+    code = [g for g in unsafe if g not in INERT_GLOBALS]
+    if code:
+        raise CheckpointError(
+            f"{path} pickles Python objects that loading would have to import or call ({', '.join(code)}); "
+            f"refused, nothing was executed. Only if you trust the file, load it with {_TRUST_HINT}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # any failure of an arbitrary pickle
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_InertPickleModule)
+    except Exception as e:  # the stand-ins could not rebuild it: say what is inside, run nothing else
+        raise CheckpointError(f"{path} pickles {', '.join(unsafe)} in a form datvit cannot read without running "
+                              f"code ({_first_line(e)}); only if you trust the file, load it with {_TRUST_HINT}") from e
+
+
+def _describe_object(obj: Any) -> str:
+    """A short description of what a checkpoint object is (for messages)."""
+    if isinstance(obj, Mapping):
+        keys = [repr(k) for k in list(obj)[:6]]
+        more = ", …" if len(obj) > 6 else ""
+        return f"a dict with keys {', '.join(keys)}{more}" if keys else "an empty dict"
+    if isinstance(obj, (list, tuple)):
+        return f"a {type(obj).__name__} of {len(obj)} item(s)"
+    return f"a {type(obj).__name__}"
 
 
 def extract_state_dict(checkpoint: Any, use_ema: bool = False, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -69,7 +228,8 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = False, source: str = "ch
                 state = checkpoint[key]
                 break
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{source} holds no state_dict (expected a dict of tensors, or a dict with 'model')")
+        raise CheckpointError(f"{source} holds no state_dict: expected a dict of tensors or a dict with 'model', "
+                              f"found {_describe_object(checkpoint)}")
     out = {}
     for key, value in state.items():
         for prefix in _PREFIXES:
@@ -152,26 +312,23 @@ def _format_keys(keys: list[str], limit: int = 8) -> str:
     return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_checkpoint(
+def load_state_dict_checked(
     model: nn.Module,
-    path: str | os.PathLike,
-    use_ema: bool = False,
+    state_dict: Mapping[str, torch.Tensor],
+    source: str,
     strict: bool = True,
     reset_head_on_mismatch: bool = True,
 ) -> nn.Module:
-    """Load a DAT checkpoint (datvit's, the authors' ``.pth``, a bare state_dict or ``.safetensors``) into ``model``.
-
-    Strict by default: a file of another variant raises ``CheckpointError`` naming the missing, unexpected and
-    mis-shaped keys. When only the classifier differs in size (fine-tuning on another dataset), the head keeps
-    its fresh init and a warning says so. Returns the model.
-    """
-    checkpoint = read_checkpoint(path)
-    state = fit_state_dict(extract_state_dict(checkpoint, use_ema, source=os.fspath(path)), model)
+    """Fit ``state_dict`` to ``model`` and load it strictly; a mismatch raises one ``CheckpointError`` line naming
+    ``source``, what the file and the model are (family, depths, dims) and the missing, unexpected and
+    mis-shaped keys (instead of ``load_state_dict``'s dump of every key)."""
+    state = fit_state_dict(state_dict, model)
     own = model.state_dict()
     head_keys = [k for k in ("cls_head.weight", "cls_head.bias") if k in own and k in state]
-    if reset_head_on_mismatch and head_keys and any(state[k].shape != own[k].shape for k in head_keys):
-        warnings.warn(f"{os.fspath(path)}: classifier has {state['cls_head.weight'].shape[0]} classes, the model "
-                      f"{own['cls_head.weight'].shape[0]}; the head is re-initialised", stacklevel=2)
+    other_classes = head_keys and state["cls_head.weight"].shape[0] != own["cls_head.weight"].shape[0]
+    if reset_head_on_mismatch and other_classes and all(state[k].shape[1:] == own[k].shape[1:] for k in head_keys):
+        warnings.warn(f"{source}: classifier has {state['cls_head.weight'].shape[0]} classes, the model "
+                      f"{own['cls_head.weight'].shape[0]}; the head is re-initialised", stacklevel=3)
         for k in head_keys:
             state[k] = own[k]
     if "cls_head.weight" not in own:  # model without a classifier (num_classes=0 / features)
@@ -182,16 +339,36 @@ def load_checkpoint(
     mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
                   if k in state and state[k].shape != own[k].shape]
     if strict and (missing or unexpected or mismatched):
-        parts = [f"{os.fspath(path)} does not match the model"]
-        parts.append(f"file: {describe_architecture(state)}; model: {describe_architecture(own)}")
+        parts = [f"{source} does not match the model: file {describe_architecture(state)}, "
+                 f"model {describe_architecture(own)}"]
         if missing:
             parts.append(f"missing keys ({len(missing)}): {_format_keys(missing)}")
         if unexpected:
             parts.append(f"unexpected keys ({len(unexpected)}): {_format_keys(unexpected)}")
         if mismatched:
             parts.append(f"shape mismatches ({len(mismatched)}; file vs model): {_format_keys(mismatched)}")
-        raise CheckpointError("\n  ".join(parts))
+        raise CheckpointError("; ".join(parts))
     if not strict:
         state = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(state, strict=strict)
     return model
+
+
+def load_checkpoint(
+    model: nn.Module,
+    path: str | os.PathLike,
+    use_ema: bool = False,
+    strict: bool = True,
+    reset_head_on_mismatch: bool = True,
+    trust_checkpoint: bool = False,
+) -> nn.Module:
+    """Load a DAT checkpoint (datvit's, the authors' ``.pth``, a bare state_dict or ``.safetensors``) into ``model``.
+
+    Strict by default: a file of another variant raises ``CheckpointError`` naming the missing, unexpected and
+    mis-shaped keys. When only the classifier differs in size (fine-tuning on another dataset), the head keeps
+    its fresh init and a warning says so. Nothing in the file is executed unless ``trust_checkpoint=True`` (see
+    ``read_checkpoint``). Returns the model.
+    """
+    checkpoint = read_checkpoint(path, trust_checkpoint=trust_checkpoint)
+    state = extract_state_dict(checkpoint, use_ema, source=os.fspath(path))
+    return load_state_dict_checked(model, state, os.fspath(path), strict, reset_head_on_mismatch)

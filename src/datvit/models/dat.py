@@ -11,9 +11,10 @@ import math
 from typing import Any, Optional, Sequence, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 import torch.utils.checkpoint
-from timm.layers import DropPath, trunc_normal_
+from timm.layers import DropPath, register_notrace_function, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import nn
 
@@ -27,6 +28,29 @@ BLOCK_KINDS = {
     "D": "deformable attention",
     "N": "neighborhood attention",
 }
+
+
+@register_notrace_function  # inspects the input's type and sizes, which are Proxies under torch.fx
+def check_image_batch(x: torch.Tensor, in_chans: int, min_input_size: int, patch_size: int, num_stages: int) -> None:
+    """Raise ValueError for inputs the network cannot take, naming the problem (see ``DAT.check_input``)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"expected a tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"expected a 4-D batch B×C×H×W, got a {x.ndim}-D tensor of shape {tuple(x.shape)}"
+                         + (" (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""))
+    if x.shape[1] != in_chans:
+        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (input shape "
+                         f"{tuple(x.shape)}; build the model with in_chans={x.shape[1]} for other inputs)")
+    h, w = x.shape[-2:]
+    if h < min_input_size or w < min_input_size:
+        raise ValueError(f"input {h}×{w} is too small: this model downsamples by {min_input_size} "
+                         f"(patch {patch_size} and {num_stages - 1} downsamplings), so height and "
+                         f"width must be at least {min_input_size}")
+    if not torch.is_floating_point(x):
+        raise ValueError(f"expected a floating-point image tensor, got {x.dtype}")
+
+
+torch.fx.wrap("check_image_batch")
 
 
 class DATStage(nn.Module):
@@ -199,12 +223,16 @@ class DAT(nn.Module):
         self.grad_checkpointing = False
         # The smallest input for which every stage still has at least one pixel.
         self.min_input_size = patch_size * 2 ** (num_stages - 1)
+        if img_size < self.min_input_size:  # the position tables of stage 4 would have a negative size
+            raise ValueError(f"img_size {img_size} is too small: this model downsamples by {self.min_input_size} "
+                             f"(patch {patch_size} and {num_stages - 1} downsamplings), so img_size must be at "
+                             f"least {self.min_input_size}")
 
         stem_cls = ConvStem if use_conv_patches else PatchStem
         self.patch_proj = stem_cls(in_chans, dim_stem, patch_size, layer_norm_eps)
 
         fmap = img_size // patch_size
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
         self.stages = nn.ModuleList()
         self.feature_info = []
         for i in range(num_stages):
@@ -287,21 +315,7 @@ class DAT(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError for inputs the network cannot take, naming the problem."""
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"expected a tensor, got {type(x).__name__}")
-        if x.ndim != 4:
-            raise ValueError(f"expected a 4-D batch B×C×H×W, got a {x.ndim}-D tensor of shape {tuple(x.shape)}"
-                             + (" (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""))
-        if x.shape[1] != self.in_chans:
-            raise ValueError(f"expected {self.in_chans} input channels, got {x.shape[1]} (input shape "
-                             f"{tuple(x.shape)}; build the model with in_chans={x.shape[1]} for other inputs)")
-        h, w = x.shape[-2:]
-        if h < self.min_input_size or w < self.min_input_size:
-            raise ValueError(f"input {h}×{w} is too small: this model downsamples by {self.min_input_size} "
-                             f"(patch {self.patch_size} and {len(self.stages) - 1} downsamplings), so height and "
-                             f"width must be at least {self.min_input_size}")
-        if not torch.is_floating_point(x):
-            raise ValueError(f"expected a floating-point image tensor, got {x.dtype}")
+        check_image_batch(x, self.in_chans, self.min_input_size, self.patch_size, len(self.stages))
 
     def _to_nchw(self, x: torch.Tensor) -> torch.Tensor:
         return x if self.reference else x.permute(0, 3, 1, 2)

@@ -39,7 +39,7 @@ def resolve_device(device: Optional[str], local_rank: int = 0) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {device} requested but CUDA is not available")
+            raise ValueError(f"--device {device} requested but CUDA is not available")
         if dev.index is None:
             dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(dev)
@@ -90,6 +90,31 @@ def broadcast_object(obj: Any, info: DistInfo) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+_CONTROL_GROUPS: dict = {}
+
+
+def _control_group() -> Any:
+    """A gloo group for the per-step control flags, so that reading them needs no GPU synchronisation under NCCL
+    (None: the default group, already gloo). Created on first use — every rank calls ``max_over_ranks`` at the same
+    points, so every rank creates it in the same order, as ``new_group`` requires."""
+    if dist.get_backend() == "gloo":
+        return None
+    key = id(dist.group.WORLD)
+    if key not in _CONTROL_GROUPS:
+        _CONTROL_GROUPS[key] = dist.new_group(backend="gloo")
+    return _CONTROL_GROUPS[key]
+
+
+def max_over_ranks(flags: list[int], info: DistInfo) -> list[int]:
+    """Each integer's maximum over all ranks (one all-reduce of a few integers, over gloo on the CPU): what
+    lets every rank take the same decision at the same step (stop on a signal, skip a non-finite step)."""
+    if not info.distributed:
+        return [int(f) for f in flags]
+    t = torch.tensor([int(f) for f in flags], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_control_group())
+    return [int(v) for v in t.tolist()]
 
 
 def barrier(info: DistInfo) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import sys
 import time
 import warnings
@@ -31,9 +32,11 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import datvit
-from datvit.models import load_checkpoint, read_checkpoint
+from datvit.inference.checkpoint_format import build_checkpoint, describe_arch_difference, read_datvit_checkpoint
+from datvit.models import CheckpointError, load_checkpoint, load_state_dict_checked
 
 from ..data.loader import create_dataset, create_loader, eval_transform, resolve_dataset_kind, train_transform
+from ..utils.files import atomic_write_text, remove_stale_temp_files
 from . import distributed as dist_utils
 from .checkpointing import CheckpointManager, capture_rng_state, find_auto_resume, restore_rng_state
 from .config import apply_recipe, args_to_dict, default_experiment_name, scaled_lr
@@ -41,10 +44,15 @@ from .metrics import RunningSum, format_summary_line, plot_curves, write_summary
 from .modeling import (arch_record, count_parameters, create_model, load_model_config, reset_linear_layers,
                        resolve_model_kwargs)
 from .precision import AmpPlan, autocast, resolve_amp
+from .preemption import RunInterrupted, StopSignals
 
 
 class TrainingError(RuntimeError):
     """A problem with the configuration or the data that the user can fix; the message says how."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss (or the weights) stopped being finite; the message names the step and the last good checkpoint."""
 
 
 def seed_everything(seed: int) -> None:
@@ -134,13 +142,18 @@ class Trainer:
         self.meters = self._fresh_meters()
         self.corrupt: dict[str, str] = {}
         self._rng_to_restore: Optional[dict] = None
+        self.signals = StopSignals()       # installed by fit(); a flag the loop reads after every step
+        self._stop_signal = 0              # the signal every rank agreed to stop on (0: none)
+        self._bad_run: list[int] = []      # steps of the current run of consecutive non-finite losses
+        self._last_saved: Optional[tuple[str, int]] = None  # (path, step) of the newest checkpoint written
         if args.resume:
             self._resume(args.resume_path)
+            self._last_saved = (str(args.resume_path), self.step)
         seed_everything(args.seed + self.info.rank)  # training randomness (drop path, Mixup) differs per rank
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.run_dir / "args.yaml", "w") as f:
-                yaml.safe_dump(args_to_dict(args), f, sort_keys=True)
+            for path in remove_stale_temp_files(self.run_dir):
+                self.warn(f"removed {path}, a temporary file left by a write that was killed mid-way")
+            atomic_write_text(yaml.safe_dump(args_to_dict(args), sort_keys=True), self.run_dir / "args.yaml")
 
     # -- setup ------------------------------------------------------------------------------------------------
 
@@ -177,23 +190,27 @@ class Trainer:
 
     def _setup_model(self) -> None:
         args = self.args
+        if args.model_config and not os.path.isfile(args.model_config):
+            raise TrainingError(f"--model-config {args.model_config}: no such file")
         config = load_model_config(args.model_config) if args.model_config else None
         self.model_kwargs = resolve_model_kwargs(
             args.model, config, args.model_kwargs, num_classes=args.num_classes, in_chans=args.in_chans,
             img_size=args.img_size, drop_path_rate=args.drop_path, drop_rate=args.drop)
         if args.img_size is None:
             args.img_size = int(self.model_kwargs.get("img_size", 224))
+        patch, stages = int(self.model_kwargs.get("patch_size", 4)), len(self.model_kwargs.get("dims") or [0] * 4)
+        min_size = patch * 2 ** (stages - 1)  # = DAT.min_input_size, checked before building anything
+        if args.img_size < min_size:
+            raise TrainingError(f"--img-size {args.img_size} is below this model's minimum input {min_size} "
+                                f"(patch {patch} × {2 ** (stages - 1)})")
         torch.manual_seed(args.seed)  # the same initial weights on every rank (and for EMA)
         model = create_model(args.model, self.model_kwargs)
         if args.linear_init == "torch":
             reset_linear_layers(model)
-        if args.img_size < model.min_input_size:
-            raise TrainingError(f"--img-size {args.img_size} is below this model's minimum input "
-                                f"{model.min_input_size} (patch {model.patch_size} × 8)")
         self.n_params = count_parameters(model)
         for path in (args.initial_checkpoint, args.pretrained_path):
             if path:
-                load_checkpoint(model, path)
+                load_checkpoint(model, path, trust_checkpoint=getattr(args, "trust_checkpoint", False))
                 self.log(f"loaded weights from {path}")
         if args.grad_checkpointing:
             model.set_grad_checkpointing(True)
@@ -203,10 +220,15 @@ class Trainer:
         self.model = model
         self.data_config = {"input_size": [args.in_chans, args.img_size, args.img_size], "mean": args.mean,
                             "std": args.std, "crop_pct": args.crop_pct, "interpolation": args.interpolation}
-        self.train_set.transform = train_transform(
-            args.img_size, args.mean, args.std, interpolation=args.train_interpolation, no_aug=args.no_aug,
-            scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
-            auto_augment=args.aa, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
+        try:
+            self.train_set.transform = train_transform(
+                args.img_size, args.mean, args.std, interpolation=args.train_interpolation, no_aug=args.no_aug,
+                scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
+                color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob, re_mode=args.remode,
+                re_count=args.recount)
+        except (AssertionError, KeyError) as e:  # timm asserts on an unknown --aa policy
+            raise TrainingError(f"the augmentation flags (--aa {args.aa}, --remode {args.remode}) are not valid: "
+                                f"{e}") from None
         if self.eval_set is not None:
             self.eval_set.transform = eval_transform(args.img_size, args.mean, args.std, args.crop_pct,
                                                      args.interpolation)
@@ -314,9 +336,7 @@ class Trainer:
         meters_all = dist_utils.gather_objects(meters, self.info)
         corrupt = self._all_corrupt()
         args = self.args
-        return {
-            "model": self.model.state_dict(),
-            "model_ema": self.ema.module.state_dict() if self.ema is not None else None,
+        training = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -333,28 +353,65 @@ class Trainer:
             "best": dict(self.best),
             "corrupt_files": corrupt,
             "args": args_to_dict(args),
-            "class_names": self.class_names,
-            "arch": arch_record(args.model, self.model_kwargs),
-            "data_config": self.data_config,
-            "datvit_version": datvit.__version__,
         }
+        return build_checkpoint(
+            self.model.state_dict(), arch=arch_record(args.model, self.model_kwargs), data_config=self.data_config,
+            class_names=self.class_names, model_ema=self.ema.module.state_dict() if self.ema is not None else None,
+            training=training)
 
     def save(self, epoch_end: Optional[int] = None, is_best: bool = False) -> None:
+        """Write last.pth (+ checkpoint-<epoch>.pth, best.pth) — never over a good one with non-finite weights."""
+        bad = self._first_nonfinite_tensor()
+        if bad is not None:
+            raise TrainingDiverged(f"{bad} is not finite at step {self.step} (epoch {self.epoch + 1}); nothing was "
+                                   f"saved. {self._last_good_hint()}")
         state = self.state_dict()
         if self.is_main:
             self.checkpoints.save(state, epoch_end=epoch_end, is_best=is_best)
+        self._last_saved = (str(self.checkpoints.last), self.step)
+
+    def _first_nonfinite_tensor(self) -> Optional[str]:
+        """The name of the first weight, EMA weight or optimizer state tensor holding a NaN or inf (None: all finite).
+        Identical on every rank (DDP keeps the replicas equal), so every rank takes the same decision."""
+        named = [(f"weight {k}", v) for k, v in self.model.state_dict().items()]
+        if self.ema is not None:
+            named += [(f"EMA weight {k}", v) for k, v in self.ema.module.state_dict().items()]
+        for i, state in enumerate(self.optimizer.state.values()):
+            named += [(f"optimizer state {k} of parameter {i}", v) for k, v in state.items()
+                      if isinstance(v, torch.Tensor)]
+        for name, tensor in named:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return name
+        return None
+
+    def _last_good_hint(self) -> str:
+        if self._last_saved is None:
+            return "No checkpoint was written before it."
+        path, step = self._last_saved
+        return f"The last good checkpoint is {path} (step {step}); lower --lr or set --clip-grad and --resume it."
+
+    def _skipped(self) -> dict[str, int]:
+        """Run totals of skipped optimizer steps: non-finite losses, and fp16 GradScaler overflows."""
+        return self.history.setdefault("skipped", {"nonfinite_loss": 0, "amp_overflow": 0})
 
     def _resume(self, path: str) -> None:
-        ckpt = read_checkpoint(path)
-        if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
+        loaded = read_datvit_checkpoint(path, trust_checkpoint=getattr(self.args, "trust_checkpoint", False))
+        ckpt = loaded.training
+        if not loaded.is_datvit or "step" not in ckpt:
             raise TrainingError(f"{path} is not a datvit training checkpoint; to start from its weights use "
                                 "--initial-checkpoint")
-        self.model.load_state_dict(ckpt["model"])
+        if loaded.arch is not None:
+            differs = describe_arch_difference(loaded.arch, arch_record(self.args.model, self.model_kwargs))
+            if differs:
+                raise CheckpointError(f"--resume {path}: the checkpoint was trained with another model ({differs}; "
+                                      "checkpoint vs this run); resume with the run's --model/--model-kwargs, or "
+                                      "start from its weights with --initial-checkpoint")
+        load_state_dict_checked(self.model, loaded.model, path, reset_head_on_mismatch=False)
         if self.args.no_resume_opt:
             self.log(f"resumed the weights of {path} (optimizer, schedule and position not restored)")
             return
-        if self.ema is not None and ckpt.get("model_ema") is not None:
-            self.ema.module.load_state_dict(ckpt["model_ema"])
+        if self.ema is not None and loaded.model_ema is not None:
+            load_state_dict_checked(self.ema.module, loaded.model_ema, f"{path} (EMA)", reset_head_on_mismatch=False)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch, self.batch_in_epoch, self.step = ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
         if isinstance(self.scheduler, PlateauLRScheduler) and ckpt.get("scheduler") is not None:
@@ -405,6 +462,8 @@ class Trainer:
         """One optimizer update; returns (summed loss, correct top-1, samples) as tensors/int on the device."""
         args = self.args
         weight = 1.0
+        if use_mixup and images is not None and images.shape[0] == 1:
+            images = None  # Mixup needs pairs: a batch left with one readable image would be trimmed to none
         if images is None:  # every image of this batch was unreadable: under DDP all ranks must still step
             c, s = args.in_chans, args.img_size
             images = torch.zeros(1, c, s, s)
@@ -426,23 +485,40 @@ class Trainer:
             loss = loss * weight
         self.optimizer.zero_grad(set_to_none=True)
         params = self.model.parameters()
+        # backward on every rank even for a non-finite loss: DDP's gradient all-reduce needs all of them
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
-            if args.clip_grad:
-                self.scaler.unscale_(self.optimizer)
-                dispatch_clip_grad(params, args.clip_grad, mode=args.clip_mode)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
         else:
             loss.backward()
-            if args.clip_grad:
-                dispatch_clip_grad(params, args.clip_grad, mode=args.clip_mode)
-            self.optimizer.step()
+        # one all-reduce of two integers per step: every rank skips the same steps and stops after the same one
+        nonfinite, self._stop_signal = dist_utils.max_over_ranks(
+            [not bool(torch.isfinite(loss.detach()).all()), self.signals.requested or 0], self.info)
         self.step += 1
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.step)
-        if self.scheduler is not None:
+        if nonfinite:  # the update is skipped (as GradScaler skips an overflowing fp16 step): weights stay good
+            self.optimizer.zero_grad(set_to_none=True)
+            self._bad_run.append(self.step)
+            self._skipped()["nonfinite_loss"] += 1
+        else:
+            self._bad_run.clear()
+            if self.scaler is not None:
+                scale = self.scaler.get_scale()
+                if args.clip_grad:
+                    self.scaler.unscale_(self.optimizer)
+                    dispatch_clip_grad(params, args.clip_grad, mode=args.clip_mode)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if self.scaler.get_scale() < scale:  # the scale only drops when inf/NaN gradients skipped the step
+                    self._skipped()["amp_overflow"] += 1
+            else:
+                if args.clip_grad:
+                    dispatch_clip_grad(params, args.clip_grad, mode=args.clip_mode)
+                self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update(self.model, step=self.step)
+        if self.scheduler is not None:  # the schedule follows the data position, skipped steps included
             self.scheduler.step_update(num_updates=self.step)
+        if nonfinite:
+            return torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
         n = int(hard_targets.numel() * weight)
         correct = (logits.detach().argmax(dim=1) == hard_targets).sum() * weight
         return loss.detach().float() * n, correct, n
@@ -479,13 +555,24 @@ class Trainer:
                 self._flush_window(window, pbar, session_samples * self.info.world_size,
                                    time.perf_counter() - t_start)
             pbar.update(1)
-            if args.checkpoint_interval and self.step % args.checkpoint_interval == 0 and not last_batch:
+            if (args.checkpoint_interval and self.step % args.checkpoint_interval == 0 and not last_batch
+                    and not self._bad_run):  # no step checkpoint inside a run of non-finite losses
                 self._flush_window(window, pbar, session_samples * self.info.world_size,
                                    time.perf_counter() - t_start)
                 self.meters["seconds"] += time.perf_counter() - t_start
                 self.save()
                 t_start = time.perf_counter()
                 session_samples = 0
+            if self.args.max_bad_steps and len(self._bad_run) >= self.args.max_bad_steps:
+                pbar.close()
+                raise TrainingDiverged(self._diverged_message())
+            if not self.info.distributed:  # one process: also a signal that came after the step's flag read
+                self._stop_signal = self.signals.requested or 0
+            if self._stop_signal:
+                pbar.close()
+                self._flush_window(window, None, 0, 0.0)
+                self.meters["seconds"] += time.perf_counter() - t_start
+                self._stop_on_signal()
             if last_batch:
                 break
         pbar.close()
@@ -497,6 +584,24 @@ class Trainer:
         return {"loss": loss_total / count if count else float("nan"),
                 "top1": top1_total / count if count else float("nan"), "seconds": seconds,
                 "images_per_s": count / seconds if seconds > 0 else 0.0}
+
+    def _diverged_message(self) -> str:
+        first, last = self._bad_run[0], self._bad_run[-1]
+        return (f"the loss was not finite for {len(self._bad_run)} consecutive steps (steps {first}–{last}, epoch "
+                f"{self.epoch + 1}; --max-bad-steps {self.args.max_bad_steps}); their updates were skipped and "
+                f"nothing was saved after them. {self._last_good_hint()}")
+
+    def _stop_on_signal(self) -> None:
+        """Write the checkpoint of the position reached (unless the step's checkpoint was just written) and raise
+        ``RunInterrupted``. At an epoch's last batch the checkpoint holds the whole epoch as done
+        (``batch_in_epoch == updates_per_epoch``): the resumed run goes straight to the epoch's evaluation."""
+        if self._last_saved is None or self._last_saved[1] != self.step or self._last_saved[0] != str(
+                self.checkpoints.last):
+            self.save()
+        name = signal.Signals(self._stop_signal).name
+        raise RunInterrupted(f"stopped on {name} after step {self.step} (epoch {self.epoch + 1}, batch "
+                             f"{self.batch_in_epoch}/{self.updates_per_epoch}); checkpoint: {self.checkpoints.last}. "
+                             "Continue with the same command plus --resume auto", self._stop_signal)
 
     def _flush_window(self, window: list, pbar: Optional[tqdm], session_images: int, elapsed: float) -> None:
         """Move the step accumulators into the epoch's averages, add a curve point, refresh the progress bar."""
@@ -538,25 +643,34 @@ class Trainer:
                  f"({len(self.train_set)} training images, {len(self.class_names)} classes) for {args.epochs} epochs "
                  f"on {self.info.world_size} × {self.device.type}, global batch "
                  f"{args.batch_size * self.info.world_size}, lr {args.lr:.3g}; writing to {self.run_dir}")
-        while self.epoch < args.epochs:
-            train = self.train_epoch()
-            row = {"epoch": self.epoch + 1, "train_loss": train["loss"], **self._evaluate_epoch(),
-                   "lr": self._current_lr(), "images/s": train["images_per_s"], "seconds": train["seconds"]}
-            if self.scheduler is not None:
-                self.scheduler.step(self.epoch + 1, row["eval_top1"])
-            metric = row["eval_top1"] if row["eval_top1"] is not None else -row["train_loss"]
-            is_best = self.best["metric"] is None or metric > self.best["metric"]
-            if is_best:
-                self.best = {"metric": metric, "epoch": self.epoch + 1}
-            self.history["epochs"].append(row)
-            self.epoch += 1
-            self.batch_in_epoch = 0
-            self.meters = self._fresh_meters()
-            self.save(epoch_end=self.epoch, is_best=is_best)
-            if self.is_main:
-                write_summary(self.run_dir, self.history["epochs"])
-                plot_curves(self.run_dir, self.history["epochs"], self.history["steps"])
-            self.log(format_summary_line(row, args.epochs))
+        with self.signals:
+            while self.epoch < args.epochs:
+                train = self.train_epoch()
+                row = {"epoch": self.epoch + 1, "train_loss": train["loss"], **self._evaluate_epoch(),
+                       "lr": self._current_lr(), "images/s": train["images_per_s"], "seconds": train["seconds"]}
+                if self.scheduler is not None:
+                    self.scheduler.step(self.epoch + 1, row["eval_top1"])
+                metric = row["eval_top1"] if row["eval_top1"] is not None else -row["train_loss"]
+                is_best = self.best["metric"] is None or metric > self.best["metric"]
+                if is_best:
+                    self.best = {"metric": metric, "epoch": self.epoch + 1}
+                self.history["epochs"].append(row)
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                self.meters = self._fresh_meters()
+                self.save(epoch_end=self.epoch, is_best=is_best)
+                if self.is_main:
+                    write_summary(self.run_dir, self.history["epochs"])
+                    plot_curves(self.run_dir, self.history["epochs"], self.history["steps"])
+                self.log(format_summary_line(row, args.epochs))
+                skipped = self._skipped()
+                if any(skipped.values()):
+                    self.warn(f"skipped optimizer steps so far: {skipped['nonfinite_loss']} with a non-finite loss, "
+                              f"{skipped['amp_overflow']} fp16 overflows (GradScaler)")
+                # a signal that came during the evaluation or the epoch's checkpoint: stop with that checkpoint
+                self._stop_signal = dist_utils.max_over_ranks([self.signals.requested or 0], self.info)[0]
+                if self._stop_signal and self.epoch < args.epochs:
+                    self._stop_on_signal()
         return self.finish()
 
     def finish(self) -> dict[str, Any]:
@@ -571,6 +685,8 @@ class Trainer:
                    "best_metric": self.best["metric"], "best_epoch": self.best["epoch"],
                    "final_top1": last.get("eval_top1"), "final_top5": last.get("eval_top5"),
                    "corrupt_files": len(corrupt), "parameters": self.n_params,
+                   "skipped_nonfinite_steps": self._skipped()["nonfinite_loss"],
+                   "skipped_amp_overflow_steps": self._skipped()["amp_overflow"],
                    "train_seconds": sum(r["seconds"] for r in self.history["epochs"])}
         if self.best["metric"] is not None:
             what = "top-1" if last.get("eval_top1") is not None else "-train loss"

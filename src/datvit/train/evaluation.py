@@ -14,17 +14,11 @@ import sys
 import time
 from typing import Any, Mapping, Optional
 
-from timm.data import resolve_data_config
-from torch import nn
-
-from datvit.models import load_checkpoint, read_checkpoint
-from datvit.models.checkpoint import extract_state_dict
-
-from ..data.loader import create_dataset, create_loader, eval_transform, resolve_dataset_kind
+from ..data.loader import create_dataset, create_loader, resolve_dataset_kind
+from ..inference import LoadedModel, eval_transform, load_model, resolve_data_config
+from ..models.factory import count_parameters
 from . import distributed as dist_utils
-from .config import IMAGENET_MEAN, IMAGENET_STD
 from .engine import TrainingError, evaluate
-from .modeling import count_parameters, create_model, head_size, model_from_arch, resolve_model_kwargs
 from .precision import resolve_amp
 
 
@@ -49,6 +43,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: from the weights)")
     p.add_argument("--in-chans", type=int, default=None, help="input channels (default: from the weights)")
     p.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint that pickles Python objects besides tensors and configs to run code "
+                        "while loading (only for files you trust; refused otherwise)")
     p.add_argument("--workers", "-j", type=int, default=min(4, max((os.cpu_count() or 1) - 1, 0)),
                    help="DataLoader workers")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
@@ -61,61 +58,17 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def _infer_from_weights(state: Mapping[str, Any]) -> dict[str, Optional[int]]:
-    stem = state.get("patch_proj.0.weight")
-    return {"num_classes": head_size(state), "in_chans": int(stem.shape[1]) if stem is not None else None}
-
-
-def build_eval_model(args: argparse.Namespace, checkpoint: Any) -> tuple[nn.Module, str]:
-    """The model described by the checkpoint (or ``--model``), with the checkpoint's weights loaded."""
-    state = extract_state_dict(checkpoint, args.use_ema, source=args.checkpoint)
-    inferred = _infer_from_weights(state)
-    num_classes = args.num_classes or inferred["num_classes"]
-    in_chans = args.in_chans or inferred["in_chans"]
-    arch = checkpoint.get("arch") if isinstance(checkpoint, dict) else None
-    if arch and not args.model:
-        model = model_from_arch(arch, num_classes=num_classes, in_chans=in_chans, img_size=args.img_size)
-        name = arch["name"]
-    elif args.model:
-        kwargs = resolve_model_kwargs(args.model, None, None, num_classes=num_classes, in_chans=in_chans,
-                                      img_size=args.img_size)
-        model, name = create_model(args.model, kwargs), args.model
-    else:
-        raise TrainingError(f"{args.checkpoint} does not record its architecture (an authors' or bare checkpoint): "
-                            "pass --model, e.g. --model dat_tiny")
-    if args.use_ema and isinstance(checkpoint, dict) and checkpoint.get("arch") and not checkpoint.get("model_ema"):
-        raise TrainingError(f"{args.checkpoint} holds no EMA weights (trained without --model-ema)")
-    load_checkpoint(model, args.checkpoint, use_ema=args.use_ema, reset_head_on_mismatch=False)
-    return model, name
-
-
-def resolve_eval_data_config(args: argparse.Namespace, checkpoint: Any, model: nn.Module) -> dict[str, Any]:
-    """Mean, std, crop and resolution for evaluating ``model``: the training run's (a datvit ``checkpoint`` records
-    them) or the model's pretrained config (ImageNet defaults), overridden by ``--img-size``/``--crop-pct``/..."""
-    base_cfg = dict((checkpoint.get("data_config") if isinstance(checkpoint, dict) else None) or {})
-    if not base_cfg:
-        base_cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-        base_cfg.setdefault("mean", IMAGENET_MEAN)
-        base_cfg.setdefault("std", IMAGENET_STD)
-        base_cfg.setdefault("crop_pct", 0.875)
-        base_cfg.setdefault("interpolation", "bicubic")
-        base_cfg["input_size"] = (model.in_chans, model.img_size, model.img_size)
-    overrides = {"in_chans": model.in_chans, "img_size": args.img_size, "crop_pct": args.crop_pct,
-                 "interpolation": args.interpolation, "mean": args.mean, "std": args.std}
-    if args.img_size is None:
-        overrides["input_size"] = (model.in_chans, *base_cfg["input_size"][1:])
-    data_config = resolve_data_config(args=overrides, pretrained_cfg=base_cfg)
-    for key in ("mean", "std"):
-        values = tuple(data_config[key])
-        if len(values) != model.in_chans:
-            if model.in_chans != 1:
-                raise TrainingError(f"the {key} has {len(values)} values for a {model.in_chans}-channel model: "
-                                    f"give --{key} with {model.in_chans} values")
-            data_config[key] = (sum(values) / len(values),)   # grey images: the channels' average
-    img_size = int(data_config["input_size"][-1])
-    if img_size < model.min_input_size:
-        raise TrainingError(f"--img-size {img_size} is below this model's minimum input {model.min_input_size}")
-    return data_config
+def load_eval_model(args: argparse.Namespace) -> LoadedModel:
+    """The checkpoint's model (rebuilt from its record, or ``--model``) with its weights and preprocessing, through
+    the inference layer; ``--crop-pct``/``--interpolation``/``--mean``/``--std`` override the preprocessing."""
+    loaded = load_model(args.checkpoint, args.model, img_size=args.img_size, num_classes=args.num_classes,
+                        in_chans=args.in_chans, use_ema=args.use_ema,
+                        trust_checkpoint=getattr(args, "trust_checkpoint", False))
+    loaded.data_config = resolve_data_config(
+        loaded.data_config, loaded.model, crop_pct=getattr(args, "crop_pct", None),
+        interpolation=getattr(args, "interpolation", None), mean=getattr(args, "mean", None),
+        std=getattr(args, "std", None))
+    return loaded
 
 
 def run_eval(args: argparse.Namespace) -> dict[str, Any]:
@@ -128,22 +81,20 @@ def run_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_eval(args: argparse.Namespace, info: dist_utils.DistInfo) -> dict[str, Any]:
-    checkpoint = read_checkpoint(args.checkpoint)
-    ours = isinstance(checkpoint, dict) and "arch" in checkpoint
-    train_args = checkpoint.get("args", {}) if ours else {}
+    loaded = load_eval_model(args)
+    train_args = (loaded.checkpoint.training.get("args") or {}) if loaded.checkpoint else {}
     if args.dataset is None and args.data_dir is None and train_args:
         args.dataset, args.data_dir = train_args.get("dataset"), train_args.get("data_dir")
     split = args.split or train_args.get("val_split") or "val"
-    model, name = build_eval_model(args, checkpoint)
+    model, name = loaded.model, loaded.name
     model.to(info.device)
 
-    data_config = resolve_eval_data_config(args, checkpoint, model)
+    data_config = loaded.data_config
     img_size = int(data_config["input_size"][-1])
 
     kind = resolve_dataset_kind(args.dataset, args.data_dir)
-    transform = eval_transform(img_size, data_config["mean"], data_config["std"], data_config["crop_pct"],
-                               data_config["interpolation"])
-    class_names = checkpoint.get("class_names") if ours else None
+    transform = eval_transform(data_config)
+    class_names = loaded.class_names
     dataset = create_dataset(kind, args.data_dir, split, transform=transform,
                              image_mode="L" if model.in_chans == 1 else "RGB", class_names=class_names)
     if len(dataset.classes) > model.num_classes:
