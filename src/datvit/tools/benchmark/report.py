@@ -94,6 +94,20 @@ def train_spread_table(spread: list[dict]) -> str:
     return _md_table(["subject", "over", "mode", "batch", "median ratio", "spread (min–max)", "per run"], rows)
 
 
+def onnxruntime_ratios(results: list[dict]) -> list[dict]:
+    """onnxruntime rows against PyTorch eager of the same model and batch (DAT: the fast path), same run."""
+    out = []
+    for r in results:
+        if r.get("path") != "onnxruntime":
+            continue
+        eager = (_find(results, model=r["model"], path="fast", mode=r["mode"], kind=r["kind"], batch=r["batch"])
+                 or _find(results, model=r["model"], path="timm", mode=r["mode"], kind=r["kind"], batch=r["batch"]))
+        out.append(dict(model=r["model"], batch=r["batch"], onnxruntime_images_per_s=r["images_per_s"],
+                        eager_images_per_s=eager and eager["images_per_s"],
+                        onnxruntime_over_eager=eager and r["images_per_s"] / eager["images_per_s"]))
+    return out
+
+
 def check_targets(ratios: list[dict], mode: str = "eager") -> list[dict]:
     out = []
     for t in TARGETS:
@@ -248,6 +262,12 @@ def markdown_report(report: dict) -> str:
         "",
         targets_table(report["targets"]),
     ]
+    if report.get("onnxruntime"):
+        rows = [[r["model"], str(r["batch"]), _fmt(r["onnxruntime_images_per_s"], ".2f"),
+                 _fmt(r["eager_images_per_s"], ".2f"), _fmt(r["onnxruntime_over_eager"], ".2f")]
+                for r in report["onnxruntime"]]
+        parts += ["", "## ONNX Runtime (CPU, fp32) next to PyTorch eager, interleaved", "",
+                  _md_table(["model", "batch", "onnxruntime img/s", "eager img/s", "onnxruntime / eager"], rows)]
     if report.get("train_ratio_spread"):
         parts += ["", "## Training steps: ratios per interleaved run (> 1 = the subject is faster)", "",
                   train_spread_table(report["train_ratio_spread"])]
@@ -260,7 +280,7 @@ def markdown_report(report: dict) -> str:
     if flops:
         rows = [[k, _fmt(v["forward_gflop"], ".3f"), _fmt(v.get("executed_fast_forward_gflop"), ".3f"),
                  _fmt(v["train_gflop"], ".3f")] for k, v in flops.items()]
-        parts += ["", "## FLOPs per image (FlopCounterMode)", "",
+        parts += ["", "## FLOPs per image (datvit.tools.flops.count_flops, 2 FLOPs per multiply-add)", "",
                   _md_table(["model", "forward GFLOP", "fast path executes GFLOP", "train step GFLOP"], rows)]
     if report.get("notes"):
         parts += ["", "## Notes", ""] + [f"* {n}" for n in report["notes"]]
