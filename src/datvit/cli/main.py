@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "flops": "parameters and FLOPs (multiply-adds) per stage, as the papers count them",
     "det": "detection / instance segmentation with a DAT backbone (Mask R-CNN, RetinaNet): train, eval, predict",
     "seg": "semantic segmentation with a DAT backbone (UperNet, Semantic FPN): train, eval, predict",
+    "demo-dense": "train DAT and CNN detectors/segmenters on generated scenes offline, write a comparison report",
 }
 
 
