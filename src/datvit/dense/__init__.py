@@ -5,7 +5,7 @@ from .config import (COCO_TRAIN_MIN_SIZES, DENSE_PRESETS, DETECTOR_KINDS, SEGMEN
                      DetectorConfig, SegmenterConfig, dense_preset)
 from .data import CocoDetection, SegmentationFolder, collate_detection, collate_segmentation
 from .detection import build_detector
-from .inference import segment
+from .sliding import segment
 from .metrics import CocoMetric, SegMetric
 from .scenes import make_fashion_scenes
 from .segmentation import Segmenter, build_segmenter, segmentation_loss

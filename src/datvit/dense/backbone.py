@@ -17,6 +17,7 @@ from torch import nn
 
 from ..models import DAT, VARIANTS
 from .config import BackboneConfig
+from .weights import load_backbone_weights
 
 STAGE_STRIDES = (4, 8, 16, 32)
 
@@ -81,7 +82,7 @@ class DenseBackbone(nn.Module):
     which ``load_backbone_weights`` loads. Frozen stages are excluded from training and kept in eval mode.
     """
 
-    def __init__(self, cfg: BackboneConfig, pretrained_cfg: Optional[dict] = None):
+    def __init__(self, cfg: BackboneConfig):
         super().__init__()
         self.cfg = cfg
         kwargs = dict(cfg.model_kwargs)
@@ -97,7 +98,7 @@ class DenseBackbone(nn.Module):
         self.out_indices = cfg.out_indices
         self.out_channels = list(self.body.feature_info.channels())
         self.strides = [STAGE_STRIDES[i] for i in cfg.out_indices]
-        self.pretrained_cfg = dict(getattr(self.body, "pretrained_cfg", None) or pretrained_cfg or {})
+        self.pretrained_cfg = dict(getattr(self.body, "pretrained_cfg", None) or {})
         dat = self.dat
         if dat is not None:
             # The authors' backbones have no norm (no keys) on stages outside out_indices.
@@ -107,21 +108,15 @@ class DenseBackbone(nn.Module):
             self.min_input_size = dat.min_input_size
         else:
             self.min_input_size = 32
-        self._frozen: list[nn.Module] = []
-        if cfg.frozen_stages >= 0:
-            self._freeze(cfg.frozen_stages, indices)
+        self._frozen = freeze_stages(self.body, cfg.frozen_stages, indices)
         if cfg.grad_checkpointing:
             self.set_grad_checkpointing(True)
         if cfg.weights:
-            from .weights import load_backbone_weights
             load_backbone_weights(self, cfg.weights)
 
     @property
     def dat(self) -> Optional[DAT]:
         return dat_of(self.body)
-
-    def _freeze(self, k: int, indices: list[int]) -> None:
-        self._frozen = freeze_stages(self.body, k, indices)
 
     def train(self, mode: bool = True) -> "DenseBackbone":
         super().train(mode)

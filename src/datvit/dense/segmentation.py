@@ -25,6 +25,7 @@ from torch import nn
 
 from .backbone import _timm_feature_indices, dat_of, freeze_stages, set_grad_checkpointing
 from .config import SegmenterConfig
+from .weights import load_backbone_weights
 
 
 class FCNHead(nn.Module):
@@ -92,7 +93,6 @@ class Segmenter(nn.Module):
         if bb.grad_checkpointing:
             set_grad_checkpointing(features, True)
         if bb.weights:
-            from .weights import load_backbone_weights
             load_backbone_weights(self, bb.weights)
 
     @property
