@@ -14,7 +14,6 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..train.errors import TrainingError
 
 # -- checkpoints back into models -------------------------------------------------------------------------------
 

@@ -421,6 +421,9 @@ class SegmentationTask(_DenseTask):
         if not args.data_dir:
             raise TrainingError("--data-dir is required: an ADE20K-style directory with images/<split>/*.jpg and "
                                 "annotations/<split>/*.png")
+        if args.crop_size % 32:
+            raise TrainingError(f"--crop-size {args.crop_size}: training crops must be multiples of 32 (the "
+                                "segmenters' output stride); evaluation pads any size")
         self.train_set = SegmentationFolder(args.data_dir, args.train_split, reduce_zero_label=args.reduce_zero_label,
                                             num_classes=args.num_classes)
         names = self.train_set.class_names

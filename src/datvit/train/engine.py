@@ -31,7 +31,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import datvit
 from datvit.inference.checkpoint_format import MODEL_KEYS, build_checkpoint, read_datvit_checkpoint
 from datvit.models import load_state_dict_checked
 
