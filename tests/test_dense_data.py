@@ -84,6 +84,9 @@ def _write_bad_coco(root: Path) -> None:
              segmentation=dict(size=[60, 80], counts="PPYo0")),                                     # mask size
         dict(id=5, image_id=1, category_id=3, bbox=[2, 2, 10, 10], segmentation=[], iscrowd=0),       # empty list
         dict(id=6, image_id=4, category_id=3, bbox=[2, 2, 10, 10], segmentation=poly, iscrowd=0),
+        dict(id=7, image_id=1, category_id=3, bbox=[22, 2, 10, 20], iscrowd=1,
+             segmentation=dict(size=[30, 40], counts=[662, 20, 10, 20, 10, 20, 10, 20, 10, 20, 10, 20, 10, 20, 10,
+                                                      20, 10, 20, 10, 20, 248])),                   # crowd RLE
     ]
     cats = [dict(id=3, name="cat"), dict(id=7, name="dog")]
     (root / "annotations" / "instances_val.json").write_text(json.dumps(dict(images=images, annotations=anns,
@@ -97,7 +100,7 @@ def test_coco_bad_input_is_skipped_and_counted(tmp_path):
     reasons = dict(ds.skipped)
     assert reasons == {"degenerate box (under 1 pixel inside the image)": 1, "category id not in 'categories'": 1,
                        "mask size differs from its image": 1, "empty or malformed polygon list": 1,
-                       "missing image file": 1}
+                       "missing image file": 1, "crowd annotation": 1}
     assert "missing.jpg" in ds.skip_examples["missing image file"] and "annotation 4 of ok.jpg" in ds.skip_summary()
     assert len(ds) == 3 and ds.empty_images == 1
     image, target = ds[0]
@@ -106,6 +109,10 @@ def test_coco_bad_input_is_skipped_and_counted(tmp_path):
     bad = ds[2]
     assert isinstance(bad, CorruptSample) and "50×30" in bad.error and bad.path.endswith("wrong_size.jpg")
     assert len(CocoDetection(tmp_path, "val", skip_empty=True)) == 2
+    crowd = CocoDetection(tmp_path, "val", include_crowd=True)
+    _, target = crowd[0]
+    assert target["iscrowd"].tolist() == [0, 1] and target["masks"][1].sum() == 200 and "crowd annotation" not in \
+        crowd.skipped
 
     # what survives goes through a detector without trouble (one image without objects, one corrupt dropped)
     batch = collate_detection([ds[i] for i in range(len(ds))])

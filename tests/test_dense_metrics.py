@@ -56,6 +56,18 @@ def test_coco_metric_perfect_predictions_and_a_hand_computed_recall():
     merged = CocoMetric(["shirt", "bag"]).merge([a.state(), b.state()]).compute()
     assert merged["bbox_mAP"] == pytest.approx(out["bbox_mAP"]) and merged["segm_mAP"] == pytest.approx(out["segm_mAP"])
 
+    # a confident detection on a crowd region is ignored (COCO's rule), not counted as a false positive
+    crowd_target = dict(targets[1], boxes=torch.tensor([[10.0, 10.0, 30.0, 35.0], [32.0, 2.0, 48.0, 38.0]]),
+                        labels=torch.tensor([1, 1]), iscrowd=torch.tensor([0, 1]))
+    crowd_target["masks"] = torch.stack([_box_mask(b) for b in crowd_target["boxes"]])
+    pred = dict(boxes=crowd_target["boxes"].flip(0), labels=torch.tensor([1, 1]), scores=torch.tensor([1.0, 0.5]))
+    for crowd, expected in ((True, 1.0), (False, 0.5)):
+        metric = CocoMetric(["shirt"])
+        t = crowd_target if crowd else dict(crowd_target, boxes=crowd_target["boxes"][:1],
+                                            labels=crowd_target["labels"][:1], iscrowd=torch.tensor([0]))
+        metric.update([pred], [{k: v for k, v in t.items() if k != "masks"}])
+        assert metric.compute()["bbox_mAP"] == pytest.approx(expected, abs=0.01)
+
     boxes_only = CocoMetric(["shirt", "bag"])
     boxes_only.update([{k: v for k, v in p.items() if k != "masks"} for p in half],
                       [{k: v for k, v in t.items() if k != "masks"} for t in targets])

@@ -115,3 +115,15 @@ def test_cnn_backbone_loads_a_timm_classification_checkpoint(tmp_path):
     report = load_backbone_weights(bb, path)
     assert set(report.ignored) == {"fc.weight", "fc.bias"}
     torch.testing.assert_close(bb.body.layer3[0].conv1.weight, state["layer3.0.conv1.weight"])
+
+
+def test_backbone_of_a_datvit_detector_checkpoint_fine_tunes_a_segmenter(tmp_path):
+    torch.manual_seed(4)
+    det = build_detector(tiny_detector("mask_rcnn", "datpp_tiny"))
+    path = tmp_path / "last.pth"
+    torch.save({"model": det.state_dict(), "epoch": 3}, path)
+    seg = build_segmenter(tiny_segmenter("upernet", "datpp_tiny"))
+    report = load_backbone_weights(seg, path)
+    assert report.layout == "datvit dense model" and any(k.startswith("fpn.") for k in report.ignored)
+    ref = det.backbone.body.dat.state_dict()
+    assert _same(seg.dat.state_dict(), ref, ref)

@@ -91,6 +91,16 @@ def test_other_models_are_counted_too():
     assert math.isclose(report.gflops, 1.82 * (64 / 224) ** 2, rel_tol=0.03)
     assert report.params == sum(p.numel() for p in model.parameters())
 
+    class ReadsValues(torch.nn.Module):          # .item() cannot run on meta: traced for real instead
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(x.flatten(1)[:, :8]) * (1.0 if x.sum().item() >= 0 else -1.0)
+
+    assert count_flops(ReadsValues(), (1, 4, 4)).macs == 8 * 4
+
 
 def test_cli_tables_json_and_errors(capsys, tmp_path):
     assert main(["flops", "--model", "datpp_tiny", "--json"]) == 0

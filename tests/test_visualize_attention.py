@@ -135,12 +135,15 @@ def test_cli_attention_figures_and_errors(tmp_path, capsys):
         assert png.format == "PNG" and png.size[0] > 800
     assert main(common + ["--top-queries", "2", "--blocks", "4", "--out", str(tmp_path / "top.png")]) == 0
     assert "2 deformable block(s), queries" in capsys.readouterr().out
-    assert main(common + ["--mode", "received"]) == 0
+    assert main(common + ["--mode", "received", "--blocks", "3,4"]) == 0
     assert (tmp_path / "photo_dat_received.png").is_file()
+    assert main(common + ["--blocks", "4.2"]) == 0                 # the sampled-points figure, one block
+    assert "wrote" in capsys.readouterr().out and (tmp_path / "photo_dat_points.png").is_file()
     capsys.readouterr()
 
     for extra, message in [(["--query", "64,3"], "outside the 64×64 input image"),
                            (["--query", "3,3", "--blocks", "5"], "stage 5 has no deformable"),
+                           (["--query", "1,1", "--img-size", "16"], "img_size 16 is too small"),
                            (["--mode", "queries"], "needs --query"),                 # these two: before loading
                            (["--query", "1,1", "--top-queries", "2"], "either --query or --top-queries")]:
         assert main(common + extra) == 2, extra

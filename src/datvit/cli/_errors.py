@@ -35,6 +35,10 @@ def _usage_errors() -> tuple[type, ...]:
 def error_line(command: str, error: BaseException) -> str:
     """The one line printed for ``error``."""
     text = str(error).strip() or type(error).__name__
+    if isinstance(error, OSError) and error.filename and error.strerror and not isinstance(error, FileNotFoundError):
+        text = f"{error.filename}: {error.strerror}"  # not "[Errno 13] Permission denied: '...'"
+    elif isinstance(error, FileNotFoundError) and error.filename and error.strerror:
+        text = f"{error.filename}: no such file or directory"
     return f"datvit {command}: error: {text.splitlines()[0] if len(text.splitlines()) > 3 else ' '.join(text.split())}"
 
 
@@ -47,7 +51,8 @@ def run_with_user_errors(command: str, func: Callable[[], Any]) -> int:
     try:
         result = func()
     except RunInterrupted as e:
-        print(f"datvit {command}: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank stops; rank 0 says so
+            print(f"datvit {command}: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         if debug_enabled():

@@ -52,6 +52,10 @@ def convert(args: argparse.Namespace) -> Path:
         raise ValueError(f"{existing[0]} already exists: pass --overwrite to replace it, or choose another DST_DIR")
     loaded = load_model(args.src, args.model, img_size=args.img_size, use_ema=args.use_ema,
                         trust_checkpoint=args.trust_checkpoint)
+    try:
+        dst.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create DST_DIR {dst}: {e.strerror or e}") from None
     config = hub_config(loaded.arch, loaded.data_config, loaded.model, loaded.class_names)
     weights, config_path = save_hub_directory(dst, loaded.model.state_dict(), config)
     n = sum(p.numel() for p in loaded.model.parameters())

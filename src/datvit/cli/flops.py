@@ -1,8 +1,9 @@
 """``datvit flops``: parameters and multiply-adds (the papers' "FLOPs") per stage and in total.
 
-Counted from a trace of the real model on the meta device (nothing is computed, any variant takes about a
-second), in the papers' convention: fvcore's count of convolutions, linear layers, matmuls, LayerNorms and
-bilinear sampling, one per multiply-add, on the reference path (neighborhood attention: k×k keys per query).
+Counted from a trace of the real model on the meta device (nothing is computed; a second or two per variant),
+in the papers' convention: fvcore's count of the authors' code — convolutions, linear layers and matmuls one per
+multiply-add, LayerNorm 5 per element, bilinear sampling 4 per output — on the reference path (neighborhood
+attention: k×k keys per query).
 Without --model it lists the eight released variants beside the published numbers; --ablation reproduces the
 seed's table of which stages use deformable attention."""
 from __future__ import annotations

@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "det": "detection / instance segmentation with a DAT backbone (Mask R-CNN, RetinaNet): train, eval, predict",
     "seg": "semantic segmentation with a DAT backbone (UperNet, Semantic FPN): train, eval, predict",
     "demo-dense": "train DAT and CNN detectors/segmenters on generated scenes offline, write a comparison report",
+    "export": "export a model to ONNX, torch.export (.pt2) or TorchScript, checked against eager",
 }
 
 

@@ -27,7 +27,7 @@ EPILOG = """examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("visualize", help="draw the deformable sampling points of a model on an image (PNG)",
+    p = subparsers.add_parser("visualize", help="draw where deformable attention samples and what it attends to (PNG)",
                               description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="datvit checkpoint or the authors' .pth (then give --model)")

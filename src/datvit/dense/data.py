@@ -59,7 +59,9 @@ class CocoDetection(Dataset, _SkipLog):
 
     Categories are numbered 1..K in the order of their COCO ids (``.categories`` holds the names, ``.category_ids``
     the COCO ids, so COCO's 80 classes with ids up to 90 become 1..80). Crowd annotations are left out of the
-    targets (counted as 'crowd annotation'). ``skip_empty`` drops images without usable annotations (mmdet's
+    targets (counted as 'crowd annotation'), except with ``include_crowd=True`` — for evaluation: the targets
+    then carry ``iscrowd`` and ``CocoMetric`` ignores detections on crowd regions as COCO's evaluation does (never
+    train on them: torchvision would take them for objects). ``skip_empty`` drops images without usable annotations (mmdet's
     ``filter_empty_gt`` for training; keep them for evaluation, where detections on them are false positives).
 
     ``__getitem__`` → ``(image, target)``: a ``tv_tensors.Image`` (uint8, 3×H×W) and ``{"boxes":
@@ -75,6 +77,7 @@ class CocoDetection(Dataset, _SkipLog):
         transforms: Optional[Callable] = None,
         skip_empty: bool = False,
         with_masks: bool = True,
+        include_crowd: bool = False,
         ann_file: Optional[str | os.PathLike] = None,
         image_dir: Optional[str | os.PathLike] = None,
     ):
@@ -107,6 +110,7 @@ class CocoDetection(Dataset, _SkipLog):
         label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
         self.transforms = transforms
         self.with_masks = with_masks
+        self.include_crowd = include_crowd
 
         self.empty_images = 0   # kept images without annotations (skip_empty=False)
         per_image: dict[Any, list] = {}
@@ -141,7 +145,8 @@ class CocoDetection(Dataset, _SkipLog):
 
     def _check_annotation(self, ann: dict, width: int, height: int, label_of: dict, name: str) -> Optional[dict]:
         where = f"annotation {ann.get('id')} of {name}"
-        if ann.get("iscrowd"):
+        crowd = int(bool(ann.get("iscrowd")))
+        if crowd and not self.include_crowd:
             self.skip("crowd annotation", where)
             return None
         label = label_of.get(ann.get("category_id"))
@@ -173,7 +178,7 @@ class CocoDetection(Dataset, _SkipLog):
             else:
                 self.skip("no segmentation (needed for masks)", where)
                 return None
-        return dict(box=[x0, y0, x1, y1], label=label, segmentation=seg)
+        return dict(box=[x0, y0, x1, y1], label=label, segmentation=seg, iscrowd=crowd)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -213,6 +218,8 @@ class CocoDetection(Dataset, _SkipLog):
             labels=torch.tensor([a["label"] for a in anns], dtype=torch.int64),
             image_id=s["id"],
         )
+        if self.include_crowd:
+            target["iscrowd"] = torch.tensor([a["iscrowd"] for a in anns], dtype=torch.int64)
         if self.with_masks:
             try:
                 target["masks"] = tv_tensors.Mask(torch.from_numpy(self._decode_masks(anns, h, w)))

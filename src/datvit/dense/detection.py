@@ -72,7 +72,7 @@ def _normalisation(cfg: DetectorConfig, body: DenseBackbone) -> tuple[list[float
     return list(mean), list(std)
 
 
-def check_detection_inputs(images, targets, num_classes: int) -> None:
+def check_detection_inputs(images, targets, num_classes: int, channels: int = 3) -> None:
     """Raise ValueError naming the problem for inputs torchvision would fail on deep inside."""
     if not isinstance(images, (list, tuple)) or not images:
         raise ValueError("detector input must be a non-empty list of C×H×W float image tensors")
@@ -80,8 +80,8 @@ def check_detection_inputs(images, targets, num_classes: int) -> None:
         if not isinstance(img, torch.Tensor) or img.ndim != 3 or not img.is_floating_point():
             raise ValueError(f"image {i}: expected a C×H×W float tensor in 0..1, got "
                              f"{getattr(img, 'dtype', type(img).__name__)} of shape {tuple(getattr(img, 'shape', ()))}")
-        if img.shape[0] != 3:
-            raise ValueError(f"image {i}: expected 3 channels, got {img.shape[0]}")
+        if img.shape[0] != channels:
+            raise ValueError(f"image {i}: expected {channels} channels, got {img.shape[0]}")
     if targets is None:
         return
     if len(targets) != len(images):
@@ -110,7 +110,8 @@ class _CheckedMixin:
     dense_num_classes: int
 
     def forward(self, images, targets=None):  # noqa: D401
-        check_detection_inputs(images, targets if self.training else None, self.dense_num_classes)
+        check_detection_inputs(images, targets if self.training else None, self.dense_num_classes,
+                               len(self.transform.image_mean))
         return super().forward(images, targets)
 
 

@@ -1,5 +1,5 @@
-"""Backbone weights for dense models: classification checkpoints (datvit's or the authors') and the backbone part of
-the authors' DAT-Detection / DAT-Segmentation checkpoints.
+"""Backbone weights for dense models: classification checkpoints (datvit's or the authors'), the backbone part of
+the authors' DAT-Detection / DAT-Segmentation checkpoints, and that of datvit's own detectors and segmenters.
 
 The authors' dense checkpoints are mmcv 1.x files: ``{"meta": ..., "state_dict": {"backbone.…", "neck.…",
 "rpn_head.…"/"roi_head.…"/"bbox_head.…", "decode_head.…", "auxiliary_head.…"}}`` (docs/dense.md). Their backbone
@@ -18,7 +18,6 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-import torch
 from torch import nn
 
 from ..models import DAT
@@ -26,6 +25,9 @@ from ..models.checkpoint import (CheckpointError, describe_architecture, extract
                                  read_checkpoint)
 
 _DENSE_PREFIXES = ("backbone.",)
+# Where the backbone sits inside datvit's own dense models (after extract_state_dict strips "backbone."): a
+# torchvision detector (backbone.body.body[.model]) and a Segmenter (net.encoder.model[.model]).
+_DATVIT_DENSE_PREFIXES = ("body.body.model.", "body.body.", "net.encoder.model.model.", "net.encoder.model.")
 _NORM_KEY = re.compile(r"norms\.(\d+)\.")
 
 
@@ -34,7 +36,7 @@ class WeightsReport:
     """What ``load_backbone_weights`` did."""
 
     path: str
-    layout: str                                  # "dense (mmdet/mmseg)" or "classification"
+    layout: str                                  # "dense (mmdet/mmseg)", "datvit dense model" or "classification"
     loaded: int = 0                              # tensors copied into the backbone
     resized: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)      # file keys that are not the backbone's
@@ -97,6 +99,15 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, use_ema: bo
     state = extract_state_dict(checkpoint, use_ema, source=path)
     report = WeightsReport(path, layout, ignored=list(others))
     own = backbone.state_dict()
+    # a datvit detector or segmenter checkpoint: take its backbone
+    overlap = len(own.keys() & state.keys())
+    for prefix in _DATVIT_DENSE_PREFIXES:
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if len(own.keys() & sub.keys()) > overlap:
+            report.layout = "datvit dense model"
+            report.ignored += [k for k in state if not k.startswith(prefix)]
+            state, overlap = sub, len(own.keys() & sub.keys())
+            break
     is_dat = isinstance(backbone, DAT)
     # the classifier is not part of a backbone
     if is_dat:

@@ -93,6 +93,16 @@ def _sniff(path: str) -> tuple[str, bytes]:
     return "other", head
 
 
+def _is_torchscript(path: str) -> bool:
+    """A torch.jit.save archive holds compiled code (``<name>/code/``) and ``constants.pkl``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False   # truncated: torch.load says so below
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
 class _InertUnpickler(pickle.Unpickler):
     """Resolves only the globals torch's weights-only loader allows (tensor rebuilders, OrderedDict, ...) plus
     the inert stand-ins of ``INERT_GLOBALS``; any other global is refused before anything is called."""
@@ -164,6 +174,9 @@ def read_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False) -> 
                                   f"{_first_line(e)}") from e
     if kind == "other":
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_describe_foreign_bytes(head)}")
+    if kind == "zip" and _is_torchscript(path):
+        raise CheckpointError(f"{path} is a TorchScript archive (torch.jit.save), not a checkpoint: its weights are "
+                              "torch.jit.load(path).state_dict()")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -312,7 +325,8 @@ def load_state_dict_checked(
     state = fit_state_dict(state_dict, model)
     own = model.state_dict()
     head_keys = [k for k in ("cls_head.weight", "cls_head.bias") if k in own and k in state]
-    if reset_head_on_mismatch and head_keys and any(state[k].shape != own[k].shape for k in head_keys):
+    other_classes = head_keys and state["cls_head.weight"].shape[0] != own["cls_head.weight"].shape[0]
+    if reset_head_on_mismatch and other_classes and all(state[k].shape[1:] == own[k].shape[1:] for k in head_keys):
         warnings.warn(f"{source}: classifier has {state['cls_head.weight'].shape[0]} classes, the model "
                       f"{own['cls_head.weight'].shape[0]}; the head is re-initialised", stacklevel=3)
         for k in head_keys:

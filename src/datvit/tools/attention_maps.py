@@ -201,7 +201,7 @@ def collect_deformable_attention(
         else:
             pts = np.array([(x, y) for y, x in (queries or [])], dtype=np.float64).reshape(-1, 2)
             query_cells = _cells_of(pts, (mh, mw), (ih, iw))
-        index = torch.as_tensor(query_cells[:, 0] * mw + query_cells[:, 1], dtype=torch.long)
+        index = torch.as_tensor(query_cells[:, 0] * mw + query_cells[:, 1], dtype=torch.long, device=attn.device)
         head_weights = attn[:, index].permute(1, 0, 2)                  # Q×heads×Ns
         weights = head_weights.reshape(len(index), G, heads // G, ns).sum(2) / heads
         query_pixels = np.stack([(query_cells[:, 1] + 0.5) * iw / mw, (query_cells[:, 0] + 0.5) * ih / mh], -1)

@@ -2,6 +2,7 @@
 transforms, Mixup/CutMix and label smoothing, top-1/top-5 evaluation — what ``datvit train`` runs."""
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 import torch
@@ -23,22 +24,6 @@ from .modeling import (arch_record, count_parameters, create_model, load_model_c
                        resolve_model_kwargs)
 from .precision import AmpPlan, autocast
 from .task import MetricSpec, StepOutput, Task
-
-
-def check_model_kwargs(kwargs: dict[str, Any]) -> None:
-    """Refuse an argument ``datvit.models.DAT`` does not take (a typo in --model-kwargs / --model-config) with
-    the closest valid name, instead of the constructor's TypeError deep inside timm."""
-    import difflib
-    import inspect
-
-    from datvit.models import DAT
-
-    valid = [n for n in inspect.signature(DAT.__init__).parameters if n != "self"]
-    for key in kwargs:
-        if key not in valid:
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else f"; valid: {', '.join(sorted(valid))}"
-            raise TrainingError(f"unknown model argument '{key}' in --model-kwargs/--model-config{hint}")
 
 
 def channels_for_mean(values: list[float], in_chans: int, name: str) -> list[float]:
@@ -132,13 +117,14 @@ class ClassificationTask(Task):
 
     def build_model(self) -> nn.Module:
         args = self.args
+        if args.model_config and not os.path.isfile(args.model_config):
+            raise TrainingError(f"--model-config {args.model_config}: no such file")
         config = load_model_config(args.model_config) if args.model_config else None
         self.model_kwargs = resolve_model_kwargs(
             args.model, config, args.model_kwargs, num_classes=args.num_classes, in_chans=args.in_chans,
             img_size=args.img_size, drop_path_rate=args.drop_path, drop_rate=args.drop)
         if args.img_size is None:
             args.img_size = int(self.model_kwargs.get("img_size", 224))
-        check_model_kwargs(self.model_kwargs)
         patch, stages = int(self.model_kwargs.get("patch_size", 4)), len(self.model_kwargs.get("dims") or [0] * 4)
         min_size = patch * 2 ** (stages - 1)  # = DAT.min_input_size, checked before building anything
         if args.img_size < min_size:
@@ -150,7 +136,7 @@ class ClassificationTask(Task):
         self.n_params = count_parameters(model)
         for path in (args.initial_checkpoint, args.pretrained_path):
             if path:
-                load_checkpoint(model, path)
+                load_checkpoint(model, path, trust_checkpoint=getattr(args, "trust_checkpoint", False))
                 self.log(f"loaded weights from {path}")
         if args.grad_checkpointing:
             model.set_grad_checkpointing(True)
@@ -176,10 +162,15 @@ class ClassificationTask(Task):
 
     def attach_transforms(self, model: nn.Module) -> None:
         args = self.args
-        self.train_set.transform = train_transform(
-            args.img_size, args.mean, args.std, interpolation=args.train_interpolation, no_aug=args.no_aug,
-            scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter,
-            auto_augment=args.aa, re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
+        try:
+            self.train_set.transform = train_transform(
+                args.img_size, args.mean, args.std, interpolation=args.train_interpolation, no_aug=args.no_aug,
+                scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
+                color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob, re_mode=args.remode,
+                re_count=args.recount)
+        except (AssertionError, KeyError) as e:  # timm asserts on an unknown --aa policy
+            raise TrainingError(f"the augmentation flags (--aa {args.aa}, --remode {args.remode}) are not valid: "
+                                f"{e}") from None
         if self.eval_set is not None:
             self.eval_set.transform = eval_transform(args.img_size, args.mean, args.std, args.crop_pct,
                                                      args.interpolation)
@@ -197,6 +188,8 @@ class ClassificationTask(Task):
         images, targets = batch.images, batch.targets
         use_mixup = self.mixup is not None and not (args.mixup_off_epoch and epoch >= args.mixup_off_epoch)
         weight = 1.0
+        if use_mixup and images is not None and images.shape[0] == 1:
+            images = None  # Mixup needs pairs: a batch left with one readable image would be trimmed to none
         if images is None:  # every image of this batch was unreadable: under DDP all ranks must still step
             c, s = args.in_chans, args.img_size
             images = torch.zeros(1, c, s, s)

@@ -79,6 +79,26 @@ def parse_literal(text: str) -> Any:
             return text
 
 
+def _bounded(kind: type, minimum: float, what: str):
+    """An argparse type: ``kind`` (int/float) at least ``minimum``; argparse turns the error into
+    ``datvit train: error: argument -b/--batch-size: must be ...`` and exit status 2."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < minimum or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    parse.__name__ = what
+    return parse
+
+
+positive_int = _bounded(int, 1, "a positive integer")
+non_negative_int = _bounded(int, 0, "an integer >= 0")
+non_negative_float = _bounded(float, 0.0, "a finite number >= 0")
+
+
 def _floats(n: Optional[int] = None):
     return dict(type=float, nargs=n or "+")
 
@@ -100,14 +120,14 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--val-split", default="val", help="evaluation split ('val'; Fashion-MNIST: its 10k test set)")
     g.add_argument("--dataset-download", action="store_true",
                    help="download Fashion-MNIST with torchvision into --data-dir if it is missing (needs internet)")
-    g.add_argument("--num-classes", type=int, default=None, help="classifier size (default: the dataset's)")
+    g.add_argument("--num-classes", type=positive_int, default=None, help="classifier size (default: the dataset's)")
     g.add_argument("--in-chans", type=int, default=None, help="input channels (Fashion-MNIST: 1, folders: 3)")
-    g.add_argument("--img-size", type=int, default=None, help="training/evaluation image size")
+    g.add_argument("--img-size", type=positive_int, default=None, help="training/evaluation image size")
     g.add_argument("--crop-pct", type=float, default=None, help="evaluation center-crop ratio (0.875)")
     g.add_argument("--mean", **_floats(), default=None, metavar="MEAN", help="normalisation mean per channel")
     g.add_argument("--std", **_floats(), default=None, metavar="STD", help="normalisation std per channel")
     g.add_argument("--interpolation", default=None, help="evaluation resize interpolation (bicubic)")
-    g.add_argument("--workers", "-j", type=int, default=min(4, max((os.cpu_count() or 1) - 1, 0)),
+    g.add_argument("--workers", "-j", type=non_negative_int, default=min(4, max((os.cpu_count() or 1) - 1, 0)),
                    help="DataLoader worker processes per rank")
     g.add_argument("--pin-mem", action="store_true", help="pin CPU memory of batches (GPU training)")
 
@@ -163,10 +183,10 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     fills default to None."""
     bool_flag = argparse.BooleanOptionalAction
     g = p.add_argument_group("optimizer and schedule")
-    g.add_argument("-b", "--batch-size", type=int, default=None, help="batch size per process")
-    g.add_argument("-vb", "--validation-batch-size", type=int, default=None, help="evaluation batch size")
-    g.add_argument("--epochs", type=int, default=None, action=TrainingLength, help="epochs to train")
-    g.add_argument("--iters", type=int, default=None, action=TrainingLength,
+    g.add_argument("-b", "--batch-size", type=positive_int, default=None, help="batch size per process")
+    g.add_argument("-vb", "--validation-batch-size", type=positive_int, default=None, help="evaluation batch size")
+    g.add_argument("--epochs", type=non_negative_int, default=None, action=TrainingLength, help="epochs to train")
+    g.add_argument("--iters", type=positive_int, default=None, action=TrainingLength,
                    help="optimizer updates to train instead of --epochs (rounded up to whole epochs; the authors' "
                         "segmentation configs count iterations)")
     g.add_argument("--opt", default=None, help="optimizer (timm name: adamw, sgd, lamb, ...)")
@@ -178,7 +198,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "segmentation: none on the names the authors exempt)")
     g.add_argument("--clip-grad", type=float, default=None, help="gradient clipping value (0: off)")
     g.add_argument("--clip-mode", default="norm", choices=("norm", "value", "agc"), help="gradient clipping mode")
-    g.add_argument("--lr", type=float, default=None,
+    g.add_argument("--lr", type=non_negative_float, default=None,
                    help="learning rate (default: lr-base × global batch / lr-base-size)")
     g.add_argument("--lr-base", type=float, default=None, help="learning rate at --lr-base-size")
     g.add_argument("--lr-base-size", type=int, default=None, help="global batch size of --lr-base")
@@ -207,7 +227,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--deterministic", action=bool_flag, default=False,
                    help="deterministic algorithms (slower on GPU; CPU runs are deterministic already)")
     g.add_argument("--seed", type=int, default=42, help="random seed (data order, augmentation, init)")
-    g.add_argument("--max-bad-steps", type=int, default=3, metavar="N",
+    g.add_argument("--max-bad-steps", type=non_negative_int, default=3, metavar="N",
                    help="stop after N consecutive steps with a non-finite loss (their updates are skipped and "
                         "no checkpoint is written after them); 0: never stop, keep skipping them")
 
@@ -215,10 +235,10 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--output", default="output/train", metavar="DIR", help="parent of the run directories")
     g.add_argument("--experiment", default=None,
                    help="run directory name under --output (default: <date>-<model>-<img-size>)")
-    g.add_argument("--checkpoint-hist", type=int, default=10, help="checkpoint-<epoch>.pth files to keep")
-    g.add_argument("--checkpoint-interval", type=int, default=1000,
+    g.add_argument("--checkpoint-hist", type=non_negative_int, default=10, help="checkpoint-<epoch>.pth files to keep")
+    g.add_argument("--checkpoint-interval", type=non_negative_int, default=1000,
                    help="also write last.pth every N optimizer steps within an epoch (0: only at epoch ends)")
-    g.add_argument("--log-interval", type=int, default=50, help="steps between progress-bar/curve updates")
+    g.add_argument("--log-interval", type=positive_int, default=50, help="steps between progress-bar/curve updates")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines still printed)")
 
     g = p.add_argument_group("weight averaging, memory and resume")
@@ -232,6 +252,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None, metavar="PATH|auto",
                    help="continue a run exactly from a checkpoint; 'auto' takes last.pth of the experiment "
                         "(--experiment, or the newest run under --output)")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="let --resume/--initial-checkpoint files that pickle Python objects besides tensors and "
+                        "configs run code while loading (only for files you trust; refused otherwise)")
     g.add_argument("--no-resume-opt", action="store_true",
                    help="with --resume: restore only the weights, not optimizer/scheduler/position")
     return p

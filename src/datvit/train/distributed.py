@@ -39,7 +39,7 @@ def resolve_device(device: Optional[str], local_rank: int = 0) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {device} requested but CUDA is not available")
+            raise ValueError(f"--device {device} requested but CUDA is not available")
         if dev.index is None:
             dev = torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
         torch.cuda.set_device(dev)

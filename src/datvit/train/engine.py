@@ -37,8 +37,7 @@ from datvit.models import load_state_dict_checked
 from ..utils.files import atomic_write_text, remove_stale_temp_files
 from . import distributed as dist_utils
 from .checkpointing import CheckpointManager, capture_rng_state, find_auto_resume, restore_rng_state
-from .classification import (ClassificationTask, channels_for_mean, check_model_kwargs,  # noqa: F401  (API)
-                             evaluate)
+from .classification import ClassificationTask, channels_for_mean, evaluate  # noqa: F401  (datvit.train's API)
 from .config import args_to_dict, default_experiment_name, scaled_lr
 from .errors import TrainingError
 from .metrics import (PLOTS, RunningSum, format_summary_line, plot_curves, summary_columns, task_plots,

@@ -1,0 +1,228 @@
+"""A/B measurements of single speed levers, each interleaved in one process (A, B, A, B, ...; the ratio of every
+pair; median and spread over the pairs), as docs/benchmarks.md "Levers" reports them.
+
+    python -m benchmarks.levers                          # every lever below (batch 32)
+    python -m benchmarks.levers attention dwconv --pairs 20
+    python -m benchmarks.levers adamw --models dat_tiny,swin
+
+Levers:
+* ``attention`` — biased attention forward+backward at dat_tiny's D-block shape (B×12 heads, 196 queries and keys,
+  per-batch bias) and stage-1 window shape (B·64 windows × 3 heads, 49×49, shared bias): the explicit form
+  (matmul, add, softmax, matmul) vs ``ChunkedBiasedAttention`` vs SDPA's math path (what SDPA does with a bias
+  that needs a gradient on CPU).
+* ``dwconv`` — DAT++'s depthwise 3×3 convolution forward+backward (ConvMlp hidden maps at stages 1 and 3):
+  oneDNN (mkldnn) vs ATen's native kernel, on the channels-last-strided input the fast path passes, and on an
+  NCHW-contiguous copy.
+* ``adamw`` — the optimizer step of a training step: torch's CPU default (per-parameter loop), foreach, fused.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Callable, Optional, Sequence
+
+from datvit.tools.benchmark import common
+
+
+def ab(fns: dict[str, Callable[[], object]], pairs: int, warmup: int = 2) -> dict[str, dict]:
+    """Interleaved timing of every function (order reversed every other round); per function the median ms and,
+    for every function after the first, the per-round ratio time(first) / time(function): median, min, max."""
+    import gc
+
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    gc.collect()
+    gc.disable()
+    try:
+        for i in range(pairs):
+            for k in (list(fns) if i % 2 == 0 else list(reversed(list(fns)))):
+                t0 = time.perf_counter()
+                fns[k]()
+                times[k].append(time.perf_counter() - t0)
+    finally:
+        gc.enable()
+    base = next(iter(fns))
+    out = {}
+    for k, t in times.items():
+        r = [a / b for a, b in zip(times[base], t)]
+        out[k] = dict(ms=1e3 * statistics.median(t), speedup=statistics.median(r), min=min(r), max=max(r))
+    return out
+
+
+def _print(title: str, res: dict[str, dict]) -> None:
+    print(f"\n{title}")
+    for k, v in res.items():
+        print(f"  {k:34s} {v['ms']:9.1f} ms   speed-up over the first {v['speedup']:.3f} "
+              f"(pairs {v['min']:.2f}–{v['max']:.2f})")
+
+
+def _flatten(t, n: int):
+    return t.reshape(n, *t.shape[-2:])
+
+
+def _chunked_attention_class():
+    """The dropped lever: the explicit form and its backward over chunks of the batch×heads axis (scores of one
+    chunk stay in cache). Same math as ``explicit_biased_attention`` (gradcheck-tested while it was in the
+    package, commit history of src/datvit/layers/attention.py)."""
+    import torch
+
+    class ChunkedBiasedAttention(torch.autograd.Function):
+        """softmax(q·kᵀ·scale + bias)·v with its backward, both computed over chunks of the batch×heads axis.
+
+        Same algorithm as the explicit form (``baddbmm``, ``softmax``, ``bmm``; the backward is softmax's own
+        ``_softmax_backward_data``), so it matches it to float rounding. What changes is the memory traffic: each
+        chunk's L×S scores are produced, normalised and consumed while they are still in cache, and the backward
+        writes the bias gradient straight into its buffer. Saved for backward: q, k, v and the probabilities.
+        """
+
+        @staticmethod
+        def forward(ctx, q, k, v, bias, scale: float, chunk_bytes: int = 1 << 20):
+            lead, L, S, c = q.shape[:-2], q.shape[-2], k.shape[-2], v.shape[-1]
+            n = lead.numel()
+            q3, k3, v3 = _flatten(q, n), _flatten(k, n), _flatten(v, n)
+            b3 = bias.expand(*lead, L, S).reshape(n, L, S)
+            chunk = max(1, chunk_bytes // (L * S * q.element_size()))
+            probs = q.new_empty(n, L, S)
+            out = q.new_empty(n, L, c)
+            for i in range(0, n, chunk):
+                s = slice(i, i + chunk)
+                scores = torch.baddbmm(b3[s], q3[s], k3[s].transpose(1, 2), alpha=scale)
+                torch.softmax(scores, -1, out=probs[s])
+                torch.bmm(probs[s], v3[s], out=out[s])
+            ctx.save_for_backward(q3, k3, v3, probs)
+            ctx.scale, ctx.chunk, ctx.lead, ctx.bias_shape = scale, chunk, lead, bias.shape
+            return out.view(*lead, L, c)
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            q3, k3, v3, probs = ctx.saved_tensors
+            n, L, S = probs.shape
+            g3 = _flatten(grad_out, n)
+            dq, dk, dv = torch.empty_like(q3), torch.empty_like(k3), torch.empty_like(v3)
+            dscores = torch.empty_like(probs)
+            for i in range(0, n, ctx.chunk):
+                s = slice(i, i + ctx.chunk)
+                torch.bmm(probs[s].transpose(1, 2), g3[s], out=dv[s])
+                dprobs = torch.bmm(g3[s], v3[s].transpose(1, 2))
+                dscores[s] = torch._softmax_backward_data(dprobs, probs[s], -1, probs.dtype)
+                torch.bmm(dscores[s], k3[s], out=dq[s]).mul_(ctx.scale)
+                torch.bmm(dscores[s].transpose(1, 2), q3[s], out=dk[s]).mul_(ctx.scale)
+            lead = ctx.lead
+            dbias = None
+            if ctx.needs_input_grad[3]:
+                dbias = dscores.view(*lead, L, S).sum_to_size(ctx.bias_shape)
+            return (dq.view(*lead, L, -1), dk.view(*lead, S, -1), dv.view(*lead, S, -1), dbias, None, None)
+
+    return ChunkedBiasedAttention
+
+
+def lever_attention(batch: int, pairs: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from datvit.layers import attention
+
+    chunked = _chunked_attention_class()
+
+    def case(lead, L, S, c, bias_shape):
+        g = torch.Generator().manual_seed(0)
+        q, k, v = (torch.randn(*lead, n, c, generator=g).requires_grad_() for n in (L, S, S))
+        bias = torch.randn(*bias_shape, generator=g).requires_grad_()
+        grad = torch.randn(*lead, L, c, generator=g)
+
+        def run(kind: str):
+            def step():
+                for t in (q, k, v, bias):
+                    t.grad = None
+                if kind == "sdpa-math":
+                    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+                elif kind == "chunked":
+                    out = chunked.apply(q, k, v, bias, c ** -0.5)
+                else:
+                    out = attention.biased_attention(q, k, v, bias)
+                out.backward(grad)
+            return step
+        return {"explicit": run("explicit"), "chunked": run("chunked"), "sdpa-math": run("sdpa-math")}
+
+    _print(f"D-block attention fwd+bwd, B={batch}, 12 heads, 196×196, c=32, per-batch bias",
+           ab(case((batch, 12), 196, 196, 32, (batch, 12, 196, 196)), pairs))
+    _print(f"window attention fwd+bwd, {batch}·64 windows, 3 heads, 49×49, c=32, shared bias",
+           ab(case((batch * 64, 3), 49, 49, 32, (1, 3, 49, 49)), pairs))
+
+
+def lever_dwconv(batch: int, pairs: int) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    for channels, size in ((256, 56), (1024, 14)):
+        g = torch.Generator().manual_seed(0)
+        x_cl = torch.randn(batch, size, size, channels, generator=g).permute(0, 3, 1, 2).requires_grad_()
+        x_nchw = x_cl.detach().contiguous().requires_grad_()
+        w = torch.randn(channels, 1, 3, 3, generator=g).requires_grad_()
+        grad_cl = torch.randn(batch, size, size, channels, generator=g).permute(0, 3, 1, 2)
+        grad_nchw = grad_cl.contiguous()
+
+        def run(x, grad, mkldnn: bool):
+            def step():
+                x.grad = w.grad = None
+                with torch.backends.mkldnn.flags(enabled=mkldnn):
+                    F.conv2d(x, w, None, 1, 1, 1, channels).backward(grad)
+            return step
+        _print(f"depthwise 3×3 fwd+bwd, B={batch}, {channels} channels, {size}×{size}",
+               ab({"mkldnn, channels-last": run(x_cl, grad_cl, True),
+                   "native, channels-last": run(x_cl, grad_cl, False),
+                   "mkldnn, NCHW": run(x_nchw, grad_nchw, True),
+                   "native, NCHW": run(x_nchw, grad_nchw, False)}, pairs))
+
+
+def lever_adamw(models: Sequence[str], pairs: int) -> None:
+    """One AdamW step over a model's parameters (random gradients): torch's CPU default (a loop over parameters)
+    vs ``foreach=True`` vs ``fused=True``."""
+    import torch
+
+    for name in models:
+        model = common.build_model(common.Subject(name, "fast") if common.is_dat(name) else common.Subject(name),
+                                   torch.device("cpu"))
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opts = {"default": torch.optim.AdamW(params, lr=1e-4),
+                "foreach": torch.optim.AdamW(params, lr=1e-4, foreach=True),
+                "fused": torch.optim.AdamW(params, lr=1e-4, fused=True)}
+        _print(f"AdamW step, {name} ({sum(p.numel() for p in params) / 1e6:.1f}M parameters)",
+               ab({k: o.step for k, o in opts.items()}, pairs))
+
+
+LEVERS = ("attention", "dwconv", "adamw")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.levers", description=__doc__.split("\n\n")[0])
+    p.add_argument("levers", nargs="*", default=list(LEVERS), help=f"from {LEVERS} (default: all)")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--pairs", type=int, default=15, help="interleaved rounds (default 15)")
+    p.add_argument("--models", default="dat_tiny", help="for the adamw lever (default dat_tiny)")
+    p.add_argument("--threads", type=int, default=None)
+    common.add_allocator_argument(p)
+    args = p.parse_args(argv)
+    common.apply_allocator(args.allocator)
+    threads = common.set_threads(args.threads)
+    print(f"{threads} threads, allocator {args.allocator}")
+    for lever in args.levers:
+        if lever == "attention":
+            lever_attention(args.batch, args.pairs)
+        elif lever == "dwconv":
+            lever_dwconv(args.batch, args.pairs)
+        elif lever == "adamw":
+            lever_adamw([common.resolve_model_name(m) for m in args.models.split(",") if m], args.pairs)
+        else:
+            p.error(f"unknown lever {lever!r}; choose from {LEVERS}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""tools/export.py and `datvit export`: ONNX run by onnxruntime, torch.export programs, atomic writes, and the
+one-line errors of the command."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from datvit.cli.main import main
+from datvit.inference import build_checkpoint
+from datvit.models.factory import arch_record, build_model, resolve_model_kwargs
+from datvit.tools.export import (ExportError, check_export, example_batch, export_onnx, export_torch, load_exported,
+                                 resolve_input_size)
+from test_tracing import small
+from train_helpers import TINY_MODEL_KWARGS
+
+
+# DAT++ also at a second, non-square size (a second export: H and W are fixed in the graph); DAT v1 gets its
+# second size, with padded windows, in test_cli_export_onnx_and_check. Each export takes seconds.
+@pytest.mark.parametrize("family,sizes", [("dat", [(64, 64)]), ("datpp", [(64, 64), (48, 80)])])
+def test_onnx_dynamic_batch_matches_fast_and_reference_paths(family, sizes, tmp_path):
+    """Batch dynamic (1 and 3 run from one file); onnxruntime matches the fast path and the reference path to
+    1e-4."""
+    m = small(family)
+    for h, w in sizes:
+        path = export_onnx(m, tmp_path / f"m{h}x{w}.onnx", (3, h, w))
+        graph = onnx.load(path)
+        assert {"GridSample"} <= {n.op_type for n in graph.graph.node}
+        assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch
+        run = load_exported(path, "onnx")
+        for b in (1, 3):
+            x = example_batch((3, h, w), b, seed=b)
+            with torch.no_grad():
+                fast = m(x)
+                reference = m.set_reference(True)(x)
+                m.set_reference(False)
+            out = run(x)
+            torch.testing.assert_close(out, fast, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
+        with pytest.raises(Exception):  # another spatial size is refused by the fixed graph
+            run(example_batch((3, h + 32, w), 1))
+
+
+def test_torch_export_file_and_atomic_replace(tmp_path):
+    m = small("datpp")
+    target = tmp_path / "model.pt2"
+    target.write_bytes(b"previous")
+    export_torch(m, target, (3, 64, 64))
+    check = check_export(target, "torch-export", m, (3, 64, 64), batch=3)
+    assert check.max_abs_diff < 1e-5 and check.input_shape == (3, 3, 64, 64)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]  # no staging files left behind
+    # a failing export leaves the earlier file as it was
+    keep = target.read_bytes()
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(m, target, (3, 64, 64), opset=13)
+    assert target.read_bytes() == keep
+
+
+def test_resolve_input_size():
+    m = small("dat")
+    assert resolve_input_size(m) == (3, 224, 224)
+    assert resolve_input_size(m, [96]) == (3, 96, 96) and resolve_input_size(m, [64, 48]) == (3, 64, 48)
+    with pytest.raises(ValueError, match="below this model's minimum input of 32×32"):
+        resolve_input_size(m, [64, 16])
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    kwargs = resolve_model_kwargs("dat_tiny", None, dict(TINY_MODEL_KWARGS), num_classes=3)
+    torch.manual_seed(0)
+    model = build_model("dat_tiny", kwargs).eval()
+    path = tmp_path_factory.mktemp("export") / "tiny.pth"
+    torch.save(build_checkpoint(model.state_dict(), arch=arch_record("dat_tiny", kwargs),
+                                data_config={"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3,
+                                             "crop_pct": 0.9, "interpolation": "bicubic"}), path)
+    return path, model
+
+
+def test_cli_export_onnx_and_check(tiny_checkpoint, tmp_path, capsys):
+    path, model = tiny_checkpoint
+    out = tmp_path / "sub" / "tiny.onnx"
+    assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(out),
+                 "--img-size", "48", "40"]) == 0
+    text = capsys.readouterr().out
+    assert "3×48×40, dynamic batch" in text and "onnxruntime (CPU) vs eager" in text and "max |Δ|" in text
+    diff = float(text.split("max |Δ| = ")[1].split()[0])
+    assert diff < 1e-4
+    x = example_batch((3, 48, 40), 2, seed=5)
+    with torch.no_grad():
+        np.testing.assert_allclose(load_exported(out, "onnx")(x).numpy(), model(x).numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("argv,message,code", [
+    (["--format", "onnx", "--img-size", "16"], "--img-size 16×16 is below this model's minimum input of 32×32", 2),
+    (["--format", "onnx", "--opset", "13"], "--opset 13 is too old", 2),
+    (["--format", "onnx", "--img-size", "1", "2", "3"], "--img-size takes H or H W", 2),
+])
+def test_cli_export_bad_arguments_one_line(tiny_checkpoint, tmp_path, capsys, argv, message, code):
+    path, _ = tiny_checkpoint
+    out = tmp_path / "x.onnx"
+    assert main(["export", "--checkpoint", str(path), "--output", str(out), *argv]) == code
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("datvit export: error: ") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_cli_export_unwritable_output_and_unknown_format(tiny_checkpoint, tmp_path, capsys):
+    path, _ = tiny_checkpoint
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(a_file / "m.onnx")]) == 2
+    assert "cannot create directory" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["export", "--checkpoint", str(path), "--format", "tflite", "--output", str(tmp_path / "m")])
+    assert e.value.code == 2 and "invalid choice: 'tflite'" in capsys.readouterr().err
+
+
+def test_missing_onnxruntime_is_an_export_error(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime → ImportError
+    with pytest.raises(ExportError, match="needs onnxruntime"):
+        load_exported(tmp_path / "m.onnx", "onnx")
