@@ -2,6 +2,8 @@
 (usage) or 1 (runtime failure); ``datvit --debug`` / ``DATVIT_DEBUG=1`` show the traceback instead."""
 from __future__ import annotations
 
+import os
+
 import errno
 
 import pytest
@@ -130,6 +132,7 @@ def test_exit_statuses_of_runtime_failures_and_signals(capsys):
 def test_debug_flag_and_environment_show_the_traceback(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         main(["--debug", "train", "--data-dir", str(tmp_path / "nowhere")])
+    assert "DATVIT_DEBUG" not in os.environ  # --debug lasts for its command only (main() also runs in-process)
     monkeypatch.setenv("DATVIT_DEBUG", "1")
     with pytest.raises(KeyError):
         run_with_user_errors("eval", lambda: {}["missing"])

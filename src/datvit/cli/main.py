@@ -50,12 +50,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if args.debug:  # read by datvit.cli._errors, and inherited by DataLoader workers and torchrun ranks
-        os.environ["DATVIT_DEBUG"] = "1"
     # freed tensor memory stays in malloc's heap: no page faults on every batch (DATVIT_CPU_ALLOCATOR=system: off)
     from ..runtime import tune_cpu_allocator
     tune_cpu_allocator()
-    return int(args.func(args) or 0)
+    if not args.debug:
+        return int(args.func(args) or 0)
+    # read by datvit.cli._errors, and inherited by DataLoader workers and torchrun ranks; only for this command
+    # (main() is also called in-process, e.g. by the demo and the tests)
+    previous = os.environ.get("DATVIT_DEBUG")
+    os.environ["DATVIT_DEBUG"] = "1"
+    try:
+        return int(args.func(args) or 0)
+    finally:
+        if previous is None:
+            del os.environ["DATVIT_DEBUG"]
+        else:
+            os.environ["DATVIT_DEBUG"] = previous
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class StopSignals:
             raise KeyboardInterrupt
 
     def __enter__(self) -> "StopSignals":
+        self.requested = None
         if threading.current_thread() is threading.main_thread():
             for sig in self.signals:
                 self._previous[sig] = signal.signal(sig, self._handle)
