@@ -58,6 +58,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _log(message: str, is_main: bool) -> None:
+    if is_main:
+        tqdm.write(message, file=sys.stdout)
+
+
+def _warn(message: str, is_main: bool) -> None:
+    if is_main:
+        tqdm.write(f"warning: {message}", file=sys.stderr)
+
+
 class Trainer:
     """Sets up the task's data and model, the optimizer, schedule, EMA and checkpoints from resolved ``args``;
     ``fit()`` trains. ``task`` defaults to classification (``datvit train``)."""
@@ -102,15 +112,16 @@ class Trainer:
     # -- setup ------------------------------------------------------------------------------------------------
 
     def log(self, message: str) -> None:
-        if self.is_main:
-            tqdm.write(message, file=sys.stdout)
+        _log(message, self.is_main)
 
     def warn(self, message: str) -> None:
-        if self.is_main:
-            tqdm.write(f"warning: {message}", file=sys.stderr)
+        _warn(message, self.is_main)
 
     def _setup_data(self) -> None:
-        self.task.bind(self.args, self.info, self.log, self.warn)
+        # plain functions, not bound methods: a task holding the Trainer would make a reference cycle that keeps
+        # the DataLoaders' persistent workers alive at exit (the process then hangs after its last line)
+        is_main = self.is_main
+        self.task.bind(self.args, self.info, lambda m: _log(m, is_main), lambda m: _warn(m, is_main))
         self.task.setup_data()
         self.train_set, self.eval_set = self.task.train_set, self.task.eval_set
         self.class_names = self.task.class_names
