@@ -18,10 +18,10 @@ pytest.importorskip("matplotlib")
 
 SMOKE_ARGS = ["--img-size", "64", "--batch-sizes", "1", "--train-batch-sizes", "1", "--iters", "1", "--warmup", "0",
               "--modes", "eager", "--no-compile", "--matmul-sizes", "128", "--module-batch", "1", "--train-iters",
-              "1", "--threads", "1"]
+              "1", "--threads", "1", "--onnx-models", ""]
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(400)
 def test_benchmark_smoke(tmp_path):
     from benchmarks import run
 
@@ -72,7 +72,7 @@ def test_benchmark_smoke(tmp_path):
     assert module["fast_vs_reference_max_abs_diff"] < 1e-3
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(400)
 def test_datvit_bench_outside_the_checkout(tmp_path):
     """``datvit bench`` needs nothing but the installed package: run from an empty directory with only the
     package's parent directory on the path (not the checkout, so ``benchmarks/`` is not importable)."""
@@ -104,6 +104,32 @@ def test_bench_bad_model_is_one_line(capsys):
     assert capsys.readouterr().err.strip().splitlines() == [
         "datvit bench: error: --models: unknown model(s) no_such_model (DAT variants: `datvit models`; or any timm "
         "model name)"]
+
+
+def test_onnxruntime_rows():
+    """The onnxruntime subject: exported with datvit.tools.export.export_onnx, timed next to eager, its ratio."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from datvit.tools.benchmark import common, report as rep, run
+
+    torch.manual_seed(0)
+    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                               torch.nn.Linear(4, 2)).eval()
+    subject = common.Subject("tiny")
+    x = torch.randn(2, 3, 16, 16)
+    fns, sessions, report = {}, {}, {"notes": []}
+    cfg = {"onnx_models": ["tiny", "absent"], "img_size": 16}
+    added = run._onnxruntime_subjects(cfg, [subject], {subject: tiny}, x, fns, sessions, report)
+    assert [s.label for s in added] == ["tiny:onnxruntime"] and report["notes"] == []
+    session = sessions["tiny:onnxruntime"]
+    out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), tiny(x), atol=1e-5, rtol=1e-5)
+    fns["tiny:onnxruntime"]()
+    rows = [dict(model="tiny", path="timm", mode="eager", kind="inference", batch=2, images_per_s=10.0),
+            dict(model="tiny", path="onnxruntime", mode="eager", kind="inference", batch=2, images_per_s=15.0)]
+    assert rep.onnxruntime_ratios(rows)[0]["onnxruntime_over_eager"] == 1.5
 
 
 def test_cli_registers_bench():

@@ -59,6 +59,12 @@ def test_torch_export_file_and_atomic_replace(tmp_path):
     assert target.read_bytes() == keep
 
 
+def test_cli_constants_match_the_tools():
+    import datvit.cli.export as cli
+    import datvit.tools.export as tools
+    assert cli.FORMATS == tools.FORMATS and cli.DEFAULT_OPSET == tools.DEFAULT_OPSET
+
+
 def test_resolve_input_size():
     m = small("dat")
     assert resolve_input_size(m) == (3, 224, 224)

@@ -134,6 +134,23 @@ def test_predict_prints_topk_and_keeps_going_past_bad_files(files, capsys, tmp_p
     assert code == 0 and len(out.strip().splitlines()) == 3 and "%" in out
 
 
+def test_predict_compile_flag_runs_through_optimize_for_inference(files, capsys, monkeypatch):
+    """--compile hands the model to datvit.optimize_for_inference (tests/test_deploy.py checks its outputs)."""
+    import datvit.deploy
+
+    seen = []
+
+    def fake_optimize(model, mode="default"):
+        seen.append(mode)
+        return model
+
+    monkeypatch.setattr(datvit.deploy, "optimize_for_inference", fake_optimize)
+    code = main(["predict", str(files["images"] / "0.png"), "--checkpoint", str(files["ours"]), "--compile",
+                 "--compile-mode", "max-autotune"])
+    capsys.readouterr()
+    assert code == 0 and seen == ["max-autotune"]
+
+
 def test_predict_names_imagenet_classes_for_a_1000_class_head(tmp_path, files, capsys):
     model, _ = tiny(num_classes=1000)
     path = tmp_path / "in1k.pth"

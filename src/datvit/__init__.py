@@ -11,6 +11,7 @@ import timm
 from torch import nn
 
 from .models import (DAT, VARIANTS, CheckpointError, from_authors_config, load_checkpoint, model_config)
+from .deploy import optimize_for_inference
 from .runtime import tune_cpu_allocator
 
 __version__ = "0.1.0"
@@ -30,4 +31,4 @@ def list_models() -> list[str]:
 
 
 __all__ = ["DAT", "VARIANTS", "CheckpointError", "create_model", "from_authors_config", "list_models",
-           "load_checkpoint", "model_config", "tune_cpu_allocator", "__version__"]
+           "load_checkpoint", "model_config", "optimize_for_inference", "tune_cpu_allocator", "__version__"]

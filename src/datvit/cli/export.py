@@ -1,10 +1,11 @@
 """``datvit export``: write a DAT / DAT++ checkpoint as ONNX, a ``torch.export`` program (.pt2) or TorchScript.
 
 The model is loaded by the inference layer like every other command (a datvit checkpoint or a safetensors +
-config.json directory records its architecture; the authors' .pth needs --model), exported on CPU in float32 with a dynamic batch size, written atomically, then checked: the
-file is run (onnxruntime on CPU, the loaded ExportedProgram, the loaded ScriptModule) against the eager model on a
-random batch of 2 and the largest logit difference is printed. ONNX and torch.export fix the image size
-(--img-size, default the checkpoint's); TorchScript takes any size."""
+config.json directory records its architecture; the authors' .pth needs --model), exported on CPU in float32
+with a dynamic batch size, written atomically, then checked: the file is run (onnxruntime on CPU, the loaded
+ExportedProgram, the loaded ScriptModule) against the eager model on a random batch of 2 and the largest logit
+difference is printed. ONNX and torch.export fix the image size (--img-size, default the checkpoint's);
+TorchScript takes any size."""
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,12 @@ EPILOG = """examples:
 CHECK_TOLERANCE = 1e-4
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..tools.export import DEFAULT_OPSET, FORMATS
+# The same as datvit.tools.export's (a test holds them equal); repeated so that `datvit --help` imports no torch.
+FORMATS = ("onnx", "torch-export", "torchscript")
+DEFAULT_OPSET = 20
 
+
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("export", help="export a model to ONNX, torch.export (.pt2) or TorchScript and check it",
                               description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None, metavar="FILE",
@@ -98,7 +102,7 @@ def _load(args: argparse.Namespace):
 
 
 def export(args: argparse.Namespace) -> None:
-    from ..tools.export import FORMATS, check_export, export_model, resolve_input_size, timed
+    from ..tools.export import check_export, export_model, resolve_input_size, timed
 
     if args.format not in FORMATS:
         raise ValueError(f"--format {args.format!r} is not one of {', '.join(FORMATS)}")

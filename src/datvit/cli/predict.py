@@ -36,6 +36,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="datvit checkpoint, the authors' .pth (then give --model), or a datvit convert directory")
     p.add_argument("--model", default=None, help="variant for checkpoints that do not record it, e.g. dat_tiny")
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
+    from ..deploy import add_inference_optimization_arguments
+    add_inference_optimization_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output (to stdout, or --output)")
     p.add_argument("--output", default=None, metavar="FILE", help="write the output to FILE instead of stdout")
     p.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass (default 32)")
@@ -104,6 +106,7 @@ def predict(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from ..deploy import optimize_from_args
     from ..inference import eval_transform, load_model
     from ..utils.files import atomic_write_text
     from ..utils.images import IMAGE_ERRORS, read_image
@@ -119,6 +122,7 @@ def predict(args: argparse.Namespace) -> int:
                         trust_checkpoint=args.trust_checkpoint)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = loaded.model.to(device)
+    forward = optimize_from_args(model, args)  # --compile: torch.compile with inductor freezing
     transform = eval_transform(loaded.data_config)
     labels = class_labels(loaded.class_names, int(model.num_classes))
     topk = min(args.topk, len(labels))
@@ -141,7 +145,7 @@ def predict(args: argparse.Namespace) -> int:
                 tqdm.write(f"datvit predict: error: cannot read image {path}: {why}", file=sys.stderr)
         if batch:
             with torch.inference_mode():
-                probs = model(torch.stack(batch).to(device)).float().softmax(-1).cpu()
+                probs = forward(torch.stack(batch).to(device)).float().softmax(-1).cpu()
             values, indices = probs.topk(topk, dim=-1)
             for path, vals, idxs in zip(names, values.tolist(), indices.tolist()):
                 results.append({"file": path, "predictions": [

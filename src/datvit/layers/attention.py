@@ -20,8 +20,8 @@ import torch.nn.functional as F
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
                      dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q·kᵀ/√c + bias)·v for q: …×L×c, k, v: …×S×c, bias broadcastable to …×L×S."""
-    explicit = (bias is not None and bias.requires_grad and torch.is_grad_enabled() and q.device.type == "cpu")
-    if not explicit:
+    # one condition, not a named flag: TorchScript refines the Optional bias only inside the test itself
+    if bias is None or not (bias.requires_grad and torch.is_grad_enabled() and q.device.type == "cpu"):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     attn = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
     attn = attn.add_(bias).softmax(dim=-1)

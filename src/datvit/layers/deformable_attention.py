@@ -11,7 +11,7 @@ built in a single broadcast (the heads of a group share its interpolation weight
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import torch
 import torch.fx
@@ -24,6 +24,12 @@ from .norm import ChannelLayerNorm
 from .ops import pointwise
 
 Generation = Literal["v1", "pp"]
+
+
+def _query_axis(n: int, dtype: torch.dtype, device: Optional[torch.device]) -> torch.Tensor:
+    if n == 1:
+        return torch.zeros(1, dtype=dtype, device=device)
+    return torch.arange(n, dtype=dtype, device=device).div(n - 1.0).mul(2.0).sub(1.0)
 
 
 def deformable_position_bias(table: torch.Tensor, pos: torch.Tensor, q_grid: torch.Tensor) -> torch.Tensor:
@@ -54,16 +60,18 @@ def reference_points(height: int, width: int, generation: str, batch: int = 1, d
     v1 divides by the size: ((i + 0.5) / H)·2 − 1. DAT++ divides by size − 1 (the grid is not centred), which is
     undefined for a size of 1: that axis is then 0.
     """
-    def axis(n: int) -> torch.Tensor:
-        i = torch.arange(n, dtype=dtype, device=device) + 0.5
-        if generation == "v1":
-            return i.div(n).mul(2.0).sub(1.0)
-        if n == 1:
-            return torch.zeros(1, dtype=dtype, device=device)
-        return i.div(n - 1.0).mul(2.0).sub(1.0)
-
-    ref = torch.stack(torch.meshgrid(axis(height), axis(width), indexing="ij"), dim=-1)
+    axes = [_reference_axis(height, generation, dtype, device), _reference_axis(width, generation, dtype, device)]
+    ref = torch.stack(torch.meshgrid(axes, indexing="ij"), dim=-1)
     return ref.unsqueeze(0).expand(batch, -1, -1, -1)
+
+
+def _reference_axis(n: int, generation: str, dtype: torch.dtype, device: Optional[torch.device]) -> torch.Tensor:
+    i = torch.arange(n, dtype=dtype, device=device) + 0.5
+    if generation == "v1":
+        return i.div(n).mul(2.0).sub(1.0)
+    if n == 1:
+        return torch.zeros(1, dtype=dtype, device=device)
+    return i.div(n - 1.0).mul(2.0).sub(1.0)
 
 
 @register_notrace_function  # branches on the map size (see layers/tracing.py)
@@ -76,20 +84,16 @@ def query_grid(height: int, width: int, generation: str, dtype: torch.dtype = to
     if generation == "v1":
         return reference_points(height, width, "v1", dtype=dtype, device=device)[0]
 
-    def axis(n: int) -> torch.Tensor:
-        if n == 1:
-            return torch.zeros(1, dtype=dtype, device=device)
-        return torch.arange(n, dtype=dtype, device=device).div(n - 1.0).mul(2.0).sub(1.0)
-
-    return torch.stack(torch.meshgrid(axis(height), axis(width), indexing="ij"), dim=-1)
+    axes = [_query_axis(height, dtype, device), _query_axis(width, dtype, device)]
+    return torch.stack(torch.meshgrid(axes, indexing="ij"), dim=-1)
 
 
 @register_notrace_function  # branches on the key-grid size (see layers/tracing.py)
 def offset_range(hk: int, wk: int, generation: str, like: torch.Tensor) -> torch.Tensor:
     """(y, x) scale of tanh(offset): 1/size (v1) or 1/max(size − 1, 1) (DAT++), as a tensor like ``like``."""
     if generation == "v1":
-        return like.new_tensor([1.0 / hk, 1.0 / wk])
-    return like.new_tensor([1.0 / max(hk - 1.0, 1.0), 1.0 / max(wk - 1.0, 1.0)])
+        return torch.tensor([1.0 / hk, 1.0 / wk], dtype=like.dtype, device=like.device)
+    return torch.tensor([1.0 / max(hk - 1.0, 1.0), 1.0 / max(wk - 1.0, 1.0)], dtype=like.dtype, device=like.device)
 
 
 torch.fx.wrap("reference_points")
@@ -134,6 +138,7 @@ class DeformableAttention(nn.Module):
         self.use_pe, self.dwc_pe, self.no_off = use_pe, dwc_pe, no_off
 
         pad = ksize // 2 if (generation == "v1" or ksize != stride) else 0
+        self.offset_conv_padding = pad  # TorchScript cannot read a Conv2d's stride/padding
         cg = self.group_dim
         self.conv_offset = nn.Sequential(
             nn.Conv2d(cg, cg, ksize, stride, pad, groups=cg),
@@ -191,22 +196,24 @@ class DeformableAttention(nn.Module):
         depthwise conv; LayerNorm and the final 1×1 conv then act on each group's Cg channels.
         """
         B = q.shape[0]
-        dw, ln, _, pw = self.conv_offset
+        dw, pw = self.conv_offset[0], self.conv_offset[3]
         weight = dw.weight.repeat(self.groups, 1, 1, 1)
-        bias = dw.bias.repeat(self.groups) if dw.bias is not None else None
-        h = F.conv2d(q.permute(0, 3, 1, 2), weight, bias, dw.stride, dw.padding, groups=self.dim)
+        dw_bias = dw.bias
+        bias = dw_bias.repeat(self.groups) if dw_bias is not None else None
+        h = F.conv2d(q.permute(0, 3, 1, 2), weight, bias, self.stride, self.offset_conv_padding, groups=self.dim)
         hk, wk = h.shape[-2:]
         h = h.permute(0, 2, 3, 1).reshape(B, hk, wk, self.groups, self.group_dim)
-        h = F.gelu(ln(h))
+        h = F.gelu(self.conv_offset[1](h))                           # the LayerNorm
         off = F.linear(h, pw.weight.flatten(1))                      # B×Hk×Wk×G×2
         return off.permute(0, 3, 1, 2, 4).reshape(B * self.groups, hk, wk, 2)
 
-    def forward(self, x: torch.Tensor, return_positions: bool = False):
+    def forward(self, x: torch.Tensor, return_positions: bool = False
+                ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Fast path. ``x``: B×H×W×C (normalised). Returns B×H×W×C, and with ``return_positions`` also the
         sampled positions and reference points, each B×G×Hk×Wk×2 (y, x) in [−1, 1]."""
         B, H, W, C = x.shape
         G, heads = self.groups, self.heads
-        q = pointwise(x, self.proj_q)
+        q = pointwise(x, self.proj_q.weight, self.proj_q.bias)
         if self.no_off:
             offset = x.new_zeros(B * G, H // self.stride, W // self.stride, 2)
         else:
@@ -223,23 +230,27 @@ class DeformableAttention(nn.Module):
         sampled = sampled.reshape(B, C, ns).transpose(1, 2).contiguous()      # B×Ns×C
         # k and v in one GEMM
         kv_weight = torch.cat([self.proj_k.weight.flatten(1), self.proj_v.weight.flatten(1)])
-        kv_bias = torch.cat([self.proj_k.bias, self.proj_v.bias])
+        k_bias, v_bias = self.proj_k.bias, self.proj_v.bias
+        assert k_bias is not None and v_bias is not None  # built with bias; says so to TorchScript
+        kv_bias = torch.cat([k_bias, v_bias])
         kv = F.linear(sampled, kv_weight, kv_bias).view(B, ns, 2, heads, self.head_dim)
         k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
         qh = q.reshape(B, H * W, heads, self.head_dim).transpose(1, 2)
 
-        bias = None
+        bias: Optional[torch.Tensor] = None
         if self.rpe_table is not None and not self.dwc_pe:
             grid = query_grid(H, W, self.generation, x.dtype, x.device)
             bias = deformable_position_bias(self.rpe_table, pos.reshape(B, G, ns, 2), grid).to(qh.dtype)
-        if self.capture_attention:
-            out = self._attention_captured(qh, k, v, bias)
-        else:
+        out: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():  # capturing is for eager visualisation; TorchScript skips this branch
+            if self.capture_attention:
+                out = self._attention_captured(qh, k, v, bias)
+        if out is None:
             out = biased_attention(qh, k, v, bias, self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, H, W, C)
-        if self.rpe_table is not None and self.dwc_pe:
+        if isinstance(self.rpe_table, nn.Conv2d):  # dwc_pe; isinstance lets TorchScript skip it for the table
             out = out + self.rpe_table(q.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        y = self.proj_drop(pointwise(out, self.proj_out))
+        y = self.proj_drop(pointwise(out, self.proj_out.weight, self.proj_out.bias))
         if return_positions:
             return y, pos.reshape(B, G, hk, wk, 2), reference.reshape(B, G, hk, wk, 2)
         return y

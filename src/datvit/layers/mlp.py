@@ -51,9 +51,10 @@ class ConvMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B×H×W×C."""
-        h = residual_depthwise_conv(pointwise(x, self.linear1[0]), self.dwc)
+        h = residual_depthwise_conv(pointwise(x, self.linear1[0].weight, self.linear1[0].bias), self.dwc.weight,
+                                    self.dwc.bias)
         h = self.drop1(F.gelu(h))
-        return self.drop2(pointwise(h, self.linear2[0]))
+        return self.drop2(pointwise(h, self.linear2[0].weight, self.linear2[0].bias))
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B×C×H×W."""

@@ -24,7 +24,7 @@ from .attention import biased_attention
 from .tracing import is_tracing
 
 
-def window_starts(length: int, kernel_size: int, device=None) -> torch.Tensor:
+def window_starts(length: int, kernel_size: int, device: Optional[torch.device] = None) -> torch.Tensor:
     """First key index of every query's window along one axis: clamp(i − k//2, 0, L − k)."""
     i = torch.arange(length, device=device)
     return (i - kernel_size // 2).clamp(0, length - kernel_size)
@@ -53,7 +53,7 @@ def neighborhood_attention_gather(q, k, v, rpb, kernel_size: int, attn_drop: nn.
     return torch.einsum("bhijxy,bhijxyc->bhijc", attn, v_n)
 
 
-def _tile_halo(length: int, tile: int, kernel_size: int, device):
+def _tile_halo(length: int, tile: int, kernel_size: int, device: Optional[torch.device]):
     """For tiles of ``tile`` queries along one axis: key rows of each tile's halo, validity and bias index.
 
     Returns ``keys`` (n_tiles×L_k) key indices, ``inside`` (n_tiles×tile×L_k) whether that key is in the window of
@@ -206,9 +206,11 @@ class NeighborhoodAttention2D(nn.Module):
         B, H, W, C = x.shape
         qkv = self._qkv(x)
         dropout = self.attn_drop.p if self.training else 0.0
-        if self._flex_enabled(x) and dropout == 0.0:
-            out = neighborhood_attention_flex(qkv, self.rpb, self.kernel_size)
-        else:
+        out: Optional[torch.Tensor] = None
+        if not torch.jit.is_scripting():  # flex_attention is compiled by dynamo, which TorchScript cannot call
+            if self._flex_enabled(x) and dropout == 0.0:
+                out = neighborhood_attention_flex(qkv, self.rpb, self.kernel_size)
+        if out is None:
             out = neighborhood_attention_tiled(qkv, self.rpb, self.kernel_size, self.tile_size, dropout)
         return self.proj_drop(self.proj(out[:, :H, :W]))
 

@@ -130,7 +130,8 @@ class DATStage(nn.Module):
             x = x + drop_path(mlp.reference_forward(norm2.reference_forward(x)))
         else:
             if self.use_lpu:
-                x = residual_depthwise_conv(x, self.local_perception_units[d])
+                lpu = self.local_perception_units[d]
+                x = residual_depthwise_conv(x, lpu.weight, lpu.bias)
             if isinstance(attn, DeformableAttention) and return_positions:
                 y, pos, ref = attn(norm1(x), return_positions=True)
                 positions = (pos, ref)
@@ -293,6 +294,12 @@ class DAT(nn.Module):
         """timm's ``custom_load`` hook: ``pretrained=True, pretrained_cfg_overlay=dict(file=...)`` lands here."""
         from .checkpoint import load_checkpoint
         load_checkpoint(self, path)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script(model)`` compiles: the same modules regrouped per block (``models/scripting.py``;
+        TorchScript cannot index ``ModuleList`` by a variable nor run the stage generator)."""
+        from .scripting import ScriptableDAT
+        return ScriptableDAT(self)
 
     def set_reference(self, enable: bool = True) -> "DAT":
         """Switch every layer between the fast path and the plain reference path (the authors' algorithm)."""

@@ -190,7 +190,9 @@ def load_exported(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor],
         with open(path, "rb") as f:  # a buffer: torch.export.load wants a .pt2 name otherwise
             module = torch.export.load(io.BytesIO(f.read())).module()
     elif fmt == "torchscript":
-        module = torch.jit.load(path, map_location="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.load's deprecation notice
+            module = torch.jit.load(path, map_location="cpu").eval()
     else:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 

@@ -15,6 +15,7 @@ import time
 from typing import Any, Mapping, Optional
 
 from ..data.loader import create_dataset, create_loader, resolve_dataset_kind
+from ..deploy import add_inference_optimization_arguments, optimize_from_args
 from ..inference import LoadedModel, eval_transform, load_model, resolve_data_config
 from ..models.factory import count_parameters
 from . import distributed as dist_utils
@@ -24,6 +25,7 @@ from .precision import resolve_amp
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """timm ``validate.py``'s flag names."""
+    add_inference_optimization_arguments(p)
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="datvit checkpoint (last.pth, best.pth, ...) or the authors' .pth (then give --model)")
     p.add_argument("--model", default=None,
@@ -109,7 +111,7 @@ def _run_eval(args: argparse.Namespace, info: dist_utils.DistInfo) -> dict[str, 
         import torch
         model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
-    result = evaluate(model, loader, info.device, amp, info, progress=not args.no_progress,
+    result = evaluate(optimize_from_args(model, args), loader, info.device, amp, info, progress=not args.no_progress,
                       desc=f"eval {os.path.basename(args.checkpoint)}", channels_last=args.channels_last)
     seconds = time.perf_counter() - start
     corrupt = sorted({c.path for part in dist_utils.gather_objects(result["corrupt"], info) for c in part})

@@ -39,13 +39,13 @@ DAT_PATHS = ("fast", "reference")
 
 # What FlopCounterMode counts (stated in the JSON and the docs).
 FLOP_COUNT_NOTE = (
-    "torch.utils.flop_counter.FlopCounterMode at batch 1, divided per image: counts 2 FLOPs per multiply-add of "
-    "mm/addmm/bmm/baddbmm, convolutions and their backward; scaled_dot_product_attention is forced to the MATH "
-    "backend while counting so its two matmuls are counted. Not counted: elementwise ops, softmax, norms, "
-    "activations, grid_sample, gathers, optimizer. The weight gradient of a convolution is counted like its "
-    "forward (torch's own formula ignores groups and overcounts depthwise convs by their channel count). For DAT the 'algorithmic' count is the reference path's (the "
-    "authors' algorithm); GFLOP/s of both DAT paths use it, so a faster path shows as more GFLOP/s. The fast "
-    "path's own count is given as 'executed' (DAT++'s tiled neighborhood attention computes extra masked scores).")
+    "datvit.tools.flops.count_flops (the `datvit flops` counter: a trace at batch 1 on the meta device; matrix "
+    "multiplies, convolutions, attention, grid_sample, norms in the papers' multiply-add convention), reported "
+    "here as FLOPs = 2 × multiply-adds so that GFLOP/s compares with the fp32 matmul peak; a training step counts "
+    "3× the forward. For DAT the count of the reference path (the authors' algorithm) is used for both paths, so a "
+    "faster path shows as more GFLOP/s; the fast path's own count is given as 'executed' (DAT++'s tiled "
+    "neighborhood attention computes extra masked scores). The DeformableAttention module benchmark counts with "
+    "FlopCounterMode while running (matmuls, convolutions and their backward).")
 
 
 def resolve_model_name(name: str) -> str:
@@ -62,13 +62,12 @@ class Subject:
     """One thing to time: a model and, for DAT models, which implementation ("fast" or "reference")."""
 
     model: str
-    path: str = "timm"   # "fast" | "reference" for DAT models, "timm" otherwise
+    path: str = "timm"   # "fast" | "reference" for DAT models, "timm" otherwise; "onnxruntime": exported model
 
     @property
     def label(self) -> str:
-        if self.path == "timm":
-            return SHORT_NAMES.get(self.model, self.model)
-        return f"{self.model}:{self.path}"
+        base = SHORT_NAMES.get(self.model, self.model)
+        return base if self.path == "timm" else f"{base}:{self.path}"
 
     @property
     def dat(self) -> bool:
@@ -259,6 +258,27 @@ def summarize(seconds: list[float], batch: int, background: Optional[list[float]
     return out
 
 
+def onnxruntime_session(model, img_size: int, directory: str):
+    """Export ``model`` with :func:`datvit.tools.export.export_onnx` (dynamic batch, fp32) into ``directory`` and
+    open it in onnxruntime's CPU provider (default session options: all graph optimisations)."""
+    import os
+
+    import onnxruntime as ort
+
+    from datvit.tools.export import export_onnx
+
+    path = export_onnx(model, os.path.join(directory, "model.onnx"), (3, img_size, img_size))
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def onnxruntime_fn(session, x):
+    feed = {session.get_inputs()[0].name: x.detach().cpu().numpy()}
+
+    def step():
+        session.run(None, feed)
+    return step
+
+
 def inference_fn(model, x, device, autocast: Optional[str]):
     import torch
 
@@ -330,28 +350,19 @@ def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
     return int(counter.get_total_flops()), by_op
 
 
-def model_flops(model, img_size: int, device) -> dict[str, Any]:
-    """Forward (eval) and training-step (forward+backward) FLOPs per image at batch 1."""
-    import torch
+def model_flops(model, img_size: int, device=None, path: str = "reference") -> dict[str, Any]:
+    """Forward and training-step FLOPs per image from :func:`datvit.tools.flops.count_flops` (the ``datvit
+    flops`` counter: a meta-device trace, the papers' multiply-adds incl. attention and grid_sample), as FLOPs
+    (2 per multiply-add, the unit of the matmul peak). A training step counts 3× the forward (backward ≈ 2×
+    forward, the usual convention). ``path``: "reference" or "fast" for DAT models (ignored for others)."""
+    from datvit.tools.flops import count_flops as count_model_flops
 
-    x, y = random_batch(1, img_size, device)
-    was_training = model.training
-    model.eval()
-
-    def fwd():
-        with torch.no_grad():
-            model(x)
-    forward, by_op = count_flops(fwd)
-    model.train()
-
-    def fwd_bwd():
-        out = model(x)
-        torch.nn.functional.cross_entropy(out, y).backward()
-    train, _ = count_flops(fwd_bwd)
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
-    return {"forward_gflop": forward / 1e9, "train_gflop": train / 1e9, "forward_by_op_gflop":
-            {k: v / 1e9 for k, v in by_op.items()}}
+    is_dat = hasattr(model, "set_reference")
+    report = count_model_flops(model, (3, img_size, img_size), path=path if is_dat else "reference")
+    forward = 2 * report.macs
+    return {"forward_gflop": forward / 1e9, "train_gflop": 3 * forward / 1e9,
+            "forward_by_op_gflop": {k: 2 * v / 1e9 for k, v in report.by_op().items()},
+            "params_m": report.params / 1e6}
 
 
 # -- matmul peak ---------------------------------------------------------------------------------------------------

@@ -94,6 +94,20 @@ def train_spread_table(spread: list[dict]) -> str:
     return _md_table(["subject", "over", "mode", "batch", "median ratio", "spread (min–max)", "per run"], rows)
 
 
+def onnxruntime_ratios(results: list[dict]) -> list[dict]:
+    """onnxruntime rows against PyTorch eager of the same model and batch (DAT: the fast path), same run."""
+    out = []
+    for r in results:
+        if r.get("path") != "onnxruntime":
+            continue
+        eager = (_find(results, model=r["model"], path="fast", mode=r["mode"], kind=r["kind"], batch=r["batch"])
+                 or _find(results, model=r["model"], path="timm", mode=r["mode"], kind=r["kind"], batch=r["batch"]))
+        out.append(dict(model=r["model"], batch=r["batch"], onnxruntime_images_per_s=r["images_per_s"],
+                        eager_images_per_s=eager and eager["images_per_s"],
+                        onnxruntime_over_eager=eager and r["images_per_s"] / eager["images_per_s"]))
+    return out
+
+
 def check_targets(ratios: list[dict], mode: str = "eager") -> list[dict]:
     out = []
     for t in TARGETS:
@@ -185,18 +199,24 @@ def targets_table(targets: list[dict]) -> str:
 
 
 def compile_table(compiles: list[dict]) -> str:
+    """One row per compile measurement; 'compiled / Swin-T compiled' divides by timm's Swin-T under the same
+    treatment (same kind, batch and mode; separate processes, so less exact than the in-process ratios)."""
+    swin = {(c["kind"], c["batch"], c["mode"]): c["compiled"]["images_per_s"] for c in compiles
+            if c.get("status") == "ok" and c.get("label") == "swin_t"}
     rows = []
     for c in compiles:
+        treatment = c["mode"] + (" + freezing" if c.get("freezing") else "")
         if c.get("status") == "ok":
-            rows.append([c["label"], c["kind"], str(c["batch"]), c["mode"], "ok", _fmt(c["compile_s"], ".0f"),
-                         _fmt(c["compiled"]["images_per_s"], ".2f"), _fmt(c["eager_same_process"]["images_per_s"],
-                                                                          ".2f"),
-                         _fmt(c["speedup_vs_eager"], ".2f")])
+            base = swin.get((c["kind"], c["batch"], c["mode"]))
+            rows.append([c["label"], c["kind"], str(c["batch"]), treatment, "ok", _fmt(c["compile_s"], ".0f"),
+                         _fmt(c["compiled"]["images_per_s"], ".2f"),
+                         _fmt(c["eager_same_process"]["images_per_s"], ".2f"), _fmt(c["speedup_vs_eager"], ".2f"),
+                         _fmt(base and c["compiled"]["images_per_s"] / base, ".2f")])
         else:
-            rows.append([c["label"], c["kind"], str(c["batch"]), c["mode"], c.get("status", "?"),
-                         _fmt(c.get("wall_s"), ".0f") + " (wall)", "–", "–", "–"])
+            rows.append([c["label"], c["kind"], str(c["batch"]), treatment, c.get("status", "?"),
+                         _fmt(c.get("wall_s"), ".0f") + " (wall)", "–", "–", "–", "–"])
     return _md_table(["model", "kind", "batch", "mode", "status", "compile s", "compiled img/s",
-                      "eager img/s (same process)", "compiled / eager"], rows)
+                      "eager img/s (same process)", "compiled / eager", "compiled / Swin-T compiled"], rows)
 
 
 def module_table(module: dict) -> str:
@@ -242,6 +262,12 @@ def markdown_report(report: dict) -> str:
         "",
         targets_table(report["targets"]),
     ]
+    if report.get("onnxruntime"):
+        rows = [[r["model"], str(r["batch"]), _fmt(r["onnxruntime_images_per_s"], ".2f"),
+                 _fmt(r["eager_images_per_s"], ".2f"), _fmt(r["onnxruntime_over_eager"], ".2f")]
+                for r in report["onnxruntime"]]
+        parts += ["", "## ONNX Runtime (CPU, fp32) next to PyTorch eager, interleaved", "",
+                  _md_table(["model", "batch", "onnxruntime img/s", "eager img/s", "onnxruntime / eager"], rows)]
     if report.get("train_ratio_spread"):
         parts += ["", "## Training steps: ratios per interleaved run (> 1 = the subject is faster)", "",
                   train_spread_table(report["train_ratio_spread"])]
@@ -254,7 +280,7 @@ def markdown_report(report: dict) -> str:
     if flops:
         rows = [[k, _fmt(v["forward_gflop"], ".3f"), _fmt(v.get("executed_fast_forward_gflop"), ".3f"),
                  _fmt(v["train_gflop"], ".3f")] for k, v in flops.items()]
-        parts += ["", "## FLOPs per image (FlopCounterMode)", "",
+        parts += ["", "## FLOPs per image (datvit.tools.flops.count_flops, 2 FLOPs per multiply-add)", "",
                   _md_table(["model", "forward GFLOP", "fast path executes GFLOP", "train step GFLOP"], rows)]
     if report.get("notes"):
         parts += ["", "## Notes", ""] + [f"* {n}" for n in report["notes"]]

@@ -63,10 +63,16 @@ def add_arguments(p: argparse.ArgumentParser, default_out: str = DEFAULT_OUT) ->
                         "bf16-compile; default eager,compile on CPU and eager,bf16,compile on CUDA")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it can take many minutes on CPU)")
     p.add_argument("--compile-models", default="dat_tiny",
-                   help="models to torch.compile (fast path for DAT; default dat_tiny)")
+                   help="models to torch.compile (fast path for DAT; default dat_tiny; e.g. "
+                        "dat_tiny,datpp_tiny,swin,convnext for all under the same treatment)")
     p.add_argument("--compile-kinds", default="inference,train", help="default inference,train")
     p.add_argument("--compile-batch-sizes", default=None,
                    help="batch sizes for compile runs (default: the largest inference and training batch)")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode: default, max-autotune, ... (default: default)")
+    p.add_argument("--no-freezing", action="store_true",
+                   help="compile inference without inductor freezing (default: with it, as "
+                        "datvit.optimize_for_inference deploys)")
     p.add_argument("--compile-timeout", type=float, default=900.0,
                    help="seconds per compile measurement before it is abandoned (default 900)")
     p.add_argument("--iters", type=int, default=5,
@@ -89,6 +95,9 @@ def add_arguments(p: argparse.ArgumentParser, default_out: str = DEFAULT_OUT) ->
     p.add_argument("--memory-fraction", type=float, default=0.85,
                    help="cap each training process's memory at this fraction of the memory available when it "
                         "starts, so that a model too big for the machine fails cleanly (default 0.85; 0: no cap)")
+    p.add_argument("--onnx-models", default="dat_tiny,swin",
+                   help="models also timed in onnxruntime (CPU, fp32, exported with datvit.tools.export.export_onnx) "
+                        "next to PyTorch eager inference; '' for none (default dat_tiny,swin)")
     p.add_argument("--no-module", action="store_true", help="skip the DeformableAttention module benchmark")
     p.add_argument("--module-batch", type=int, default=8, help="batch of the module benchmark (default 8)")
     p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (then no GFLOP/s)")
@@ -155,6 +164,8 @@ def _resolve(args: argparse.Namespace, device) -> dict[str, Any]:
     else:
         cfg["compile_batch_sizes"] = None   # largest inference / training batch
     cfg["compile_timeout_s"] = args.compile_timeout
+    cfg["compile_mode"] = args.compile_mode
+    cfg["freezing"] = not args.no_freezing
     cfg["img_size"] = args.img_size
     cfg["skip"] = _str_list(args.skip)
     for item in cfg["skip"]:
@@ -165,6 +176,7 @@ def _resolve(args: argparse.Namespace, device) -> dict[str, Any]:
     cfg["train_runs"] = 1 if args.quick else max(1, args.train_runs)
     cfg["train_memory"] = not args.no_train_memory
     cfg["memory_fraction"] = args.memory_fraction
+    cfg["onnx_models"] = [common.resolve_model_name(m) for m in _str_list(args.onnx_models or "")]
     cfg["module"] = not args.no_module
     cfg["module_batch"] = args.module_batch
     cfg["flops"] = not args.no_flops
@@ -274,6 +286,33 @@ def module_benchmark(device, batch: int, warmup: int, iters: int, autocast: Opti
     return out
 
 
+def _onnxruntime_subjects(cfg: dict, subjects: list, models: dict, x, fns: dict, sessions: dict,
+                          report: dict) -> list:
+    """ONNX Runtime (CPU, fp32) subjects for ``--onnx-models``, added to ``fns``: each model exported once (for a
+    DAT model its fast-path module with the same weights) and kept in ``sessions``; a failure becomes a note."""
+    import tempfile
+
+    added = []
+    for name in cfg["onnx_models"]:
+        source = next((s for s in subjects if s.model == name and s.path in ("fast", "timm")), None)
+        if source is None:
+            continue
+        subject = common.Subject(name, "onnxruntime")
+        if subject.label in sessions and sessions[subject.label] is None:   # its export failed before
+            continue
+        try:
+            if subject.label not in sessions:
+                _log(f"exporting {name} to ONNX for onnxruntime")
+                sessions[subject.label] = common.onnxruntime_session(models[source], cfg["img_size"],
+                                                                     tempfile.mkdtemp(prefix="datvit-bench-onnx-"))
+            fns[subject.label] = common.onnxruntime_fn(sessions[subject.label], x)
+            added.append(subject)
+        except Exception as exc:  # noqa: BLE001 (an exporter or runtime failure must not end the benchmark)
+            sessions[subject.label] = None
+            report["notes"].append(f"onnxruntime row of {name} skipped: {str(exc).strip().splitlines()[0][:300]}")
+    return added
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -334,15 +373,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             _log(f"counting FLOPs of {name}")
             if common.is_dat(name):
                 base = sources.get(name) or common.build_model(common.Subject(name, "fast"), device, cfg["img_size"])
-                ref = common.build_model(common.Subject(name, "reference"), device, cfg["img_size"], source=base)
-                fast = common.build_model(common.Subject(name, "fast"), device, cfg["img_size"], source=base)
-                flops[name] = common.model_flops(ref, cfg["img_size"], device)
-                executed = common.model_flops(fast, cfg["img_size"], device)
+                flops[name] = common.model_flops(base, cfg["img_size"], path="reference")
+                executed = common.model_flops(base, cfg["img_size"], path="fast")
                 flops[name]["executed_fast_forward_gflop"] = executed["forward_gflop"]
                 flops[name]["executed_fast_train_gflop"] = executed["train_gflop"]
-                del ref, fast
             else:
-                flops[name] = common.model_flops(models[common.Subject(name)], cfg["img_size"], device)
+                flops[name] = common.model_flops(models[common.Subject(name)], cfg["img_size"])
         report["flops"] = flops
         report["flops_note"] = common.FLOP_COUNT_NOTE
         if "dat_tiny" in flops:
@@ -365,6 +401,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[dict] = []
     _save_partial(report, out_dir)
     # --- in-process, interleaved timing
+    onnx_sessions: dict[str, Any] = {}
     for mode in [m for m in cfg["modes"] if m in IN_PROCESS_MODES]:
         autocast = _autocast_for(mode)
         for batch in cfg["batch_sizes"]:
@@ -375,6 +412,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for s in timed:
                 models[s].eval()
                 fns[s.label] = common.inference_fn(models[s], x, device, autocast)
+            if mode == "eager" and device.type == "cpu":
+                timed += _onnxruntime_subjects(cfg, subjects, models, x, fns, onnx_sessions, report)
             bg: dict[str, list[float]] = {}
             times = common.time_interleaved(fns, cfg["warmup"], _iters_for(batch, cfg["iters"]), device, bg)
             for s in timed:
@@ -385,7 +424,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _log(f"  {s.label:28s} {row['images_per_s']:8.2f} img/s")
             report["results"] = results
             _save_partial(report, out_dir)
-    del models, sources
+    del models, sources, onnx_sessions
     if device.type == "cuda":
         torch.cuda.empty_cache()
 
@@ -482,9 +521,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     res = worker.run_in_subprocess(dict(
                         task="compile", model=s.model, path=s.path, kind=kind, batch=batch, device=str(device),
                         img_size=cfg["img_size"], threads=threads, autocast=_autocast_for(mode),
-                        warmup=1, iters=max(3, min(cfg["iters"], 5)), wait_quiet=cfg["wait_quiet_s"]),
+                        warmup=1, iters=max(3, min(cfg["iters"], 5)), wait_quiet=cfg["wait_quiet_s"],
+                        compile_mode=cfg["compile_mode"], freezing=cfg["freezing"] and kind == "inference"),
                         timeout=cfg["compile_timeout_s"])
-                    entry = dict(s.as_dict(), mode=mode, kind=kind, batch=batch, **res)
+                    entry = dict(s.as_dict(), mode=mode, kind=kind, batch=batch,
+                                 freezing=cfg["freezing"] and kind == "inference", **res)
                     compiles.append(entry)
                     if res.get("status") == "ok":
                         _log(f"  compile {res['compile_s']:.0f}s, {res['compiled']['images_per_s']:.2f} img/s, "
@@ -522,6 +563,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if r.get("gflops") is not None and not _autocast_for(r["mode"]):
                     r["fraction_of_peak"] = r["gflops"] / peaks["float32"]
     report["ratios"] = rep.compute_ratios(results)
+    report["onnxruntime"] = rep.onnxruntime_ratios(results)
     report["targets"] = rep.check_targets(report["ratios"], "eager")
     if device.type != "cpu":
         report["notes"].append("the targets of issue 4 are defined for the 2-core CPU; on this device they are "

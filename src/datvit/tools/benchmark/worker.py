@@ -7,7 +7,8 @@ with TASK a JSON object; the result is printed as one line ``BENCH_RESULT {json}
   the first step. (getrusage's ru_maxrss is not used: Linux carries it over from the parent across fork/exec.) On
   CUDA ``max_memory_allocated``. The address space is capped (``memory_fraction`` of the available memory) so a
   run too big for the machine ends with ``out_of_memory`` rather than the kernel's OOM killer.
-* ``compile`` — ``torch.compile`` (inductor, default mode) of one model for inference or a training step: the first
+* ``compile`` — ``torch.compile`` (inductor; for inference by default with freezing, through
+  ``datvit.optimize_for_inference``) of one model for inference or a training step: the first
   call (which compiles) is timed, then the compiled and the eager model are timed interleaved in the same process.
   A fresh inductor cache directory is used, so the compile time is a cold compile. The parent enforces a timeout.
 """
@@ -123,7 +124,15 @@ def compile_task(task: dict[str, Any]) -> dict[str, Any]:
     autocast = task.get("autocast")
     model = common.build_model(subject, device, img)
     x, y = common.random_batch(batch, img, device)
-    compiled = torch.compile(model, fullgraph=bool(task.get("fullgraph", False)))
+    mode = task.get("compile_mode") or "default"
+    if kind == "inference" and task.get("freezing", True):
+        from datvit.deploy import optimize_for_inference
+
+        # what a deployment runs: inductor freezing (constant weights, pre-packed GEMMs) under no_grad
+        compiled = optimize_for_inference(model, mode=mode, fullgraph=bool(task.get("fullgraph", False)))
+    else:
+        compiled = torch.compile(model, mode=None if mode == "default" else mode,
+                                 fullgraph=bool(task.get("fullgraph", False)))
     if kind == "inference":
         model.eval()
         eager = common.inference_fn(model, x, device, autocast)

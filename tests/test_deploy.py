@@ -1,0 +1,52 @@
+"""``datvit.optimize_for_inference``: torch.compile with inductor freezing gives eager's outputs (1e-4) on a tiny DAT
+(one L and one D block per stage); the options are validated; the CLI flag helper."""
+from __future__ import annotations
+
+import argparse
+
+import pytest
+import timm
+import torch
+
+import datvit
+from datvit.deploy import (InferenceOptimization, add_inference_optimization_arguments, optimize_for_inference,
+                           optimize_from_args)
+from train_helpers import TINY_MODEL_KWARGS
+
+
+@pytest.mark.timeout(600)
+def test_compiled_with_freezing_matches_eager():
+    """The compile is the slow part (~1 min on 2 idle cores): the smallest model with both attention kinds."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    kwargs = dict(TINY_MODEL_KWARGS, depths=[1, 1, 1, 1], stage_spec=[["L"], ["L"], ["D"], ["D"]])
+    model = timm.create_model("dat_tiny", num_classes=5, **kwargs)
+    with torch.no_grad():    # offsets that move: the deformable sampling is exercised
+        for m in model.modules():
+            if isinstance(m, datvit.layers.DeformableAttention):
+                m.conv_offset[3].weight.normal_(0, 0.5)
+    x = torch.randn(3, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    fast = optimize_for_inference(model)
+    assert fast.optimization.freezing and not any(p.requires_grad for p in model.parameters())
+    torch.testing.assert_close(fast(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_options_are_checked():
+    with pytest.raises(ValueError, match="compile mode"):
+        InferenceOptimization(mode="fastest")
+    with pytest.raises(ValueError, match="freezing needs compile"):
+        InferenceOptimization(compile=False)
+    eager = optimize_for_inference(torch.nn.Linear(2, 2).train(), compile=False, freezing=False)
+    assert not eager.original.training
+
+
+def test_flag_helper():
+    p = argparse.ArgumentParser()
+    add_inference_optimization_arguments(p)
+    model = torch.nn.Linear(2, 2)
+    assert optimize_from_args(model, p.parse_args([])) is model
+    args = p.parse_args(["--compile", "--compile-mode", "max-autotune"])
+    assert args.compile and args.compile_mode == "max-autotune"
