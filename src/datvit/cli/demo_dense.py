@@ -25,7 +25,7 @@ import torch
 from ..utils.files import atomic_write_text
 
 EPILOG = """examples:
-  datvit demo-dense                                  # ~15 minutes on 2 idle CPU cores, into demo_output/dense
+  datvit demo-dense                                  # into demo_output/dense (sized for ~15 min on 2 idle cores; see docs/dense.md)
   datvit demo-dense --epochs 1 --n-train 400         # a quicker look
   datvit demo-dense --cnn resnet18 --fashion-mnist-dir DIR
 """
