@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.datvit-installed
 
-.PHONY: test demo venv clean bench fashion-mnist
+.PHONY: test demo venv clean bench fashion-mnist demo-dense
 
 venv: $(STAMP)
 
@@ -26,10 +26,19 @@ DEMO_ARGS ?=
 demo: $(STAMP) fashion-mnist
 	$(PY) -m datvit demo $(DEMO_ARGS)
 
+# `make demo-dense`: Fashion-MNIST scenes (128×128, boxes + instance masks + semantic maps) written offline, then a
+# DAT-nano Mask R-CNN and UperNet and the same two with a convnext_atto backbone trained a few minutes each;
+# report.md with mAP, mIoU, curves and predictions in demo_output/dense/. DENSE_ARGS go to `datvit demo-dense`
+# (e.g. DENSE_ARGS='--epochs 1', or '--fashion-mnist-dir DIR').
+DENSE_ARGS ?=
+
+demo-dense: $(STAMP) fashion-mnist
+	$(PY) -m datvit demo-dense $(DENSE_ARGS)
+
 # Fashion-MNIST comes from the Debian package dataset-fashion-mnist; install it when missing and possible.
 FIND_FMNIST := $(PY) -c "from datvit.data.fashion_mnist import find_fashion_mnist; find_fashion_mnist()"
 fashion-mnist: $(STAMP)
-	@case "$(DEMO_ARGS)" in *--data-dir*) exit 0;; esac; \
+	@case "$(DEMO_ARGS) $(DENSE_ARGS)" in *--data-dir*|*--fashion-mnist-dir*) exit 0;; esac; \
 	$(FIND_FMNIST) 2>/dev/null && exit 0; \
 	echo "Fashion-MNIST not found: installing the Debian package dataset-fashion-mnist"; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then SUDO=; \

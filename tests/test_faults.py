@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import datvit.train.classification as classification
 import datvit.train.engine as engine
 from datvit.cli.main import build_parser
 from train_helpers import TINY_MODEL_ARGS, free_port, make_image_folder, max_abs_diff, subprocess_env
@@ -124,13 +125,13 @@ def test_signal_writes_checkpoint_and_resume_is_exact(data, reference, tmp_path,
 def test_signal_during_evaluation_stops_after_the_epoch_checkpoint(data, reference, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     argv = ["--data-dir", str(data), *COMMON, "--output", str(out), "--experiment", "run"]
-    evaluate = engine.evaluate
+    evaluate = classification.evaluate   # what ClassificationTask.evaluate runs
 
     def evaluate_then_signal(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "evaluate", evaluate_then_signal)
+    monkeypatch.setattr(classification, "evaluate", evaluate_then_signal)
     assert train_cli(argv) == 143
     assert position(out / "run" / "last.pth") == (1, 0, 3)
     monkeypatch.undo()
@@ -326,13 +327,14 @@ def nan_loss_at(monkeypatch, steps: set[int]) -> None:
     original = engine.Trainer._train_step
 
     def step(self, *args, **kwargs):
-        criterion = self.criterion
+        task = self.task   # the loss is the training task's (datvit.train.classification.ClassificationTask)
+        criterion = task.criterion
         if self.step + 1 in steps:
-            self.criterion = lambda logits, targets: criterion(logits, targets) * float("nan")
+            task.criterion = lambda logits, targets: criterion(logits, targets) * float("nan")
         try:
             return original(self, *args, **kwargs)
         finally:
-            self.criterion = criterion
+            task.criterion = criterion
 
     monkeypatch.setattr(engine.Trainer, "_train_step", step)
 

@@ -22,6 +22,9 @@ SUBCOMMANDS: dict[str, str] = {
     "convert": "a checkpoint → model.safetensors + config.json (timm / Hugging Face hub layout)",
     "demo": "train a small DAT on Fashion-MNIST offline, evaluate it, write checkpoint, plots and report",
     "flops": "parameters and FLOPs (multiply-adds) per stage, as the papers count them",
+    "det": "detection / instance segmentation with a DAT backbone (Mask R-CNN, RetinaNet): train, eval, predict",
+    "seg": "semantic segmentation with a DAT backbone (UperNet, Semantic FPN): train, eval, predict",
+    "demo-dense": "train DAT and CNN detectors/segmenters on generated scenes offline, write a comparison report",
     "export": "export a model to ONNX, torch.export (.pt2) or TorchScript, checked against eager",
 }
 

@@ -59,6 +59,15 @@ class UpdateKwargs(argparse.Action):
         setattr(namespace, self.dest, merged)
 
 
+class TrainingLength(argparse.Action):
+    """``--epochs`` and ``--iters`` say the same thing in two units: the one given on the command line replaces
+    the other's default (a config's ``iters: 160000`` does not outlive ``--epochs 2``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, "iters" if self.dest == "epochs" else "epochs", None)
+
+
 def parse_literal(text: str) -> Any:
     """'[32, 64]' → list, '0.1' → float, 'true' → True, anything else stays a string."""
     try:
@@ -135,52 +144,13 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                    help="weights to start from (ours or the authors' .pth); a different head is re-initialised")
     g.add_argument("--initial-checkpoint", default=None, metavar="FILE",
                    help="same as --pretrained-path (timm keeps both names)")
-    g.add_argument("--resume", default=None, metavar="PATH|auto",
-                   help="continue a run exactly from a checkpoint; 'auto' takes last.pth of the experiment "
-                        "(--experiment, or the newest run under --output)")
-    g.add_argument("--trust-checkpoint", action="store_true",
-                   help="let --resume/--initial-checkpoint files that pickle Python objects besides tensors and "
-                        "configs run code while loading (only for files you trust; refused otherwise)")
-    g.add_argument("--no-resume-opt", action="store_true",
-                   help="with --resume: restore only the weights, not optimizer/scheduler/position")
     g.add_argument("--linear-init", default=None, choices=("model", "torch"),
                    help="init of the Linear layers: the model's (truncated normal, std 0.02, as timm; the ImageNet "
                         "default) or PyTorch's default (what the authors' code ends up with; trains faster in short "
                         "runs, the Fashion-MNIST default). Weights loaded from a file replace either")
     g.add_argument("--drop", type=float, default=None, help="dropout rate (drop_rate)")
     g.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (default: the variant's)")
-    g.add_argument("--grad-checkpointing", action=bool_flag, default=False,
-                   help="recompute block activations in backward to save memory")
     g.add_argument("--channels-last", action=bool_flag, default=False, help="channels-last memory format")
-
-    g = p.add_argument_group("optimizer and schedule")
-    g.add_argument("-b", "--batch-size", type=positive_int, default=None, help="batch size per process")
-    g.add_argument("-vb", "--validation-batch-size", type=positive_int, default=None, help="evaluation batch size")
-    g.add_argument("--epochs", type=non_negative_int, default=None, help="epochs to train")
-    g.add_argument("--opt", default=None, help="optimizer (timm name: adamw, sgd, lamb, ...)")
-    g.add_argument("--opt-eps", type=float, default=None, help="optimizer epsilon")
-    g.add_argument("--opt-betas", **_floats(), default=None, help="optimizer betas")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=None,
-                   help="weight decay (none on norms, biases and position tables)")
-    g.add_argument("--clip-grad", type=float, default=None, help="gradient clipping value (0: off)")
-    g.add_argument("--clip-mode", default="norm", choices=("norm", "value", "agc"), help="gradient clipping mode")
-    g.add_argument("--lr", type=non_negative_float, default=None,
-                   help="learning rate (default: lr-base × global batch / lr-base-size)")
-    g.add_argument("--lr-base", type=float, default=None, help="learning rate at --lr-base-size")
-    g.add_argument("--lr-base-size", type=int, default=None, help="global batch size of --lr-base")
-    g.add_argument("--lr-base-scale", default="linear", choices=("linear", "sqrt"), help="lr scaling with batch")
-    g.add_argument("--sched", default=None, help="schedule (timm: cosine, step, multistep, tanh, poly, none)")
-    g.add_argument("--sched-on-updates", action=bool_flag, default=True,
-                   help="update the lr every optimizer step (default) rather than every epoch")
-    g.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up epochs")
-    g.add_argument("--warmup-lr", type=float, default=None, help="lr at the start of warm-up")
-    g.add_argument("--warmup-prefix", action=bool_flag, default=False, help="warm-up not counted in --epochs")
-    g.add_argument("--min-lr", type=float, default=None, help="lr floor of the schedule")
-    g.add_argument("--cooldown-epochs", type=int, default=0, help="epochs at min-lr after the schedule")
-    g.add_argument("--decay-epochs", type=float, default=90, help="step schedule: epochs between decays")
-    g.add_argument("--decay-milestones", type=int, nargs="+", default=[90, 180, 270], help="multistep milestones")
-    g.add_argument("--decay-rate", type=float, default=0.1, help="step/multistep decay factor")
 
     g = p.add_argument_group("augmentation and regularisation")
     g.add_argument("--no-aug", action="store_true", help="no training augmentation (resize + crop)")
@@ -202,9 +172,52 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     g.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"), help="Mixup granularity")
     g.add_argument("--mixup-off-epoch", type=int, default=0, help="stop Mixup/CutMix from this epoch (0: never)")
     g.add_argument("--smoothing", type=float, default=None, help="label smoothing")
-    g.add_argument("--model-ema", action=bool_flag, default=None, help="keep an EMA of the weights")
-    g.add_argument("--model-ema-decay", type=float, default=None, help="EMA decay")
-    g.add_argument("--model-ema-warmup", action=bool_flag, default=False, help="EMA decay warm-up")
+
+    add_engine_arguments(p)
+    return p
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments of the training engine itself, shared by ``datvit train`` and ``datvit det|seg train``:
+    optimizer and schedule, EMA, precision and devices, output, checkpoints and resume. Values a task's recipe
+    fills default to None."""
+    bool_flag = argparse.BooleanOptionalAction
+    g = p.add_argument_group("optimizer and schedule")
+    g.add_argument("-b", "--batch-size", type=positive_int, default=None, help="batch size per process")
+    g.add_argument("-vb", "--validation-batch-size", type=positive_int, default=None, help="evaluation batch size")
+    g.add_argument("--epochs", type=non_negative_int, default=None, action=TrainingLength, help="epochs to train")
+    g.add_argument("--iters", type=positive_int, default=None, action=TrainingLength,
+                   help="optimizer updates to train instead of --epochs (rounded up to whole epochs; the authors' "
+                        "segmentation configs count iterations)")
+    g.add_argument("--opt", default=None, help="optimizer (timm name: adamw, sgd, lamb, ...)")
+    g.add_argument("--opt-eps", type=float, default=None, help="optimizer epsilon")
+    g.add_argument("--opt-betas", **_floats(), default=None, help="optimizer betas")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, default=None,
+                   help="weight decay (classification: none on norms, biases and position tables; detection/"
+                        "segmentation: none on the names the authors exempt)")
+    g.add_argument("--clip-grad", type=float, default=None, help="gradient clipping value (0: off)")
+    g.add_argument("--clip-mode", default="norm", choices=("norm", "value", "agc"), help="gradient clipping mode")
+    g.add_argument("--lr", type=non_negative_float, default=None,
+                   help="learning rate (default: lr-base × global batch / lr-base-size)")
+    g.add_argument("--lr-base", type=float, default=None, help="learning rate at --lr-base-size")
+    g.add_argument("--lr-base-size", type=int, default=None, help="global batch size of --lr-base")
+    g.add_argument("--lr-base-scale", default="linear", choices=("linear", "sqrt"), help="lr scaling with batch")
+    g.add_argument("--sched", default=None, help="schedule (timm: cosine, step, multistep, tanh, poly, none)")
+    g.add_argument("--sched-on-updates", action=bool_flag, default=True,
+                   help="update the lr every optimizer step (default) rather than every epoch")
+    g.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up epochs")
+    g.add_argument("--warmup-iters", type=int, default=None,
+                   help="linear warm-up in optimizer updates (overrides --warmup-epochs; the authors' dense configs)")
+    g.add_argument("--warmup-lr", type=float, default=None, help="lr at the start of warm-up")
+    g.add_argument("--warmup-ratio", type=float, default=None,
+                   help="warm-up starts at lr × this ratio (overrides --warmup-lr; mmcv's warmup_ratio)")
+    g.add_argument("--warmup-prefix", action=bool_flag, default=False, help="warm-up not counted in --epochs")
+    g.add_argument("--min-lr", type=float, default=None, help="lr floor of the schedule")
+    g.add_argument("--cooldown-epochs", type=int, default=0, help="epochs at min-lr after the schedule")
+    g.add_argument("--decay-epochs", type=float, default=90, help="step schedule: epochs between decays")
+    g.add_argument("--decay-milestones", type=int, nargs="+", default=[90, 180, 270], help="multistep milestones")
+    g.add_argument("--decay-rate", type=float, default=0.1, help="step/multistep decay factor")
 
     g = p.add_argument_group("precision and devices")
     g.add_argument("--amp", action=bool_flag, default=False,
@@ -227,6 +240,23 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                    help="also write last.pth every N optimizer steps within an epoch (0: only at epoch ends)")
     g.add_argument("--log-interval", type=positive_int, default=50, help="steps between progress-bar/curve updates")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines still printed)")
+
+    g = p.add_argument_group("weight averaging, memory and resume")
+    g.add_argument("--model-ema", action=bool_flag, default=None, help="keep an EMA of the weights")
+    g.add_argument("--model-ema-decay", type=float, default=None, help="EMA decay")
+    g.add_argument("--model-ema-warmup", action=bool_flag, default=False, help="EMA decay warm-up")
+    g.add_argument("--grad-checkpointing", action=bool_flag, default=False,
+                   help="recompute block activations in backward to save memory")
+    g.add_argument("--sync-bn", action=bool_flag, default=False,
+                   help="synchronise BatchNorm statistics over the ranks (CUDA DDP; the authors' segmentation heads)")
+    g.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="continue a run exactly from a checkpoint; 'auto' takes last.pth of the experiment "
+                        "(--experiment, or the newest run under --output)")
+    g.add_argument("--trust-checkpoint", action="store_true",
+                   help="let --resume/--initial-checkpoint files that pickle Python objects besides tensors and "
+                        "configs run code while loading (only for files you trust; refused otherwise)")
+    g.add_argument("--no-resume-opt", action="store_true",
+                   help="with --resume: restore only the weights, not optimizer/scheduler/position")
     return p
 
 
@@ -293,7 +323,9 @@ def scaled_lr(lr_base: float, global_batch: int, lr_base_size: int, scale: str =
 def default_experiment_name(args: argparse.Namespace) -> str:
     """timm's run-directory naming: date-time, model, image size."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{args.model}-{args.img_size}"
+    name = getattr(args, "model", None) or getattr(args, "preset", None) or "run"
+    size = getattr(args, "img_size", None) or getattr(args, "crop_size", None)
+    return f"{stamp}-{name}" + (f"-{size}" if size else "")
 
 
 def to_plain(value: Any) -> Any:

@@ -1,5 +1,8 @@
-"""The training loop: timm's optimizer, scheduler, Mixup, losses and EMA around a DAT model, on one process or
+"""The one training loop of datvit: timm's optimizer, scheduler and EMA around a task's model, on one process or
 under torchrun, with checkpoints that let an interrupted run continue exactly where it stopped.
+
+The task (``datvit.train.task.Task``: classification here, detection and segmentation in ``datvit.dense.tasks``)
+brings the data, the model, the loss of a batch and the evaluation; this module owns everything else, once.
 
 A run's position is (``epoch``: epochs completed, ``batch_in_epoch``: batches done in the next one, ``step``:
 optimizer updates). Resuming restores weights, EMA, optimizer, scheduler, scaler, running averages, history and
@@ -20,10 +23,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
-from timm.data import Mixup
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import PlateauLRScheduler, create_scheduler_v2
 from timm.utils import ModelEmaV3, dispatch_clip_grad
@@ -31,24 +31,20 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-import datvit
-from datvit.inference.checkpoint_format import build_checkpoint, describe_arch_difference, read_datvit_checkpoint
-from datvit.models import CheckpointError, load_checkpoint, load_state_dict_checked
+from datvit.inference.checkpoint_format import MODEL_KEYS, build_checkpoint, read_datvit_checkpoint
+from datvit.models import load_state_dict_checked
 
-from ..data.loader import create_dataset, create_loader, eval_transform, resolve_dataset_kind, train_transform
 from ..utils.files import atomic_write_text, remove_stale_temp_files
 from . import distributed as dist_utils
 from .checkpointing import CheckpointManager, capture_rng_state, find_auto_resume, restore_rng_state
-from .config import apply_recipe, args_to_dict, default_experiment_name, scaled_lr
-from .metrics import RunningSum, format_summary_line, plot_curves, write_summary
-from .modeling import (arch_record, count_parameters, create_model, load_model_config, reset_linear_layers,
-                       resolve_model_kwargs)
-from .precision import AmpPlan, autocast, resolve_amp
+from .classification import ClassificationTask, channels_for_mean, evaluate  # noqa: F401  (datvit.train's API)
+from .config import args_to_dict, default_experiment_name, scaled_lr
+from .errors import TrainingError
+from .metrics import (PLOTS, RunningSum, format_summary_line, plot_curves, summary_columns, task_plots,
+                      write_summary)
+from .precision import autocast, resolve_amp
 from .preemption import RunInterrupted, StopSignals
-
-
-class TrainingError(RuntimeError):
-    """A problem with the configuration or the data that the user can fix; the message says how."""
+from .task import Task
 
 
 class TrainingDiverged(RuntimeError):
@@ -62,67 +58,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def channels_for_mean(values: list[float], in_chans: int, name: str) -> list[float]:
-    """Per-channel normalisation values for ``in_chans`` channels (one value is repeated)."""
-    values = list(values)
-    if len(values) == in_chans:
-        return values
-    if len(values) == 1:
-        return values * in_chans
-    raise TrainingError(f"--{name} has {len(values)} values for {in_chans} input channels")
+def _log(message: str, is_main: bool) -> None:
+    if is_main:
+        tqdm.write(message, file=sys.stdout)
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    device: torch.device,
-    amp: Optional[AmpPlan] = None,
-    info: Optional[dist_utils.DistInfo] = None,
-    progress: bool = True,
-    desc: str = "eval",
-    channels_last: bool = False,
-) -> dict[str, Any]:
-    """Loss (cross-entropy), top-1 and top-5 accuracy (%) over the loader's shard, summed over all ranks.
-
-    Returns ``{"loss", "top1", "top5", "count", "corrupt"}`` (``corrupt``: this rank's unreadable files)."""
-    info = info or dist_utils.DistInfo(device=device)
-    amp = amp or AmpPlan(False, torch.float32, False)
-    was_training = model.training
-    model.eval()
-    loss_sum = correct1 = correct5 = count = 0.0
-    corrupt = []
-    for images, targets, bad in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
-                                     disable=not (progress and info.is_main)):
-        corrupt.extend(bad)
-        if images is None:
-            continue
-        images = images.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = model(images)
-        logits = logits.float()
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(targets[:, None])
-        correct1 += top[:, 0].sum().item()
-        correct5 += top.any(dim=1).sum().item()
-        count += targets.numel()
-    loss_sum, correct1, correct5, count = dist_utils.all_reduce_sum([loss_sum, correct1, correct5, count], info)
-    model.train(was_training)
-    if not count:
-        return {"loss": None, "top1": None, "top5": None, "count": 0, "corrupt": corrupt}
-    return {"loss": loss_sum / count, "top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count,
-            "count": int(count), "corrupt": corrupt}
+def _warn(message: str, is_main: bool) -> None:
+    if is_main:
+        tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
 class Trainer:
-    """Sets up data, model, optimizer, schedule, EMA and checkpoints from resolved ``args``; ``fit()`` trains."""
+    """Sets up the task's data and model, the optimizer, schedule, EMA and checkpoints from resolved ``args``;
+    ``fit()`` trains. ``task`` defaults to classification (``datvit train``)."""
 
-    def __init__(self, args: argparse.Namespace, info: Optional[dist_utils.DistInfo] = None):
+    def __init__(self, args: argparse.Namespace, info: Optional[dist_utils.DistInfo] = None,
+                 task: Optional[Task] = None):
         self.args = args
         self.info = info or dist_utils.init_distributed(args.device)
+        self.task = task or ClassificationTask()
         self.device = self.info.device
         self.is_main = self.info.is_main
         if not self.is_main:
@@ -158,107 +112,84 @@ class Trainer:
     # -- setup ------------------------------------------------------------------------------------------------
 
     def log(self, message: str) -> None:
-        if self.is_main:
-            tqdm.write(message, file=sys.stdout)
+        _log(message, self.is_main)
 
     def warn(self, message: str) -> None:
-        if self.is_main:
-            tqdm.write(f"warning: {message}", file=sys.stderr)
+        _warn(message, self.is_main)
 
     def _setup_data(self) -> None:
-        args = self.args
-        kind = resolve_dataset_kind(args.dataset, args.data_dir)
-        apply_recipe(args, kind)
-        if args.in_chans not in (1, 3):
-            raise TrainingError(f"--in-chans {args.in_chans}: image datasets give 1 (grayscale) or 3 (RGB) channels")
-        image_mode = "L" if args.in_chans == 1 else "RGB"
-        args.mean = channels_for_mean(args.mean, args.in_chans, "mean")
-        args.std = channels_for_mean(args.std, args.in_chans, "std")
-        self.train_set = create_dataset(kind, args.data_dir, args.train_split, image_mode=image_mode,
-                                        download=args.dataset_download)
-        self.class_names = list(self.train_set.classes)
-        try:
-            self.eval_set = create_dataset(kind, args.data_dir, args.val_split, image_mode=image_mode,
-                                           class_names=self.class_names)
-        except FileNotFoundError as e:
-            self.warn(f"no evaluation split ({e}); best.pth will follow the training loss")
-            self.eval_set = None
-        if args.num_classes is None:
-            args.num_classes = len(self.class_names)
-        elif args.num_classes < len(self.class_names):
-            raise TrainingError(f"--num-classes {args.num_classes} but the dataset has {len(self.class_names)} classes")
+        # plain functions, not bound methods: a task holding the Trainer would make a reference cycle that keeps
+        # the DataLoaders' persistent workers alive at exit (the process then hangs after its last line)
+        is_main = self.is_main
+        self.task.bind(self.args, self.info, lambda m: _log(m, is_main), lambda m: _warn(m, is_main))
+        self.task.setup_data()
+        self.train_set, self.eval_set = self.task.train_set, self.task.eval_set
+        self.class_names = self.task.class_names
+
+    @property
+    def model_kwargs(self) -> Optional[dict[str, Any]]:
+        """The model's constructor arguments where the task has them (classification)."""
+        return getattr(self.task, "model_kwargs", None)
 
     def _setup_model(self) -> None:
-        args = self.args
-        if args.model_config and not os.path.isfile(args.model_config):
-            raise TrainingError(f"--model-config {args.model_config}: no such file")
-        config = load_model_config(args.model_config) if args.model_config else None
-        self.model_kwargs = resolve_model_kwargs(
-            args.model, config, args.model_kwargs, num_classes=args.num_classes, in_chans=args.in_chans,
-            img_size=args.img_size, drop_path_rate=args.drop_path, drop_rate=args.drop)
-        if args.img_size is None:
-            args.img_size = int(self.model_kwargs.get("img_size", 224))
-        patch, stages = int(self.model_kwargs.get("patch_size", 4)), len(self.model_kwargs.get("dims") or [0] * 4)
-        min_size = patch * 2 ** (stages - 1)  # = DAT.min_input_size, checked before building anything
-        if args.img_size < min_size:
-            raise TrainingError(f"--img-size {args.img_size} is below this model's minimum input {min_size} "
-                                f"(patch {patch} × {2 ** (stages - 1)})")
+        args, task = self.args, self.task
         torch.manual_seed(args.seed)  # the same initial weights on every rank (and for EMA)
-        model = create_model(args.model, self.model_kwargs)
-        if args.linear_init == "torch":
-            reset_linear_layers(model)
-        self.n_params = count_parameters(model)
-        for path in (args.initial_checkpoint, args.pretrained_path):
-            if path:
-                load_checkpoint(model, path, trust_checkpoint=getattr(args, "trust_checkpoint", False))
-                self.log(f"loaded weights from {path}")
-        if args.grad_checkpointing:
-            model.set_grad_checkpointing(True)
+        model = task.build_model()
+        self.n_params = sum(p.numel() for p in model.parameters())
+        if getattr(args, "sync_bn", False) and self.info.distributed:
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            else:
+                self.warn("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel): BatchNorm statistics stay "
+                          "per process")
         model.to(self.device)
-        if args.channels_last:
-            model.to(memory_format=torch.channels_last)
         self.model = model
-        self.data_config = {"input_size": [args.in_chans, args.img_size, args.img_size], "mean": args.mean,
-                            "std": args.std, "crop_pct": args.crop_pct, "interpolation": args.interpolation}
-        try:
-            self.train_set.transform = train_transform(
-                args.img_size, args.mean, args.std, interpolation=args.train_interpolation, no_aug=args.no_aug,
-                scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
-                color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob, re_mode=args.remode,
-                re_count=args.recount)
-        except (AssertionError, KeyError) as e:  # timm asserts on an unknown --aa policy
-            raise TrainingError(f"the augmentation flags (--aa {args.aa}, --remode {args.remode}) are not valid: "
-                                f"{e}") from None
-        if self.eval_set is not None:
-            self.eval_set.transform = eval_transform(args.img_size, args.mean, args.std, args.crop_pct,
-                                                     args.interpolation)
+        task.attach_transforms(model)
+        self.data_config = getattr(task, "data_config", None)
         info = self.info
-        self.train_loader = create_loader(self.train_set, args.batch_size, training=True, workers=args.workers,
-                                          seed=args.seed, rank=info.rank, world_size=info.world_size,
-                                          pin_memory=args.pin_mem)
+        self.train_loader = task.create_loader(self.train_set, args.batch_size, training=True)
         self.updates_per_epoch = self.train_loader.sampler.epoch_length // args.batch_size
         if self.updates_per_epoch == 0:
             raise TrainingError(f"{len(self.train_set)} training images are fewer than one batch of "
                                 f"{args.batch_size} × {info.world_size} processes; lower --batch-size")
         self.eval_loader = None
         if self.eval_set is not None:
-            self.eval_loader = create_loader(self.eval_set, args.validation_batch_size or args.batch_size,
-                                             training=False, workers=args.workers, seed=args.seed, rank=info.rank,
-                                             world_size=info.world_size, pin_memory=args.pin_mem)
+            self.eval_loader = task.create_loader(self.eval_set, args.validation_batch_size or args.batch_size,
+                                                  training=False)
+        self._resolve_iterations()
+
+    def _resolve_iterations(self) -> None:
+        """Schedules given in optimizer updates, as the authors' dense configs give them (``--iters``,
+        ``--warmup-iters``), in the epochs the loop counts: ``--iters`` rounds up to whole epochs (the schedule
+        then spans those epochs)."""
+        args, per_epoch = self.args, self.updates_per_epoch
+        iters = getattr(args, "iters", None)
+        if iters:
+            args.epochs = max(1, -(-int(iters) // per_epoch))
+        if args.epochs is None:
+            raise TrainingError("give --epochs or --iters")
+        warmup_iters = getattr(args, "warmup_iters", None)
+        if warmup_iters is not None:
+            args.warmup_epochs = warmup_iters / per_epoch
+            if args.sched and args.sched != "none" and not args.sched_on_updates:
+                raise TrainingError("--warmup-iters needs --sched-on-updates (the lr changes every step)")
 
     def _setup_optimization(self) -> None:
         args = self.args
         global_batch = args.batch_size * self.info.world_size
         if args.lr is None:
             args.lr = scaled_lr(args.lr_base, global_batch, args.lr_base_size, args.lr_base_scale)
+        if getattr(args, "warmup_ratio", None) is not None:
+            args.warmup_lr = args.lr * args.warmup_ratio  # mmcv's warm-up starts at lr × warmup_ratio
         opt_kwargs = {}
         if args.opt_eps is not None:
             opt_kwargs["eps"] = args.opt_eps
         if args.opt_betas is not None:
             opt_kwargs["betas"] = tuple(args.opt_betas)
-        # timm puts norms, biases and model.no_weight_decay() (DAT's position tables) in a no-decay group.
-        self.optimizer = create_optimizer_v2(self.model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                             momentum=args.momentum, **opt_kwargs)
+        # classification: timm puts norms, biases and model.no_weight_decay() (DAT's position tables) in a
+        # no-decay group; a task may give its own groups (the dense tasks: the authors' name rules)
+        self.optimizer = create_optimizer_v2(self.task.optimizer_params(self.model), opt=args.opt, lr=args.lr,
+                                             weight_decay=args.weight_decay, momentum=args.momentum, **opt_kwargs)
         self.amp = resolve_amp(self.device, args.amp, args.amp_dtype)
         if self.amp.message:
             self.warn(self.amp.message)
@@ -276,20 +207,11 @@ class Trainer:
                 step_on_epochs=not args.sched_on_updates, updates_per_epoch=self.updates_per_epoch)
         else:
             self.total_epochs = args.epochs
-        self.mixup = None
-        if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
-            self.mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                               prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                               label_smoothing=args.smoothing, num_classes=args.num_classes)
-            self.criterion = SoftTargetCrossEntropy()
-        elif args.smoothing > 0:
-            self.criterion = LabelSmoothingCrossEntropy(args.smoothing)
-        else:
-            self.criterion = nn.CrossEntropyLoss()
         self.train_model = self.model
         if self.info.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids)
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids,
+                                                       find_unused_parameters=self.task.find_unused_parameters)
 
     def _setup_run_dir(self) -> None:
         args = self.args
@@ -324,15 +246,19 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _fresh_meters() -> dict[str, Any]:
-        return {"loss": RunningSum(), "top1": RunningSum(), "seconds": 0.0, "samples": 0}
+    def _fresh_meters(self) -> dict[str, Any]:
+        meters: dict[str, Any] = {"loss": RunningSum()}
+        meters.update({name: RunningSum() for name in self.task.metrics.step_metrics})
+        return {**meters, "seconds": 0.0, "samples": 0}
+
+    def _meter_names(self) -> tuple[str, ...]:
+        return ("loss", *self.task.metrics.step_metrics)
 
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint (call on every rank: the RNG states of all ranks are gathered)."""
         rng_all = dist_utils.gather_objects(capture_rng_state(), self.info)
-        meters = {"loss": self.meters["loss"].state_dict(), "top1": self.meters["top1"].state_dict(),
-                  "seconds": self.meters["seconds"], "samples": self.meters["samples"]}
+        meters = {name: self.meters[name].state_dict() for name in self._meter_names()}
+        meters.update(seconds=self.meters["seconds"], samples=self.meters["samples"])
         meters_all = dist_utils.gather_objects(meters, self.info)
         corrupt = self._all_corrupt()
         args = self.args
@@ -353,11 +279,14 @@ class Trainer:
             "best": dict(self.best),
             "corrupt_files": corrupt,
             "args": args_to_dict(args),
+            "task": self.task.name,
         }
+        record = self.task.checkpoint_record()  # arch, data_config, class_names (+ a dense task's model config)
+        training.update({k: v for k, v in record.items() if k not in MODEL_KEYS})
         return build_checkpoint(
-            self.model.state_dict(), arch=arch_record(args.model, self.model_kwargs), data_config=self.data_config,
-            class_names=self.class_names, model_ema=self.ema.module.state_dict() if self.ema is not None else None,
-            training=training)
+            self.model.state_dict(), arch=record.get("arch"), data_config=record.get("data_config"),
+            class_names=record.get("class_names"),
+            model_ema=self.ema.module.state_dict() if self.ema is not None else None, training=training)
 
     def save(self, epoch_end: Optional[int] = None, is_best: bool = False) -> None:
         """Write last.pth (+ checkpoint-<epoch>.pth, best.pth) — never over a good one with non-finite weights."""
@@ -400,12 +329,10 @@ class Trainer:
         if not loaded.is_datvit or "step" not in ckpt:
             raise TrainingError(f"{path} is not a datvit training checkpoint; to start from its weights use "
                                 "--initial-checkpoint")
-        if loaded.arch is not None:
-            differs = describe_arch_difference(loaded.arch, arch_record(self.args.model, self.model_kwargs))
-            if differs:
-                raise CheckpointError(f"--resume {path}: the checkpoint was trained with another model ({differs}; "
-                                      "checkpoint vs this run); resume with the run's --model/--model-kwargs, or "
-                                      "start from its weights with --initial-checkpoint")
+        if ckpt.get("task", "classification") != self.task.name:
+            raise TrainingError(f"--resume {path}: the checkpoint is a {ckpt.get('task', 'classification')} run, "
+                                f"this is {self.task.name}")
+        self.task.check_resume(loaded, path)
         load_state_dict_checked(self.model, loaded.model, path, reset_head_on_mismatch=False)
         if self.args.no_resume_opt:
             self.log(f"resumed the weights of {path} (optimizer, schedule and position not restored)")
@@ -433,8 +360,8 @@ class Trainer:
                       "not exactly at, where it stopped")
         per_rank_meters = ckpt.get("meters_per_rank") or [ckpt.get("meters") or {}]
         meters = per_rank_meters[self.info.rank] if same_layout else {}
-        self.meters = {"loss": RunningSum.from_state(meters.get("loss")), "top1": RunningSum.from_state(meters.get("top1")),
-                       "seconds": meters.get("seconds", 0.0), "samples": meters.get("samples", 0)}
+        self.meters = {name: RunningSum.from_state(meters.get(name)) for name in self._meter_names()}
+        self.meters.update(seconds=meters.get("seconds", 0.0), samples=meters.get("samples", 0))
         self.history = ckpt.get("history") or {"epochs": [], "steps": []}
         self.best = ckpt.get("best") or self.best
         self.corrupt = {p: e for p, e in (ckpt.get("corrupt_files") or [])}
@@ -449,40 +376,20 @@ class Trainer:
             merged.update(part)
         return [[p, merged[p]] for p in sorted(merged)]
 
-    def _record_corrupt(self, samples: list) -> None:
-        for sample in samples:
-            if sample.path not in self.corrupt:
-                self.corrupt[sample.path] = sample.error
-                self.warn(f"skipped unreadable image {sample.path} ({sample.error})")
+    def _record_corrupt(self, problems: list[tuple[str, str]]) -> None:
+        for path, error in problems:
+            if path not in self.corrupt:
+                self.corrupt[path] = error
+                self.warn(f"skipped unreadable image {path} ({error})")
 
     # -- training ---------------------------------------------------------------------------------------------
 
-    def _train_step(self, images: Optional[torch.Tensor], targets: Optional[torch.Tensor],
-                    use_mixup: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """One optimizer update; returns (summed loss, correct top-1, samples) as tensors/int on the device."""
+    def _train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any], int]:
+        """One optimizer update; returns (summed loss, sums of the task's step metrics, samples)."""
         args = self.args
-        weight = 1.0
-        if use_mixup and images is not None and images.shape[0] == 1:
-            images = None  # Mixup needs pairs: a batch left with one readable image would be trimmed to none
-        if images is None:  # every image of this batch was unreadable: under DDP all ranks must still step
-            c, s = args.in_chans, args.img_size
-            images = torch.zeros(1, c, s, s)
-            targets = torch.zeros(1, dtype=torch.long)
-            weight, use_mixup = 0.0, False
-        images = images.to(self.device, non_blocking=True)
-        targets = targets.to(self.device, non_blocking=True)
-        if use_mixup and images.shape[0] % 2:
-            images, targets = images[:-1], targets[:-1]
-        if args.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        hard_targets = targets
-        if use_mixup:
-            images, targets = self.mixup(images, targets)
         with autocast(self.device, self.amp):
-            logits = self.train_model(images)
-            loss = self.criterion(logits, targets)
-        if weight != 1.0:
-            loss = loss * weight
+            out = self.task.training_loss(self.train_model, batch, self.epoch)
+        loss = out.loss
         self.optimizer.zero_grad(set_to_none=True)
         params = self.model.parameters()
         # backward on every rank even for a non-finite loss: DDP's gradient all-reduce needs all of them
@@ -518,10 +425,8 @@ class Trainer:
         if self.scheduler is not None:  # the schedule follows the data position, skipped steps included
             self.scheduler.step_update(num_updates=self.step)
         if nonfinite:
-            return torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
-        n = int(hard_targets.numel() * weight)
-        correct = (logits.detach().argmax(dim=1) == hard_targets).sum() * weight
-        return loss.detach().float() * n, correct, n
+            return torch.zeros((), device=self.device), {k: 0.0 for k in out.sums}, 0
+        return loss.detach().float() * out.samples, out.sums, out.samples
 
     def _current_lr(self) -> float:
         lrs = [g["lr"] for g in self.optimizer.param_groups]
@@ -532,7 +437,6 @@ class Trainer:
         args, epoch = self.args, self.epoch
         sampler = self.train_loader.sampler
         sampler.set_epoch(epoch, start=self.batch_in_epoch * args.batch_size)
-        use_mixup = self.mixup is not None and not (args.mixup_off_epoch and epoch >= args.mixup_off_epoch)
         self.train_model.train()
         pbar = tqdm(total=self.updates_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
                     dynamic_ncols=True, leave=False, disable=not self.is_main or args.no_progress, file=sys.stderr)
@@ -541,15 +445,16 @@ class Trainer:
             self._rng_to_restore = None
         t_start = time.perf_counter()
         session_samples = 0
-        window = [0.0, 0.0, 0]  # loss sum, correct, samples since the last curve point
+        window = self._fresh_window()  # sums since the last curve point
         for batch in self.train_loader:
-            self._record_corrupt(batch.corrupt)
-            loss_sum, correct, n = self._train_step(batch.images, batch.targets, use_mixup)
+            self._record_corrupt(self.task.batch_problems(batch))
+            loss_sum, sums, n = self._train_step(batch)
             self.batch_in_epoch += 1
             session_samples += n
-            window[0] += loss_sum
-            window[1] += correct
-            window[2] += n
+            window["loss"] += loss_sum
+            for name, value in sums.items():
+                window[name] += value
+            window["samples"] += n
             last_batch = self.batch_in_epoch >= self.updates_per_epoch
             if self.step % args.log_interval == 0 or last_batch:
                 self._flush_window(window, pbar, session_samples * self.info.world_size,
@@ -579,11 +484,14 @@ class Trainer:
         self._flush_window(window, None, 0, 0.0)
         self.meters["seconds"] += time.perf_counter() - t_start
         seconds = self.meters["seconds"]
-        loss, top1 = self.meters["loss"], self.meters["top1"]
-        loss_total, top1_total, count = dist_utils.all_reduce_sum([loss.total, top1.total, loss.count], self.info)
-        return {"loss": loss_total / count if count else float("nan"),
-                "top1": top1_total / count if count else float("nan"), "seconds": seconds,
-                "images_per_s": count / seconds if seconds > 0 else 0.0}
+        names = self._meter_names()
+        *totals, count = dist_utils.all_reduce_sum([self.meters[n].total for n in names]
+                                                   + [self.meters["loss"].count], self.info)
+        result = {name: total / count if count else float("nan") for name, total in zip(names, totals)}
+        return {**result, "seconds": seconds, "images_per_s": count / seconds if seconds > 0 else 0.0}
+
+    def _fresh_window(self) -> dict[str, Any]:
+        return {name: 0.0 for name in self._meter_names()} | {"samples": 0}
 
     def _diverged_message(self) -> str:
         first, last = self._bad_run[0], self._bad_run[-1]
@@ -603,54 +511,67 @@ class Trainer:
                              f"{self.batch_in_epoch}/{self.updates_per_epoch}); checkpoint: {self.checkpoints.last}. "
                              "Continue with the same command plus --resume auto", self._stop_signal)
 
-    def _flush_window(self, window: list, pbar: Optional[tqdm], session_images: int, elapsed: float) -> None:
+    def _flush_window(self, window: dict[str, Any], pbar: Optional[tqdm], session_images: int,
+                      elapsed: float) -> None:
         """Move the step accumulators into the epoch's averages, add a curve point, refresh the progress bar."""
-        if window[2]:
-            loss_sum = float(window[0])
-            correct = float(window[1])
-            n = window[2]
-            self.meters["loss"].add(loss_sum, n)
-            self.meters["top1"].add(100.0 * correct, n)
+        n = window["samples"]
+        if n:
+            point = {"epoch": self.epoch + self.batch_in_epoch / self.updates_per_epoch, "step": self.step}
+            for name in self._meter_names():
+                value = float(window[name])
+                self.meters[name].add(value, n)
+                point[name] = value / n
             self.meters["samples"] += n
-            self.history["steps"].append({
-                "epoch": self.epoch + self.batch_in_epoch / self.updates_per_epoch, "step": self.step,
-                "loss": loss_sum / n, "top1": 100.0 * correct / n, "lr": self._current_lr()})
-            window[:] = [0.0, 0.0, 0]
+            point["lr"] = self._current_lr()
+            self.history["steps"].append(point)
+            window.update(self._fresh_window())
         if pbar is not None and not pbar.disable:
-            pbar.set_postfix(loss=f"{self.meters['loss'].mean:.4f}", acc=f"{self.meters['top1'].mean:.2f}",
-                             lr=f"{self._current_lr():.3g}",
+            shown = {"loss": f"{self.meters['loss'].mean:.4f}"}
+            shown.update({("acc" if name == "top1" else name): f"{self.meters[name].mean:.2f}"
+                          for name in self.task.metrics.step_metrics})
+            pbar.set_postfix(**shown, lr=f"{self._current_lr():.3g}",
                              img_s=f"{session_images / elapsed:.0f}" if elapsed > 0 else "-", refresh=False)
 
     def _evaluate_epoch(self) -> dict[str, Any]:
-        row: dict[str, Any] = {"eval_loss": None, "eval_top1": None, "eval_top5": None}
+        row: dict[str, Any] = {key: None for key, _, _ in self.task.metrics.eval_columns}
         if self.eval_loader is None:
             return row
         progress = not self.args.no_progress
-        result = evaluate(self.model, self.eval_loader, self.device, self.amp, self.info, progress=progress,
-                          channels_last=self.args.channels_last)
-        self._record_corrupt(result["corrupt"])
-        row.update(eval_loss=result["loss"], eval_top1=result["top1"], eval_top5=result["top5"])
+        result = self.task.evaluate(self.model, self.eval_loader, self.amp, progress, "eval")
+        self._record_corrupt(result.pop("problems", []))
+        row.update({f"eval_{k}": v for k, v in result.items()})
         if self.ema is not None:
-            ema = evaluate(self.ema.module, self.eval_loader, self.device, self.amp, self.info, progress=progress,
-                           desc="eval EMA", channels_last=self.args.channels_last)
-            row.update(ema_eval_loss=ema["loss"], ema_eval_top1=ema["top1"], ema_eval_top5=ema["top5"])
+            ema = self.task.evaluate(self.ema.module, self.eval_loader, self.amp, progress, "eval EMA")
+            ema.pop("problems", None)
+            row.update({f"ema_eval_{k}": v for k, v in ema.items()})
         return row
+
+    def _summary_columns(self) -> tuple[str, ...]:
+        return summary_columns([key for key, _, _ in self.task.metrics.eval_columns])
+
+    def _plots(self) -> dict[str, tuple]:
+        spec = self.task.metrics
+        if isinstance(self.task, ClassificationTask):
+            return PLOTS
+        name, title, ylabel, series = spec.plot
+        step = (spec.step_metrics[0], f"train {spec.step_metrics[0]} (steps)") if spec.step_metrics else None
+        return task_plots(name, title, ylabel, series, step)
 
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; returns the final summary (also printed)."""
         args = self.args
-        self.log(f"training {args.model} ({self.n_params / 1e6:.2f}M parameters) on {args.dataset} "
-                 f"({len(self.train_set)} training images, {len(self.class_names)} classes) for {args.epochs} epochs "
-                 f"on {self.info.world_size} × {self.device.type}, global batch "
+        self.log(f"{self.task.describe(self.model)} for {args.epochs} epochs "
+                 f"({self.updates_per_epoch} steps each) on {self.info.world_size} × {self.device.type}, global batch "
                  f"{args.batch_size * self.info.world_size}, lr {args.lr:.3g}; writing to {self.run_dir}")
         with self.signals:
             while self.epoch < args.epochs:
                 train = self.train_epoch()
                 row = {"epoch": self.epoch + 1, "train_loss": train["loss"], **self._evaluate_epoch(),
                        "lr": self._current_lr(), "images/s": train["images_per_s"], "seconds": train["seconds"]}
+                best_key = self.task.metrics.best
                 if self.scheduler is not None:
-                    self.scheduler.step(self.epoch + 1, row["eval_top1"])
-                metric = row["eval_top1"] if row["eval_top1"] is not None else -row["train_loss"]
+                    self.scheduler.step(self.epoch + 1, row.get(best_key))
+                metric = row[best_key] if row.get(best_key) is not None else -row["train_loss"]
                 is_best = self.best["metric"] is None or metric > self.best["metric"]
                 if is_best:
                     self.best = {"metric": metric, "epoch": self.epoch + 1}
@@ -660,9 +581,10 @@ class Trainer:
                 self.meters = self._fresh_meters()
                 self.save(epoch_end=self.epoch, is_best=is_best)
                 if self.is_main:
-                    write_summary(self.run_dir, self.history["epochs"])
-                    plot_curves(self.run_dir, self.history["epochs"], self.history["steps"])
-                self.log(format_summary_line(row, args.epochs))
+                    write_summary(self.run_dir, self.history["epochs"], self._summary_columns())
+                    plot_curves(self.run_dir, self.history["epochs"], self.history["steps"], self._plots())
+                self.log(format_summary_line(row, args.epochs, self.task.metrics.eval_columns,
+                                             self.task.metrics.best))
                 skipped = self._skipped()
                 if any(skipped.values()):
                     self.warn(f"skipped optimizer steps so far: {skipped['nonfinite_loss']} with a non-finite loss, "
@@ -683,22 +605,25 @@ class Trainer:
         last = self.history["epochs"][-1] if self.history["epochs"] else {}
         summary = {"run_dir": str(self.run_dir), "epochs": self.epoch, "steps": self.step,
                    "best_metric": self.best["metric"], "best_epoch": self.best["epoch"],
-                   "final_top1": last.get("eval_top1"), "final_top5": last.get("eval_top5"),
+                   **self.task.run_summary(last),
                    "corrupt_files": len(corrupt), "parameters": self.n_params,
                    "skipped_nonfinite_steps": self._skipped()["nonfinite_loss"],
                    "skipped_amp_overflow_steps": self._skipped()["amp_overflow"],
                    "train_seconds": sum(r["seconds"] for r in self.history["epochs"])}
         if self.best["metric"] is not None:
-            what = "top-1" if last.get("eval_top1") is not None else "-train loss"
+            best_key = self.task.metrics.best
+            what = (("top-1" if best_key == "eval_top1" else best_key.removeprefix("eval_"))
+                    if last.get(best_key) is not None else "-train loss")
             self.log(f"done: best {what} {self.best['metric']:.2f} at epoch {self.best['epoch']}; checkpoints, "
                      f"summary.csv and plots in {self.run_dir}")
         return summary
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
-    """Run ``datvit train`` with parsed arguments (joins/leaves the torchrun process group)."""
+def train(args: argparse.Namespace, task: Optional[Task] = None) -> dict[str, Any]:
+    """Train ``task`` (default: classification, ``datvit train``) with parsed arguments (joins/leaves the torchrun
+    process group)."""
     info = dist_utils.init_distributed(args.device)
     try:
-        return Trainer(args, info).fit()
+        return Trainer(args, info, task).fit()
     finally:
         dist_utils.cleanup()

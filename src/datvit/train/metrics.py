@@ -9,12 +9,11 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Optional, Sequence
 
 from ..utils.files import atomic_savefig, atomic_write_text
 
 SUMMARY_COLUMNS = ("epoch", "train_loss", "eval_loss", "eval_top1", "eval_top5", "lr", "images/s", "seconds")
-EMA_COLUMNS = ("ema_eval_loss", "ema_eval_top1", "ema_eval_top5")
 
 
 class RunningSum:
@@ -40,23 +39,39 @@ class RunningSum:
         return cls(**state) if state else cls()
 
 
-def format_summary_line(row: dict[str, Any], epochs: int) -> str:
+# (key, label, format) of the evaluation columns of classification, the default of the functions below; a
+# training task declares its own (``datvit.train.task.MetricSpec``).
+CLASSIFICATION_EVAL = (("eval_loss", "eval_loss", ".4f"), ("eval_top1", "top1", ".2f"), ("eval_top5", "top5", ".2f"))
+
+
+def format_summary_line(row: dict[str, Any], epochs: int,
+                        eval_columns: Sequence[tuple[str, str, str]] = CLASSIFICATION_EVAL,
+                        best: str = "eval_top1") -> str:
     """The one line printed per epoch."""
     parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
-    if row.get("eval_top1") is not None:
-        parts += [f"eval_loss {row['eval_loss']:.4f}", f"top1 {row['eval_top1']:.2f}", f"top5 {row['eval_top5']:.2f}"]
-    if row.get("ema_eval_top1") is not None:
-        parts.append(f"ema_top1 {row['ema_eval_top1']:.2f}")
-    parts += [f"lr {row['lr']:.3g}", f"{row['images/s']:.0f} img/s", f"{row['seconds']:.0f} s"]
+    for key, label, fmt in eval_columns:
+        if row.get(key) is not None:
+            parts.append(f"{label} {row[key]:{fmt}}")
+    if row.get("ema_" + best) is not None:
+        label, fmt = next(((lb, f) for k, lb, f in eval_columns if k == best), (best, ".4f"))
+        parts.append(f"ema_{label} {row['ema_' + best]:{fmt}}")
+    speed = row["images/s"]
+    parts += [f"lr {row['lr']:.3g}", f"{speed:.0f} img/s" if speed >= 10 else f"{speed:.2f} img/s", f"{row['seconds']:.0f} s"]
     return "  ".join(parts)
 
 
-def summary_csv_text(rows: Iterable[dict[str, Any]]) -> str:
+def summary_columns(eval_keys: Sequence[str]) -> tuple[str, ...]:
+    """summary.csv's fixed columns around a task's evaluation columns."""
+    return ("epoch", "train_loss", *eval_keys, "lr", "images/s", "seconds")
+
+
+def summary_csv_text(rows: Iterable[dict[str, Any]], columns: Sequence[str] = SUMMARY_COLUMNS) -> str:
     """summary.csv: the fixed columns, plus the EMA model's evaluation when a run keeps an EMA."""
     rows = list(rows)
-    columns = list(SUMMARY_COLUMNS)
-    if any(r.get("ema_eval_top1") is not None for r in rows):
-        columns += EMA_COLUMNS
+    columns = list(columns)
+    ema = [f"ema_{c}" for c in columns if c.startswith("eval_")]
+    if any(r.get(c) is not None for r in rows for c in ema):
+        columns += ema
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -69,9 +84,10 @@ def _fmt(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def write_summary(run_dir: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> Path:
+def write_summary(run_dir: str | os.PathLike, rows: Iterable[dict[str, Any]],
+                  columns: Sequence[str] = SUMMARY_COLUMNS) -> Path:
     path = Path(run_dir) / "summary.csv"
-    atomic_write_text(summary_csv_text(rows), path)
+    atomic_write_text(summary_csv_text(rows, columns), path)
     return path
 
 
@@ -108,7 +124,8 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[flo
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-# file: (title, y label, per-step key and label, per-epoch (key, label) pairs)
+# file: (title, y label, per-step key and label, per-epoch (key, label) pairs) — classification's; other tasks pass
+# their own metric plot (``task_plot``) in place of accuracy.png
 PLOTS = {
     "loss.png": ("loss", "loss", ("loss", "train (steps)"),
                  (("train_loss", "train (epoch)"), ("eval_loss", "eval"), ("ema_eval_loss", "eval (EMA)"))),
@@ -118,14 +135,25 @@ PLOTS = {
 }
 
 
-def plot_curves(run_dir: str | os.PathLike, rows: list[dict[str, Any]], steps: list[dict[str, Any]]) -> list[Path]:
-    """loss.png, accuracy.png and lr.png in ``run_dir``: per-step training points (x in fractional epochs) and
-    per-epoch evaluation points."""
+def task_plots(name: str, title: str, ylabel: str, series: Sequence[tuple[str, str]],
+               step_metric: Optional[tuple[str, str]] = None) -> dict[str, tuple]:
+    """The three plots of a run whose evaluation curves are ``series`` ((key, label) per curve; each also drawn
+    for the EMA model when it has values), in ``<name>.png``."""
+    ema = tuple((f"ema_{k}", f"{label} (EMA)") for k, label in series[:1])
+    return {"loss.png": PLOTS["loss.png"], f"{name}.png": (title, ylabel, step_metric or (None, None),
+                                                           tuple(series) + ema),
+            "lr.png": PLOTS["lr.png"]}
+
+
+def plot_curves(run_dir: str | os.PathLike, rows: list[dict[str, Any]], steps: list[dict[str, Any]],
+                plots: Optional[dict[str, tuple]] = None) -> list[Path]:
+    """loss.png, accuracy.png (or the task's metric plot) and lr.png in ``run_dir``: per-step training points
+    (x in fractional epochs) and per-epoch evaluation points."""
     run_dir = Path(run_dir)
     written = []
-    for name, (title, ylabel, (step_key, step_label), epoch_series) in PLOTS.items():
+    for name, (title, ylabel, (step_key, step_label), epoch_series) in (plots or PLOTS).items():
         fig, ax = _figure(title, ylabel)
-        points = [s for s in steps if s.get(step_key) is not None]
+        points = [s for s in steps if step_key is not None and s.get(step_key) is not None]
         if points:
             ax.plot([s["epoch"] for s in points], [s[step_key] for s in points], lw=0.8, alpha=0.7, label=step_label)
         elif step_key == "lr":

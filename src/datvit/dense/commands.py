@@ -1,0 +1,245 @@
+"""What ``datvit det|seg eval`` and ``predict`` run: a dense training checkpoint back into its model, COCO /
+mIoU evaluation with a per-class table, predictions drawn over images. The arguments are in
+``datvit.cli._dense``."""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+
+
+# -- checkpoints back into models -------------------------------------------------------------------------------
+
+def load_dense_checkpoint(path: str, task: str, use_ema: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model a ``datvit det|seg train`` checkpoint describes, with its weights (or the EMA's), in eval mode,
+    and the checkpoint's record (class names, data config, args)."""
+    from ..models import read_checkpoint
+    from . import DetectorConfig, SegmenterConfig, build_detector, build_segmenter
+    from .tasks import config_from_dict
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--checkpoint {path}: no such file")
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or "dense_config" not in ckpt:
+        raise ValueError(f"{path} is not a datvit {task} checkpoint (no dense_config): train one with "
+                         f"`datvit {'det' if task == 'detection' else 'seg'} train`")
+    if ckpt.get("task") != task:
+        other = "datvit det" if ckpt.get("task") == "detection" else "datvit seg"
+        raise ValueError(f"{path} holds a {ckpt.get('task')} model; use {other}")
+    cls = DetectorConfig if task == "detection" else SegmenterConfig
+    cfg = config_from_dict(cls, ckpt["dense_config"])
+    model = build_detector(cfg) if task == "detection" else build_segmenter(cfg)
+    key = "model_ema" if use_ema else "model"
+    if use_ema and ckpt.get("model_ema") is None:
+        raise ValueError(f"{path} has no EMA weights (trained without --model-ema)")
+    model.load_state_dict(ckpt[key])
+    model.eval()
+    return model, ckpt
+
+
+# -- eval --------------------------------------------------------------------------------------------------------
+
+def _eval_dataset(args: argparse.Namespace, ckpt: dict[str, Any], task: str) -> Any:
+    run_args = ckpt.get("args") or {}
+    data_dir = args.data_dir or run_args.get("data_dir")
+    split = args.split or run_args.get("val_split") or "val"
+    if not data_dir:
+        raise ValueError("--data-dir is required (the checkpoint does not name its dataset)")
+    if not os.path.isdir(data_dir):
+        raise FileNotFoundError(f"--data-dir {data_dir} does not exist")
+    if task == "detection":
+        from . import CocoDetection
+        return CocoDetection(data_dir, split), data_dir, split  # no transform: the detector resizes itself
+    from . import SegmentationFolder, segmentation_transforms
+    reduce = args.reduce_zero_label
+    if reduce is None:
+        reduce = bool((ckpt.get("data_config") or {}).get("reduce_zero_label", run_args.get("reduce_zero_label")))
+    data = ckpt.get("data_config") or {}
+    ds = SegmentationFolder(data_dir, split, reduce_zero_label=reduce, num_classes=len(ckpt.get("class_names") or [])
+                            or None)
+    ds.transforms = segmentation_transforms(False, scale=data.get("img_scale", (2048, 512)),
+                                            mean=data.get("mean", (0.485, 0.456, 0.406)),
+                                            std=data.get("std", (0.229, 0.224, 0.225)))
+    return ds, data_dir, split
+
+
+def run_eval(args: argparse.Namespace, task: str) -> dict[str, Any]:
+    """Evaluate a checkpoint; prints the headline metrics and the per-class table; returns the results."""
+    from ..data.loader import EpochSampler
+    from ..train.distributed import DistInfo, resolve_device
+    from ..train.precision import resolve_amp
+    from . import collate_detection, collate_segmentation
+    from .tasks import evaluate_detection, evaluate_segmentation
+
+    device = resolve_device(args.device)
+    model, ckpt = load_dense_checkpoint(args.checkpoint, task, args.use_ema)
+    model.to(device)
+    dataset, data_dir, split = _eval_dataset(args, ckpt, task)
+    class_names = list(ckpt.get("class_names") or [])
+    amp = resolve_amp(device, args.amp, args.amp_dtype)
+    if amp.message:
+        print(f"warning: {amp.message}", file=sys.stderr)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, sampler=EpochSampler(len(dataset), shuffle=False, pad=False),
+        num_workers=args.workers, collate_fn=collate_detection if task == "detection" else collate_segmentation)
+    info = DistInfo(device=device)
+    start = time.perf_counter()
+    if task == "detection":
+        if list(getattr(dataset, "categories", class_names)) != class_names:
+            raise ValueError(f"the categories of {data_dir}/{split} differ from the checkpoint's: "
+                             f"{list(dataset.categories)[:5]}… vs {class_names[:5]}…")
+        result = evaluate_detection(model, loader, class_names, device, amp, info, not args.no_progress)
+    else:
+        crop = args.crop or (ckpt.get("data_config") or {}).get("crop_size") or 512
+        result = evaluate_segmentation(model, loader, len(class_names), device, amp, info, not args.no_progress,
+                                       mode=args.mode, crop=crop, stride=args.stride)
+    seconds = time.perf_counter() - start
+    result = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in result.items()}
+    print(format_eval(result, task, class_names, f"{data_dir}/{split}", len(dataset), seconds))
+    skipped = getattr(dataset, "skipped", None)
+    if skipped and sum(skipped.values()):
+        print("skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())), file=sys.stderr)
+    if args.results_file:
+        from ..utils.files import atomic_write_text
+        record = {"checkpoint": args.checkpoint, "data": f"{data_dir}/{split}", "images": len(dataset),
+                  "seconds": seconds, **result}
+        atomic_write_text(json.dumps(record, indent=2) + "\n", args.results_file)
+    return result
+
+
+def _pct(v: Optional[float], scale: float = 1.0) -> str:
+    return "-" if v is None or v != v else f"{v * scale:.1f}"
+
+
+def format_eval(result: dict[str, Any], task: str, class_names: list[str], where: str, images: int,
+                seconds: float) -> str:
+    """The eval report: headline metrics then one row per class."""
+    lines = [f"{where}: {images} images in {seconds:.1f} s"]
+    if task == "detection":
+        lines.append(f"box  mAP {_pct(result.get('bbox_mAP'), 100)}  mAP@50 {_pct(result.get('bbox_mAP50'), 100)}")
+        if result.get("segm_mAP") is not None:
+            lines.append(f"mask mAP {_pct(result.get('segm_mAP'), 100)}  mAP@50 {_pct(result.get('segm_mAP50'), 100)}")
+        per_class = result.get("per_class") or {}
+        if per_class:
+            has_mask = any(isinstance(v, dict) and v.get("segm_AP") is not None for v in per_class.values())
+            lines.append(f"{'class':<20} {'box AP':>7}" + (f" {'mask AP':>7}" if has_mask else ""))
+            for name, v in per_class.items():
+                v = v if isinstance(v, dict) else {"bbox_AP": v}
+                lines.append(f"{name:<20} {_pct(v.get('bbox_AP'), 100):>7}"
+                             + (f" {_pct(v.get('segm_AP'), 100):>7}" if has_mask else ""))
+    else:
+        lines.append(f"mIoU {_pct(result.get('mIoU'), 100)}  pixel accuracy {_pct(result.get('aAcc'), 100)}")
+        ious = result.get("per_class_iou") or []
+        lines.append(f"{'class':<20} {'IoU':>6}")
+        for i, iou in enumerate(ious):
+            name = class_names[i] if i < len(class_names) else f"class {i}"
+            lines.append(f"{name:<20} {_pct(iou, 100):>6}")
+    return "\n".join(lines)
+
+
+# -- predict ------------------------------------------------------------------------------------------------------
+
+def expand_images(items: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Files, directories (their images, sorted) and glob patterns → (image paths, items that matched nothing)."""
+    from ..data.folder import IMG_EXTENSIONS
+
+    found: list[str] = []
+    missing: list[str] = []
+    for item in items:
+        if os.path.isdir(item):
+            found += sorted(str(p) for p in Path(item).iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+        elif os.path.exists(item):
+            found.append(item)
+        else:
+            matches = sorted(glob.glob(item))
+            if not matches:
+                missing.append(item)
+            found += matches
+    if not found:
+        raise FileNotFoundError(f"no images in {', '.join(items)}")
+    return found, missing
+
+
+@torch.no_grad()
+def predict_image(model: torch.nn.Module, image: Any, task: str, ckpt: dict[str, Any], args: argparse.Namespace,
+                  device: torch.device) -> dict[str, Any]:
+    """One PIL image → predictions (detection: boxes/labels/scores/masks above the threshold; segmentation:
+    the per-pixel class map)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    if task == "detection":
+        tensor = TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
+        pred = model([tensor.to(device)])[0]
+        keep = pred["scores"] >= args.score_thresh
+        return {k: v[keep].cpu() for k, v in pred.items()}
+    from . import segment, segmentation_transforms
+    data = ckpt.get("data_config") or {}
+    rescale = segmentation_transforms(False, scale=data.get("img_scale", (2048, 512)),
+                                      mean=data.get("mean", (0.485, 0.456, 0.406)),
+                                      std=data.get("std", (0.229, 0.224, 0.225)))
+    x, _ = rescale(TF.to_image(image), None)
+    crop = args.crop or data.get("crop_size") or 512
+    logits = segment(model, x[None].to(device), len(ckpt.get("class_names") or []), mode=args.mode, crop=crop,
+                     stride=args.stride or max(1, crop * 2 // 3), out_size=(image.height, image.width))
+    return {"classes": logits.argmax(1)[0].cpu()}
+
+
+def run_predict(args: argparse.Namespace, task: str) -> int:
+    """Predict every image, draw each into ``--output/<name>.png``, optionally write JSON; an unreadable image
+    is reported in one line and skipped (exit status 1 if any was)."""
+    from tqdm import tqdm
+
+    from ..train.distributed import resolve_device
+    from ..utils.images import IMAGE_ERRORS, read_image
+    from .drawing import draw_detections, draw_segmentation
+
+    paths, missing = expand_images(args.images)
+    command = f"datvit {'det' if task == 'detection' else 'seg'} predict"
+    for item in missing:
+        print(f"{command}: error: {item}: no such file, directory or matching pattern", file=sys.stderr)
+    device = resolve_device(args.device)
+    model, ckpt = load_dense_checkpoint(args.checkpoint, task, args.use_ema)
+    model.to(device)
+    class_names = list(ckpt.get("class_names") or [])
+    out_dir = Path(args.output)
+    records, failed = [], len(missing)
+    for path in tqdm(paths, desc="predict", disable=args.no_progress or len(paths) < 2, dynamic_ncols=True):
+        try:
+            image = read_image(path, "RGB")
+        except IMAGE_ERRORS as e:
+            print(f"{command}: error: {path}: cannot read the image ({e})", file=sys.stderr)
+            failed += 1
+            continue
+        pred = predict_image(model, image, task, ckpt, args, device)
+        target = out_dir / (Path(path).stem + ".png")
+        if task == "detection":
+            draw_detections(image, pred, class_names, target)
+            records.append({"image": path, "output": str(target), "boxes": pred["boxes"].tolist(),
+                            "labels": [class_names[i - 1] if 0 < i <= len(class_names) else int(i)
+                                       for i in pred["labels"].tolist()],
+                            "scores": [round(s, 4) for s in pred["scores"].tolist()]})
+        else:
+            draw_segmentation(image, pred["classes"], class_names, target)
+            counts = torch.bincount(pred["classes"].flatten(), minlength=len(class_names)).tolist()
+            records.append({"image": path, "output": str(target),
+                            "pixels": {class_names[i] if i < len(class_names) else str(i): c
+                                       for i, c in enumerate(counts) if c}})
+    for r in records:
+        what = (f"{len(r['boxes'])} detections" if task == "detection"
+                else f"{len(r['pixels'])} classes")
+        print(f"{r['image']}: {what} -> {r['output']}")
+    if args.json:
+        text = json.dumps(records, indent=2) + "\n"
+        if args.json == "-":
+            sys.stdout.write(text)
+        else:
+            from ..utils.files import atomic_write_text
+            atomic_write_text(text, args.json)
+    return 1 if failed else 0
