@@ -1,6 +1,6 @@
 """The datvit checkpoint format: what a datvit checkpoint holds, built and read in this one module.
 
-A datvit checkpoint is a ``torch.save`` dict (conventions in ``/work/shared/docs/conventions.md``, "Files"):
+A datvit checkpoint is a ``torch.save`` dict (timm's training-checkpoint keys, plus what rebuilds the model):
 
 * what inference needs — ``model`` (state_dict), ``model_ema`` (state_dict or None), ``arch`` (``{"name",
   "kwargs"}``: what rebuilds the model, custom configurations included), ``data_config`` (timm-style: input_size,

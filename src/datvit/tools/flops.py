@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-# The papers' numbers (shared/docs/dat-spec.md §5): parameters (millions, as printed) and GFLOPs.
+# The papers' numbers (README "Models" table; arXiv 2201.00520 and 2309.01430): parameters (millions, as printed) and GFLOPs.
 PUBLISHED: dict[str, tuple[float, float]] = {
     "dat_tiny": (29, 4.6), "dat_small": (50, 9.0), "dat_base": (88, 15.8), "dat_base_384": (88, 49.8),
     "datpp_tiny": (24, 4.3), "datpp_small": (53, 9.4), "datpp_base": (93, 16.6), "datpp_base_384": (94, 49.7),
