@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..train.config import UpdateKwargs
 from ._errors import run_with_user_errors
 
 EPILOG = """examples:
@@ -26,21 +27,6 @@ built at 224 and run at 384). Build at another size with --model-kwargs img_size
 """
 
 
-class _KeyValues(argparse.Action):
-    """``--model-kwargs key=value ...`` with values read as Python/YAML literals (as ``datvit train``)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        from ..train.config import parse_literal
-
-        merged = dict(getattr(namespace, self.dest, None) or {})
-        for item in values:
-            if "=" not in item:
-                raise argparse.ArgumentError(self, f"expected key=value, got {item!r}")
-            key, text = item.split("=", 1)
-            merged[key.strip().replace("-", "_")] = parse_literal(text)
-        setattr(namespace, self.dest, merged)
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("flops", help="parameters and FLOPs per stage, as the papers count them",
                               description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "released variants")
     p.add_argument("--model-config", default=None, metavar="FILE",
                    help="YAML/JSON of DAT constructor arguments (on top of --model's, if given)")
-    p.add_argument("--model-kwargs", nargs="*", default={}, action=_KeyValues, metavar="KEY=VALUE",
+    p.add_argument("--model-kwargs", nargs="*", default={}, action=UpdateKwargs, metavar="KEY=VALUE",
                    help="DAT constructor arguments, e.g. dims='[64,128,256,512]' depths='[2,2,6,2]'")
     p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
                    help="input height [width] (default: the variant's evaluation size)")

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .deformable_points import _to_pixels
+from .deformable_points import _to_pixels, save_panel_grid
 
 
 @dataclass
@@ -227,7 +227,6 @@ def plot_deformable_attention(image: np.ndarray, maps: Sequence[DeformableAttent
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..utils.files import atomic_savefig
 
     if mode not in ("queries", "received"):
         raise ValueError(f"mode must be 'queries' or 'received', got {mode!r}")
@@ -261,16 +260,4 @@ def plot_deformable_attention(image: np.ndarray, maps: Sequence[DeformableAttent
             what = f"{g}×{hk}×{wk} keys by attention received"
         ax.set_title(f"stage {m.stage + 1}, block {m.block + 1} ({m.map_size[0]}×{m.map_size[1]} map): {what}",
                      fontsize=7)
-        ax.set_xlim(-0.5, image.shape[1] - 0.5)
-        ax.set_ylim(image.shape[0] - 0.5, -0.5)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    for ax in list(axes.flat)[len(maps):]:
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_savefig(fig, path)
-    plt.close(fig)
-    return path
+    return save_panel_grid(fig, axes, len(maps), image.shape[:2], title, path)

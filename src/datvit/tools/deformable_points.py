@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -74,8 +74,6 @@ def plot_deformable_points(image: np.ndarray, points: Sequence[DeformablePoints]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..utils.files import atomic_savefig
-
     points = list(points)[-max_blocks:]
     cols = min(4, len(points))
     rows = -(-len(points) // cols)
@@ -92,11 +90,23 @@ def plot_deformable_points(image: np.ndarray, points: Sequence[DeformablePoints]
             ax.scatter(s[:, 0], s[:, 1], s=10, color=color, linewidths=0)
         ax.set_title(f"stage {p.stage + 1}, block {p.block + 1}: {p.sampled.shape[0]} group(s), "
                      f"{p.sampled.shape[1]}×{p.sampled.shape[2]} keys", fontsize=8)
-        ax.set_xlim(-0.5, image.shape[1] - 0.5)
-        ax.set_ylim(image.shape[0] - 0.5, -0.5)
+    return save_panel_grid(fig, axes, len(points), image.shape[:2], title, path)
+
+
+def save_panel_grid(fig: Any, axes: Any, used: int, image_hw: tuple[int, int], title: Optional[str],
+                    path: Union[str, Path]) -> Path:
+    """Finish a grid of per-block panels over one image (pixel limits, no ticks, unused panels hidden, the title)
+    and write it as a PNG atomically; shared by the sampling-point and the attention figures."""
+    import matplotlib.pyplot as plt
+
+    from ..utils.files import atomic_savefig
+
+    for ax in list(axes.flat)[:used]:
+        ax.set_xlim(-0.5, image_hw[1] - 0.5)
+        ax.set_ylim(image_hw[0] - 0.5, -0.5)
         ax.set_xticks([])
         ax.set_yticks([])
-    for ax in list(axes.flat)[len(points):]:
+    for ax in list(axes.flat)[used:]:
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=10)
