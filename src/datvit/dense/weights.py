@@ -22,7 +22,7 @@ from torch import nn
 
 from ..models import DAT
 from ..models.checkpoint import (CheckpointError, describe_architecture, extract_state_dict, fit_state_dict,
-                                 read_checkpoint)
+                                 key_mismatches, read_checkpoint)
 
 _DENSE_PREFIXES = ("backbone.",)
 # Where the backbone sits inside datvit's own dense models (after extract_state_dict strips "backbone."): a
@@ -83,10 +83,6 @@ def _split_dense(checkpoint: Any) -> tuple[Any, list[str], str]:
     return checkpoint, [], "classification"
 
 
-def _one_line(keys: list[str], limit: int = 6) -> str:
-    return ", ".join(keys[:limit]) + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
-
-
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = False) -> WeightsReport:
     """Load a classification or dense checkpoint's backbone weights into ``model``'s backbone (module docstring).
 
@@ -133,21 +129,12 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, use_ema: bo
             if _NORM_KEY.match(k) and (k not in state or not file_has_norms):
                 state[k] = own[k]
                 report.kept_init.append(k)
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                  if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
+    differences = key_mismatches(state, own)
+    if differences:
         parts = [f"{path} does not match the backbone"]
         if is_dat:
             parts.append(f"(file: {describe_architecture(state)}; model: {describe_architecture(own)})")
-        if missing:
-            parts.append(f"missing {len(missing)}: {_one_line(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)}: {_one_line(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches (file vs model) {len(mismatched)}: {_one_line(mismatched)}")
-        raise CheckpointError("; ".join(parts))
+        raise CheckpointError("; ".join(parts + differences))
     backbone.load_state_dict(state, strict=True)
     report.loaded = len(state) - len([k for k in report.kept_init if k in state])
     if report.kept_init and layout != "classification":

@@ -312,6 +312,24 @@ def _format_keys(keys: list[str], limit: int = 8) -> str:
     return shown + (f", … ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def key_mismatches(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor]) -> list[str]:
+    """What differs between a file's state_dict and a model's, as message parts (empty when they match): missing
+    and unexpected keys and shape mismatches, each with a count and the first few names. Shared by the model
+    loader below and the dense backbone loader (``datvit.dense.weights``)."""
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state and state[k].shape != own[k].shape]
+    parts = []
+    if missing:
+        parts.append(f"missing keys ({len(missing)}): {_format_keys(missing)}")
+    if unexpected:
+        parts.append(f"unexpected keys ({len(unexpected)}): {_format_keys(unexpected)}")
+    if mismatched:
+        parts.append(f"shape mismatches ({len(mismatched)}; file vs model): {_format_keys(mismatched)}")
+    return parts
+
+
 def load_state_dict_checked(
     model: nn.Module,
     state_dict: Mapping[str, torch.Tensor],
@@ -334,20 +352,10 @@ def load_state_dict_checked(
     if "cls_head.weight" not in own:  # model without a classifier (num_classes=0 / features)
         for k in ("cls_head.weight", "cls_head.bias"):
             state.pop(k, None)
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                  if k in state and state[k].shape != own[k].shape]
-    if strict and (missing or unexpected or mismatched):
-        parts = [f"{source} does not match the model: file {describe_architecture(state)}, "
-                 f"model {describe_architecture(own)}"]
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_format_keys(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_format_keys(unexpected)}")
-        if mismatched:
-            parts.append(f"shape mismatches ({len(mismatched)}; file vs model): {_format_keys(mismatched)}")
-        raise CheckpointError("; ".join(parts))
+    differences = key_mismatches(state, own)
+    if strict and differences:
+        raise CheckpointError("; ".join([f"{source} does not match the model: file {describe_architecture(state)}, "
+                                         f"model {describe_architecture(own)}"] + differences))
     if not strict:
         state = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(state, strict=strict)
