@@ -243,7 +243,8 @@ class _DenseTask(Task):
 
     def describe(self, model: nn.Module) -> str:
         cfg = self.dense_config
-        return (f"training {cfg.kind} with a {cfg.backbone.model} backbone ({self.n_params / 1e6:.2f}M parameters) "
+        backbone = cfg.backbone.model + (" (custom configuration)" if cfg.backbone.model_kwargs else "")
+        return (f"training {cfg.kind} with a {backbone} backbone ({self.n_params / 1e6:.2f}M parameters) "
                 f"on {self.args.data_dir} ({len(self.train_set)} training images, {len(self.class_names)} classes)")
 
 
