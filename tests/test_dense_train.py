@@ -36,6 +36,11 @@ def test_shipped_configs_reproduce_the_authors_recipes():
     assert (args.preset, args.iters, args.batch_size, args.decay_rate, args.amp) == ("fpn_datpp_tiny_80k", 40_000, 4, 0.9, False)
     args = _parse(["det", "train", "-c", "retinanet_datpp_tiny_1x"])
     assert (args.preset, args.lr_base) == ("retinanet_datpp_tiny_1x", 2e-4)
+    # a config in epochs replaces the seg parser's default of 160000 iterations (the demo's config)
+    args = _parse(["seg", "train", "-c", "demo_upernet_scenes"])
+    assert (args.epochs, args.iters) == (2, None)
+    args = _parse(["seg", "train", "-c", "demo_upernet_scenes", "--iters", "50"])
+    assert (args.epochs, args.iters) == (None, 50)
 
 
 def test_dense_config_from_flags_and_the_authors_weight_decay_rule():

@@ -299,6 +299,11 @@ class ConfigFileParser(argparse.ArgumentParser):
             unknown = sorted(set(config) - dests)
             if unknown:
                 self.error(f"{known.config}: unknown option(s) {', '.join(unknown)}")
+            # a config that gives the training length in one unit replaces the parser's default in the other
+            # (the seg parser defaults to iters 160000: a config's `epochs: 2` must not be outlived by it)
+            for unit, other in (("epochs", "iters"), ("iters", "epochs")):
+                if config.get(unit) is not None and other not in config and other in dests:
+                    config[other] = None
             self.set_defaults(**config)
         return super().parse_known_args(argv, namespace)
 
