@@ -6,13 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from dense_train_helpers import TINY_SEGMENTER, make_scenes
-from train_helpers import load_weights, max_abs_diff, run_datvit, subprocess_env
+from train_helpers import checkpoint_position, load_weights, max_abs_diff, run_datvit, slow_step_driver, subprocess_env
 
 
 def _parse(argv: list[str]):
@@ -74,25 +73,7 @@ def test_dense_config_from_flags_and_the_authors_weight_decay_rule():
 
 
 # Slows every optimizer step so the parent can kill the run between a step checkpoint and the epoch's end.
-DRIVER = """
-import sys, time
-import datvit.train.engine as engine
-_step = engine.Trainer._train_step
-def slow_step(self, *args, **kwargs):
-    time.sleep(0.3)
-    return _step(self, *args, **kwargs)
-engine.Trainer._train_step = slow_step
-from datvit.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def _position(path: Path):
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    return ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
+DRIVER = slow_step_driver(0.3)
 
 
 def test_segmentation_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
@@ -113,14 +94,14 @@ def test_segmentation_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_pa
     last = out / "killed" / "last.pth"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        position = _position(last) if last.exists() else None
+        position = checkpoint_position(last) if last.exists() else None
         if position and position[0] == 1 and position[1] > 0:  # a step checkpoint inside the second epoch
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed: " + proc.stderr.read().decode()
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    epoch, batch, _ = _position(last)
+    epoch, batch, _ = checkpoint_position(last)
     assert epoch == 1 and 0 < batch < 4, (epoch, batch)
 
     resumed = run_datvit(common + ["--experiment", "killed", "--resume", "auto"])

@@ -7,33 +7,15 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from train_helpers import TINY_MODEL_ARGS, load_weights, make_image_folder, max_abs_diff, run_datvit, subprocess_env
+from train_helpers import (TINY_MODEL_ARGS, checkpoint_position, load_weights, make_image_folder, max_abs_diff,
+                           run_datvit, slow_step_driver, subprocess_env)
 
 # Slows every optimizer step so the parent can kill the run between a step checkpoint and the epoch's end.
-DRIVER = """
-import sys, time
-import datvit.train.engine as engine
-_step = engine.Trainer._train_step
-def slow_step(self, *args, **kwargs):
-    time.sleep(0.25)
-    return _step(self, *args, **kwargs)
-engine.Trainer._train_step = slow_step
-from datvit.cli.main import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def _read_position(path: Path):
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    return ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]
+DRIVER = slow_step_driver(0.25)
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -55,7 +37,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, workers):
     position = None
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
-        position = _read_position(last) if last.exists() else None
+        position = checkpoint_position(last) if last.exists() else None
         # a step checkpoint of the second epoch: the kill lands mid-epoch, after an epoch end and a step save
         if position and position[0] == 1 and position[1] > 0:
             break
@@ -64,7 +46,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, workers):
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
-    epoch, batch, step = _read_position(last)
+    epoch, batch, step = checkpoint_position(last)
     assert epoch == 1 and 0 < batch < 6, (epoch, batch)  # last.pth is a complete mid-epoch checkpoint
 
     resumed = run_datvit(common + ["--experiment", "killed", "--resume", "auto"])

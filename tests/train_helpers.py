@@ -90,3 +90,30 @@ def load_weights(path: Path, key: str = "model") -> dict[str, torch.Tensor]:
 def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     assert a.keys() == b.keys()
     return max((a[k].double() - b[k].double()).abs().max().item() for k in a if a[k].is_floating_point())
+
+
+def slow_step_driver(seconds: float) -> str:
+    """A script that runs ``datvit`` with every optimizer step slowed by ``seconds``, so a test can kill the run
+    between a step checkpoint and the epoch's end (classification and dense resume tests)."""
+    return f"""
+import sys, time
+import datvit.train.engine as engine
+_step = engine.Trainer._train_step
+def slow_step(self, *args, **kwargs):
+    time.sleep({seconds})
+    return _step(self, *args, **kwargs)
+engine.Trainer._train_step = slow_step
+from datvit.cli.main import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def checkpoint_position(path):
+    """(epoch, batch_in_epoch, step) of a training checkpoint, or None while it cannot be read."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    return ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]

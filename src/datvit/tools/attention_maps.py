@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .deformable_points import _to_pixels, save_panel_grid
+from .deformable_points import _to_pixels, save_panel_grid, single_image_batch
 
 
 @dataclass
@@ -136,12 +136,7 @@ def collect_deformable_attention(
     (default: every D block). Returns a list of :class:`DeformableAttentionMap` (and the logits first with
     ``return_logits``). Raises ValueError for a query outside the image or a model without D blocks.
     """
-    if image.dim() == 3:
-        image = image.unsqueeze(0)
-    if image.dim() != 4 or image.shape[0] != 1:
-        raise ValueError(f"expected one image C×H×W (or 1×C×H×W), got shape {tuple(image.shape)}")
-    if not hasattr(model, "forward_with_positions"):
-        raise ValueError(f"{type(model).__name__} is not a datvit DAT model (no forward_with_positions)")
+    image = single_image_batch(model, image)
     ih, iw = int(image.shape[-2]), int(image.shape[-1])
     for y, x in queries or []:
         if not (0 <= y < ih and 0 <= x < iw):

@@ -33,16 +33,22 @@ def _to_pixels(points: torch.Tensor, map_hw: tuple[int, int], image_hw: tuple[in
     return torch.stack([(x + 0.5) * iw / mw, (y + 0.5) * ih / mh], dim=-1).cpu().numpy()
 
 
-@torch.no_grad()
-def collect_deformable_points(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, list[DeformablePoints]]:
-    """Run ``model`` (a DAT or DAT++ with D blocks) on one preprocessed image (C×H×W or 1×C×H×W); return its
-    logits (1×classes) and the sampled and reference points of every D block."""
+def single_image_batch(model: nn.Module, image: torch.Tensor) -> torch.Tensor:
+    """One preprocessed image (C×H×W or 1×C×H×W) as a batch of one, for a DAT model; ValueError otherwise."""
     if image.dim() == 3:
         image = image.unsqueeze(0)
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"expected one image C×H×W (or 1×C×H×W), got shape {tuple(image.shape)}")
     if not hasattr(model, "forward_with_positions"):
         raise ValueError(f"{type(model).__name__} is not a datvit DAT model (no forward_with_positions)")
+    return image
+
+
+@torch.no_grad()
+def collect_deformable_points(model: nn.Module, image: torch.Tensor) -> tuple[torch.Tensor, list[DeformablePoints]]:
+    """Run ``model`` (a DAT or DAT++ with D blocks) on one preprocessed image (C×H×W or 1×C×H×W); return its
+    logits (1×classes) and the sampled and reference points of every D block."""
+    image = single_image_batch(model, image)
     was_training = model.training
     model.eval()
     try:
