@@ -3,17 +3,32 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# What is installed: the package and its dependencies (CORE: enough for `make demo`), plus the dense extra
+# (DENSE: `make demo-dense`), plus everything the tests need (STAMP: `make test`, `make venv`). A demo on a fresh
+# machine so installs only what it runs; a later `make test` adds the rest.
 STAMP := $(VENV)/.datvit-installed
+CORE := $(VENV)/.datvit-core
+DENSE := $(VENV)/.datvit-dense
 
 .PHONY: test demo venv clean bench fashion-mnist demo-dense
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(PY):
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip >/dev/null
+
+$(CORE): pyproject.toml | $(PY)
+	$(PY) -m pip install -e .
+	touch $(CORE)
+
+$(DENSE): $(CORE)
+	$(PY) -m pip install -e '.[dense]'
+	touch $(DENSE)
+
+$(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[test]'
-	touch $(STAMP)
+	touch $(STAMP) $(CORE) $(DENSE)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -23,7 +38,7 @@ test: $(STAMP)
 # (e.g. DEMO_ARGS='--epochs 1', or DEMO_ARGS='--data-dir DIR' for IDX files elsewhere).
 DEMO_ARGS ?=
 
-demo: $(STAMP) fashion-mnist
+demo: $(CORE) fashion-mnist
 	$(PY) -m datvit demo $(DEMO_ARGS)
 
 # `make demo-dense`: Fashion-MNIST scenes (128×128, boxes + instance masks + semantic maps) written offline, then a
@@ -32,12 +47,12 @@ demo: $(STAMP) fashion-mnist
 # (e.g. DENSE_ARGS='--epochs 1', or '--fashion-mnist-dir DIR').
 DENSE_ARGS ?=
 
-demo-dense: $(STAMP) fashion-mnist
+demo-dense: $(DENSE) fashion-mnist
 	$(PY) -m datvit demo-dense $(DENSE_ARGS)
 
 # Fashion-MNIST comes from the Debian package dataset-fashion-mnist; install it when missing and possible.
 FIND_FMNIST := $(PY) -c "from datvit.data.fashion_mnist import find_fashion_mnist; find_fashion_mnist()"
-fashion-mnist: $(STAMP)
+fashion-mnist: $(CORE)
 	@case "$(DEMO_ARGS) $(DENSE_ARGS)" in *--data-dir*|*--fashion-mnist-dir*) exit 0;; esac; \
 	$(FIND_FMNIST) 2>/dev/null && exit 0; \
 	echo "Fashion-MNIST not found: installing the Debian package dataset-fashion-mnist"; \

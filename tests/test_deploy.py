@@ -50,3 +50,32 @@ def test_flag_helper():
     assert optimize_from_args(model, p.parse_args([])) is model
     args = p.parse_args(["--compile", "--compile-mode", "max-autotune"])
     assert args.compile and args.compile_mode == "max-autotune"
+
+
+def test_int8_quantizes_every_linear_and_stays_close():
+    """torchao's int8 (eager here; compiled it is the same arithmetic in int8 GEMMs): every Linear's weight is
+    quantized, the logits move little and the predicted classes of a trained-like model hold."""
+    pytest.importorskip("torchao")
+    torch.manual_seed(0)
+    kwargs = dict(TINY_MODEL_KWARGS, depths=[1, 1, 1, 1], stage_spec=[["L"], ["L"], ["D"], ["D"]])
+    model = timm.create_model("dat_tiny", num_classes=5, **kwargs).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    int8 = optimize_for_inference(model, compile=False, freezing=False, quantize="int8")
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(type(m.weight).__name__ != "Parameter" or type(m.weight.data) is not torch.Tensor
+                           for m in linears)
+    got = int8(x)
+    scale = expected.abs().max()
+    assert (got - expected).abs().max() < 0.05 * scale
+    assert not torch.equal(got, expected)          # it did quantize
+
+
+def test_int8_options_and_flag():
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        InferenceOptimization(quantize="int4")
+    p = argparse.ArgumentParser()
+    add_inference_optimization_arguments(p)
+    args = p.parse_args(["--int8"])
+    assert args.int8 and not args.compile

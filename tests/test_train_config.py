@@ -10,7 +10,7 @@ import yaml
 
 from datvit.cli.main import build_parser
 from datvit.train.config import apply_recipe, scaled_lr
-from datvit.train.engine import Trainer
+from datvit.train.engine import Trainer, TrainingError
 from datvit.train.modeling import PRESETS, create_model, resolve_model_kwargs
 from datvit.train.precision import cpu_flags, cpu_has_native_bf16, resolve_amp
 from train_helpers import TINY_MODEL_ARGS, make_image_folder
@@ -99,6 +99,36 @@ def test_no_weight_decay_on_norms_biases_and_position_tables(tmp_path):
     assert trainer.optimizer.param_groups[0]["weight_decay"] in (0.0, 0.05)
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
     assert trainer.model.grad_checkpointing and all(s.grad_checkpointing for s in trainer.model.stages)
+
+
+def test_fused_optimizer_by_default_where_torch_has_one(tmp_path):
+    data = make_image_folder(tmp_path / "d", 2, 1, corrupt=False)
+    base = ["--data-dir", str(data), *TINY_MODEL_ARGS, "--output", str(tmp_path / "o"), "--workers", "0", "-b", "2"]
+    assert Trainer(parse(base)).optimizer.defaults["fused"] is True
+    foreach = Trainer(parse([*base, "--no-opt-fused"])).optimizer
+    assert not foreach.defaults["fused"]
+    sgd = Trainer(parse([*base, "--opt", "sgd", "--lr", "0.1"])).optimizer
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["fused"] is True
+    lamb = Trainer(parse([*base, "--opt", "lamb", "--lr", "0.1"])).optimizer   # timm's own: no fused step
+    assert "fused" not in lamb.defaults or not lamb.defaults["fused"]
+    with pytest.raises(TrainingError, match="no fused step for optimizer 'lamb'"):
+        Trainer(parse([*base, "--opt", "lamb", "--lr", "0.1", "--opt-fused"]))
+
+
+def test_fused_and_foreach_adamw_take_the_same_steps():
+    """The default (fused) step is the foreach step up to float rounding, decoupled weight decay included."""
+    torch.manual_seed(0)
+    models = [torch.nn.Linear(8, 4) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.05, fused=f) for m, f in zip(models, (True, False))]
+    for _ in range(5):
+        x = torch.randn(16, 8)
+        for m, o in zip(models, opts):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_amp_policy_on_cpu(tmp_path):

@@ -21,7 +21,7 @@ from torch import nn
 
 from .attention import biased_attention
 from .norm import ChannelLayerNorm
-from .ops import pointwise
+from .ops import grid_sample_bilinear, pointwise
 
 Generation = Literal["v1", "pp"]
 
@@ -48,7 +48,7 @@ def deformable_position_bias(table: torch.Tensor, pos: torch.Tensor, q_grid: tor
     p_xy = pos.flip(-1).reshape(B * G, 1, ns, 2)
     grid = torch.sub(q_xy, p_xy).mul_(0.5)
     tables = table.reshape(1, heads, th, tw).expand(B, -1, -1, -1).reshape(B * G, heads // G, th, tw)
-    bias = F.grid_sample(tables, grid, mode="bilinear", align_corners=True)
+    bias = grid_sample_bilinear(tables, grid)
     return bias.view(B, heads, H * W, ns)
 
 
@@ -226,7 +226,7 @@ class DeformableAttention(nn.Module):
         if self.no_off:
             sampled = F.avg_pool2d(x_groups, kernel_size=self.stride, stride=self.stride)
         else:
-            sampled = F.grid_sample(x_groups, pos.flip(-1), mode="bilinear", align_corners=True)
+            sampled = grid_sample_bilinear(x_groups, pos.flip(-1))
         sampled = sampled.reshape(B, C, ns).transpose(1, 2).contiguous()      # B×Ns×C
         # k and v in one GEMM
         kv_weight = torch.cat([self.proj_k.weight.flatten(1), self.proj_v.weight.flatten(1)])

@@ -46,3 +46,51 @@ def residual_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
                      [k[1] // 2, k[1] - 1 - k[1] // 2, k[0] // 2, k[0] - 1 - k[0] // 2])
     out = F.conv2d(x.permute(0, 3, 1, 2), weight + identity, bias, 1, [k[0] // 2, k[1] // 2], 1, weight.shape[0])
     return out.permute(0, 2, 3, 1)
+
+
+# -- grid_sample that torch.compile keeps as ATen's kernel ------------------------------------------------------
+#
+# Inductor decomposes ``aten.grid_sampler_2d`` into generated C++ loops. For the D block's position bias (one
+# bilinear read of a small table per query/key pair: B·heads·HW·Ns of them) those loops ran ~4x slower than ATen's
+# vectorised CPU kernel (dat_tiny D block at batch 32: 70 ms vs 17 ms per call), so a compiled dat_tiny was slower
+# than eager. Inside torch.compile the fast path calls ATen's kernel through this opaque custom op instead (and its
+# backward kernel for training); eager, TorchScript, torch.fx, torch.export and ONNX export see ``F.grid_sample``.
+
+@torch.library.custom_op("datvit::grid_sample_bilinear", mutates_args=())
+def _grid_sample_op(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    # interpolation 0 = bilinear, padding 0 = zeros, align_corners=True
+    return torch.ops.aten.grid_sampler_2d(input, grid, 0, 0, True)
+
+
+@_grid_sample_op.register_fake
+def _grid_sample_shape(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    return input.new_empty(input.shape[0], input.shape[1], grid.shape[1], grid.shape[2])
+
+
+def _grid_sample_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _grid_sample_backward(ctx, grad: torch.Tensor):
+    input, grid = ctx.saved_tensors
+    need_input, need_grid = ctx.needs_input_grad
+    grad_input, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+        grad.contiguous(), input, grid, 0, 0, True, [need_input, need_grid])
+    return (grad_input if need_input else None), (grad_grid if need_grid else None)
+
+
+_grid_sample_op.register_autograd(_grid_sample_backward, setup_context=_grid_sample_setup)
+
+
+@torch.jit.unused
+def _compiling() -> bool:
+    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
+
+
+def grid_sample_bilinear(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """``F.grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=True)``; under
+    torch.compile (not export) through ATen's kernel as an opaque op (see above)."""
+    if not torch.jit.is_scripting():
+        if _compiling():
+            return _grid_sample_op(input, grid)
+    return F.grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=True)

@@ -1,0 +1,168 @@
+"""int8 inference through torchao: accuracy on a trained checkpoint and speed, against fp32 (eager and compiled).
+
+    python -m benchmarks.int8 --checkpoint demo_output/fashion_mnist/last.pth     # after `make demo`
+    python -m benchmarks.int8 --checkpoint CKPT --speed-models dat_tiny,swin --speed-batch 32
+
+For the checkpoint it evaluates the test split (the dataset the checkpoint was trained on) four ways — fp32 eager,
+fp32 compiled with inductor freezing (:func:`datvit.optimize_for_inference`), int8 eager and int8 compiled with
+freezing — and prints top-1 and images/s of each. int8 is torchao's current API (``quantize_`` with
+``Int8DynamicActivationInt8WeightConfig``: int8 weights, activations quantized per token at run time), applied to
+every ``nn.Linear`` (the 1×1 convolutions of the D blocks run as ``F.linear`` on the conv weights and stay fp32).
+Then, for ``--speed-models`` at 224×224 with random weights, the same four treatments are timed interleaved in
+one process (``--iters`` rounds, median).
+
+Needs ``pip install torchao`` (not a datvit dependency). Writes ``--out``/int8.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with int8 weights and dynamically quantized int8 activations in every nn.Linear."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    q = copy.deepcopy(model).eval()
+    quantize_(q, Int8DynamicActivationInt8WeightConfig())
+    return q
+
+
+def treatments(model: nn.Module) -> dict[str, Callable[[], nn.Module]]:
+    from datvit import optimize_for_inference
+
+    return {
+        "fp32 eager": lambda: copy.deepcopy(model).eval(),
+        "fp32 compiled": lambda: optimize_for_inference(copy.deepcopy(model)),
+        "int8 eager": lambda: quantize_int8(model),
+        "int8 compiled": lambda: optimize_for_inference(quantize_int8(model)),
+    }
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader) -> tuple[float, float, int]:
+    """(top-1 %, images/s, images). The speed counts full batches after the first: the first call compiles, and a
+    smaller last batch is a new shape (a recompile for a compiled model)."""
+    correct = count = timed = 0
+    seconds = 0.0
+    for i, (images, targets, _) in enumerate(loader):
+        start = time.perf_counter()
+        logits = model(images)
+        if i and len(images) == loader.batch_size:
+            seconds += time.perf_counter() - start
+            timed += len(images)
+        correct += (logits.argmax(1) == targets).sum().item()
+        count += len(targets)
+    return 100.0 * correct / count, timed / max(seconds, 1e-9), count
+
+
+def checkpoint_accuracy(path: str, batch_size: int) -> dict:
+    from datvit.data.loader import create_dataset, create_loader, resolve_dataset_kind
+    from datvit.inference import eval_transform, load_model
+
+    loaded = load_model(path)
+    args = (loaded.checkpoint.training.get("args") or {}) if loaded.checkpoint else {}
+    kind = resolve_dataset_kind(args.get("dataset"), args.get("data_dir"))
+    split = args.get("val_split") or "test"
+    dataset = create_dataset(kind, args.get("data_dir"), split, transform=eval_transform(loaded.data_config),
+                             image_mode="L" if loaded.model.in_chans == 1 else "RGB",
+                             class_names=loaded.class_names)
+    loader = create_loader(dataset, batch_size, training=False, workers=0)
+    rows = {}
+    for name, make in treatments(loaded.model).items():
+        start = time.perf_counter()
+        model = make()
+        top1, ips, n = accuracy(model, loader)
+        rows[name] = {"top1": top1, "images_per_s": ips, "images": n,
+                      "seconds_incl_compile": time.perf_counter() - start}
+        print(f"{loaded.name} {kind}/{split} {name:14s} top-1 {top1:6.2f}%  {ips:7.0f} img/s  "
+              f"({rows[name]['seconds_incl_compile']:.0f} s with build/compile)", flush=True)
+    base = rows["fp32 eager"]["top1"]
+    for row in rows.values():
+        row["top1_change"] = row["top1"] - base
+    return {"checkpoint": path, "model": loaded.name, "dataset": kind, "split": split, "rows": rows}
+
+
+@torch.no_grad()
+def speed(models: list[str], batch: int, iters: int) -> dict:
+    import timm
+
+    import datvit  # noqa: F401  (registers the DAT models with timm)
+
+    aliases = {"swin": "swin_tiny_patch4_window7_224", "convnext": "convnext_tiny"}
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, 224, 224)
+    subjects = {}
+    for m in models:
+        base = timm.create_model(aliases.get(m, m)).eval()
+        for t, make in treatments(base).items():
+            start = time.perf_counter()
+            fn = make()
+            fn(x)
+            fn(x)
+            subjects[f"{m} {t}"] = (fn, time.perf_counter() - start)
+            print(f"built {m} {t} in {subjects[f'{m} {t}'][1]:.0f} s", flush=True)
+    times: dict[str, list[float]] = {k: [] for k in subjects}
+    for i in range(iters):
+        order = list(subjects) if i % 2 == 0 else list(reversed(subjects))
+        for k in order:
+            start = time.perf_counter()
+            subjects[k][0](x)
+            times[k].append(time.perf_counter() - start)
+    out = {}
+    for k, ts in times.items():
+        ts.sort()
+        out[k] = {"images_per_s": batch / ts[len(ts) // 2], "build_s": subjects[k][1]}
+    for m in models:
+        eager = out[f"{m} fp32 eager"]["images_per_s"]
+        for t in treatments(nn.Identity()):
+            row = out[f"{m} {t}"]
+            row["vs_fp32_eager"] = row["images_per_s"] / eager
+            print(f"{m:10s} {t:14s} {row['images_per_s']:7.1f} img/s  {row['vs_fp32_eager']:.2f}× fp32 eager  "
+                  f"(build {row['build_s']:.0f} s)")
+    return {"batch": batch, "iters": iters, "rows": out}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="datvit checkpoint whose test-set accuracy is compared")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch (checkpoint accuracy)")
+    p.add_argument("--speed-models", default="dat_tiny,swin", help="models timed at 224×224 ('' to skip)")
+    p.add_argument("--speed-batch", type=int, default=32)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--out", default="benchmarks/results")
+    args = p.parse_args(argv)
+
+    from datvit.runtime import tune_cpu_allocator
+    tune_cpu_allocator()
+    # This process compiles the same model code many times (fp32 and int8, several models and batch sizes); past
+    # dynamo's default of 8 compiled versions per code object it silently runs the rest eagerly (and recompiles
+    # for minutes): the first version of this script measured int8 dat_tiny at 0.81x fp32 that way.
+    torch._dynamo.config.cache_size_limit = 64
+    torch._dynamo.config.accumulated_cache_size_limit = 512
+    result = {"torch": torch.__version__}
+    try:
+        import torchao
+        result["torchao"] = torchao.__version__
+    except ImportError:
+        raise SystemExit("benchmarks.int8 needs torchao: pip install torchao")
+    if args.checkpoint:
+        result["accuracy"] = checkpoint_accuracy(args.checkpoint, args.batch_size)
+    models = [m for m in args.speed_models.split(",") if m]
+    if models:
+        result["speed"] = speed(models, args.speed_batch, args.iters)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "int8.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {out / 'int8.json'}")
+
+
+if __name__ == "__main__":
+    main()
