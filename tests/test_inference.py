@@ -140,15 +140,27 @@ def test_predict_compile_flag_runs_through_optimize_for_inference(files, capsys,
 
     seen = []
 
-    def fake_optimize(model, mode="default"):
-        seen.append(mode)
+    def fake_optimize(model, **options):
+        seen.append(options)
         return model
 
     monkeypatch.setattr(datvit.deploy, "optimize_for_inference", fake_optimize)
     code = main(["predict", str(files["images"] / "0.png"), "--checkpoint", str(files["ours"]), "--compile",
                  "--compile-mode", "max-autotune"])
     capsys.readouterr()
-    assert code == 0 and seen == ["max-autotune"]
+    assert code == 0 and seen == [dict(compile=True, freezing=True, mode="max-autotune", quantize=None)]
+
+
+def test_predict_int8_gives_the_same_classes(files, capsys):
+    """--int8 (torchao, eager here) predicts what the float model predicts on the test images."""
+    pytest.importorskip("torchao")
+    images = sorted(str(p) for p in files["images"].glob("*.png"))[:4]
+    results = []
+    for extra in ([], ["--int8"]):
+        assert main(["predict", *images, "--checkpoint", str(files["ours"]), "--topk", "1", "--json", *extra]) == 0
+        results.append(capsys.readouterr().out)
+    top = [[r["predictions"][0]["index"] for r in json.loads(out)["results"]] for out in results]
+    assert top[0] == top[1]
 
 
 def test_predict_names_imagenet_classes_for_a_1000_class_head(tmp_path, files, capsys):

@@ -24,7 +24,7 @@ from ..utils.files import atomic_write_text
 DEFAULT_CONFIG = "demo_fashion_mnist"   # datvit/configs/demo_fashion_mnist.yaml (package data)
 
 EPILOG = """examples:
-  datvit demo                       # ~8 minutes on 2 CPU cores: 3 epochs of dat_nano, then the test set
+  datvit demo                       # ~5½ minutes on 2 CPU cores: 3 epochs of dat_nano, then the test set
   datvit demo --epochs 1            # options datvit demo does not know go to datvit train
   datvit demo --output /tmp/demo --data-dir DIR   # Fashion-MNIST IDX files elsewhere
 """
@@ -75,7 +75,9 @@ def write_report(run_dir: Path, results: dict[str, Any], timings: dict[str, floa
         f"{args['train_interpolation']}) |",
         f"| recipe | {args['opt']} lr {args['lr']:g}, weight decay {args['weight_decay']}, {args['sched']} with "
         f"{args['warmup_epochs']} warm-up epochs, batch {args['batch_size']}, label smoothing {args['smoothing']}, "
-        f"drop path {kwargs.get('drop_path_rate', 0)}, horizontal flips, clip-grad {args['clip_grad']} |",
+        f"drop path {kwargs.get('drop_path_rate', 0)}, "
+        f"{'horizontal flips p=' + format(args['hflip'], 'g') if args.get('hflip') else 'no flips'}, "
+        f"clip-grad {args['clip_grad']} |",
         f"| evaluation | last.pth (final weights; no model selection on the test set), "
         f"{results['img_size']}px, crop {results['crop_pct']} |",
         "",
