@@ -151,16 +151,20 @@ def test_predict_compile_flag_runs_through_optimize_for_inference(files, capsys,
     assert code == 0 and seen == [dict(compile=True, freezing=True, mode="max-autotune", quantize=None)]
 
 
-def test_predict_int8_gives_the_same_classes(files, capsys):
-    """--int8 (torchao, eager here) predicts what the float model predicts on the test images."""
+def test_predict_int8_stays_close_to_float(files, capsys):
+    """--int8 (torchao, eager here): the class probabilities move little (the fixture's weights are random, so
+    near-ties may swap; the demo's trained model keeps its accuracy: docs/benchmarks.md "Deployment")."""
     pytest.importorskip("torchao")
     images = sorted(str(p) for p in files["images"].glob("*.png"))[:4]
-    results = []
+    k = files["model"].num_classes
+    probs = []
     for extra in ([], ["--int8"]):
-        assert main(["predict", *images, "--checkpoint", str(files["ours"]), "--topk", "1", "--json", *extra]) == 0
-        results.append(capsys.readouterr().out)
-    top = [[r["predictions"][0]["index"] for r in json.loads(out)["results"]] for out in results]
-    assert top[0] == top[1]
+        assert main(["predict", *images, "--checkpoint", str(files["ours"]), "--topk", str(k), "--json", *extra]) == 0
+        out = json.loads(capsys.readouterr().out)["results"]
+        probs.append(torch.tensor([[{p["index"]: p["probability"] for p in r["predictions"]}[i] for i in range(k)]
+                                   for r in out]))
+    assert probs[0].shape == (len(images), k)
+    assert (probs[0] - probs[1]).abs().max() < 0.05 and not torch.equal(probs[0], probs[1])
 
 
 def test_predict_names_imagenet_classes_for_a_1000_class_head(tmp_path, files, capsys):
