@@ -83,3 +83,33 @@ def test_window_bias_is_contiguous():
     attn = LocalAttention(16, 2, 4)
     bias = attn.relative_position_bias()
     assert bias.shape == (2, 16, 16) and bias.is_contiguous()
+
+
+def test_linear_projections_keep_the_fast_path_and_refuse_the_reference():
+    """use_linear_projections (for int8 deployment) swaps 1×1 convs for nn.Linear: same outputs; reference refused."""
+    import pytest
+    import timm
+
+    from datvit.layers import ConvMlp
+    from dense_helpers import TINY
+
+    for variant, kwargs in TINY.items():
+        torch.manual_seed(0)
+        model = timm.create_model(variant, num_classes=3, **kwargs).eval()
+        x = torch.randn(2, 3, 64, 64)
+        with torch.no_grad():
+            expected = model(x)
+            for m in model.modules():
+                if hasattr(m, "use_linear_projections"):
+                    m.use_linear_projections()
+            got = model(x)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        converted = [m for m in model.modules() if isinstance(m, (DeformableAttention, ConvMlp))]
+        assert converted
+        for m in converted:
+            assert all(isinstance(l, torch.nn.Linear) for l in
+                       ([m.proj_q, m.proj_k, m.proj_v, m.proj_out] if isinstance(m, DeformableAttention)
+                        else [m.linear1[0], m.linear2[0]]))
+        model.set_reference(True)
+        with pytest.raises(RuntimeError, match="use_linear_projections"):
+            model(x)

@@ -19,7 +19,7 @@ from torch import nn
 
 COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
 # None: float weights. "int8": torchao's int8 weights with int8 activations quantized per token at run time in
-# every nn.Linear (the D blocks' 1×1 convolutions, run as F.linear on conv weights, and all convolutions stay float)
+# every nn.Linear, DAT's 1×1-conv projections included (converted to nn.Linear first); other convolutions stay float
 QUANTIZATIONS = (None, "int8")
 
 
@@ -88,13 +88,21 @@ def optimize_for_inference(model: nn.Module, optimization: Optional[InferenceOpt
 
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Quantize ``model`` in place with torchao (``quantize_`` with ``Int8DynamicActivationInt8WeightConfig``):
-    every ``nn.Linear`` gets int8 weights (per channel) and quantizes its input per token at run time. Fastest
+    every ``nn.Linear`` gets int8 weights (per channel) and quantizes its input per token at run time. Modules with
+    ``use_linear_projections`` (DAT's D blocks and DAT++'s ConvMlp: 1×1 convolutions in the checkpoints) are
+    converted to ``nn.Linear`` first, so their GEMMs are quantized too (the model's reference path is then
+    unavailable). Fastest
     compiled (``optimize_for_inference(model, quantize="int8")``): inductor then runs int8 GEMMs (VNNI).
     Needs ``pip install 'datvit[int8]'`` (torchao)."""
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError as e:
         raise RuntimeError("int8 quantization needs torchao: pip install 'datvit[int8]' (or pip install torchao)") from e
+    # DAT's 1×1-conv projections (D blocks, DAT++'s ConvMlp) become nn.Linear first, so that they are quantized too
+    for module in list(model.modules()):
+        convert = getattr(module, "use_linear_projections", None)
+        if callable(convert):
+            convert()
     quantize_(model, Int8DynamicActivationInt8WeightConfig())
     return model
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from .attention import biased_attention
 from .norm import ChannelLayerNorm
-from .ops import grid_sample_bilinear, pointwise
+from .ops import grid_sample_bilinear, linear_from_pointwise_conv, pointwise
 
 Generation = Literal["v1", "pp"]
 
@@ -213,7 +213,10 @@ class DeformableAttention(nn.Module):
         sampled positions and reference points, each B×G×Hk×Wk×2 (y, x) in [−1, 1]."""
         B, H, W, C = x.shape
         G, heads = self.groups, self.heads
-        q = pointwise(x, self.proj_q.weight, self.proj_q.bias)
+        if isinstance(self.proj_q, nn.Linear):          # after use_linear_projections() (deployment)
+            q = self.proj_q(x)
+        else:
+            q = pointwise(x, self.proj_q.weight, self.proj_q.bias)
         if self.no_off:
             offset = x.new_zeros(B * G, H // self.stride, W // self.stride, 2)
         else:
@@ -228,13 +231,17 @@ class DeformableAttention(nn.Module):
         else:
             sampled = grid_sample_bilinear(x_groups, pos.flip(-1))
         sampled = sampled.reshape(B, C, ns).transpose(1, 2).contiguous()      # B×Ns×C
-        # k and v in one GEMM
-        kv_weight = torch.cat([self.proj_k.weight.flatten(1), self.proj_v.weight.flatten(1)])
-        k_bias, v_bias = self.proj_k.bias, self.proj_v.bias
-        assert k_bias is not None and v_bias is not None  # built with bias; says so to TorchScript
-        kv_bias = torch.cat([k_bias, v_bias])
-        kv = F.linear(sampled, kv_weight, kv_bias).view(B, ns, 2, heads, self.head_dim)
-        k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
+        if isinstance(self.proj_k, nn.Linear) and isinstance(self.proj_v, nn.Linear):
+            k = self.proj_k(sampled).view(B, ns, heads, self.head_dim).transpose(1, 2)
+            v = self.proj_v(sampled).view(B, ns, heads, self.head_dim).transpose(1, 2)
+        else:
+            # k and v in one GEMM
+            kv_weight = torch.cat([self.proj_k.weight.flatten(1), self.proj_v.weight.flatten(1)])
+            k_bias, v_bias = self.proj_k.bias, self.proj_v.bias
+            assert k_bias is not None and v_bias is not None  # built with bias; says so to TorchScript
+            kv_bias = torch.cat([k_bias, v_bias])
+            kv = F.linear(sampled, kv_weight, kv_bias).view(B, ns, 2, heads, self.head_dim)
+            k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
         qh = q.reshape(B, H * W, heads, self.head_dim).transpose(1, 2)
 
         bias: Optional[torch.Tensor] = None
@@ -250,7 +257,10 @@ class DeformableAttention(nn.Module):
         out = out.transpose(1, 2).reshape(B, H, W, C)
         if isinstance(self.rpe_table, nn.Conv2d):  # dwc_pe; isinstance lets TorchScript skip it for the table
             out = out + self.rpe_table(q.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        y = self.proj_drop(pointwise(out, self.proj_out.weight, self.proj_out.bias))
+        if isinstance(self.proj_out, nn.Linear):
+            y = self.proj_drop(self.proj_out(out))
+        else:
+            y = self.proj_drop(pointwise(out, self.proj_out.weight, self.proj_out.bias))
         if return_positions:
             return y, pos.reshape(B, G, hk, wk, 2), reference.reshape(B, G, hk, wk, 2)
         return y
@@ -266,10 +276,29 @@ class DeformableAttention(nn.Module):
         self.captured_attention = attn.detach()
         return torch.matmul(self.attn_drop(attn), v)
 
+    # -- deployment ------------------------------------------------------------------------------------------------
+
+    @torch.jit.unused
+    def use_linear_projections(self) -> None:
+        """Replace the 1×1-conv projections (``proj_q``/``proj_k``/``proj_v``/``proj_out``, the checkpoints' layout)
+        by ``nn.Linear`` modules with the same weights, in place; the fast path's outputs are unchanged.
+
+        For int8 deployment: torchao's ``quantize_`` quantizes ``nn.Linear`` weights only, so without this the D
+        blocks' four GEMMs stayed fp32. After it, the state_dict holds C×C instead of C×C×1×1 weights and the
+        reference path is unavailable: convert after loading weights, for inference."""
+        for name in ("proj_q", "proj_k", "proj_v", "proj_out"):
+            conv = getattr(self, name)
+            if isinstance(conv, nn.Linear):
+                continue
+            setattr(self, name, linear_from_pointwise_conv(conv))
+
     # -- reference path (the authors' algorithm) -----------------------------------------------------------------
 
     def reference_forward(self, x: torch.Tensor, return_positions: bool = False):
         """The authors' algorithm on B×C×H×W, step by step."""
+        if isinstance(self.proj_q, nn.Linear):
+            raise RuntimeError("the reference path needs the 1×1-conv projections; this module was converted for "
+                               "deployment by use_linear_projections()")
         B, C, H, W = x.shape
         G, heads, hc = self.groups, self.heads, self.head_dim
         q = self.proj_q(x)

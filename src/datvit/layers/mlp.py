@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import pointwise, residual_depthwise_conv
+from .ops import linear_from_pointwise_conv, pointwise, residual_depthwise_conv
 
 
 class Mlp(nn.Module):
@@ -51,13 +51,31 @@ class ConvMlp(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B×H×W×C."""
-        h = residual_depthwise_conv(pointwise(x, self.linear1[0].weight, self.linear1[0].bias), self.dwc.weight,
-                                    self.dwc.bias)
-        h = self.drop1(F.gelu(h))
-        return self.drop2(pointwise(h, self.linear2[0].weight, self.linear2[0].bias))
+        first, second = self.linear1[0], self.linear2[0]
+        if isinstance(first, nn.Linear):        # after use_linear_projections() (deployment)
+            h = first(x)
+        else:
+            h = pointwise(x, first.weight, first.bias)
+        h = self.drop1(F.gelu(residual_depthwise_conv(h, self.dwc.weight, self.dwc.bias)))
+        if isinstance(second, nn.Linear):
+            return self.drop2(second(h))
+        return self.drop2(pointwise(h, second.weight, second.bias))
+
+    @torch.jit.unused
+    def use_linear_projections(self) -> None:
+        """Replace the two 1×1 convolutions by ``nn.Linear`` with the same weights, in place (for torchao's int8,
+        which quantizes ``nn.Linear`` only); the fast path is unchanged, the reference path unavailable after."""
+        for seq in (self.linear1, self.linear2):
+            conv = seq[0]
+            if isinstance(conv, nn.Linear):
+                continue
+            seq[0] = linear_from_pointwise_conv(conv)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B×C×H×W."""
+        if isinstance(self.linear1[0], nn.Linear):
+            raise RuntimeError("the reference path needs the 1×1 convolutions; this module was converted for "
+                               "deployment by use_linear_projections()")
         h = self.linear1(x)
         h = h + self.dwc(h)
         h = self.drop1(self.act(h))

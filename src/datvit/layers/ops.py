@@ -14,6 +14,19 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
     return F.linear(x, weight.flatten(1), bias)
 
 
+def linear_from_pointwise_conv(conv: nn.Conv2d) -> nn.Linear:
+    """An ``nn.Linear`` computing what the 1×1 ``conv`` computes on channels-last tokens (same weights, copied)."""
+    if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.stride != (1, 1):
+        raise ValueError(f"not a pointwise convolution: {conv}")
+    linear = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None,
+                       device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        linear.weight.copy_(conv.weight.flatten(1))
+        if conv.bias is not None:
+            linear.bias.copy_(conv.bias)
+    return linear.requires_grad_(conv.weight.requires_grad)
+
+
 def conv2d_channels_last(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """Run ``conv`` on a B×H×W×C tensor and return B×H'×W'×C'.
 
