@@ -7,7 +7,7 @@ For the checkpoint it evaluates the test split (the dataset the checkpoint was t
 fp32 compiled with inductor freezing (:func:`datvit.optimize_for_inference`), int8 eager and int8 compiled with
 freezing — and prints top-1 and images/s of each. int8 is torchao's current API (``quantize_`` with
 ``Int8DynamicActivationInt8WeightConfig``: int8 weights, activations quantized per token at run time), applied to
-every ``nn.Linear`` (the 1×1 convolutions of the D blocks run as ``F.linear`` on the conv weights and stay fp32).
+every ``nn.Linear``, DAT's 1×1-conv projections included (:func:`datvit.deploy.quantize_int8`).
 Then, for ``--speed-models`` at 224×224 with random weights, the same four treatments are timed interleaved in
 one process (``--iters`` rounds, median).
 
@@ -27,12 +27,14 @@ from torch import nn
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with int8 weights and dynamically quantized int8 activations in every nn.Linear."""
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    """A copy of ``model`` quantized as ``optimize_for_inference(..., quantize="int8")`` does
+    (:func:`datvit.deploy.quantize_int8`: DAT's 1×1-conv projections become nn.Linear, then torchao's int8)."""
+    from datvit.deploy import quantize_int8 as quantize
 
     q = copy.deepcopy(model).eval()
-    quantize_(q, Int8DynamicActivationInt8WeightConfig())
-    return q
+    for p in q.parameters():
+        p.requires_grad_(False)
+    return quantize(q)
 
 
 def treatments(model: nn.Module) -> dict[str, Callable[[], nn.Module]]:
