@@ -3,15 +3,13 @@ weight-decay rules, iteration-based schedules, and exact resume of a segmentatio
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
 from dense_train_helpers import TINY_SEGMENTER, make_scenes
-from train_helpers import checkpoint_position, load_weights, max_abs_diff, run_datvit, slow_step_driver, subprocess_env
+from train_helpers import checkpoint_position, load_weights, max_abs_diff, run_datvit, slow_step_driver, start_driver
 
 
 def _parse(argv: list[str]):
@@ -87,10 +85,7 @@ def test_segmentation_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_pa
     full = run_datvit(common + ["--experiment", "full"])
     assert full.returncode == 0, full.stderr
 
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
-    proc = subprocess.Popen([sys.executable, str(driver), *common, "--experiment", "killed"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env())
+    proc = start_driver(tmp_path, DRIVER, [*common, "--experiment", "killed"])
     last = out / "killed" / "last.pth"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:

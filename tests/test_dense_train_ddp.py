@@ -10,10 +10,8 @@ whose GroupNorm turns rounding differences into different weights). Flips and ph
 they are seeded per sample. SGD for the reason tests/test_train_ddp.py gives."""
 from __future__ import annotations
 
-import torch
-
 from dense_train_helpers import TINY_BACKBONE, make_scenes
-from train_helpers import free_port, load_weights, max_abs_diff, run_datvit
+from train_helpers import load_weights, max_abs_diff, single_and_ddp_checkpoints
 
 
 def test_two_process_ddp_segmentation_equals_single_process_global_batch(tmp_path):
@@ -24,15 +22,7 @@ def test_two_process_ddp_segmentation_equals_single_process_global_batch(tmp_pat
               "--crop-size", "64", "--img-scale", "64", "64", "--aug-kwargs", "ratio_range=[1.0,1.0]",
               "--epochs", "2", "--opt", "sgd", "--lr", "0.01", "--warmup-iters", "0", "--drop-path", "0",
               "--workers", "0", "--output", str(out), "--no-progress", "--seed", "3"]
-    single = run_datvit(common + ["-b", "4", "--experiment", "single"])
-    assert single.returncode == 0, single.stderr
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(free_port())]
-    ddp = run_datvit(common + ["-b", "2", "--experiment", "ddp"], launcher=launcher)
-    assert ddp.returncode == 0, ddp.stderr
-
-    ckpt_single = torch.load(out / "single" / "last.pth", map_location="cpu", weights_only=True)
-    ckpt_ddp = torch.load(out / "ddp" / "last.pth", map_location="cpu", weights_only=True)
+    ckpt_single, ckpt_ddp, ddp = single_and_ddp_checkpoints(common, out, 4, 2)
     assert ckpt_single["step"] == ckpt_ddp["step"] == 2 * (8 // 4)
     assert ckpt_ddp["data_state"]["world_size"] == 2
     moved = max_abs_diff(ckpt_single["model"], load_weights(out / "single" / "checkpoint-1.pth"))

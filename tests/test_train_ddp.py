@@ -7,9 +7,7 @@ gradients that are zero in exact arithmetic (the key projection's bias cannot ch
 steps, so with Adam the two runs agree in function (same losses) but not in those inert weights."""
 from __future__ import annotations
 
-import torch
-
-from train_helpers import TINY_MODEL_ARGS, free_port, load_weights, make_image_folder, max_abs_diff, run_datvit
+from train_helpers import TINY_MODEL_ARGS, load_weights, make_image_folder, max_abs_diff, single_and_ddp_checkpoints
 
 
 def test_two_process_ddp_equals_single_process_global_batch(tmp_path):
@@ -18,15 +16,7 @@ def test_two_process_ddp_equals_single_process_global_batch(tmp_path):
     common = ["train", "--data-dir", str(data), *TINY_MODEL_ARGS, "--epochs", "2", "--opt", "sgd", "--lr", "0.05",
               "--warmup-epochs", "0", "--drop-path", "0", "--mixup", "0", "--cutmix", "0", "--model-ema",
               "--model-ema-decay", "0.9", "--workers", "0", "--output", str(out), "--no-progress", "--seed", "3"]
-    single = run_datvit(common + ["-b", "8", "--experiment", "single"])
-    assert single.returncode == 0, single.stderr
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(free_port())]
-    ddp = run_datvit(common + ["-b", "4", "--experiment", "ddp"], launcher=launcher)
-    assert ddp.returncode == 0, ddp.stderr
-
-    ckpt_single = torch.load(out / "single" / "last.pth", map_location="cpu", weights_only=True)
-    ckpt_ddp = torch.load(out / "ddp" / "last.pth", map_location="cpu", weights_only=True)
+    ckpt_single, ckpt_ddp, ddp = single_and_ddp_checkpoints(common, out, 8, 4)
     assert ckpt_single["step"] == ckpt_ddp["step"] == 2 * (24 // 8)
     assert ckpt_ddp["data_state"]["world_size"] == 2
     diff = max_abs_diff(ckpt_single["model"], ckpt_ddp["model"])

@@ -4,15 +4,13 @@ erasing, Mixup/CutMix, drop path, EMA) and a corrupt image in the data."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
 from train_helpers import (TINY_MODEL_ARGS, checkpoint_position, load_weights, make_image_folder, max_abs_diff,
-                           run_datvit, slow_step_driver, subprocess_env)
+                           run_datvit, slow_step_driver, start_driver)
 
 # Slows every optimizer step so the parent can kill the run between a step checkpoint and the epoch's end.
 DRIVER = slow_step_driver(0.25)
@@ -29,10 +27,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, workers):
     full = run_datvit(common + ["--experiment", "full"])
     assert full.returncode == 0, full.stderr
 
-    driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER)
-    proc = subprocess.Popen([sys.executable, str(driver), *common, "--experiment", "killed"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env())
+    proc = start_driver(tmp_path, DRIVER, [*common, "--experiment", "killed"])
     last = out / "killed" / "last.pth"
     position = None
     deadline = time.monotonic() + 120

@@ -83,6 +83,31 @@ def run_datvit(args: Sequence[str], timeout: float = 240, env: Optional[dict] = 
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or subprocess_env())
 
 
+def single_and_ddp_checkpoints(common: Sequence[str], out: Path, single_batch: int,
+                               ddp_batch: int) -> tuple[dict, dict, subprocess.CompletedProcess]:
+    """Run ``datvit <common>`` once in one process (``-b single_batch``, experiment "single") and once under
+    torch.distributed.run with 2 processes (``-b ddp_batch`` each, experiment "ddp"); both must succeed.
+    Returns their last.pth checkpoints and the DDP run."""
+    single = run_datvit([*common, "-b", str(single_batch), "--experiment", "single"])
+    assert single.returncode == 0, single.stderr
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                "--master_port", str(free_port())]
+    ddp = run_datvit([*common, "-b", str(ddp_batch), "--experiment", "ddp"], launcher=launcher)
+    assert ddp.returncode == 0, ddp.stderr
+    single_ckpt, ddp_ckpt = (torch.load(out / name / "last.pth", map_location="cpu", weights_only=True)
+                             for name in ("single", "ddp"))
+    return single_ckpt, ddp_ckpt, ddp
+
+
+def start_driver(tmp_path: Path, source: str, args: Sequence[str]) -> subprocess.Popen:
+    """Write the driver script ``source`` (e.g. :func:`slow_step_driver`) and start it with ``args`` in the
+    background (stdout discarded, stderr piped), one thread."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(source)
+    return subprocess.Popen([sys.executable, str(driver), *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=subprocess_env())
+
+
 def load_weights(path: Path, key: str = "model") -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)[key]
 
