@@ -13,6 +13,10 @@ Levers:
 * ``dwconv`` — DAT++'s depthwise 3×3 convolution forward+backward (ConvMlp hidden maps at stages 1 and 3):
   oneDNN (mkldnn) vs ATen's native kernel, on the channels-last-strided input the fast path passes, and on an
   NCHW-contiguous copy.
+* ``linear`` — the token projections (qkv, fc1, fc2 at every stage) forward+backward: ``F.linear`` (MKL's sgemm)
+  vs ``datvit.layers.ops.dense`` (oneDNN).
+* ``swin_linear`` — a Swin-T training step as timm builds it vs with its ``nn.Linear`` layers routed through
+  ``dense``, and dat_tiny: the context for the DAT/Swin-T ratios.
 * ``adamw`` — the optimizer step of a training step: torch's CPU default (per-parameter loop), foreach, fused.
 """
 from __future__ import annotations
@@ -197,7 +201,62 @@ def lever_adamw(models: Sequence[str], pairs: int) -> None:
                ab({k: o.step for k, o in opts.items()}, pairs))
 
 
-LEVERS = ("attention", "dwconv", "adamw")
+def lever_linear(batch: int, pairs: int) -> None:
+    """The token projections of dat_tiny / Swin-T (same shapes in both) forward+backward at every stage:
+    ``F.linear`` (MKL's sgemm) vs ``datvit.layers.ops.dense`` (oneDNN, a 1×1 convolution on a channels-last view)."""
+    import torch
+    import torch.nn.functional as F
+
+    from datvit.layers.ops import dense
+
+    for hw, c in ((56, 96), (28, 192), (14, 384), (7, 768)):
+        for name, c_in, c_out in (("qkv", c, 3 * c), ("fc1", c, 4 * c), ("fc2", 4 * c, c)):
+            x = torch.randn(batch, hw, hw, c_in, requires_grad=True)
+            w = torch.randn(c_out, c_in).mul_(c_in ** -0.5).requires_grad_(True)
+            b = torch.zeros(c_out, requires_grad=True)
+            grad = torch.randn(batch, hw, hw, c_out)
+
+            def run(fn):
+                def step():
+                    fn(x, w, b).backward(grad)
+                return step
+            _print(f"{name} {c_in}→{c_out} on B×{hw}×{hw} tokens, forward+backward",
+                   ab({"F.linear (MKL)": run(F.linear), "dense (oneDNN)": run(dense)}, pairs))
+
+
+def lever_swin_linear(batch: int, pairs: int) -> None:
+    """What the same routing would give timm's Swin-T: a training step (forward, backward; no optimizer) of
+    Swin-T as timm builds it vs Swin-T with every ``nn.Linear`` calling ``dense``, and dat_tiny for reference.
+    (datvit does not patch timm's models; this is the context for the DAT/Swin ratios.)"""
+    import timm
+    import torch
+    from torch import nn
+
+    from datvit.layers.ops import dense
+
+    def linear_forward(self, x):
+        return dense(x, self.weight, self.bias)
+
+    plain = timm.create_model("swin_tiny_patch4_window7_224").train()
+    routed = timm.create_model("swin_tiny_patch4_window7_224").train()
+    routed.load_state_dict(plain.state_dict())
+    for m in routed.modules():
+        if type(m) is nn.Linear:
+            m.forward = linear_forward.__get__(m)
+    dat = timm.create_model("dat_tiny").train()
+    x = torch.randn(batch, 3, 224, 224)
+
+    def run(model):
+        def step():
+            model.zero_grad(set_to_none=True)
+            model(x).float().mean().backward()
+        return step
+    _print(f"training step (forward+backward) at batch {batch}",
+           ab({"Swin-T (timm)": run(plain), "Swin-T, Linear → dense": run(routed), "dat_tiny (datvit)": run(dat)},
+              pairs, warmup=1))
+
+
+LEVERS = ("attention", "dwconv", "adamw", "linear", "swin_linear")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -217,6 +276,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             lever_attention(args.batch, args.pairs)
         elif lever == "dwconv":
             lever_dwconv(args.batch, args.pairs)
+        elif lever == "linear":
+            lever_linear(args.batch, args.pairs)
+        elif lever == "swin_linear":
+            lever_swin_linear(args.batch, args.pairs)
         elif lever == "adamw":
             lever_adamw([common.resolve_model_name(m) for m in args.models.split(",") if m], args.pairs)
         else:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .attention import biased_attention
 from .norm import ChannelLayerNorm
-from .ops import grid_sample_bilinear, linear_from_pointwise_conv, pointwise
+from .ops import dense, grid_sample_bilinear, linear_from_pointwise_conv, pointwise
 
 Generation = Literal["v1", "pp"]
 
@@ -240,7 +240,7 @@ class DeformableAttention(nn.Module):
             k_bias, v_bias = self.proj_k.bias, self.proj_v.bias
             assert k_bias is not None and v_bias is not None  # built with bias; says so to TorchScript
             kv_bias = torch.cat([k_bias, v_bias])
-            kv = F.linear(sampled, kv_weight, kv_bias).view(B, ns, 2, heads, self.head_dim)
+            kv = dense(sampled, kv_weight, kv_bias).view(B, ns, 2, heads, self.head_dim)
             k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)
         qh = q.reshape(B, H * W, heads, self.head_dim).transpose(1, 2)
 

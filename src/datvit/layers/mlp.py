@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import linear_from_pointwise_conv, pointwise, residual_depthwise_conv
+from .ops import dense, linear_from_pointwise_conv, pointwise, residual_depthwise_conv
 
 
 class Mlp(nn.Module):
@@ -22,8 +22,10 @@ class Mlp(nn.Module):
         self.chunk.add_module("drop2", nn.Dropout(drop))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: B×H×W×C."""
-        return self.chunk(x)
+        """``x``: B×H×W×C. The two projections go through ``dense`` (oneDNN on CPU)."""
+        c = self.chunk
+        h = c.drop1(c.act(dense(x, c.linear1.weight, c.linear1.bias)))
+        return c.drop2(dense(h, c.linear2.weight, c.linear2.bias))
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B×C×H×W, flattened to tokens and back as the authors do."""

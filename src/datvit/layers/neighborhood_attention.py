@@ -21,6 +21,7 @@ from timm.layers import register_notrace_function, trunc_normal_
 from torch import nn
 
 from .attention import biased_attention
+from .ops import dense
 from .tracing import is_tracing
 
 
@@ -195,16 +196,17 @@ class NeighborhoodAttention2D(nn.Module):
         self.rpb = nn.Parameter(torch.zeros(heads, 2 * kernel_size - 1, 2 * kernel_size - 1))
         trunc_normal_(self.rpb, std=0.02, mean=0.0, a=-2.0, b=2.0)
 
-    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+    def _qkv(self, x: torch.Tensor, fast: bool = False) -> torch.Tensor:
         """Pad maps smaller than the kernel (right/bottom) and project: B×H'×W'×3×heads×c."""
         x = pad_to_kernel(x, self.kernel_size)
         B, H, W, C = x.shape
-        return self.qkv(x).view(B, H, W, 3, self.heads, self.head_dim)
+        qkv = dense(x, self.qkv.weight, self.qkv.bias) if fast else self.qkv(x)
+        return qkv.view(B, H, W, 3, self.heads, self.head_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Fast path. ``x``: B×H×W×C → B×H×W×C."""
         B, H, W, C = x.shape
-        qkv = self._qkv(x)
+        qkv = self._qkv(x, fast=True)
         dropout = self.attn_drop.p if self.training else 0.0
         out: Optional[torch.Tensor] = None
         if not torch.jit.is_scripting():  # flex_attention is compiled by dynamo, which TorchScript cannot call
@@ -212,7 +214,7 @@ class NeighborhoodAttention2D(nn.Module):
                 out = neighborhood_attention_flex(qkv, self.rpb, self.kernel_size)
         if out is None:
             out = neighborhood_attention_tiled(qkv, self.rpb, self.kernel_size, self.tile_size, dropout)
-        return self.proj_drop(self.proj(out[:, :H, :W]))
+        return self.proj_drop(dense(out[:, :H, :W], self.proj.weight, self.proj.bias))
 
     def _flex_enabled(self, x: torch.Tensor) -> bool:
         if torch.jit.is_scripting() or is_tracing():

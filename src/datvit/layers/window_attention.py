@@ -15,6 +15,7 @@ from timm.layers import register_notrace_function, trunc_normal_
 from torch import nn
 
 from .attention import biased_attention
+from .ops import dense
 
 # Added to logits of query/key pairs from different regions of a shifted window (the authors' value).
 REGION_MASK_VALUE = -100.0
@@ -161,13 +162,13 @@ class LocalAttention(nn.Module):
         num_windows, n = (Hp // w) * (Wp // w), w * w
         gather, scatter = window_token_index(H, W, w, self.shift_size, x.device)
         windows = x.reshape(B, H * W, C).index_select(1, gather)               # B×(nW·w²)×C
-        qkv = self.proj_qkv(windows).view(B * num_windows, n, 3, heads, self.head_dim)
+        qkv = dense(windows, self.proj_qkv.weight, self.proj_qkv.bias).view(B * num_windows, n, 3, heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                          # (B·nW)×heads×w²×c views
 
         bias = windowed_attention_bias(self.relative_position_bias(), B, H, W, w, self.shift_size)
         out = biased_attention(q, k, v, bias.to(q.dtype), self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, num_windows * n, C).index_select(1, scatter)
-        return self.proj_drop(self.proj_out(out)).view(B, H, W, C)
+        return self.proj_drop(dense(out, self.proj_out.weight, self.proj_out.bias)).view(B, H, W, C)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The authors' algorithm step by step on B×C×H×W (plus padding and its mask)."""

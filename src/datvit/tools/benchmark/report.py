@@ -243,7 +243,7 @@ def markdown_report(report: dict) -> str:
         "",
         f"Machine: {m['cpu']['model']} ({m['usable_cpus']} usable CPUs, {m['torch_threads']} torch threads), "
         f"device {m['device']}{' ' + m['gpu']['name'] if 'gpu' in m else ''}, torch {m['torch']}, timm "
-        f"{m['timm']}, datvit {m['datvit']}; CPU allocator {m.get('cpu_allocator', '?')}; fp32 matmul peak measured {_fmt(peak, '.0f')} GFLOP/s; load average "
+        f"{m['timm']}, datvit {m['datvit']}; CPU allocator {m.get('cpu_allocator', '?')}; fp32 matmul peak measured {_fmt(peak, '.0f')} GFLOP/s (torch.mm alone {_fmt(report.get('matmul_peak', {}).get('peak_gflops_mm'), '.0f')}); load average "
         f"at start {m.get('load_average_start')}, at end {m.get('load_average_end')}.",
         "",
         "## Throughput (images/s, median) and peak memory of a training step",

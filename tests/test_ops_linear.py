@@ -1,0 +1,131 @@
+"""``datvit.layers.ops.dense``: the fast paths' token projection. On CPU in float32 it runs as a 1×1 convolution on a
+channels-last view (oneDNN, about twice MKL's sgemm on the EPYC machines); values and gradients equal ``F.linear``
+to float rounding; everywhere else (export, tracing, TorchScript, autocast, tensor subclasses) it *is*
+``F.linear``, so exported graphs and int8 keep their ``linear``."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from datvit.layers import LocalAttention, NeighborhoodAttention2D
+from datvit.layers.mlp import ConvMlp, Mlp
+from datvit.layers.ops import dense
+
+
+class _Ops(TorchDispatchMode):
+    """Records the ATen ops a computation dispatches."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def _case(shape=(2, 5, 7, 24), c_out=40, bias=True):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, requires_grad=True)
+    w = torch.randn(c_out, shape[-1], requires_grad=True)
+    b = torch.randn(c_out, requires_grad=True) if bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 7, 24), (3, 11, 24), (6, 24), (1, 1, 1, 24)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_dense_equals_linear_values_and_gradients(shape, bias):
+    x, w, b = _case(shape, bias=bias)
+    inputs = (x, w) + ((b,) if bias else ())
+    want = F.linear(x, w, b)
+    got = dense(x, w, b)
+    assert got.shape == want.shape and got.is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    g = torch.randn_like(want)
+    for a, e in zip(torch.autograd.grad(got, inputs, g), torch.autograd.grad(want, inputs, g)):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4)
+
+
+def test_dense_runs_as_a_convolution_on_cpu_float32():
+    x, w, b = _case()
+    with _Ops() as rec:
+        dense(x, w, b)
+    assert "aten.convolution" in rec.ops and "aten.addmm" not in rec.ops, rec.ops
+
+
+def test_dense_takes_non_contiguous_tokens():
+    x, w, b = _case((2, 7, 5, 24))
+    xt = x.transpose(1, 2)                                   # a strided view
+    torch.testing.assert_close(dense(xt, w, b), F.linear(xt, w, b), rtol=1e-5, atol=1e-5)
+    empty = torch.randn(0, 24)
+    assert dense(empty, w, b).shape == (0, 40)
+
+
+def test_dense_is_linear_under_autocast_other_dtypes_and_subclasses():
+    x, w, b = _case()
+    for args in ((x.double(), w.double(), b.double()), (x.bfloat16(), w.bfloat16(), b.bfloat16())):
+        with _Ops() as rec:
+            dense(*args)
+        assert "aten.convolution" not in rec.ops
+    with torch.autocast("cpu", dtype=torch.bfloat16), _Ops() as rec:
+        out = dense(x, w, b)
+    assert out.dtype == torch.bfloat16 and "aten.convolution" not in rec.ops
+
+
+def test_exported_and_traced_graphs_keep_linear():
+    m = Mlp(16, 2).eval()
+    x = torch.randn(2, 3, 3, 16)
+    exported = torch.export.export(m, (x,))
+    targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
+    assert any("linear" in t for t in targets) and not any("convolution" in t for t in targets), targets
+    traced = torch.jit.trace(m, (x,))
+    assert "aten::linear" in str(traced.graph) and "_convolution" not in str(traced.graph)
+    scripted = torch.jit.script(m)
+    torch.testing.assert_close(scripted(x), m(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("module", ["mlp", "conv_mlp", "window", "neighborhood"])
+def test_fast_paths_use_dense_and_match_their_reference(module):
+    torch.manual_seed(0)
+    m = {"mlp": lambda: Mlp(24, 2), "conv_mlp": lambda: ConvMlp(24, 2),
+         "window": lambda: LocalAttention(24, 3, 4), "neighborhood": lambda: NeighborhoodAttention2D(24, 3, 3)}[module]()
+    x = torch.randn(2, 8, 8, 24, requires_grad=True)
+    with _Ops() as rec:
+        out = m(x)
+    assert "aten.convolution" in rec.ops and "aten.addmm" not in rec.ops and "aten.mm" not in rec.ops, rec.ops
+    ref = m.reference_forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x] + list(m.parameters()), g, allow_unused=True)
+    want = torch.autograd.grad(ref, [x] + list(m.parameters()), g, allow_unused=True)
+    for a, e in zip(got, want):
+        if e is not None:
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
+
+
+def test_compiled_dense_matches_without_graph_breaks():
+    torch._dynamo.reset()
+    m = Mlp(16, 2)
+    x = torch.randn(2, 3, 3, 16, requires_grad=True)
+    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
+    out = compiled(x)
+    torch.testing.assert_close(out, m(x), rtol=1e-5, atol=1e-5)
+    out.sum().backward()
+    assert x.grad is not None
+
+
+def test_int8_weights_fall_back_to_linear():
+    torchao = pytest.importorskip("torchao")
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 64)).eval()
+    x = torch.randn(4, 64)
+    want = m(x)
+    quantize_(m, Int8DynamicActivationInt8WeightConfig())
+    got = dense(x, m[0].weight, m[0].bias)
+    assert torchao is not None and type(m[0].weight) not in (torch.Tensor, nn.Parameter)
+    torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
