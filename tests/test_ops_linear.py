@@ -12,7 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from datvit.layers import LocalAttention, NeighborhoodAttention2D
 from datvit.layers.mlp import ConvMlp, Mlp
-from datvit.layers.ops import dense
+from datvit.layers.ops import _onednn_linear_backward_op, _onednn_linear_op, dense
 
 
 class _Ops(TorchDispatchMode):
@@ -106,15 +106,54 @@ def test_fast_paths_use_dense_and_match_their_reference(module):
             torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
 
 
-def test_compiled_dense_matches_without_graph_breaks():
+def test_custom_ops_pass_opcheck_and_match_linear_gradients():
+    x, w, b = _case((10, 24))
+    x2 = x.detach().reshape(10, 24).requires_grad_(True)
+    torch.library.opcheck(_onednn_linear_op, (x2, w, b))
+    torch.library.opcheck(_onednn_linear_op, (x2, w, None))
+    torch.library.opcheck(_onednn_linear_backward_op, (torch.randn(10, 40), x2.detach(), w.detach()))
+    y = _onednn_linear_op(x2, w, b)
+    g = torch.randn_like(y)
+    got = torch.autograd.grad(y, (x2, w, b), g)
+    want = torch.autograd.grad(F.linear(x2, w, b), (x2, w, b), g)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4)
+
+
+def test_compiled_dense_is_the_custom_op_without_graph_breaks():
     torch._dynamo.reset()
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
     m = Mlp(16, 2)
     x = torch.randn(2, 3, 3, 16, requires_grad=True)
-    compiled = torch.compile(m, backend="aot_eager", fullgraph=True)
-    out = compiled(x)
+    out = torch.compile(m, backend=recording_backend, fullgraph=True)(x)
+    targets = {str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"}
+    assert any("datvit.onednn_linear" in t for t in targets), targets
     torch.testing.assert_close(out, m(x), rtol=1e-5, atol=1e-5)
-    out.sum().backward()
-    assert x.grad is not None
+    g = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x] + list(m.parameters()), g)
+    want = torch.autograd.grad(m(x), [x] + list(m.parameters()), g)
+    for a, e in zip(got, want):
+        torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-4)
+
+
+def test_inductor_with_freezing_and_dynamic_batch():
+    """Inlined, the 1×1 convolution's size-1 dims got stride 0 from inductor with dynamic shapes, and oneDNN then
+    returned NCHW where the graph expected channels-last (an assertion at run time): the custom op prevents it."""
+    from datvit import optimize_for_inference
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = nn.Sequential(Mlp(16, 2), Mlp(16, 2)).eval()
+    compiled = optimize_for_inference(m, dynamic=True)
+    with torch.no_grad():
+        for batch in (4, 3, 5):
+            x = torch.randn(batch, 8, 8, 16)
+            torch.testing.assert_close(compiled(x), m(x), rtol=1e-5, atol=1e-5)
 
 
 def test_int8_weights_fall_back_to_linear():

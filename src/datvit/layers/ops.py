@@ -15,7 +15,66 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 # project is measured on, MKL's fp32 GEMM peaks near 200 GFLOP/s while oneDNN's kernels reach 400–480 (full-width
 # AVX-512): the same token projection run as a 1×1 convolution on a channels-last view of the tokens is 1.3–2.2×
 # faster, forward and backward (``python -m benchmarks.levers linear``). No copy is made: (..., C) tokens are a
-# 1×C×M×1 map in channels-last strides, and the output comes back in the same layout.
+# 1×C×M×1 map in channels-last strides, and the output comes back in the same layout. Eager mode calls the
+# convolution directly; torch.compile sees the opaque custom ops below (inductor cannot reorder the view's strides).
+
+
+def _token_map(x2d: torch.Tensor) -> torch.Tensor:
+    """M×C tokens as a 1×C×M×1 map with channels-last strides (a view of contiguous tokens)."""
+    return x2d.reshape(1, x2d.shape[0], 1, x2d.shape[1]).permute(0, 3, 1, 2)
+
+
+def _map_tokens(y: torch.Tensor) -> torch.Tensor:
+    """1×C×M×1 channels-last map → M×C tokens (a view)."""
+    return y.permute(0, 2, 3, 1).reshape(y.shape[2], y.shape[1])
+
+
+# Under torch.compile the 1×1 convolution goes through these opaque custom ops on 2-D tokens. Inlined, inductor
+# may give the view's size-1 dimensions stride 0 (with dynamic shapes it does); oneDNN then no longer recognises
+# the map as channels-last, computes in NCHW and returns a layout the compiled graph does not expect.
+
+@torch.library.custom_op("datvit::onednn_linear", mutates_args=())
+def _onednn_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    x = x.contiguous()
+    return _map_tokens(F.conv2d(_token_map(x), weight[:, :, None, None], bias))
+
+
+@_onednn_linear_op.register_fake
+def _onednn_linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    return x.new_empty(x.shape[0], weight.shape[0])
+
+
+@torch.library.custom_op("datvit::onednn_linear_backward", mutates_args=())
+def _onednn_linear_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
+                               ) -> tuple[torch.Tensor, torch.Tensor]:
+    grad, x = grad.contiguous(), x.contiguous()
+    grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+        _token_map(grad), _token_map(x), weight[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+        [True, True, False])
+    return _map_tokens(grad_x), grad_w.flatten(1)
+
+
+@_onednn_linear_backward_op.register_fake
+def _onednn_linear_backward_shape(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
+                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty(x.shape), weight.new_empty(weight.shape)
+
+
+def _onednn_linear_setup(ctx, inputs, output) -> None:
+    x, weight, bias = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.has_bias = bias is not None
+
+
+def _onednn_linear_backward(ctx, grad: torch.Tensor):
+    x, weight = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad
+    grad_x, grad_w = _onednn_linear_backward_op(grad, x, weight)
+    grad_b = grad.sum(0) if ctx.has_bias and need_b else None
+    return (grad_x if need_x else None), (grad_w if need_w else None), grad_b
+
+
+_onednn_linear_op.register_autograd(_onednn_linear_backward, setup_context=_onednn_linear_setup)
 
 
 @torch.jit.unused
@@ -30,8 +89,11 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
             and x.numel() > 0 and not torch.is_autocast_enabled("cpu")):
         return None
     c_in = x.shape[-1]
-    y = F.conv2d(x.reshape(1, -1, 1, c_in).permute(0, 3, 1, 2), weight[:, :, None, None], bias)
-    return y.permute(0, 2, 3, 1).reshape(x.shape[:-1] + (weight.shape[0],))
+    if torch.compiler.is_compiling():
+        y = _onednn_linear_op(x.reshape(-1, c_in), weight, bias)
+    else:
+        y = _map_tokens(F.conv2d(_token_map(x.reshape(-1, c_in)), weight[:, :, None, None], bias))
+    return y.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
 def dense(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
