@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from compile_helpers import compile_and_record
+
 from datvit.layers import DeformableAttention, LocalAttention
 from datvit.layers.ops import _grid_sample_op, grid_sample_bilinear
 
@@ -43,18 +45,9 @@ def _d_block():
 
 
 def test_compiled_d_block_keeps_aten_grid_sample_and_matches_eager():
-    torch._dynamo.reset()
-    graphs = []
-
-    def recording_backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
     m = _d_block()
     x = torch.randn(2, 8, 8, 32, requires_grad=True)
-    compiled = torch.compile(m, backend=recording_backend, fullgraph=True)
-    out = compiled(x)
-    targets = {str(n.target) for g in graphs for n in g.graph.nodes if n.op == "call_function"}
+    out, targets = compile_and_record(m, x)
     assert any("datvit.grid_sample_bilinear" in t for t in targets), targets
     assert not any("grid_sample" in t and "datvit" not in t for t in targets), targets
     expected = m(x)

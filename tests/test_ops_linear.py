@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from compile_helpers import compile_and_record
 from datvit.layers import LocalAttention, NeighborhoodAttention2D
 from datvit.layers.mlp import ConvMlp, Mlp
 from datvit.layers.ops import _onednn_linear_backward_op, _onednn_linear_op, dense
@@ -121,17 +122,9 @@ def test_custom_ops_pass_opcheck_and_match_linear_gradients():
 
 
 def test_compiled_dense_is_the_custom_op_without_graph_breaks():
-    torch._dynamo.reset()
-    graphs = []
-
-    def recording_backend(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
     m = Mlp(16, 2)
     x = torch.randn(2, 3, 3, 16, requires_grad=True)
-    out = torch.compile(m, backend=recording_backend, fullgraph=True)(x)
-    targets = {str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"}
+    out, targets = compile_and_record(m, x)
     assert any("datvit.onednn_linear" in t for t in targets), targets
     torch.testing.assert_close(out, m(x), rtol=1e-5, atol=1e-5)
     g = torch.randn_like(out)
