@@ -111,3 +111,32 @@ def test_one_line_errors(runs, tmp_path, capsys):
     assert str(text) in _one_line_error(capsys.readouterr().err, "det eval")
     assert main(["det", "predict", str(data / "val"), "--checkpoint", str(tmp_path / "nope.pth")]) == 2
     assert "no such file" in _one_line_error(capsys.readouterr().err, "det predict")
+
+
+def test_demo_dense_starts_from_clean_run_directories(tmp_path, monkeypatch):
+    """A second `datvit demo-dense` in the same place used to report the first one's results: the engine wrote the
+    new runs to `<name>-1` while the report read `runs/<name>`. The demo now removes its previous runs first."""
+    from datvit.cli import demo_dense
+
+    runs = tmp_path / "runs"
+    for name in ("det_dat", "seg_cnn"):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "last.pth").write_bytes(b"old")
+    (runs / "keep").mkdir()
+    removed = demo_dense.clear_previous_runs(runs, ["det_dat", "det_cnn", "seg_cnn"])
+    assert sorted(p.name for p in removed) == ["det_dat", "seg_cnn"]
+    assert sorted(p.name for p in runs.iterdir()) == ["keep"]
+
+    seen = []
+
+    def fake_train(name, args, data, runs_dir):
+        seen.append((name, (runs_dir / name).exists()))
+        raise SystemExit(0)
+
+    (runs / "det_dat").mkdir()
+    monkeypatch.setattr(demo_dense, "_train", fake_train)
+    import datvit.dense as dense_pkg
+    monkeypatch.setattr(dense_pkg, "make_fashion_scenes", lambda *a, **k: {})
+    with pytest.raises(SystemExit):
+        main(["demo-dense", "--output", str(tmp_path), "--tasks", "det"])
+    assert seen == [("det_dat", False)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,20 @@ def _train(name: str, args: argparse.Namespace, data: Path, runs_dir: Path) -> d
     summary["wall_seconds"] = time.perf_counter() - start
     summary["command"] = "datvit " + " ".join(argv)
     return summary
+
+
+def clear_previous_runs(runs_dir: Path, names: Sequence[str]) -> list[Path]:
+    """Remove the run directories a previous demo left (as ``datvit demo`` does). Without this the training engine
+    keeps the old run and writes the new one to ``<name>-1``, and the report and predictions, which read
+    ``runs/<name>``, showed the previous run's results."""
+    removed = []
+    for name in names:
+        run_dir = runs_dir / name
+        if run_dir.exists():
+            print(f"removing the previous demo run {run_dir}", flush=True)
+            shutil.rmtree(run_dir)
+            removed.append(run_dir)
+    return removed
 
 
 def _last_row(run_dir: Path) -> dict[str, Any]:
@@ -205,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
                                             fashion_mnist_dir=args.fashion_mnist_dir, overwrite=True, progress=True)
         box["t_scenes"] = time.perf_counter() - start
         names = [n for n in RUNS if n[:3] in args.tasks]
+        clear_previous_runs(out / "runs", names)
         summaries = {n: _train(n, args, data, out / "runs") for n in names}
         draw_grid(_prediction_panels(names, out / "runs", data, args.cnn), out / "predictions.png", columns=4)
         timings = {"scenes": box["t_scenes"], "total": time.perf_counter() - start}
