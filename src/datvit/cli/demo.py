@@ -131,13 +131,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def clear_previous_runs(runs_dir: Path, names: Sequence[str]) -> list[Path]:
+    """Remove the run directories a previous demo left under ``runs_dir`` (saying so). Otherwise the training
+    engine keeps an old run and writes the new one to ``<name>-1``, while the demo's report reads ``<name>``."""
+    removed = []
+    for name in names:
+        run_dir = runs_dir / name
+        if run_dir.exists():
+            print(f"removing the previous demo run {run_dir}", flush=True)
+            shutil.rmtree(run_dir)
+            removed.append(run_dir)
+    return removed
+
+
 def run(args: argparse.Namespace) -> int:
     from .main import main as cli_main
 
     run_dir = Path(args.output) / args.experiment
-    if run_dir.exists():
-        print(f"removing the previous demo run {run_dir}")
-        shutil.rmtree(run_dir)
+    clear_previous_runs(Path(args.output), [args.experiment])
     start = time.perf_counter()
     train_argv = ["train", "-c", args.config, "--output", args.output, "--experiment", args.experiment,
                   *args.train_args]

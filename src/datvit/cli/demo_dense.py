@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..utils.files import atomic_write_text
+from .demo import clear_previous_runs
 
 EPILOG = """examples:
   datvit demo-dense                                  # into demo_output/dense (sized for ~15 min on 2 idle cores; see docs/dense.md)
@@ -86,20 +86,6 @@ def _train(name: str, args: argparse.Namespace, data: Path, runs_dir: Path) -> d
     summary["wall_seconds"] = time.perf_counter() - start
     summary["command"] = "datvit " + " ".join(argv)
     return summary
-
-
-def clear_previous_runs(runs_dir: Path, names: Sequence[str]) -> list[Path]:
-    """Remove the run directories a previous demo left (as ``datvit demo`` does). Without this the training engine
-    keeps the old run and writes the new one to ``<name>-1``, and the report and predictions, which read
-    ``runs/<name>``, showed the previous run's results."""
-    removed = []
-    for name in names:
-        run_dir = runs_dir / name
-        if run_dir.exists():
-            print(f"removing the previous demo run {run_dir}", flush=True)
-            shutil.rmtree(run_dir)
-            removed.append(run_dir)
-    return removed
 
 
 def _last_row(run_dir: Path) -> dict[str, Any]:

@@ -29,14 +29,18 @@ def _map_tokens(y: torch.Tensor) -> torch.Tensor:
     return y.permute(0, 2, 3, 1).reshape(y.shape[2], y.shape[1])
 
 
+def _conv_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """M×C_in tokens → M×C_out through oneDNN's 1×1 convolution."""
+    return _map_tokens(F.conv2d(_token_map(x2d), weight[:, :, None, None], bias))
+
+
 # Under torch.compile the 1×1 convolution goes through these opaque custom ops on 2-D tokens. Inlined, inductor
 # may give the view's size-1 dimensions stride 0 (with dynamic shapes it does); oneDNN then no longer recognises
 # the map as channels-last, computes in NCHW and returns a layout the compiled graph does not expect.
 
 @torch.library.custom_op("datvit::onednn_linear", mutates_args=())
 def _onednn_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    x = x.contiguous()
-    return _map_tokens(F.conv2d(_token_map(x), weight[:, :, None, None], bias))
+    return _conv_linear(x.contiguous(), weight, bias)
 
 
 @_onednn_linear_op.register_fake
@@ -92,7 +96,7 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     if torch.compiler.is_compiling():
         y = _onednn_linear_op(x.reshape(-1, c_in), weight, bias)
     else:
-        y = _map_tokens(F.conv2d(_token_map(x.reshape(-1, c_in)), weight[:, :, None, None], bias))
+        y = _conv_linear(x.reshape(-1, c_in), weight, bias)
     return y.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
