@@ -1,7 +1,8 @@
 """``datvit.layers.ops.dense``: the fast paths' token projection. On CPU in float32 it runs as a 1×1 convolution on a
 channels-last view (oneDNN, about twice MKL's sgemm on the EPYC machines); values and gradients equal ``F.linear``
-to float rounding; everywhere else (export, tracing, TorchScript, autocast, tensor subclasses) it *is*
-``F.linear``, so exported graphs and int8 keep their ``linear``."""
+to float rounding; so in bf16 (a bf16 model or bf16 autocast) on CPUs with native bf16, eagerly; everywhere else
+(export, tracing, TorchScript, fp16, tensor subclasses, bf16 under torch.compile) it *is* ``F.linear``, so exported
+graphs and int8 keep their ``linear``."""
 from __future__ import annotations
 
 import pytest
@@ -13,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from compile_helpers import compile_and_record
 from datvit.layers import LocalAttention, NeighborhoodAttention2D
 from datvit.layers.mlp import ConvMlp, Mlp
+from datvit.layers import ops
 from datvit.layers.ops import _onednn_linear_backward_op, _onednn_linear_op, dense
 
 
@@ -65,15 +67,39 @@ def test_dense_takes_non_contiguous_tokens():
     assert dense(empty, w, b).shape == (0, 40)
 
 
-def test_dense_is_linear_under_autocast_other_dtypes_and_subclasses():
+def test_dense_is_linear_for_other_dtypes_and_fp16_autocast():
     x, w, b = _case()
-    for args in ((x.double(), w.double(), b.double()), (x.bfloat16(), w.bfloat16(), b.bfloat16())):
-        with _Ops() as rec:
-            dense(*args)
-        assert "aten.convolution" not in rec.ops
-    with torch.autocast("cpu", dtype=torch.bfloat16), _Ops() as rec:
+    with _Ops() as rec:
+        out = dense(x.double(), w.double(), b.double())
+    assert out.dtype == torch.float64 and "aten.convolution" not in rec.ops
+    with torch.autocast("cpu", dtype=torch.float16), _Ops() as rec:
         out = dense(x, w, b)
-    assert out.dtype == torch.bfloat16 and "aten.convolution" not in rec.ops
+    assert out.dtype == torch.float16 and "aten.convolution" not in rec.ops
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_dense_in_bf16_follows_the_cpu(autocast, monkeypatch):
+    """bf16 (a bf16 model, or bf16 autocast on float32 weights): the 1×1 convolution where oneDNN has native bf16
+    kernels, F.linear elsewhere; values and gradients as F.linear's to bf16 rounding either way."""
+    x, w, b = _case((4, 9, 48), c_out=64)
+    args = (x, w, b) if autocast else tuple(t.detach().bfloat16().requires_grad_() for t in (x, w, b))
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), _Ops() as rec:
+            got = dense(*args)
+            want = F.linear(*args)
+        return got, want, rec.ops
+
+    for native in ((True, False) if ops._NATIVE_BF16 else (False,)):
+        monkeypatch.setattr(ops, "_NATIVE_BF16", native)
+        got, want, seen = run()
+        assert got.dtype == torch.bfloat16 and got.shape == want.shape
+        assert ("aten.convolution" in seen) == native, seen
+        torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=5e-2)
+        g = torch.randn_like(want)
+        for a, e in zip(torch.autograd.grad(got, args, g), torch.autograd.grad(want, args, g)):
+            assert a.dtype == e.dtype
+            torch.testing.assert_close(a.float(), e.float(), rtol=2e-2, atol=0.2)
 
 
 def test_exported_and_traced_graphs_keep_linear():

@@ -4,7 +4,9 @@
 cannot return the gradient of the mask, so when the bias is learnable and gradients are being recorded, SDPA
 silently falls back to its generic math path, which is slower than plain matmul + softmax (D block at batch 32,
 forward+backward: the math path at 0.73-0.83× the explicit form, `python -m benchmarks.levers attention`). This
-helper uses SDPA for inference and on GPU, and the explicit form for CPU training. Computing the explicit form a
+helper uses SDPA for inference and on GPU, and the explicit form for CPU training and for bf16/fp16 on CPU (CPU's
+flash kernel does not get faster in bf16: explicit was 1.2–2× faster per attention shape of dat_tiny at batch 32,
+inference, and lifted dat_tiny's bf16-autocast inference from 38 to 44 img/s). Computing the explicit form a
 few heads at a time so the scores stay in cache (a custom autograd Function, kept in `benchmarks/levers.py`) was
 1.2× faster on that attention alone on a quiet machine, ~1% of a training step, but 2-17× slower when other
 processes compete for the cores (hundreds of short parallel regions, each waiting for a preempted thread): dropped.
@@ -21,7 +23,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Op
                      dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q·kᵀ/√c + bias)·v for q: …×L×c, k, v: …×S×c, bias broadcastable to …×L×S."""
     # one condition, not a named flag: TorchScript refines the Optional bias only inside the test itself
-    if bias is None or not (bias.requires_grad and torch.is_grad_enabled() and q.device.type == "cpu"):
+    if bias is None or not (q.device.type == "cpu" and (q.dtype in (torch.bfloat16, torch.float16)
+                                                        or (bias.requires_grad and torch.is_grad_enabled()))):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     attn = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
     attn = attn.add_(bias).softmax(dim=-1)

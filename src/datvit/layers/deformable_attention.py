@@ -96,6 +96,13 @@ def offset_range(hk: int, wk: int, generation: str, like: torch.Tensor) -> torch
     return torch.tensor([1.0 / max(hk - 1.0, 1.0), 1.0 / max(wk - 1.0, 1.0)], dtype=like.dtype, device=like.device)
 
 
+@register_notrace_function  # branches on a dtype (see layers/tracing.py)
+def geometry_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of sampling positions for features of ``dtype``: float32 for bf16/fp16, else ``dtype``."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
+torch.fx.wrap("geometry_dtype")
 torch.fx.wrap("reference_points")
 torch.fx.wrap("query_grid")
 torch.fx.wrap("offset_range")
@@ -221,6 +228,9 @@ class DeformableAttention(nn.Module):
             offset = x.new_zeros(B * G, H // self.stride, W // self.stride, 2)
         else:
             offset = self._offsets_channels_last(q)
+        # the sampling geometry stays in float32 under bf16/fp16 (autocast or a half model): a bf16 position in
+        # [-1, 1] is only good to ~1/256, a tenth of a pixel of the 27-wide position-bias table
+        offset = offset.to(geometry_dtype(offset.dtype))
         pos, reference = self._positions(offset)
         _, hk, wk, _ = pos.shape
         ns = hk * wk
@@ -229,7 +239,7 @@ class DeformableAttention(nn.Module):
         if self.no_off:
             sampled = F.avg_pool2d(x_groups, kernel_size=self.stride, stride=self.stride)
         else:
-            sampled = grid_sample_bilinear(x_groups, pos.flip(-1))
+            sampled = grid_sample_bilinear(x_groups.to(pos.dtype), pos.flip(-1)).to(x.dtype)
         sampled = sampled.reshape(B, C, ns).transpose(1, 2).contiguous()      # B×Ns×C
         if isinstance(self.proj_k, nn.Linear) and isinstance(self.proj_v, nn.Linear):
             k = self.proj_k(sampled).view(B, ns, heads, self.head_dim).transpose(1, 2)
@@ -246,8 +256,9 @@ class DeformableAttention(nn.Module):
 
         bias: Optional[torch.Tensor] = None
         if self.rpe_table is not None and not self.dwc_pe:
-            grid = query_grid(H, W, self.generation, x.dtype, x.device)
-            bias = deformable_position_bias(self.rpe_table, pos.reshape(B, G, ns, 2), grid).to(qh.dtype)
+            grid = query_grid(H, W, self.generation, pos.dtype, x.device)
+            bias = deformable_position_bias(self.rpe_table.to(pos.dtype), pos.reshape(B, G, ns, 2),
+                                            grid).to(qh.dtype)
         out: Optional[torch.Tensor] = None
         if not torch.jit.is_scripting():  # capturing is for eager visualisation; TorchScript skips this branch
             if self.capture_attention:

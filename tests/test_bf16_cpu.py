@@ -1,0 +1,80 @@
+"""bf16 on CPU (bf16 autocast or a bf16 model), the deployment dtype of CPUs with native bf16 kernels:
+attention runs as explicit matmul + softmax (CPU's flash kernel was 1.2–2× slower in bf16), the D block's sampling
+geometry stays float32, and a compiled bf16 model keeps inductor's own ``linear`` (no graph break, no custom op)."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from compile_helpers import compile_and_record
+from conftest import reduced_kwargs
+from datvit.layers import DeformableAttention
+from datvit.layers.attention import biased_attention
+from datvit.models import DAT
+
+
+class _Calls(TorchDispatchMode):
+    """Records (op, dtypes of its tensor arguments) for every ATen call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[str, tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((str(func.overloadpacket), tuple(a.dtype for a in args if isinstance(a, torch.Tensor))))
+        return func(*args, **(kwargs or {}))
+
+    def ops(self) -> set[str]:
+        return {name for name, _ in self.calls}
+
+
+@pytest.mark.parametrize("bias_batch", [1, 6])
+def test_bf16_attention_on_cpu_is_explicit_and_matches_fp32_sdpa(bias_batch):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(6, 3, 49, 16) for _ in range(3))
+    bias = torch.randn(bias_batch, 3, 49, 49)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    with torch.no_grad(), _Calls() as rec:
+        got = biased_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias.bfloat16())
+    assert got.dtype == torch.bfloat16
+    assert "aten.bmm" in rec.ops() and not any("scaled_dot_product" in op for op in rec.ops()), rec.ops()
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
+    with torch.no_grad(), _Calls() as rec:        # float32 inference keeps SDPA's fused kernel
+        biased_attention(q, k, v, bias)
+    assert any("scaled_dot_product" in op for op in rec.ops()), rec.ops()
+
+
+def test_d_block_samples_in_float32_under_bf16_autocast():
+    torch.manual_seed(0)
+    m = DeformableAttention(32, 4, 2, 8, 1, 3, 2.0).eval()
+    with torch.no_grad():
+        m.conv_offset[3].weight.normal_(0, 0.5)
+        m.rpe_table.normal_(0, 1.0)
+    x = torch.randn(2, 8, 8, 32)
+    with torch.no_grad():
+        want, want_pos, _ = m(x, return_positions=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16), _Calls() as rec:
+            got, pos, ref = m(x, return_positions=True)
+    samples = [dtypes for name, dtypes in rec.calls if name == "aten.grid_sampler_2d"]
+    assert len(samples) == 2 and all(d == (torch.float32, torch.float32) for d in samples), samples
+    assert pos.dtype == ref.dtype == torch.float32
+    # the offsets come from bf16 projections; the positions built from them are not rounded to bf16 on top
+    assert (pos - want_pos).abs().max() < 0.02
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
+
+
+@pytest.mark.parametrize("family", ["dat", "datpp"])
+def test_bf16_model_compiles_in_one_graph_with_inductors_linear(family):
+    torch.manual_seed(0)
+    model = DAT(**reduced_kwargs(family, num_classes=10)).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fp32 = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, targets = compile_and_record(model, x)
+    assert not any("onednn_linear" in t for t in targets), targets
+    assert any("linear" in t for t in targets), targets
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - fp32).abs().max() < 0.05 * fp32.abs().max() + 0.05
