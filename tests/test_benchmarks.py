@@ -137,3 +137,19 @@ def test_cli_registers_bench():
 
     args = build_parser().parse_args(["bench", "--quick", "--models", "dat_tiny"])
     assert args.quick and args.models == "dat_tiny" and callable(args.func)
+
+
+def test_deploy_benchmark_times_the_chosen_treatments(capsys):
+    """``python -m benchmarks.deploy`` smoke: the treatments are validated, fp32 eager is always the baseline, and
+    a chosen subset is built and timed (dat_tiny at batch 1, one round)."""
+    from benchmarks import deploy
+    from datvit.layers.ops import cpu_native_bf16
+
+    with pytest.raises(SystemExit):
+        deploy.main(["--treatments", "fp64 eager", "--speed-models", ""])
+    assert capsys.readouterr().err.count("unknown treatments") == 1
+    chosen = ("fp32 eager", "bf16 eager") if cpu_native_bf16() else ("fp32 eager",)
+    rows = deploy.speed(["dat_tiny"], batch=1, iters=1, chosen=chosen)["rows"]
+    assert set(rows) == {f"dat_tiny {t}" for t in chosen}
+    assert rows["dat_tiny fp32 eager"]["vs_fp32_eager"] == 1.0
+    assert all(r["images_per_s"] > 0 for r in rows.values())

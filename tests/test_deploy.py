@@ -79,3 +79,51 @@ def test_int8_options_and_flag():
     add_inference_optimization_arguments(p)
     args = p.parse_args(["--int8"])
     assert args.int8 and not args.compile
+
+
+def _tiny_dat():
+    torch.manual_seed(0)
+    kwargs = dict(TINY_MODEL_KWARGS, depths=[1, 1, 1, 1], stage_spec=[["L"], ["L"], ["D"], ["D"]])
+    return timm.create_model("dat_tiny", num_classes=5, **kwargs).eval()
+
+
+@pytest.mark.skipif(not datvit.layers.ops.cpu_native_bf16(), reason="this CPU has no native bf16")
+def test_bf16_inference_runs_under_autocast_and_returns_float32():
+    model = _tiny_dat()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+    seen = []
+    model.get_classifier().register_forward_hook(lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o.dtype)))
+    fast = optimize_for_inference(model, compile=False, freezing=False, dtype="bfloat16")
+    got = fast(x)
+    assert seen == [(True, torch.bfloat16)]            # the model ran under bf16 autocast
+    assert got.dtype == torch.float32 and not torch.equal(got, expected)
+    assert (got - expected).abs().max() < 0.05 * expected.abs().max() + 0.05
+    assert all(p.dtype == torch.float32 for p in model.parameters())      # the weights are not converted
+
+
+def test_bf16_options_flag_and_refusal(monkeypatch):
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        InferenceOptimization(dtype="float16")
+    with pytest.raises(ValueError, match="alternatives"):
+        InferenceOptimization(dtype="bfloat16", quantize="int8")
+    p = argparse.ArgumentParser()
+    add_inference_optimization_arguments(p)
+    assert p.parse_args(["--amp"]).inference_amp and not p.parse_args([]).inference_amp
+    calls = []
+    monkeypatch.setattr(datvit.deploy, "optimize_for_inference", lambda model, **kw: calls.append(kw) or model)
+    optimize_from_args(torch.nn.Linear(2, 2), p.parse_args(["--amp"]))
+    assert calls == [dict(compile=False, freezing=False, mode="default", quantize=None, dtype="bfloat16")]
+    monkeypatch.undo()
+    monkeypatch.setattr(datvit.deploy, "cpu_native_bf16", lambda: False)
+    with pytest.raises(RuntimeError, match="native bf16"):
+        optimize_for_inference(torch.nn.Linear(2, 2), compile=False, freezing=False, dtype="bfloat16")
+
+
+def test_an_unset_dtype_keeps_the_callers_autocast():
+    """`datvit eval --amp --compile`: eval autocasts around the optimized model, which must not switch it off."""
+    model = torch.nn.Linear(4, 4)
+    fast = optimize_for_inference(model, compile=False, freezing=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fast(torch.randn(2, 4)).dtype == torch.bfloat16

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from datvit.cli.main import main
+from datvit.layers.ops import cpu_native_bf16
 from datvit.inference import FORMAT_VERSION, build_checkpoint, eval_transform, load_model, read_datvit_checkpoint
 from datvit.models import CheckpointError
 from datvit.models.factory import arch_record, build_model, resolve_model_kwargs
@@ -148,23 +149,35 @@ def test_predict_compile_flag_runs_through_optimize_for_inference(files, capsys,
     code = main(["predict", str(files["images"] / "0.png"), "--checkpoint", str(files["ours"]), "--compile",
                  "--compile-mode", "max-autotune"])
     capsys.readouterr()
-    assert code == 0 and seen == [dict(compile=True, freezing=True, mode="max-autotune", quantize=None)]
+    assert code == 0 and seen == [dict(compile=True, freezing=True, mode="max-autotune", quantize=None, dtype=None)]
 
 
-def test_predict_int8_stays_close_to_float(files, capsys):
-    """--int8 (torchao, eager here): the class probabilities move little (the fixture's weights are random, so
-    near-ties may swap; the demo's trained model keeps its accuracy: docs/benchmarks.md "Deployment")."""
-    pytest.importorskip("torchao")
+def _predicted_probabilities_close(files, capsys, flag: str) -> None:
+    """``datvit predict`` with and without ``flag`` on four images: every class probability within 0.05, and not
+    identical (the flag did something)."""
     images = sorted(str(p) for p in files["images"].glob("*.png"))[:4]
     k = files["model"].num_classes
     probs = []
-    for extra in ([], ["--int8"]):
+    for extra in ([], [flag]):
         assert main(["predict", *images, "--checkpoint", str(files["ours"]), "--topk", str(k), "--json", *extra]) == 0
         out = json.loads(capsys.readouterr().out)["results"]
         probs.append(torch.tensor([[{p["index"]: p["probability"] for p in r["predictions"]}[i] for i in range(k)]
                                    for r in out]))
     assert probs[0].shape == (len(images), k)
     assert (probs[0] - probs[1]).abs().max() < 0.05 and not torch.equal(probs[0], probs[1])
+
+
+def test_predict_int8_stays_close_to_float(files, capsys):
+    """--int8 (torchao, eager here): the class probabilities move little (the fixture's weights are random, so
+    near-ties may swap; the demo's trained model keeps its accuracy: docs/benchmarks.md "Deployment")."""
+    pytest.importorskip("torchao")
+    _predicted_probabilities_close(files, capsys, "--int8")
+
+
+@pytest.mark.skipif(not cpu_native_bf16(), reason="this CPU has no native bf16")
+def test_predict_amp_runs_in_bf16_and_stays_close_to_float(files, capsys):
+    """--amp: bf16 autocast through optimize_for_inference; the class probabilities move little."""
+    _predicted_probabilities_close(files, capsys, "--amp")
 
 
 def test_predict_names_imagenet_classes_for_a_1000_class_head(tmp_path, files, capsys):

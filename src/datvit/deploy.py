@@ -11,23 +11,31 @@ after the second size).
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 from torch import nn
 
+from .layers.ops import cpu_native_bf16
+
 COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
 # None: float weights. "int8": torchao's int8 weights with int8 activations quantized per token at run time in
 # every nn.Linear, DAT's 1×1-conv projections included (converted to nn.Linear first); other convolutions stay float
 QUANTIZATIONS = (None, "int8")
+# None: the model's own dtype. "bfloat16": bf16 autocast around the model (weights stay float32; GEMMs, convolutions
+# and attention in bf16, norms and softmax inputs as autocast decides), outputs returned as float32
+DTYPES = (None, "bfloat16")
 
 
 @dataclass(frozen=True)
 class InferenceOptimization:
     """What :func:`optimize_for_inference` does. ``compile``: torch.compile with inductor; ``freezing``: inductor's
     freezing pass (needs ``compile``; the parameters must not change afterwards); ``mode``: torch.compile mode
-    (``max-autotune`` benchmarks GEMM/conv kernel choices at compile time: longer compile)."""
+    (``max-autotune`` benchmarks GEMM/conv kernel choices at compile time: longer compile); ``dtype``: "bfloat16"
+    runs the model under bf16 autocast (on CPU only with native bf16 kernels: AVX512-BF16 or AMX); ``quantize``:
+    "int8" (torchao)."""
 
     compile: bool = True
     freezing: bool = True
@@ -35,6 +43,7 @@ class InferenceOptimization:
     dynamic: Optional[bool] = None
     fullgraph: bool = False
     quantize: Optional[str] = None
+    dtype: Optional[str] = None
 
     def __post_init__(self):
         if self.mode not in COMPILE_MODES:
@@ -43,51 +52,79 @@ class InferenceOptimization:
             raise ValueError("freezing needs compile=True (it is an inductor pass)")
         if self.quantize not in QUANTIZATIONS:
             raise ValueError(f"quantize must be one of {', '.join(map(str, QUANTIZATIONS))}, got {self.quantize!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(map(str, DTYPES))}, got {self.dtype!r}")
+        if self.dtype and self.quantize:
+            raise ValueError(f"dtype={self.dtype!r} and quantize={self.quantize!r} are alternatives: choose one")
 
 
 class InferenceModule(nn.Module):
     """The optimized model: calls the compiled module under ``torch.no_grad`` (freezing only applies to graphs
     traced without autograd). ``original`` is the eager model (same parameters)."""
 
-    def __init__(self, original: nn.Module, compiled: nn.Module, optimization: InferenceOptimization):
+    def __init__(self, original: nn.Module, compiled: nn.Module, optimization: InferenceOptimization,
+                 device_type: str = "cpu"):
         super().__init__()
         self.original = original
         self._compiled = [compiled]          # a list: not registered as a second copy of the submodules
         self.optimization = optimization
+        self.device_type = device_type
 
     def forward(self, *args: Any, **kwargs: Any):
         # torch.compile compiles lazily (first call, new shapes), and the freezing switch is read from inductor's
         # global config at that moment — `torch.compile(options={"freezing": True})` is silently ignored in
         # torch 2.14 (the weights stay graph inputs: no packed GEMMs). So the switch is set around every call.
-        with torch.no_grad(), torch._inductor.config.patch(freezing=self.optimization.freezing):
-            return self._compiled[0](*args, **kwargs)
+        # dtype unset: no autocast context at all (an enabled=False one would switch off a caller's autocast, e.g.
+        # `datvit eval --amp --compile`)
+        dtype = self.optimization.dtype
+        cast = torch.autocast(self.device_type, dtype=getattr(torch, dtype)) if dtype else contextlib.nullcontext()
+        with torch.no_grad(), torch._inductor.config.patch(freezing=self.optimization.freezing), cast:
+            out = self._compiled[0](*args, **kwargs)
+        return _float32_outputs(out) if dtype else out
+
+
+def _float32_outputs(out: Any) -> Any:
+    """Floating tensors (also inside tuples, lists and dicts) as float32: what autocast returned in bf16."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, (tuple, list)):
+        return type(out)(_float32_outputs(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _float32_outputs(v) for k, v in out.items()}
+    return out
 
 
 def optimize_for_inference(model: nn.Module, optimization: Optional[InferenceOptimization] = None,
                            **kwargs: Any) -> nn.Module:
     """``model`` ready for inference: ``eval()``, parameters without gradients, and (by default) ``torch.compile``
     with inductor freezing. Keyword arguments build an :class:`InferenceOptimization` (``compile``, ``freezing``,
-    ``mode``, ``dynamic``, ``fullgraph``). The first call compiles (slow); outputs equal eager within float
-    rounding (test: 1e-4). Works for any ``nn.Module`` — timm's models get the same treatment.
+    ``mode``, ``dynamic``, ``fullgraph``, ``dtype``, ``quantize``). The first call compiles (slow); float32 outputs
+    equal eager within float rounding (test: 1e-4); ``dtype="bfloat16"`` runs under bf16 autocast (float32 outputs,
+    bf16 accuracy). Works for any ``nn.Module`` — timm's models get the same treatment.
 
     >>> fast = datvit.optimize_for_inference(timm.create_model("dat_tiny"))
     >>> logits = fast(images)                         # first call compiles
+    >>> faster = datvit.optimize_for_inference(model, dtype="bfloat16")   # CPUs with AVX512-BF16/AMX, GPUs
     """
     opt = optimization or InferenceOptimization(**kwargs)
+    device_type = next(iter(model.parameters()), torch.empty(0)).device.type
+    if opt.dtype == "bfloat16" and device_type == "cpu" and not cpu_native_bf16():
+        raise RuntimeError("bf16 inference needs a CPU with native bf16 kernels (AVX512-BF16 or AMX); this one "
+                           "would emulate bf16 and run several times slower than float32: leave dtype unset")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
     if opt.quantize == "int8":
         quantize_int8(model)
     if not opt.compile:
-        return InferenceModule(model, model, opt)
+        return InferenceModule(model, model, opt, device_type)
     mode = None if opt.mode == "default" else opt.mode
     # int8 compiled with a symbolic batch (what dynamo switches to once a second batch size is seen, e.g. a
     # partial last batch) compiled for ~10 minutes and ran at 0.8x fp32 for dat_tiny: int8 compiles each batch
     # size statically unless dynamic is given
     dynamic = opt.dynamic if opt.dynamic is not None or opt.quantize is None else False
     compiled = torch.compile(model, mode=mode, dynamic=dynamic, fullgraph=opt.fullgraph)
-    return InferenceModule(model, compiled, opt)
+    return InferenceModule(model, compiled, opt, device_type)
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -113,9 +150,14 @@ def quantize_int8(model: nn.Module) -> nn.Module:
 
 # -- command-line helper (for `datvit eval` / `datvit predict`) ---------------------------------------------------
 
-def add_inference_optimization_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--compile`` (torch.compile with inductor freezing) and ``--compile-mode``."""
+def add_inference_optimization_arguments(parser: argparse.ArgumentParser, amp: bool = True) -> None:
+    """``--compile`` (torch.compile with inductor freezing), ``--compile-mode``, ``--int8`` and (with ``amp``;
+    ``datvit eval`` has its own) ``--amp``: bf16 autocast."""
     g = parser.add_argument_group("inference speed")
+    if amp:
+        g.add_argument("--amp", action="store_true", dest="inference_amp",
+                       help="bf16 autocast (GPUs; CPUs with native bf16, AVX512-BF16 or AMX): with --compile "
+                            "dat_tiny runs ~1.8x its float32 speed on such a CPU; logits to bf16 accuracy")
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model with inductor freezing (datvit.optimize_for_inference): faster "
                         "batches after a one-off compile of a minute or more")
@@ -123,15 +165,17 @@ def add_inference_optimization_arguments(parser: argparse.ArgumentParser) -> Non
                    help="torch.compile mode with --compile (max-autotune: tunes kernels, longer compile)")
     g.add_argument("--int8", action="store_true",
                    help="int8 weights and activations in every Linear (torchao, pip install 'datvit[int8]'); with "
-                        "--compile the fastest CPU path (dat_tiny 2.5x fp32 eager), accuracy within ~0.1 point "
-                        "on the demo's model")
+                        "--compile dat_tiny runs ~1.5x its float32 eager speed, accuracy within ~0.1 point on the "
+                        "demo's model")
 
 
 def optimize_from_args(model: nn.Module, args: argparse.Namespace) -> nn.Module:
-    """Apply what :func:`add_inference_optimization_arguments` parsed (the model unchanged without --compile or
-    --int8)."""
+    """Apply what :func:`add_inference_optimization_arguments` parsed (the model unchanged without --compile,
+    --int8 or --amp)."""
     compile_, int8 = getattr(args, "compile", False), getattr(args, "int8", False)
-    if not (compile_ or int8):
+    bf16 = getattr(args, "inference_amp", False)
+    if not (compile_ or int8 or bf16):
         return model
     return optimize_for_inference(model, compile=compile_, freezing=compile_,
-                                  mode=getattr(args, "compile_mode", "default"), quantize="int8" if int8 else None)
+                                  mode=getattr(args, "compile_mode", "default"), quantize="int8" if int8 else None,
+                                  dtype="bfloat16" if bf16 else None)

@@ -87,6 +87,11 @@ _FLOATS = (torch.float32, torch.bfloat16)
 _NATIVE_BF16 = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+def cpu_native_bf16() -> bool:
+    """Whether this CPU runs bf16 natively in oneDNN (AVX512-BF16 or AMX): where bf16 inference pays."""
+    return _NATIVE_BF16
+
+
 @torch.jit.unused
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """The 1×1-convolution form, or None where it does not apply. It applies on CPU to plain tensors in float32

@@ -25,7 +25,7 @@ from .precision import resolve_amp
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """timm ``validate.py``'s flag names."""
-    add_inference_optimization_arguments(p)
+    add_inference_optimization_arguments(p, amp=False)   # eval's own --amp autocasts around the model
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="datvit checkpoint (last.pth, best.pth, ...) or the authors' .pth (then give --model)")
     p.add_argument("--model", default=None,

@@ -1,17 +1,20 @@
-"""int8 inference through torchao: accuracy on a trained checkpoint and speed, against fp32 (eager and compiled).
+"""Deployment treatments — bf16 autocast and int8 (torchao), eager and compiled — against fp32: accuracy on a
+trained checkpoint and speed.
 
-    python -m benchmarks.int8 --checkpoint demo_output/fashion_mnist/last.pth     # after `make demo`
-    python -m benchmarks.int8 --checkpoint CKPT --speed-models dat_tiny,swin --speed-batch 32
+    python -m benchmarks.deploy --checkpoint demo_output/fashion_mnist/last.pth     # after `make demo`
+    python -m benchmarks.deploy --checkpoint CKPT --speed-models dat_tiny,swin --speed-batch 32
+    python -m benchmarks.deploy --treatments "fp32 eager,bf16 eager,bf16 compiled" --speed-models dat_tiny,swin
 
-For the checkpoint it evaluates the test split (the dataset the checkpoint was trained on) four ways — fp32 eager,
-fp32 compiled with inductor freezing (:func:`datvit.optimize_for_inference`), int8 eager and int8 compiled with
-freezing — and prints top-1 and images/s of each. int8 is torchao's current API (``quantize_`` with
+For the checkpoint it evaluates the test split (the dataset the checkpoint was trained on) with each treatment —
+fp32 eager, fp32 compiled with inductor freezing (:func:`datvit.optimize_for_inference`), bf16 autocast eager and
+compiled (``dtype="bfloat16"``; CPUs with native bf16 and GPUs only), int8 eager and compiled — and prints top-1
+and images/s of each. int8 is torchao's current API (``quantize_`` with
 ``Int8DynamicActivationInt8WeightConfig``: int8 weights, activations quantized per token at run time), applied to
 every ``nn.Linear``, DAT's 1×1-conv projections included (:func:`datvit.deploy.quantize_int8`).
 Then, for ``--speed-models`` at 224×224 with random weights, the same four treatments are timed interleaved in
 one process (``--iters`` rounds, median).
 
-Needs ``pip install torchao`` (not a datvit dependency). Writes ``--out``/int8.json.
+The int8 treatments need ``pip install torchao`` (not a datvit dependency). Writes ``--out``/deploy.json.
 """
 from __future__ import annotations
 
@@ -43,9 +46,15 @@ def treatments(model: nn.Module) -> dict[str, Callable[[], nn.Module]]:
     return {
         "fp32 eager": lambda: copy.deepcopy(model).eval(),
         "fp32 compiled": lambda: optimize_for_inference(copy.deepcopy(model)),
+        "bf16 eager": lambda: optimize_for_inference(copy.deepcopy(model), compile=False, freezing=False,
+                                                     dtype="bfloat16"),
+        "bf16 compiled": lambda: optimize_for_inference(copy.deepcopy(model), dtype="bfloat16"),
         "int8 eager": lambda: quantize_int8(model),
         "int8 compiled": lambda: optimize_for_inference(quantize_int8(model)),
     }
+
+
+TREATMENTS = tuple(treatments(nn.Identity()))
 
 
 @torch.no_grad()
@@ -65,7 +74,7 @@ def accuracy(model: nn.Module, loader) -> tuple[float, float, int]:
     return 100.0 * correct / count, timed / max(seconds, 1e-9), count
 
 
-def checkpoint_accuracy(path: str, batch_size: int) -> dict:
+def checkpoint_accuracy(path: str, batch_size: int, chosen: tuple[str, ...] = TREATMENTS) -> dict:
     from datvit.data.loader import create_dataset, create_loader, resolve_dataset_kind
     from datvit.inference import eval_transform, load_model
 
@@ -79,6 +88,8 @@ def checkpoint_accuracy(path: str, batch_size: int) -> dict:
     loader = create_loader(dataset, batch_size, training=False, workers=0)
     rows = {}
     for name, make in treatments(loaded.model).items():
+        if name not in chosen:
+            continue
         start = time.perf_counter()
         model = make()
         top1, ips, n = accuracy(model, loader)
@@ -86,14 +97,14 @@ def checkpoint_accuracy(path: str, batch_size: int) -> dict:
                       "seconds_incl_compile": time.perf_counter() - start}
         print(f"{loaded.name} {kind}/{split} {name:14s} top-1 {top1:6.2f}%  {ips:7.0f} img/s  "
               f"({rows[name]['seconds_incl_compile']:.0f} s with build/compile)", flush=True)
-    base = rows["fp32 eager"]["top1"]
+    base = rows["fp32 eager"]["top1"]   # always measured: main() adds it
     for row in rows.values():
         row["top1_change"] = row["top1"] - base
     return {"checkpoint": path, "model": loaded.name, "dataset": kind, "split": split, "rows": rows}
 
 
 @torch.no_grad()
-def speed(models: list[str], batch: int, iters: int) -> dict:
+def speed(models: list[str], batch: int, iters: int, chosen: tuple[str, ...] = TREATMENTS) -> dict:
     import timm
 
     import datvit  # noqa: F401  (registers the DAT models with timm)
@@ -105,6 +116,8 @@ def speed(models: list[str], batch: int, iters: int) -> dict:
     for m in models:
         base = timm.create_model(aliases.get(m, m)).eval()
         for t, make in treatments(base).items():
+            if t not in chosen:
+                continue
             start = time.perf_counter()
             fn = make()
             fn(x)
@@ -124,7 +137,7 @@ def speed(models: list[str], batch: int, iters: int) -> dict:
         out[k] = {"images_per_s": batch / ts[len(ts) // 2], "build_s": subjects[k][1]}
     for m in models:
         eager = out[f"{m} fp32 eager"]["images_per_s"]
-        for t in treatments(nn.Identity()):
+        for t in chosen:
             row = out[f"{m} {t}"]
             row["vs_fp32_eager"] = row["images_per_s"] / eager
             print(f"{m:10s} {t:14s} {row['images_per_s']:7.1f} img/s  {row['vs_fp32_eager']:.2f}× fp32 eager  "
@@ -139,8 +152,15 @@ def main(argv=None) -> None:
     p.add_argument("--speed-models", default="dat_tiny,swin", help="models timed at 224×224 ('' to skip)")
     p.add_argument("--speed-batch", type=int, default=32)
     p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--treatments", default=",".join(TREATMENTS),
+                   help=f"comma-separated from {', '.join(TREATMENTS)} (fp32 eager is always added: the baseline)")
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args(argv)
+    chosen = tuple(t.strip() for t in args.treatments.split(",") if t.strip())
+    unknown = [t for t in chosen if t not in TREATMENTS]
+    if unknown:
+        p.error(f"unknown treatments {unknown}; choose from {', '.join(TREATMENTS)}")
+    chosen = tuple(t for t in TREATMENTS if t in chosen or t == "fp32 eager")
 
     from datvit.runtime import tune_cpu_allocator
     tune_cpu_allocator()
@@ -149,21 +169,22 @@ def main(argv=None) -> None:
     # for minutes): the first version of this script measured int8 dat_tiny at 0.81x fp32 that way.
     torch._dynamo.config.cache_size_limit = 64
     torch._dynamo.config.accumulated_cache_size_limit = 512
-    result = {"torch": torch.__version__}
-    try:
-        import torchao
-        result["torchao"] = torchao.__version__
-    except ImportError:
-        raise SystemExit("benchmarks.int8 needs torchao: pip install torchao")
+    result = {"torch": torch.__version__, "treatments": list(chosen)}
+    if any(t.startswith("int8") for t in chosen):
+        try:
+            import torchao
+            result["torchao"] = torchao.__version__
+        except ImportError:
+            raise SystemExit("the int8 treatments need torchao: pip install torchao (or leave them out: --treatments)")
     if args.checkpoint:
-        result["accuracy"] = checkpoint_accuracy(args.checkpoint, args.batch_size)
+        result["accuracy"] = checkpoint_accuracy(args.checkpoint, args.batch_size, chosen)
     models = [m for m in args.speed_models.split(",") if m]
     if models:
-        result["speed"] = speed(models, args.speed_batch, args.iters)
+        result["speed"] = speed(models, args.speed_batch, args.iters, chosen)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "int8.json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {out / 'int8.json'}")
+    (out / "deploy.json").write_text(json.dumps(result, indent=2))
+    print(f"wrote {out / 'deploy.json'}")
 
 
 if __name__ == "__main__":
