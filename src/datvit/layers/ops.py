@@ -17,6 +17,8 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 # faster, forward and backward (``python -m benchmarks.levers linear``). No copy is made: (..., C) tokens are a
 # 1×C×M×1 map in channels-last strides, and the output comes back in the same layout. Eager mode calls the
 # convolution directly; torch.compile sees the opaque custom ops below (inductor cannot reorder the view's strides).
+# In bf16 (CPUs with native bf16) the convolution also beats F.linear, whose addmm copies the broadcast bias into
+# the output first; compiled bf16 keeps F.linear, which inductor's freezing packs for oneDNN itself.
 
 
 def _token_map(x2d: torch.Tensor) -> torch.Tensor:
