@@ -153,3 +153,20 @@ def test_deploy_benchmark_times_the_chosen_treatments(capsys):
     assert set(rows) == {f"dat_tiny {t}" for t in chosen}
     assert rows["dat_tiny fp32 eager"]["vs_fp32_eager"] == 1.0
     assert all(r["images_per_s"] > 0 for r in rows.values())
+
+
+def test_cuda_check_script_runs_on_cpu(tmp_path):
+    """``benchmarks.cuda_check`` (issue 11's GPU checks as one script) tried on CPU, as it must be before a GPU
+    session: both families pass fast-vs-reference logits and every gradient, and bf16 autocast."""
+    from benchmarks import cuda_check
+
+    rc = cuda_check.main(["--device", "cpu", "--img-size", "64", "--batch", "1", "--no-speed", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "cuda_check.json").read_text())
+    assert rc == 0 and [m["model"] for m in report["models"]] == ["dat_tiny", "datpp_tiny"]
+    for row in report["models"]:
+        assert row["pass"] and row["logits_rel_max"] < 1e-4 and row["grad_rel_max"] < 1e-3
+    assert any(n.endswith("rpb") for n in report["models"][1]["grad_rel_position_biases"])
+    assert any(n.endswith("rpe_table") for n in report["models"][0]["grad_rel_position_biases"])
+    import torch
+    if not torch.cuda.is_available():          # says so instead of failing somewhere inside
+        assert cuda_check.main(["--device", "cuda", "--no-speed", "--out", str(tmp_path)]) == 2
