@@ -117,7 +117,7 @@ def test_bf16_options_flag_and_refusal(monkeypatch):
     assert calls == [dict(compile=False, freezing=False, mode="default", quantize=None, dtype="bfloat16")]
     monkeypatch.undo()
     monkeypatch.setattr(datvit.deploy, "cpu_native_bf16", lambda: False)
-    with pytest.raises(RuntimeError, match="native bf16"):
+    with pytest.raises(ValueError, match="native bf16"):
         optimize_for_inference(torch.nn.Linear(2, 2), compile=False, freezing=False, dtype="bfloat16")
 
 

@@ -243,3 +243,15 @@ def test_convert_an_authors_file_with_the_variant(tmp_path):
     assert config["pretrained_cfg"]["input_size"] == [3, 32, 32] and config["pretrained_cfg"]["crop_pct"] == 0.875
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(logits(load_model(dst).model, x), logits(model, x), rtol=0, atol=0)
+
+
+def test_predict_amp_on_a_cpu_without_native_bf16_is_one_line(files, capsys, monkeypatch):
+    """--amp where bf16 would be emulated: refused in one line (a usage error), no traceback."""
+    import datvit.deploy
+
+    monkeypatch.setattr(datvit.deploy, "cpu_native_bf16", lambda: False)
+    code = main(["predict", str(files["images"] / "0.png"), "--checkpoint", str(files["ours"]), "--amp",
+                 "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "native bf16" in err[0] and "Traceback" not in err[0], err
+

@@ -115,8 +115,8 @@ def optimize_for_inference(model: nn.Module, optimization: Optional[InferenceOpt
     opt = optimization or InferenceOptimization(**kwargs)
     device_type = next(iter(model.parameters()), torch.empty(0)).device.type
     if opt.dtype == "bfloat16" and device_type == "cpu" and not cpu_native_bf16():
-        raise RuntimeError("bf16 inference needs a CPU with native bf16 kernels (AVX512-BF16 or AMX); this one "
-                           "would emulate bf16 and run several times slower than float32: leave dtype unset")
+        raise ValueError("bf16 inference needs a CPU with native bf16 kernels (AVX512-BF16 or AMX); this one "
+                         "would emulate bf16 and run several times slower than float32: leave out --amp / dtype")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
