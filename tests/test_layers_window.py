@@ -14,7 +14,7 @@ from datvit.layers import LocalAttention, ShiftWindowAttention, relative_positio
 def make(kind: str, dim=24, heads=3, window=7, fmap=14):
     torch.manual_seed(0)
     if kind == "L":
-        m = LocalAttention(dim, heads, window)
+        m = LocalAttention(dim, heads, window, fmap_size=fmap)
     else:
         m = ShiftWindowAttention(dim, heads, window, math.ceil(window / 2), fmap)
     with torch.no_grad():
@@ -48,6 +48,25 @@ def brute_force(m: LocalAttention, x: torch.Tensor) -> torch.Tensor:
 
 
 SHAPES = [(14, 14), (7, 7), (13, 17), (5, 9), (8, 8), (16, 10), (3, 3)]
+
+
+@pytest.mark.parametrize("kind", ["L", "S"])
+@pytest.mark.parametrize("fmap", [14, 13, 5])
+def test_cached_layout_is_the_computed_one(kind, fmap):
+    """The token orders and mask built once for ``fmap_size`` (constants for torch.compile's freezing) are what
+    the forward computes for that size, padded or not; other sizes compute their own; the state_dict is unchanged."""
+    m = make(kind, fmap=fmap).eval()
+    assert m.layout_gather.numel() == (math.ceil(fmap / 7) * 7) ** 2 and m.layout_scatter.numel() == fmap * fmap and set(m.state_dict()) == set(make(kind, fmap=0).state_dict())
+    uncached = make(kind, fmap=fmap).eval()
+    uncached.fmap_size = 0                              # the forward then computes the layout every call
+    for size in {fmap, fmap + 3}:
+        x = torch.randn(2, size, size, 24)
+        torch.testing.assert_close(m(x), uncached(x), atol=0, rtol=0)
+        torch.testing.assert_close(m(x), brute_force(m, x), atol=1e-5, rtol=1e-5)
+    if kind == "S" or fmap % 7:
+        assert m.layout_mask is not None and m.layout_mask.shape == (math.ceil(fmap / 7) ** 2, 49, 49)
+    else:
+        assert m.layout_mask is None
 
 
 @pytest.mark.parametrize("kind", ["L", "S"])

@@ -97,7 +97,7 @@ class DATStage(nn.Module):
         self.attns = nn.ModuleList()
         for kind in self.stage_spec:
             if kind == "L":
-                attn = LocalAttention(dim, heads, window_size, attn_drop, drop)
+                attn = LocalAttention(dim, heads, window_size, attn_drop, drop, fmap_size)
             elif kind == "S":
                 attn = ShiftWindowAttention(dim, heads, window_size, math.ceil(window_size / 2), fmap_size,
                                             attn_drop, drop)
