@@ -15,7 +15,7 @@ from compile_helpers import compile_and_record
 from datvit.layers import LocalAttention, NeighborhoodAttention2D
 from datvit.layers.mlp import ConvMlp, Mlp
 from datvit.layers import ops
-from datvit.layers.ops import _onednn_linear_backward_op, _onednn_linear_op, dense
+from datvit.layers.ops import _onednn_linear_backward_op, _onednn_linear_op, dense, dense_gelu, residual_depthwise_conv
 
 
 class _Ops(TorchDispatchMode):
@@ -57,6 +57,45 @@ def test_dense_runs_as_a_convolution_on_cpu_float32():
     with _Ops() as rec:
         dense(x, w, b)
     assert "aten.convolution" in rec.ops and "aten.addmm" not in rec.ops, rec.ops
+
+
+_FUSED = "mkldnn._convolution_pointwise"
+
+
+@pytest.mark.skipif(ops._POINTWISE_CONV is None, reason="this torch build has no oneDNN pointwise convolution")
+@pytest.mark.parametrize("dtype", ["float32", "autocast"])
+def test_gelu_fused_into_the_projection_in_inference_only(dtype):
+    """Eager inference: GELU is the 1×1 convolution's oneDNN post-op (one op, no separate gelu), equal to
+    F.gelu(F.linear) (float32: 1e-5; bf16 autocast: bf16 rounding). With gradients: the unfused ops, same values."""
+    if dtype == "autocast" and not ops._NATIVE_BF16:
+        pytest.skip("no native bf16 on this CPU")
+    x, w, b = _case((2, 5, 7, 24), c_out=96)
+    want = F.gelu(F.linear(x, w, b)).detach()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "autocast"):
+        with torch.no_grad(), _Ops() as rec:
+            fused = dense_gelu(x, w, b)
+        assert _FUSED in rec.ops and "aten.gelu" not in rec.ops, rec.ops
+        with _Ops() as rec:
+            trained = dense_gelu(x, w, b)
+        assert _FUSED not in rec.ops and "aten.gelu" in rec.ops and trained.requires_grad
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=2e-2, atol=5e-2)
+    torch.testing.assert_close(fused.float(), want, **tol)
+    torch.testing.assert_close(trained.detach().float(), want, **tol)
+
+
+@pytest.mark.skipif(ops._POINTWISE_CONV is None, reason="this torch build has no oneDNN pointwise convolution")
+def test_gelu_fused_into_the_residual_depthwise_conv():
+    """DAT++'s MLP: GELU(h + dwconv(h)) with the GELU as post-op in inference, equal to the unfused form."""
+    torch.manual_seed(0)
+    h = torch.randn(2, 6, 5, 16)
+    w, b = torch.randn(16, 1, 3, 3) * 0.3, torch.randn(16)
+    want = F.gelu(h + F.conv2d(h.permute(0, 3, 1, 2), w, b, padding=1, groups=16).permute(0, 2, 3, 1))
+    with torch.no_grad(), _Ops() as rec:
+        got = residual_depthwise_conv(h, w, b, gelu=True)
+    assert _FUSED in rec.ops and "aten.gelu" not in rec.ops, rec.ops
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(residual_depthwise_conv(h, w.requires_grad_(), b, gelu=True).detach(), want,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_dense_takes_non_contiguous_tokens():

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .ops import dense, linear_from_pointwise_conv, pointwise, residual_depthwise_conv
+from .ops import dense, dense_gelu, linear_from_pointwise_conv, pointwise, residual_depthwise_conv
 
 
 class Mlp(nn.Module):
@@ -22,9 +21,14 @@ class Mlp(nn.Module):
         self.chunk.add_module("drop2", nn.Dropout(drop))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: B×H×W×C. The two projections go through ``dense`` (oneDNN on CPU)."""
+        """``x``: B×H×W×C. The two projections go through ``dense`` (oneDNN on CPU; in inference the GELU is
+        fused into the first)."""
         c = self.chunk
-        h = c.drop1(c.act(dense(x, c.linear1.weight, c.linear1.bias)))
+        if isinstance(c.act, nn.GELU) and c.act.approximate == "none":
+            h = dense_gelu(x, c.linear1.weight, c.linear1.bias)
+        else:
+            h = c.act(dense(x, c.linear1.weight, c.linear1.bias))
+        h = c.drop1(h)
         return c.drop2(dense(h, c.linear2.weight, c.linear2.bias))
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,7 +62,7 @@ class ConvMlp(nn.Module):
             h = first(x)
         else:
             h = pointwise(x, first.weight, first.bias)
-        h = self.drop1(F.gelu(residual_depthwise_conv(h, self.dwc.weight, self.dwc.bias)))
+        h = self.drop1(residual_depthwise_conv(h, self.dwc.weight, self.dwc.bias, gelu=True))
         if isinstance(second, nn.Linear):
             return self.drop2(second(h))
         return self.drop2(pointwise(h, second.weight, second.bias))

@@ -102,6 +102,22 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     or tracing (their graphs keep a ``linear``), not for tensor subclasses (torchao's int8 weights), not in bf16
     under torch.compile: inductor's freezing packs a visible bf16 ``linear`` for oneDNN itself, with fused
     epilogues (the custom op measured 0.88× that)."""
+    operands = _onednn_operands(x, weight, bias)
+    if operands is None:
+        return None
+    x, weight, bias, compiling = operands
+    c_in = x.shape[-1]
+    if compiling:
+        y = _onednn_linear_op(x.reshape(-1, c_in), weight, bias)
+    else:
+        y = _conv_linear(x.reshape(-1, c_in), weight, bias)
+    return y.reshape(x.shape[:-1] + (weight.shape[0],))
+
+
+@torch.jit.unused
+def _onednn_operands(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    """(x, weight, bias, compiling) in the dtype the oneDNN 1×1 convolution runs in, or None where it does not
+    apply (see ``_onednn_linear``)."""
     if is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_exporting():
         return None
     if not (x.device.type == "cpu" and type(weight) in (torch.Tensor, nn.Parameter)
@@ -119,12 +135,38 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     elif not (x.dtype == weight.dtype and (bias is None or bias.dtype == x.dtype)
               and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _NATIVE_BF16 and not compiling))):
         return None
+    return x, weight, bias, compiling
+
+
+# GELU fused into the projection as oneDNN's post-op (``mkldnn::_convolution_pointwise``, the op inductor's freezing
+# emits): in eager inference the activation then costs no pass of its own over the hidden map (4× the tokens' size).
+# No autograd formula exists for it, so anything that needs gradients takes the unfused path.
+def _pointwise_conv_op():
+    try:
+        return torch.ops.mkldnn._convolution_pointwise.default if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):  # a build without it
+        return None
+
+
+_POINTWISE_CONV = _pointwise_conv_op()
+
+
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+@torch.jit.unused
+def _onednn_linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """GELU(x·Wᵀ + b) by one oneDNN convolution with the exact (erf) GELU as post-op, or None where it does not
+    apply: eager CPU inference (no gradients) where ``_onednn_linear`` applies."""
+    operands = _onednn_operands(x, weight, bias)     # first: it returns None while tracing (no grad flags)
+    if operands is None or operands[3] or _POINTWISE_CONV is None or _needs_grad(x, weight, bias):        # under torch.compile inductor fuses the activation itself
+        return None
+    x, weight, bias, _ = operands
     c_in = x.shape[-1]
-    if compiling:
-        y = _onednn_linear_op(x.reshape(-1, c_in), weight, bias)
-    else:
-        y = _conv_linear(x.reshape(-1, c_in), weight, bias)
-    return y.reshape(x.shape[:-1] + (weight.shape[0],))
+    y = _POINTWISE_CONV(_token_map(x.reshape(-1, c_in).contiguous()), weight[:, :, None, None], bias, [0, 0], [1, 1],
+                        [1, 1], 1, "gelu", [], "none")
+    return _map_tokens(y).reshape(x.shape[:-1] + (weight.shape[0],))
 
 
 def dense(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -138,6 +180,16 @@ def dense(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = 
         if y is not None:
             return y
     return F.linear(x, weight, bias)
+
+
+def dense_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``F.gelu(dense(x, weight, bias))`` (exact GELU). In eager CPU inference (float32, or bf16 where ``dense``
+    runs bf16 on oneDNN) the activation is the convolution's fused post-op; elsewhere the two separate steps."""
+    if not torch.jit.is_scripting():
+        y = _onednn_linear_gelu(x, weight, bias)
+        if y is not None:
+            return y
+    return F.gelu(dense(x, weight, bias))
 
 
 def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -178,9 +230,11 @@ def to_channels_first(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2)
 
 
-def residual_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+def residual_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                            gelu: bool = False) -> torch.Tensor:
     """``x + conv(x)`` on B×H×W×C for a depthwise, stride-1, same-padded ``conv`` (given by its ``weight``,
-    C×1×k×k, and ``bias``), as a single convolution.
+    C×1×k×k, and ``bias``), as a single convolution; with ``gelu``, ``GELU(x + conv(x))`` (exact GELU; fused
+    into the convolution as oneDNN's post-op in eager CPU inference).
 
     The identity is folded into the kernel's centre tap, which saves a full read-add-write pass over the map
     (the LPU of DAT++ and the depthwise conv inside its MLP are both of this form).
@@ -189,8 +243,27 @@ def residual_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     # the centre-tap kernel as a padded 1×1 of ones (no item assignment, which torch.fx cannot trace)
     identity = F.pad(weight.new_ones(weight.shape[0], weight.shape[1], 1, 1),
                      [k[1] // 2, k[1] - 1 - k[1] // 2, k[0] // 2, k[0] - 1 - k[0] // 2])
-    out = F.conv2d(x.permute(0, 3, 1, 2), weight + identity, bias, 1, [k[0] // 2, k[1] // 2], 1, weight.shape[0])
+    padding = [k[0] // 2, k[1] // 2]
+    x_map = x.permute(0, 3, 1, 2)
+    if gelu and not torch.jit.is_scripting():
+        out = _onednn_conv_gelu(x_map, weight + identity, bias, padding)
+        if out is not None:
+            return out.permute(0, 2, 3, 1)
+    out = F.conv2d(x_map, weight + identity, bias, 1, padding, 1, weight.shape[0])
+    if gelu:
+        out = F.gelu(out)
     return out.permute(0, 2, 3, 1)
+
+
+@torch.jit.unused
+def _onednn_conv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: list[int]
+                      ) -> Optional[torch.Tensor]:
+    """GELU(depthwise conv) with the GELU as oneDNN post-op, under the conditions of ``_onednn_linear_gelu``."""
+    operands = _onednn_operands(x, weight, bias)     # first: it returns None while tracing (no grad flags)
+    if operands is None or operands[3] or _POINTWISE_CONV is None or _needs_grad(x, weight, bias):
+        return None
+    x, weight, bias, _ = operands
+    return _POINTWISE_CONV(x, weight, bias, padding, [1, 1], [1, 1], weight.shape[0], "gelu", [], "none")
 
 
 # -- grid_sample that torch.compile keeps as ATen's kernel ------------------------------------------------------
