@@ -61,6 +61,40 @@ def test_compiled_d_block_keeps_aten_grid_sample_and_matches_eager():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
+def test_compiled_inference_gathers_the_sampled_features():
+    """Compiled inference samples keys/values by a four-corner gather of channel rows (inductor fuses it; the
+    position bias keeps ATen's grid_sample): same values as eager's grid_sample, also for samples outside the map;
+    with gradients the compiled block keeps grid_sample for both."""
+    m = _d_block().eval()
+    x = torch.randn(2, 8, 8, 32)
+    graphs = []
+
+    def recording_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    def grid_sample_calls(**kwargs):
+        torch._dynamo.reset()
+        graphs.clear()
+        result = torch.compile(m, backend=recording_backend, fullgraph=True)(x, **kwargs)
+        return result, [str(n.target) for g in graphs for n in g.graph.nodes
+                         if n.op == "call_function" and "grid_sample" in str(n.target)]
+
+    with torch.no_grad():
+        out, calls = grid_sample_calls()
+        _, positions, _ = m(x, return_positions=True)
+        expected = m(x)
+    assert (positions.abs() > 1).any()                       # some samples fall outside: zeros padding
+    assert calls == ["datvit.grid_sample_bilinear.default"], calls     # the bias only
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    _, calls = grid_sample_calls()       # gradients recorded (the offsets need them): grid_sample for the features
+    assert calls == ["datvit.grid_sample_bilinear.default"] * 2, calls
+    with torch.no_grad():
+        torch._dynamo.reset()
+        compiled = torch.compile(m, fullgraph=True)          # inductor: the generated gather kernel
+        torch.testing.assert_close(compiled(x), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_export_and_eager_see_plain_grid_sample():
     m = _d_block().eval()
     x = torch.randn(1, 8, 8, 32)

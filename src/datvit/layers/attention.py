@@ -19,9 +19,6 @@ import torch
 import torch.nn.functional as F
 
 
-_SHORT_ROWS = 64
-
-
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
                      dropout_p: float = 0.0) -> torch.Tensor:
     """softmax(q·kᵀ/√c + bias)·v for q: …×L×c, k, v: …×S×c, bias broadcastable to …×L×S."""
@@ -30,7 +27,7 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Op
                                                         or (bias.requires_grad and torch.is_grad_enabled()))):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     attn = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1)).add_(bias)
-    if attn.dtype != torch.float32 and attn.shape[-1] <= _SHORT_ROWS:
+    if attn.dtype != torch.float32 and attn.shape[-1] <= 64:  # (a literal: TorchScript reads no globals)
         # ATen's CPU bf16 softmax is slow on short rows: 49-key windows in float32 output, then cast, 1.2× faster
         attn = attn.softmax(dim=-1, dtype=torch.float32).to(attn.dtype)
     else:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .attention import biased_attention
 from .norm import ChannelLayerNorm
-from .ops import dense, grid_sample_bilinear, linear_from_pointwise_conv, pointwise
+from .ops import dense, grid_sample_bilinear, linear_from_pointwise_conv, pointwise, sample_channels_last
 
 Generation = Literal["v1", "pp"]
 
@@ -235,12 +235,11 @@ class DeformableAttention(nn.Module):
         _, hk, wk, _ = pos.shape
         ns = hk * wk
 
-        x_groups = x.permute(0, 3, 1, 2).reshape(B * G, self.group_dim, H, W)
         if self.no_off:
-            sampled = F.avg_pool2d(x_groups, kernel_size=self.stride, stride=self.stride)
+            sampled = F.avg_pool2d(x.permute(0, 3, 1, 2), kernel_size=self.stride, stride=self.stride)
+            sampled = sampled.reshape(B, C, ns).transpose(1, 2).contiguous()  # B×Ns×C
         else:
-            sampled = grid_sample_bilinear(x_groups.to(pos.dtype), pos.flip(-1)).to(x.dtype)
-        sampled = sampled.reshape(B, C, ns).transpose(1, 2).contiguous()      # B×Ns×C
+            sampled = sample_channels_last(x, pos, G)                          # B×Ns×C
         if isinstance(self.proj_k, nn.Linear) and isinstance(self.proj_v, nn.Linear):
             k = self.proj_k(sampled).view(B, ns, heads, self.head_dim).transpose(1, 2)
             v = self.proj_v(sampled).view(B, ns, heads, self.head_dim).transpose(1, 2)

@@ -312,3 +312,46 @@ def grid_sample_bilinear(input: torch.Tensor, grid: torch.Tensor) -> torch.Tenso
         if _compiling():
             return _grid_sample_op(input, grid)
     return F.grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+
+
+def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> torch.Tensor:
+    """Bilinear samples of channels-last ``x`` (B×H×W×C, ``groups`` groups of C/G channels) at ``pos``
+    ((B·G)×hk×wk×2, (y, x) in [−1, 1], one set of positions per group; align_corners=True, zeros outside) →
+    B×(hk·wk)×C in ``x``'s dtype, interpolated in ``pos``'s dtype (the D block's keys/values).
+
+    ``F.grid_sample`` on the (B·G)×(C/G)×H×W map (the authors' call) in eager mode, training, TorchScript and export;
+    in compiled inference a four-corner gather of channel rows that inductor fuses into one vectorised pass — no
+    NCHW copy before and no transpose after (dat_tiny stage 3, batch 32, bf16: 0.67 vs 2.9 ms)."""
+    if not torch.jit.is_scripting():
+        if _compiling() and not (torch.is_grad_enabled() and (x.requires_grad or pos.requires_grad)):
+            return _gather_channels_last(x, pos, groups)
+    B, H, W, C = x.shape
+    hk, wk = pos.shape[1], pos.shape[2]
+    x_groups = x.permute(0, 3, 1, 2).reshape(B * groups, C // groups, H, W)
+    sampled = grid_sample_bilinear(x_groups.to(pos.dtype), pos.flip(-1)).to(x.dtype)
+    return sampled.reshape(B, C, hk * wk).transpose(1, 2).contiguous()
+
+
+@torch.jit.unused
+def _gather_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> torch.Tensor:
+    """``sample_channels_last`` as four gathers of channel rows weighted by the bilinear weights (zero outside)."""
+    B, H, W, C = x.shape
+    ns = pos.shape[1] * pos.shape[2]
+    py = ((pos[..., 0] + 1) * (0.5 * (H - 1))).reshape(B, groups, ns)    # align_corners=True pixel coordinates
+    px = ((pos[..., 1] + 1) * (0.5 * (W - 1))).reshape(B, groups, ns)
+    y0, x0 = py.floor(), px.floor()
+    wy1, wx1 = py - y0, px - x0
+    y0, x0 = y0.long(), x0.long()
+    rows = x.reshape(B, H * W, groups, C // groups)
+    b = torch.arange(B, device=x.device).view(B, 1, 1)
+    g = torch.arange(groups, device=x.device).view(1, groups, 1)
+    out = None
+    for dy, wy in ((0, 1 - wy1), (1, wy1)):
+        for dx, wx in ((0, 1 - wx1), (1, wx1)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+            weight = torch.where(inside, wy * wx, 0.0).unsqueeze(-1)
+            corner = rows[b, yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1), g].to(pos.dtype)   # B×G×Ns×C/G
+            out = weight * corner if out is None else out + weight * corner
+    assert out is not None
+    return out.transpose(1, 2).reshape(B, ns, C).to(x.dtype)
