@@ -24,7 +24,8 @@ def assert_matches_manifest(model: torch.nn.Module, manifest: dict) -> None:
         assert (e["key"] in params) == (e["kind"] == "param"), e["key"]
         assert (e["key"] in buffers) == (e["kind"] == "buffer"), e["key"]
     assert sum(p.numel() for p in model.parameters()) == manifest["param_count"]
-    assert sum(b.numel() for b in model.buffers()) == manifest["buffer_count"]
+    # the checkpoints' buffers; non-persistent ones (the window layout cached for the configured size) are not saved
+    assert sum(b.numel() for k, b in buffers.items() if k in state) == manifest["buffer_count"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
