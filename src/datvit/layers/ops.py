@@ -160,7 +160,8 @@ def _onednn_linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
     """GELU(x·Wᵀ + b) by one oneDNN convolution with the exact (erf) GELU as post-op, or None where it does not
     apply: eager CPU inference (no gradients) where ``_onednn_linear`` applies."""
     operands = _onednn_operands(x, weight, bias)     # first: it returns None while tracing (no grad flags)
-    if operands is None or operands[3] or _POINTWISE_CONV is None or _needs_grad(x, weight, bias):        # under torch.compile inductor fuses the activation itself
+    # under torch.compile: the separate GELU (inductor's own kernel; a custom op fusing it measured ~1%: not kept)
+    if operands is None or operands[3] or _POINTWISE_CONV is None or _needs_grad(x, weight, bias):
         return None
     x, weight, bias, _ = operands
     c_in = x.shape[-1]
@@ -319,9 +320,9 @@ def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> tor
     ((B·G)×hk×wk×2, (y, x) in [−1, 1], one set of positions per group; align_corners=True, zeros outside) →
     B×(hk·wk)×C in ``x``'s dtype, interpolated in ``pos``'s dtype (the D block's keys/values).
 
-    ``F.grid_sample`` on the (B·G)×(C/G)×H×W map (the authors' call) in eager mode, training, TorchScript and export;
-    in compiled inference a four-corner gather of channel rows that inductor fuses into one vectorised pass — no
-    NCHW copy before and no transpose after (dat_tiny stage 3, batch 32, bf16: 0.67 vs 2.9 ms)."""
+    ``F.grid_sample`` on the (B·G)×(C/G)×H×W map (the authors' call) in eager mode, training, TorchScript and
+    export; in compiled inference a four-corner gather of channel rows that inductor fuses into one vectorised
+    pass — no NCHW copy before and no transpose after (dat_tiny stage 3, batch 32, bf16: 0.67 vs 2.9 ms)."""
     if not torch.jit.is_scripting():
         if _compiling() and not (torch.is_grad_enabled() and (x.requires_grad or pos.requires_grad)):
             return _gather_channels_last(x, pos, groups)
