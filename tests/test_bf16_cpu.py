@@ -31,15 +31,19 @@ class _Calls(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("bias_batch", [1, 6])
-def test_bf16_attention_on_cpu_is_explicit_and_matches_fp32_sdpa(bias_batch):
+@pytest.mark.parametrize("keys", [49, 100])      # ≤ 64 keys: the softmax runs with float32 output, then is cast
+def test_bf16_attention_on_cpu_is_explicit_and_matches_fp32_sdpa(bias_batch, keys):
     torch.manual_seed(0)
-    q, k, v = (torch.randn(6, 3, 49, 16) for _ in range(3))
-    bias = torch.randn(bias_batch, 3, 49, 49)
+    q = torch.randn(6, 3, 49, 16)
+    k, v = (torch.randn(6, 3, keys, 16) for _ in range(2))
+    bias = torch.randn(bias_batch, 3, 49, keys)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
     with torch.no_grad(), _Calls() as rec:
         got = biased_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias.bfloat16())
     assert got.dtype == torch.bfloat16
     assert "aten.bmm" in rec.ops() and not any("scaled_dot_product" in op for op in rec.ops()), rec.ops()
+    softmax_out = [dtypes for name, dtypes in rec.calls if name == "aten._softmax"]
+    assert softmax_out and all(d == (torch.float32 if keys <= 64 else torch.bfloat16,) for d in softmax_out), rec.calls
     torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
     with torch.no_grad(), _Calls() as rec:        # float32 inference keeps SDPA's fused kernel
         biased_attention(q, k, v, bias)
