@@ -156,12 +156,21 @@ def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
 
 
 @torch.jit.unused
+def _post_op_operands(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    """``_onednn_operands`` where a oneDNN post-op may be fused: eager (under torch.compile inductor keeps its own
+    GELU kernel; a custom op fusing it measured ~1%: not kept), no gradients needed, the op present; else None."""
+    operands = _onednn_operands(x, weight, bias)     # first: it returns None while tracing (no grad flags)
+    if operands is None or operands[3] or _POINTWISE_CONV is None or _needs_grad(x, weight, bias):
+        return None
+    return operands
+
+
+@torch.jit.unused
 def _onednn_linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """GELU(x·Wᵀ + b) by one oneDNN convolution with the exact (erf) GELU as post-op, or None where it does not
     apply: eager CPU inference (no gradients) where ``_onednn_linear`` applies."""
-    operands = _onednn_operands(x, weight, bias)     # first: it returns None while tracing (no grad flags)
-    # under torch.compile: the separate GELU (inductor's own kernel; a custom op fusing it measured ~1%: not kept)
-    if operands is None or operands[3] or _POINTWISE_CONV is None or _needs_grad(x, weight, bias):
+    operands = _post_op_operands(x, weight, bias)
+    if operands is None:
         return None
     x, weight, bias, _ = operands
     c_in = x.shape[-1]
@@ -260,8 +269,8 @@ def residual_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
 def _onednn_conv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: list[int]
                       ) -> Optional[torch.Tensor]:
     """GELU(depthwise conv) with the GELU as oneDNN post-op, under the conditions of ``_onednn_linear_gelu``."""
-    operands = _onednn_operands(x, weight, bias)     # first: it returns None while tracing (no grad flags)
-    if operands is None or operands[3] or _POINTWISE_CONV is None or _needs_grad(x, weight, bias):
+    operands = _post_op_operands(x, weight, bias)
+    if operands is None:
         return None
     x, weight, bias, _ = operands
     return _POINTWISE_CONV(x, weight, bias, padding, [1, 1], [1, 1], weight.shape[0], "gelu", [], "none")
