@@ -333,7 +333,7 @@ def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> tor
     export; in compiled inference a four-corner gather of channel rows that inductor fuses into one vectorised
     pass — no NCHW copy before and no transpose after (dat_tiny stage 3, batch 32, bf16: 0.67 vs 2.9 ms)."""
     if not torch.jit.is_scripting():
-        if _compiling() and not (torch.is_grad_enabled() and (x.requires_grad or pos.requires_grad)):
+        if _compiling() and not _needs_grad(x, pos):
             return _gather_channels_last(x, pos, groups)
     B, H, W, C = x.shape
     hk, wk = pos.shape[1], pos.shape[2]
