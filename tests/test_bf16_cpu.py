@@ -50,6 +50,35 @@ def test_bf16_attention_on_cpu_is_explicit_and_matches_fp32_sdpa(bias_batch, key
     assert any("scaled_dot_product" in op for op in rec.ops()), rec.ops()
 
 
+@pytest.mark.parametrize("path", ["sdpa", "explicit-grad", "explicit-bf16"])
+def test_per_window_bias_is_repeated_over_the_batch(path):
+    # window attention passes its bias + shifted-window mask as nW×heads×L×S for a batch of B·nW windows
+    # (windows-minor); each path must read it as the same bias expanded over B
+    torch.manual_seed(0)
+    batch, windows = 3, 4
+    q, k, v = (torch.randn(batch * windows, 2, 9, 8) for _ in range(3))
+    bias = torch.randn(windows, 2, 9, 9, requires_grad=path == "explicit-grad")
+    expanded = bias.unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(batch * windows, 2, 9, 9)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=expanded.detach())
+    if path == "explicit-bf16":
+        with torch.no_grad():
+            got = biased_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias.bfloat16()).float()
+        torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
+        return
+    with _Calls() as rec:
+        got = biased_attention(q, k, v, bias)
+    assert any("scaled_dot_product" in op for op in rec.ops()) == (path == "sdpa"), rec.ops()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    if path == "explicit-grad":
+        weights = torch.randn_like(got)
+        (grad,) = torch.autograd.grad((got * weights).sum(), bias)
+        ref_bias = bias.detach().clone().requires_grad_(True)
+        ref_expanded = ref_bias.unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(batch * windows, 2, 9, 9)
+        ref = torch.softmax(q @ k.transpose(-2, -1) / 8 ** 0.5 + ref_expanded, -1) @ v
+        (want_grad,) = torch.autograd.grad((ref * weights).sum(), ref_bias)
+        torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-5)
+
+
 def test_d_block_samples_in_float32_under_bf16_autocast():
     torch.manual_seed(0)
     m = DeformableAttention(32, 4, 2, 8, 1, 3, 2.0).eval()

@@ -21,12 +21,23 @@ import torch.nn.functional as F
 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
                      dropout_p: float = 0.0) -> torch.Tensor:
-    """softmax(q·kᵀ/√c + bias)·v for q: …×L×c, k, v: …×S×c, bias broadcastable to …×L×S."""
+    """softmax(q·kᵀ/√c + bias)·v for q: N×…×L×c, k, v: N×…×S×c. ``bias`` is broadcastable to N×…×L×S, or
+    has a leading dimension nW that divides N (N = B·nW, windows-minor: a per-window bias repeated over the
+    batch). The explicit form adds such a bias by broadcasting over B; SDPA gets it expanded."""
+    periodic = bias is not None and bias.dim() == q.dim() and bias.shape[0] not in (1, q.shape[0])
     # one condition, not a named flag: TorchScript refines the Optional bias only inside the test itself
     if bias is None or not (q.device.type == "cpu" and (q.dtype in (torch.bfloat16, torch.float16)
                                                         or (bias.requires_grad and torch.is_grad_enabled()))):
+        if bias is not None and periodic:
+            n = bias.shape[0]
+            bias = bias.unsqueeze(0).expand([q.shape[0] // n] + list(bias.shape)).flatten(0, 1)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
-    attn = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1)).add_(bias)
+    attn = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-2, -1))
+    if periodic:
+        n = bias.shape[0]
+        attn.view([attn.shape[0] // n] + list(bias.shape)).add_(bias)
+    else:
+        attn = attn.add_(bias)
     if attn.dtype != torch.float32 and attn.shape[-1] <= 64:  # (a literal: TorchScript reads no globals)
         # ATen's CPU bf16 softmax is slow on short rows: 49-key windows in float32 output, then cast, 1.2× faster
         attn = attn.softmax(dim=-1, dtype=torch.float32).to(attn.dtype)

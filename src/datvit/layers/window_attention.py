@@ -115,15 +115,14 @@ def window_layout(height: int, width: int, window_size: int, shift_size: int, ca
 
 
 @register_notrace_function  # branches on whether there is a mask (see layers/tracing.py)
-def windowed_attention_bias(bias: torch.Tensor, batch: int, mask: Optional[torch.Tensor]) -> torch.Tensor:
-    """The additive SDPA mask of window attention: the relative position ``bias`` (heads×w²×w²) alone
+def windowed_attention_bias(bias: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    """The additive mask of window attention: the relative position ``bias`` (heads×w²×w²) alone
     (1×heads×w²×w²) when no window is padded or shifted (``mask`` None), else plus the region/padding ``mask`` of
-    every window (nW×w²×w², from :func:`window_layout`), (B·nW)×heads×w²×w²."""
+    every window (nW×w²×w², from :func:`window_layout`): nW×heads×w²×w², which ``biased_attention`` repeats over
+    the batch (windows-minor)."""
     bias = bias.unsqueeze(0)
     if mask is not None:
-        heads, n = bias.shape[1], bias.shape[-1]
-        bias = (bias + mask.to(bias.dtype).unsqueeze(1)).unsqueeze(0).expand(batch, -1, -1, -1, -1)
-        bias = bias.reshape(batch * mask.shape[0], heads, n, n)
+        bias = bias + mask.to(bias.dtype).unsqueeze(1)
     return bias
 
 
@@ -198,7 +197,7 @@ class LocalAttention(nn.Module):
         qkv = dense(windows, self.proj_qkv.weight, self.proj_qkv.bias).view(B * num_windows, n, 3, heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                          # (B·nW)×heads×w²×c views
 
-        bias = windowed_attention_bias(self.relative_position_bias(), B, mask)
+        bias = windowed_attention_bias(self.relative_position_bias(), mask)
         out = biased_attention(q, k, v, bias.to(q.dtype), self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, num_windows * n, C).index_select(1, scatter)
         return self.proj_drop(dense(out, self.proj_out.weight, self.proj_out.bias)).view(B, H, W, C)
