@@ -44,9 +44,10 @@ def deformable_position_bias(table: torch.Tensor, pos: torch.Tensor, q_grid: tor
     heads, th, tw = table.shape
     B, G, ns, _ = pos.shape
     H, W, _ = q_grid.shape
-    q_xy = q_grid.flip(-1).reshape(1, H * W, 1, 2)
-    p_xy = pos.flip(-1).reshape(B * G, 1, ns, 2)
-    grid = torch.sub(q_xy, p_xy).mul_(0.5)
+    # halved before the broadcast (exact: a power of two), so the grid is written in one pass
+    q_xy = q_grid.flip(-1).reshape(1, H * W, 1, 2).mul(0.5)
+    p_xy = pos.flip(-1).reshape(B * G, 1, ns, 2).mul(0.5)
+    grid = torch.sub(q_xy, p_xy)
     tables = table.reshape(1, heads, th, tw).expand(B, -1, -1, -1).reshape(B * G, heads // G, th, tw)
     bias = grid_sample_bilinear(tables, grid)
     return bias.view(B, heads, H * W, ns)
