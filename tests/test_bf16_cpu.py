@@ -79,6 +79,27 @@ def test_per_window_bias_is_repeated_over_the_batch(path):
         torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-5)
 
 
+def test_eager_inference_layouts_change_no_value(monkeypatch):
+    # eager inference scales q into a contiguous tensor and copies k before its transposed view; the values must
+    # be exactly those of the plain form (used under torch.compile and with gradients)
+    import datvit.layers.attention as attention
+    torch.manual_seed(0)
+    qkv = torch.randn(6, 49, 3, 3, 16).bfloat16()
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                  # strided views, as the window blocks pass them
+    bias = torch.randn(1, 3, 49, 49).bfloat16()
+    taken = []
+    real = attention._eager_inference
+    monkeypatch.setattr(attention, "_eager_inference", lambda *a: taken.append(real(*a)) or taken[-1])
+    with torch.no_grad():
+        fast = biased_attention(q, k, v, bias)
+        monkeypatch.setattr(attention, "_eager_inference", lambda *a: False)
+        plain = biased_attention(q, k, v, bias)
+    assert taken == [True]
+    assert torch.equal(fast, plain)
+    leaf = bias.float().requires_grad_(True)
+    assert not real(q.float(), k.float(), leaf)                    # recording gradients: the plain form
+
+
 def test_d_block_samples_in_float32_under_bf16_autocast():
     torch.manual_seed(0)
     m = DeformableAttention(32, 4, 2, 8, 1, 3, 2.0).eval()
