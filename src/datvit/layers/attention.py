@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
+from .ops import _needs_grad
+
 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
                      dropout_p: float = 0.0) -> torch.Tensor:
@@ -65,4 +67,4 @@ def _eager_inference(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> bo
     explicit layouts above are allowed and pay (inductor picks its own layouts)."""
     if torch.compiler.is_compiling() or is_fx_symbolic_tracing():
         return False
-    return not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or bias.requires_grad))
+    return not _needs_grad(q, k, bias)
