@@ -63,8 +63,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Op
 
 @torch.jit.unused
 def _eager_inference(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> bool:
-    """Eager mode (not torch.compile, export or FX tracing) with no gradient to record: where ``out=`` and the
+    """Eager mode (not torch.compile, export, FX or TorchScript tracing) with no gradient to record: where ``out=`` and the
     explicit layouts above are allowed and pay (inductor picks its own layouts)."""
-    if torch.compiler.is_compiling() or is_fx_symbolic_tracing():
+    if torch.compiler.is_compiling() or is_fx_symbolic_tracing() or torch.jit.is_tracing():
         return False
     return not _needs_grad(q, k, bias)
