@@ -111,8 +111,9 @@ def test_d_block_samples_in_float32_under_bf16_autocast():
         want, want_pos, _ = m(x, return_positions=True)
         with torch.autocast("cpu", dtype=torch.bfloat16), _Calls() as rec:
             got, pos, ref = m(x, return_positions=True)
-    samples = [dtypes for name, dtypes in rec.calls if name == "aten.grid_sampler_2d"]
-    assert len(samples) == 2 and all(d == (torch.float32, torch.float32) for d in samples), samples
+    # the position bias by grid_sample, the keys/values by embedding_bag (table, indices, offsets, weights)
+    samples = [dtypes for name, dtypes in rec.calls if "grid_sampler" in name or "embedding_bag" in name]
+    assert samples == [(torch.float32, torch.int64, torch.int64, torch.float32), (torch.float32, torch.float32)], samples
     assert pos.dtype == ref.dtype == torch.float32
     # the offsets come from bf16 projections; the positions built from them are not rounded to bf16 on top
     assert (pos - want_pos).abs().max() < 0.02

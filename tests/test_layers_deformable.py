@@ -129,3 +129,50 @@ def test_padding_rule_of_offset_conv():
 def test_bad_groups_rejected():
     with pytest.raises(ValueError, match="divisible"):
         DeformableAttention(30, 3, 4, 14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_keys_sampled_by_embedding_bag_equal_grid_sample(dtype):
+    """Eager CPU samples keys/values with one embedding_bag (bags of four corner rows, bilinear weights): the same
+    values as the authors' grid_sample, bit for bit (also outside the map and at whole-pixel positions), and the
+    same gradients for the map and the positions; FX tracing and TorchScript tracing keep grid_sample."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from datvit.layers.ops import sample_channels_last
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    B, H, W, C, G = 3, 9, 11, 24, 3
+    x = torch.randn(B, H, W, C).to(dtype).requires_grad_(True)
+    pos = (torch.rand(B * G, 5, 4, 2) * 2.6 - 1.3)
+    pos[0, 0, 0] = torch.tensor([0.0, 0.0])
+    pos[0, 0, 1] = torch.tensor([-1.0, 1.0])            # corners of the map: integer pixel coordinates
+    pos.requires_grad_(True)
+    assert (pos.abs() > 1).any()
+
+    def authors(x, pos):
+        maps = x.permute(0, 3, 1, 2).reshape(B * G, C // G, H, W).float()
+        out = F.grid_sample(maps, pos.flip(-1), mode="bilinear", padding_mode="zeros", align_corners=True)
+        return out.reshape(B, C, -1).transpose(1, 2).to(dtype)
+
+    with Ops() as rec:
+        got = sample_channels_last(x, pos, G)
+    assert any("embedding_bag" in n for n in rec.names) and not any("grid_sampler" in n for n in rec.names)
+    want = authors(x, pos)
+    assert got.dtype == dtype and torch.equal(got, want)
+    g = torch.randn_like(want)
+    for a, b in zip(torch.autograd.grad(got, (x, pos), g), torch.autograd.grad(want, (x, pos), g)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    traced = torch.fx.symbolic_trace(lambda x, pos: sample_channels_last(x, pos, G))
+    assert any("grid_sample" in str(n.target) for n in traced.graph.nodes)
+    with torch.no_grad():
+        jit = torch.jit.trace(lambda x, pos: sample_channels_last(x, pos, G), (x, pos))
+    assert "grid_sampler" in str(jit.graph) and "embedding_bag" not in str(jit.graph)

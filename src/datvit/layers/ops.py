@@ -329,12 +329,22 @@ def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> tor
     ((B·G)×hk×wk×2, (y, x) in [−1, 1], one set of positions per group; align_corners=True, zeros outside) →
     B×(hk·wk)×C in ``x``'s dtype, interpolated in ``pos``'s dtype (the D block's keys/values).
 
-    ``F.grid_sample`` on the (B·G)×(C/G)×H×W map (the authors' call) in eager mode, training, TorchScript and
-    export; in compiled inference a four-corner gather of channel rows that inductor fuses into one vectorised
-    pass — no NCHW copy before and no transpose after (dat_tiny stage 3, batch 32, bf16: 0.67 vs 2.9 ms)."""
+    Three formulations of the authors' ``F.grid_sample`` on the (B·G)×(C/G)×H×W map, all equal to it:
+
+    - eager on CPU (inference and training): one ``F.embedding_bag`` — each sample is a bag of the four corner
+      rows of channels, weighted by their bilinear weights (zero outside), and the bags come out channels-last:
+      no NCHW copy before and no transpose after (dat_tiny, batch 32: stage 3 4.4 → 1.4 ms in float32, 2.9 → 1.7
+      in bf16; forward + backward 12.7 → 8.2 ms);
+    - compiled inference: the same four corners as gathers that inductor fuses into one vectorised pass (stage 3,
+      bf16: 0.67 vs 2.9 ms);
+    - ``F.grid_sample`` itself on other devices, in compiled training, TorchScript, tracing and export."""
     if not torch.jit.is_scripting():
-        if _compiling() and not _needs_grad(x, pos):
-            return _gather_channels_last(x, pos, groups)
+        if _compiling():
+            if not _needs_grad(x, pos):
+                return _gather_channels_last(x, pos, groups)
+        elif (not (is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_exporting())
+              and x.device.type == "cpu" and pos.dtype in (torch.float32, torch.float64) and x.is_floating_point()):
+            return _embedding_bag_channels_last(x, pos, groups)
     B, H, W, C = x.shape
     hk, wk = pos.shape[1], pos.shape[2]
     x_groups = x.permute(0, 3, 1, 2).reshape(B * groups, C // groups, H, W)
@@ -343,25 +353,57 @@ def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> tor
 
 
 @torch.jit.unused
+def _bilinear_corners(pos: torch.Tensor, batch: int, height: int, width: int, groups: int
+                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The four bilinear corners of ``pos`` ((B·G)×hk×wk×2, (y, x), align_corners=True) on an H×W map: for each,
+    the row-major pixel index (B×G×Ns, clamped into the map) and the weight (B×G×Ns, zero where the corner lies
+    outside — ``grid_sample``'s zero padding)."""
+    ns = pos.shape[1] * pos.shape[2]
+    py = ((pos[..., 0] + 1) * (0.5 * (height - 1))).reshape(batch, groups, ns)
+    px = ((pos[..., 1] + 1) * (0.5 * (width - 1))).reshape(batch, groups, ns)
+    y0, x0 = py.floor(), px.floor()
+    wy1, wx1 = py - y0, px - x0
+    y0, x0 = y0.long(), x0.long()
+    corners = []
+    for dy, wy in ((0, 1 - wy1), (1, wy1)):
+        for dx, wx in ((0, 1 - wx1), (1, wx1)):
+            yy, xx = y0 + dy, x0 + dx
+            inside = (yy >= 0) & (yy < height) & (xx >= 0) & (xx < width)
+            index = yy.clamp(0, height - 1) * width + xx.clamp(0, width - 1)
+            corners.append((index, torch.where(inside, wy * wx, 0.0)))
+    return corners
+
+
+@torch.jit.unused
 def _gather_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> torch.Tensor:
     """``sample_channels_last`` as four gathers of channel rows weighted by the bilinear weights (zero outside)."""
     B, H, W, C = x.shape
     ns = pos.shape[1] * pos.shape[2]
-    py = ((pos[..., 0] + 1) * (0.5 * (H - 1))).reshape(B, groups, ns)    # align_corners=True pixel coordinates
-    px = ((pos[..., 1] + 1) * (0.5 * (W - 1))).reshape(B, groups, ns)
-    y0, x0 = py.floor(), px.floor()
-    wy1, wx1 = py - y0, px - x0
-    y0, x0 = y0.long(), x0.long()
     rows = x.reshape(B, H * W, groups, C // groups)
     b = torch.arange(B, device=x.device).view(B, 1, 1)
     g = torch.arange(groups, device=x.device).view(1, groups, 1)
     out = None
-    for dy, wy in ((0, 1 - wy1), (1, wy1)):
-        for dx, wx in ((0, 1 - wx1), (1, wx1)):
-            yy, xx = y0 + dy, x0 + dx
-            inside = (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-            weight = torch.where(inside, wy * wx, 0.0).unsqueeze(-1)
-            corner = rows[b, yy.clamp(0, H - 1) * W + xx.clamp(0, W - 1), g].to(pos.dtype)   # B×G×Ns×C/G
-            out = weight * corner if out is None else out + weight * corner
+    for index, weight in _bilinear_corners(pos, B, H, W, groups):
+        corner = rows[b, index, g].to(pos.dtype)                                  # B×G×Ns×C/G
+        out = weight.unsqueeze(-1) * corner if out is None else out + weight.unsqueeze(-1) * corner
     assert out is not None
     return out.transpose(1, 2).reshape(B, ns, C).to(x.dtype)
+
+
+@torch.jit.unused
+def _embedding_bag_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> torch.Tensor:
+    """``sample_channels_last`` as one ``F.embedding_bag``: the table is ``x``'s rows of C/G channels
+    ((B·H·W·G)×C/G, a view of the channels-last map), each sample a bag of its four corner rows with the bilinear
+    weights as per-sample weights. Bags are ordered (image, sample, group), so the result is B×Ns×C as it comes.
+    Autograd flows to ``x`` (the table) and to ``pos`` (through the weights), as through ``grid_sample``."""
+    B, H, W, C = x.shape
+    ns = pos.shape[1] * pos.shape[2]
+    corners = _bilinear_corners(pos, B, H, W, groups)
+    image = torch.arange(B, device=x.device).view(B, 1, 1) * (H * W)
+    group = torch.arange(groups, device=x.device).view(1, groups, 1)
+    rows = torch.stack([(image + index) * groups + group for index, _ in corners], -1)     # B×G×Ns×4
+    weights = torch.stack([weight for _, weight in corners], -1)
+    table = x.reshape(B * H * W * groups, C // groups).to(pos.dtype)
+    out = F.embedding_bag(rows.transpose(1, 2).reshape(-1, 4), table,
+                          per_sample_weights=weights.transpose(1, 2).reshape(-1, 4), mode="sum")
+    return out.view(B, ns, C).to(x.dtype)
