@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -82,3 +83,20 @@ def assert_fast_matches_reference(module: torch.nn.Module, x: torch.Tensor, fwd_
     for name, a, b in zip(names, grads_fast[1:], grads_ref[1:]):
         assert_close_scaled(a, b, grad_tol, name)
     return out_fast, extra_fast, extra_ref
+
+
+class RecordOps(TorchDispatchMode):
+    """Records the ATen calls a computation dispatches: ``calls`` holds (op, dtypes of its tensor arguments),
+    ``ops`` the op names, in order."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[tuple[str, tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((str(func.overloadpacket), tuple(a.dtype for a in args if isinstance(a, torch.Tensor))))
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def ops(self) -> list[str]:
+        return [name for name, _ in self.calls]

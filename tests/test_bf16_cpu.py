@@ -6,28 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from compile_helpers import compile_and_record
-from conftest import reduced_kwargs
+from conftest import RecordOps, reduced_kwargs
 from datvit.layers import DeformableAttention
 from datvit.layers.attention import biased_attention
 from datvit.models import DAT
-
-
-class _Calls(TorchDispatchMode):
-    """Records (op, dtypes of its tensor arguments) for every ATen call."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls: list[tuple[str, tuple]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls.append((str(func.overloadpacket), tuple(a.dtype for a in args if isinstance(a, torch.Tensor))))
-        return func(*args, **(kwargs or {}))
-
-    def ops(self) -> set[str]:
-        return {name for name, _ in self.calls}
 
 
 @pytest.mark.parametrize("bias_batch", [1, 6])
@@ -38,16 +22,16 @@ def test_bf16_attention_on_cpu_is_explicit_and_matches_fp32_sdpa(bias_batch, key
     k, v = (torch.randn(6, 3, keys, 16) for _ in range(2))
     bias = torch.randn(bias_batch, 3, 49, keys)
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-    with torch.no_grad(), _Calls() as rec:
+    with torch.no_grad(), RecordOps() as rec:
         got = biased_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias.bfloat16())
     assert got.dtype == torch.bfloat16
-    assert "aten.bmm" in rec.ops() and not any("scaled_dot_product" in op for op in rec.ops()), rec.ops()
+    assert "aten.bmm" in rec.ops and not any("scaled_dot_product" in op for op in rec.ops), rec.ops
     softmax_out = [dtypes for name, dtypes in rec.calls if name == "aten._softmax"]
     assert softmax_out and all(d == (torch.float32 if keys <= 64 else torch.bfloat16,) for d in softmax_out), rec.calls
     torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
-    with torch.no_grad(), _Calls() as rec:        # float32 inference keeps SDPA's fused kernel
+    with torch.no_grad(), RecordOps() as rec:        # float32 inference keeps SDPA's fused kernel
         biased_attention(q, k, v, bias)
-    assert any("scaled_dot_product" in op for op in rec.ops()), rec.ops()
+    assert any("scaled_dot_product" in op for op in rec.ops), rec.ops
 
 
 @pytest.mark.parametrize("path", ["sdpa", "explicit-grad", "explicit-bf16"])
@@ -65,9 +49,9 @@ def test_per_window_bias_is_repeated_over_the_batch(path):
             got = biased_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), bias.bfloat16()).float()
         torch.testing.assert_close(got, want, rtol=0.05, atol=0.05)
         return
-    with _Calls() as rec:
+    with RecordOps() as rec:
         got = biased_attention(q, k, v, bias)
-    assert any("scaled_dot_product" in op for op in rec.ops()) == (path == "sdpa"), rec.ops()
+    assert any("scaled_dot_product" in op for op in rec.ops) == (path == "sdpa"), rec.ops
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     if path == "explicit-grad":
         weights = torch.randn_like(got)
@@ -109,7 +93,7 @@ def test_d_block_samples_in_float32_under_bf16_autocast():
     x = torch.randn(2, 8, 8, 32)
     with torch.no_grad():
         want, want_pos, _ = m(x, return_positions=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16), _Calls() as rec:
+        with torch.autocast("cpu", dtype=torch.bfloat16), RecordOps() as rec:
             got, pos, ref = m(x, return_positions=True)
     # the position bias by grid_sample, the keys/values by embedding_bag (table, indices, offsets, weights)
     samples = [dtypes for name, dtypes in rec.calls if "grid_sampler" in name or "embedding_bag" in name]

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close_scaled, assert_fast_matches_reference
+from conftest import RecordOps, assert_close_scaled, assert_fast_matches_reference
 from datvit.layers import DeformableAttention, deformable_position_bias, query_grid, reference_points
 
 
@@ -136,18 +136,7 @@ def test_keys_sampled_by_embedding_bag_equal_grid_sample(dtype):
     """Eager CPU samples keys/values with one embedding_bag (bags of four corner rows, bilinear weights): the same
     values as the authors' grid_sample, bit for bit (also outside the map and at whole-pixel positions), and the
     same gradients for the map and the positions; FX tracing and TorchScript tracing keep grid_sample."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from datvit.layers.ops import sample_channels_last
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names: list[str] = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func.overloadpacket))
-            return func(*args, **(kwargs or {}))
 
     torch.manual_seed(0)
     B, H, W, C, G = 3, 9, 11, 24, 3
@@ -163,9 +152,9 @@ def test_keys_sampled_by_embedding_bag_equal_grid_sample(dtype):
         out = F.grid_sample(maps, pos.flip(-1), mode="bilinear", padding_mode="zeros", align_corners=True)
         return out.reshape(B, C, -1).transpose(1, 2).to(dtype)
 
-    with Ops() as rec:
+    with RecordOps() as rec:
         got = sample_channels_last(x, pos, G)
-    assert any("embedding_bag" in n for n in rec.names) and not any("grid_sampler" in n for n in rec.names)
+    assert any("embedding_bag" in n for n in rec.ops) and not any("grid_sampler" in n for n in rec.ops)
     want = authors(x, pos)
     assert got.dtype == dtype and torch.equal(got, want)
     g = torch.randn_like(want)

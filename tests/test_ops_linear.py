@@ -9,25 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from compile_helpers import compile_and_record
+from conftest import RecordOps
 from datvit.layers import LocalAttention, NeighborhoodAttention2D
 from datvit.layers.mlp import ConvMlp, Mlp
 from datvit.layers import ops
 from datvit.layers.ops import _onednn_linear_backward_op, _onednn_linear_op, dense, dense_gelu, residual_depthwise_conv
-
-
-class _Ops(TorchDispatchMode):
-    """Records the ATen ops a computation dispatches."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(str(func.overloadpacket))
-        return func(*args, **(kwargs or {}))
 
 
 def _case(shape=(2, 5, 7, 24), c_out=40, bias=True):
@@ -54,7 +42,7 @@ def test_dense_equals_linear_values_and_gradients(shape, bias):
 
 def test_dense_runs_as_a_convolution_on_cpu_float32():
     x, w, b = _case()
-    with _Ops() as rec:
+    with RecordOps() as rec:
         dense(x, w, b)
     assert "aten.convolution" in rec.ops and "aten.addmm" not in rec.ops, rec.ops
 
@@ -72,10 +60,10 @@ def test_gelu_fused_into_the_projection_in_inference_only(dtype):
     x, w, b = _case((2, 5, 7, 24), c_out=96)
     want = F.gelu(F.linear(x, w, b)).detach()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "autocast"):
-        with torch.no_grad(), _Ops() as rec:
+        with torch.no_grad(), RecordOps() as rec:
             fused = dense_gelu(x, w, b)
         assert _FUSED in rec.ops and "aten.gelu" not in rec.ops, rec.ops
-        with _Ops() as rec:
+        with RecordOps() as rec:
             trained = dense_gelu(x, w, b)
         assert _FUSED not in rec.ops and "aten.gelu" in rec.ops and trained.requires_grad
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=2e-2, atol=5e-2)
@@ -90,7 +78,7 @@ def test_gelu_fused_into_the_residual_depthwise_conv():
     h = torch.randn(2, 6, 5, 16)
     w, b = torch.randn(16, 1, 3, 3) * 0.3, torch.randn(16)
     want = F.gelu(h + F.conv2d(h.permute(0, 3, 1, 2), w, b, padding=1, groups=16).permute(0, 2, 3, 1))
-    with torch.no_grad(), _Ops() as rec:
+    with torch.no_grad(), RecordOps() as rec:
         got = residual_depthwise_conv(h, w, b, gelu=True)
     assert _FUSED in rec.ops and "aten.gelu" not in rec.ops, rec.ops
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -108,10 +96,10 @@ def test_dense_takes_non_contiguous_tokens():
 
 def test_dense_is_linear_for_other_dtypes_and_fp16_autocast():
     x, w, b = _case()
-    with _Ops() as rec:
+    with RecordOps() as rec:
         out = dense(x.double(), w.double(), b.double())
     assert out.dtype == torch.float64 and "aten.convolution" not in rec.ops
-    with torch.autocast("cpu", dtype=torch.float16), _Ops() as rec:
+    with torch.autocast("cpu", dtype=torch.float16), RecordOps() as rec:
         out = dense(x, w, b)
     assert out.dtype == torch.float16 and "aten.convolution" not in rec.ops
 
@@ -124,7 +112,7 @@ def test_dense_in_bf16_follows_the_cpu(autocast, monkeypatch):
     args = (x, w, b) if autocast else tuple(t.detach().bfloat16().requires_grad_() for t in (x, w, b))
 
     def run():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), _Ops() as rec:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast), RecordOps() as rec:
             got = dense(*args)
             want = F.linear(*args)
         return got, want, rec.ops
@@ -159,7 +147,7 @@ def test_fast_paths_use_dense_and_match_their_reference(module):
     m = {"mlp": lambda: Mlp(24, 2), "conv_mlp": lambda: ConvMlp(24, 2),
          "window": lambda: LocalAttention(24, 3, 4), "neighborhood": lambda: NeighborhoodAttention2D(24, 3, 3)}[module]()
     x = torch.randn(2, 8, 8, 24, requires_grad=True)
-    with _Ops() as rec:
+    with RecordOps() as rec:
         out = m(x)
     assert "aten.convolution" in rec.ops and "aten.addmm" not in rec.ops and "aten.mm" not in rec.ops, rec.ops
     ref = m.reference_forward(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
