@@ -17,9 +17,8 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
-from .ops import _needs_grad
+from .ops import _needs_grad, _recording_graph
 
 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
@@ -65,6 +64,6 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Op
 def _eager_inference(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> bool:
     """Eager mode (not torch.compile, export, FX or TorchScript tracing) with no gradient to record: where ``out=`` and the
     explicit layouts above are allowed and pay (inductor picks its own layouts)."""
-    if torch.compiler.is_compiling() or is_fx_symbolic_tracing() or torch.jit.is_tracing():
+    if torch.compiler.is_compiling() or _recording_graph():
         return False
     return not _needs_grad(q, k, bias)

@@ -115,10 +115,17 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 
 
 @torch.jit.unused
+def _recording_graph() -> bool:
+    """True while torch.fx traces symbolically, TorchScript traces or torch.export captures a graph: the recorded
+    graph keeps the plain ops (``F.linear``, ``F.grid_sample``), which every exporter understands."""
+    return is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+@torch.jit.unused
 def _onednn_operands(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
     """(x, weight, bias, compiling) in the dtype the oneDNN 1×1 convolution runs in, or None where it does not
     apply (see ``_onednn_linear``)."""
-    if is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_exporting():
+    if _recording_graph():
         return None
     if not (x.device.type == "cpu" and type(weight) in (torch.Tensor, nn.Parameter)
             and type(x) in (torch.Tensor, nn.Parameter) and x.numel() > 0):
@@ -342,8 +349,8 @@ def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> tor
         if _compiling():
             if not _needs_grad(x, pos):
                 return _gather_channels_last(x, pos, groups)
-        elif (not (is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_exporting())
-              and x.device.type == "cpu" and pos.dtype in (torch.float32, torch.float64) and x.is_floating_point()):
+        elif (not _recording_graph() and x.device.type == "cpu" and pos.dtype in (torch.float32, torch.float64)
+              and x.is_floating_point()):
             return _embedding_bag_channels_last(x, pos, groups)
     B, H, W, C = x.shape
     hk, wk = pos.shape[1], pos.shape[2]
