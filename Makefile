@@ -5,12 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # What is installed: the package and its dependencies (CORE: enough for `make demo`), plus the dense extra
 # (DENSE: `make demo-dense`), plus everything the tests need (STAMP: `make test`, `make venv`). A demo on a fresh
-# machine so installs only what it runs; a later `make test` adds the rest.
+# machine so installs only what it runs; a later `make test` adds the rest. DOCS: mkdocs and its plugins (`make docs`).
 STAMP := $(VENV)/.datvit-installed
 CORE := $(VENV)/.datvit-core
 DENSE := $(VENV)/.datvit-dense
+DOCS := $(VENV)/.datvit-docs
 
-.PHONY: test demo venv clean bench fashion-mnist demo-dense
+.PHONY: test demo venv clean bench fashion-mnist demo-dense docs
 
 venv: $(STAMP)
 
@@ -28,7 +29,7 @@ $(DENSE): $(CORE)
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[test]'
-	touch $(STAMP) $(CORE) $(DENSE)
+	touch $(STAMP) $(CORE) $(DENSE) $(DOCS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -66,5 +67,14 @@ fashion-mnist: $(CORE)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
 
+# `make docs`: the documentation site (mkdocs + Material; guides from docs/, the API reference from the
+# docstrings) built with --strict into site/ — a broken link or a docstring that does not render fails it.
+$(DOCS): $(CORE)
+	$(PY) -m pip install -e '.[docs]'
+	touch $(DOCS)
+
+docs: $(DOCS)
+	$(PY) -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) build site *.egg-info src/*.egg-info .pytest_cache
