@@ -6,11 +6,12 @@ from .mlp import ConvMlp, Mlp
 from .neighborhood_attention import (NeighborhoodAttention2D, neighborhood_attention_gather,
                                      neighborhood_attention_tiled)
 from .norm import ChannelLayerNorm
+from .tracing import ExecutionMode, execution_mode
 from .window_attention import LocalAttention, ShiftWindowAttention, relative_position_index, window_attention_mask
 
 __all__ = [
-    "ChannelLayerNorm", "ConvMlp", "ConvStem", "DeformableAttention", "Downsample", "LocalAttention", "Mlp",
-    "NeighborhoodAttention2D", "PatchStem", "ShiftWindowAttention", "deformable_position_bias",
-    "neighborhood_attention_gather", "neighborhood_attention_tiled", "query_grid", "reference_points",
+    "ChannelLayerNorm", "ConvMlp", "ConvStem", "DeformableAttention", "Downsample", "ExecutionMode", "LocalAttention",
+    "Mlp", "NeighborhoodAttention2D", "PatchStem", "ShiftWindowAttention", "deformable_position_bias",
+    "execution_mode", "neighborhood_attention_gather", "neighborhood_attention_tiled", "query_grid", "reference_points",
     "relative_position_index", "window_attention_mask",
 ]

@@ -2,14 +2,10 @@
 
 ``scaled_dot_product_attention`` takes the position bias as ``attn_mask``. On CPU its fused (flash) kernel
 cannot return the gradient of the mask, so when the bias is learnable and gradients are being recorded, SDPA
-silently falls back to its generic math path, which is slower than plain matmul + softmax (D block at batch 32,
-forward+backward: the math path at 0.73-0.83× the explicit form, `python -m benchmarks.levers attention`). This
-helper uses SDPA for inference and on GPU, and the explicit form for CPU training and for bf16/fp16 on CPU (CPU's
-flash kernel does not get faster in bf16: explicit was 1.2–2× faster per attention shape of dat_tiny at batch 32,
-inference, and lifted dat_tiny's bf16-autocast inference from 38 to 44 img/s). Computing the explicit form a
-few heads at a time so the scores stay in cache (a custom autograd Function, kept in `benchmarks/levers.py`) was
-1.2× faster on that attention alone on a quiet machine, ~1% of a training step, but 2-17× slower when other
-processes compete for the cores (hundreds of short parallel regions, each waiting for a preempted thread): dropped.
+silently falls back to its generic math path, which is slower than plain matmul + softmax (0.73–0.83× the explicit
+form on the D block, ``python -m benchmarks.levers attention``). This helper uses SDPA for inference and on GPU,
+and the explicit form for CPU training and for bf16/fp16 on CPU, where CPU's flash kernel does not get faster
+(the explicit form is 1.2–2× faster per attention shape of dat_tiny).
 """
 from __future__ import annotations
 
@@ -18,7 +14,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .ops import _needs_grad, _recording_graph
+from .ops import _needs_grad
+from .tracing import execution_mode
 
 
 def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
@@ -36,11 +33,11 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Op
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
     scale = q.shape[-1] ** -0.5
     eager = False
-    if not torch.jit.is_scripting():
+    if not torch.jit.is_scripting():  # folded by TorchScript, which drops the branch (see ``execution_mode``)
         eager = _eager_inference(q, k, bias)
     if eager:
         # q scaled straight into a contiguous tensor, and k copied row by row before its transposed view: matmul
-        # then copies neither with a transposing gather (stage-1 windows at batch 32, bf16: 8.5 -> 5.5 ms)
+        # then copies neither with a transposing gather (1.5× on dat_tiny's stage-1 windows in bf16)
         q = torch.mul(q, scale, out=torch.empty(q.shape, dtype=q.dtype, device=q.device))
         attn = torch.matmul(q, k.contiguous().transpose(-2, -1))
     else:
@@ -62,8 +59,8 @@ def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Op
 
 @torch.jit.unused
 def _eager_inference(q: torch.Tensor, k: torch.Tensor, bias: torch.Tensor) -> bool:
-    """Eager mode (not torch.compile, export, FX or TorchScript tracing) with no gradient to record: where ``out=`` and the
-    explicit layouts above are allowed and pay (inductor picks its own layouts)."""
-    if torch.compiler.is_compiling() or _recording_graph():
+    """Eager mode (not torch.compile, export, FX or TorchScript tracing) with no gradient to record: where ``out=``
+    and the explicit layouts above are allowed and pay (inductor picks its own layouts)."""
+    if not execution_mode(q).is_eager:
         return False
     return not _needs_grad(q, k, bias)

@@ -22,7 +22,7 @@ from torch import nn
 
 from .attention import biased_attention
 from .ops import dense
-from .tracing import is_tracing
+from .tracing import ExecutionMode, execution_mode
 
 
 def window_starts(length: int, kernel_size: int, device: Optional[torch.device] = None) -> torch.Tensor:
@@ -209,15 +209,19 @@ class NeighborhoodAttention2D(nn.Module):
         qkv = self._qkv(x, fast=True)
         dropout = self.attn_drop.p if self.training else 0.0
         out: Optional[torch.Tensor] = None
-        if not torch.jit.is_scripting():  # flex_attention is compiled by dynamo, which TorchScript cannot call
+        if not torch.jit.is_scripting():  # folded by TorchScript: flex_attention is a dynamo-compiled function
             if self._flex_enabled(x) and dropout == 0.0:
                 out = neighborhood_attention_flex(qkv, self.rpb, self.kernel_size)
         if out is None:
             out = neighborhood_attention_tiled(qkv, self.rpb, self.kernel_size, self.tile_size, dropout)
         return self.proj_drop(dense(out[:, :H, :W], self.proj.weight, self.proj.bias))
 
+    @torch.jit.unused
     def _flex_enabled(self, x: torch.Tensor) -> bool:
-        if torch.jit.is_scripting() or is_tracing():
+        # eager, and under torch.jit.trace, which records what eager runs; graphs traced by dynamo or torch.fx
+        # keep the tiled path
+        mode = execution_mode(x)
+        if not (mode.is_eager or mode is ExecutionMode.JIT_TRACING):
             return False
         if self.use_flex is None:
             return x.is_cuda and _flex_attention() is not None

@@ -1,4 +1,6 @@
-"""Small layout helpers shared by the fast paths (channels-last tokens, B×H×W×C)."""
+"""The fast paths' kernels on channels-last tokens (B×H×W×C): token projections, the depthwise residual
+convolution, and bilinear sampling. Each picks its kernel from the execution mode (``layers/tracing.py``) and is
+the plain PyTorch op wherever a faster kernel does not apply."""
 from __future__ import annotations
 
 from typing import Optional
@@ -6,19 +8,24 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+
+from .tracing import ExecutionMode, execution_mode
+
+
+def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # -- the fast paths' matrix multiply -----------------------------------------------------------------------------
 #
-# On CPU, PyTorch sends ``F.linear`` to MKL's sgemm, and its convolutions to oneDNN. On the AMD EPYC machines this
-# project is measured on, MKL's fp32 GEMM peaks near 200 GFLOP/s while oneDNN's kernels reach 400–480 (full-width
-# AVX-512): the same token projection run as a 1×1 convolution on a channels-last view of the tokens is 1.3–2.2×
-# faster, forward and backward (``python -m benchmarks.levers linear``). No copy is made: (..., C) tokens are a
-# 1×C×M×1 map in channels-last strides, and the output comes back in the same layout. Eager mode calls the
-# convolution directly; torch.compile sees the opaque custom ops below (inductor cannot reorder the view's strides).
-# In bf16 (CPUs with native bf16) the convolution also beats F.linear, whose addmm copies the broadcast bias into
-# the output first; compiled bf16 keeps F.linear, which inductor's freezing packs for oneDNN itself.
+# On CPU, PyTorch sends ``F.linear`` to MKL's sgemm, and its convolutions to oneDNN, whose fp32 kernels run at
+# about twice MKL's rate on AVX-512 CPUs: the same token projection run as a 1×1 convolution on a channels-last
+# view of the tokens is 1.3–2.2× faster, forward and backward (``python -m benchmarks.levers linear``). No copy is
+# made: (..., C) tokens are a 1×C×M×1 map in channels-last strides, and the output comes back in the same layout.
+# Eager mode calls the convolution directly; torch.compile sees the opaque custom ops below (inductor cannot
+# reorder the view's strides). In bf16 (CPUs with native bf16) the convolution also beats F.linear, whose addmm
+# copies the broadcast bias into the output first; compiled bf16 keeps F.linear, which inductor's freezing packs
+# for oneDNN itself.
 
 
 def _token_map(x2d: torch.Tensor) -> torch.Tensor:
@@ -95,54 +102,48 @@ def cpu_native_bf16() -> bool:
 
 
 @torch.jit.unused
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """The 1×1-convolution form, or None where it does not apply. It applies on CPU to plain tensors in float32
-    (eager and torch.compile) and in bf16 — a bf16 model or bf16 autocast — in eager mode on CPUs with native bf16
-    (oneDNN's bf16 convolution fuses the bias that ``addmm`` copies into its output: 1.1–1.2×). Not while exporting
-    or tracing (their graphs keep a ``linear``), not for tensor subclasses (torchao's int8 weights), not in bf16
-    under torch.compile: inductor's freezing packs a visible bf16 ``linear`` for oneDNN itself, with fused
-    epilogues (the custom op measured 0.88× that)."""
-    operands = _onednn_operands(x, weight, bias)
-    if operands is None:
-        return None
-    x, weight, bias, compiling = operands
-    c_in = x.shape[-1]
-    if compiling:
-        y = _onednn_linear_op(x.reshape(-1, c_in), weight, bias)
-    else:
-        y = _conv_linear(x.reshape(-1, c_in), weight, bias)
-    return y.reshape(x.shape[:-1] + (weight.shape[0],))
-
-
-@torch.jit.unused
-def _recording_graph() -> bool:
-    """True while torch.fx traces symbolically, TorchScript traces or torch.export captures a graph: the recorded
-    graph keeps the plain ops (``F.linear``, ``F.grid_sample``), which every exporter understands."""
-    return is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_exporting()
-
-
-@torch.jit.unused
 def _onednn_operands(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
-    """(x, weight, bias, compiling) in the dtype the oneDNN 1×1 convolution runs in, or None where it does not
-    apply (see ``_onednn_linear``)."""
-    if _recording_graph():
+    """(x, weight, bias, compiled) in the dtype the oneDNN 1×1 convolution runs in, or None where it does not
+    apply (see ``_onednn_linear``); ``compiled`` says the call is traced by torch.compile."""
+    mode = execution_mode(x)
+    if not (mode is ExecutionMode.EAGER_CPU or mode is ExecutionMode.COMPILED):
         return None
     if not (x.device.type == "cpu" and type(weight) in (torch.Tensor, nn.Parameter)
             and type(x) in (torch.Tensor, nn.Parameter) and x.numel() > 0):
         return None
-    compiling = torch.compiler.is_compiling()
+    compiled = mode is ExecutionMode.COMPILED
     if torch.is_autocast_enabled("cpu"):
         # the casts autocast would make for F.linear; the convolution then sees bf16 only
         dtype = torch.get_autocast_dtype("cpu")
-        if (compiling or dtype != torch.bfloat16 or not _NATIVE_BF16 or x.dtype not in _FLOATS
+        if (compiled or dtype != torch.bfloat16 or not _NATIVE_BF16 or x.dtype not in _FLOATS
                 or weight.dtype not in _FLOATS):
             return None
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
     elif not (x.dtype == weight.dtype and (bias is None or bias.dtype == x.dtype)
-              and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _NATIVE_BF16 and not compiling))):
+              and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _NATIVE_BF16 and not compiled))):
         return None
-    return x, weight, bias, compiling
+    return x, weight, bias, compiled
+
+
+@torch.jit.unused
+def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The 1×1-convolution form, or None where it does not apply. It applies on CPU to plain tensors in float32
+    (eager and torch.compile) and in bf16 — a bf16 model or bf16 autocast — in eager mode on CPUs with native bf16
+    (oneDNN's bf16 convolution fuses the bias that ``addmm`` copies into its output: 1.1–1.2×). Not while a graph
+    is recorded for export (fx, jit.trace, torch.export: their graphs keep a ``linear``), not for tensor subclasses
+    (torchao's int8 weights), not in bf16 under torch.compile: inductor's freezing packs a visible bf16 ``linear``
+    for oneDNN itself, with fused epilogues (the custom op runs at 0.88× that)."""
+    operands = _onednn_operands(x, weight, bias)
+    if operands is None:
+        return None
+    x, weight, bias, compiled = operands
+    c_in = x.shape[-1]
+    if compiled:
+        y = _onednn_linear_op(x.reshape(-1, c_in), weight, bias)
+    else:
+        y = _conv_linear(x.reshape(-1, c_in), weight, bias)
+    return y.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
 # GELU fused into the projection as oneDNN's post-op (``mkldnn::_convolution_pointwise``, the op inductor's freezing
@@ -158,14 +159,10 @@ def _pointwise_conv_op():
 _POINTWISE_CONV = _pointwise_conv_op()
 
 
-def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
 @torch.jit.unused
 def _post_op_operands(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
-    """``_onednn_operands`` where a oneDNN post-op may be fused: eager (under torch.compile inductor keeps its own
-    GELU kernel; a custom op fusing it measured ~1%: not kept), no gradients needed, the op present; else None."""
+    """``_onednn_operands`` where a oneDNN post-op may be fused: eager (under torch.compile inductor runs its
+    own GELU kernel), no gradients needed, the op present; else None."""
     operands = _onednn_operands(x, weight, bias)     # first: it returns None while tracing (no grad flags)
     if operands is None or operands[3] or _POINTWISE_CONV is None or _needs_grad(x, weight, bias):
         return None
@@ -185,6 +182,10 @@ def _onednn_linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
                         [1, 1], 1, "gelu", [], "none")
     return _map_tokens(y).reshape(x.shape[:-1] + (weight.shape[0],))
 
+
+# The public kernels below run in TorchScript too. Each tries its fast path behind a literal
+# ``torch.jit.is_scripting()`` check, which TorchScript folds at compile time, dropping the Python-only branch (see
+# ``execution_mode``); scripted code then always takes the plain op.
 
 def dense(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` on tokens (..., C_in) → (..., C_out), through oneDNN on CPU in float32 (and
@@ -228,6 +229,8 @@ def linear_from_pointwise_conv(conv: nn.Conv2d) -> nn.Linear:
     return linear.requires_grad_(conv.weight.requires_grad)
 
 
+# -- convolutions on channels-last maps --------------------------------------------------------------------------
+
 def conv2d_channels_last(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """Run ``conv`` on a B×H×W×C tensor and return B×H'×W'×C'.
 
@@ -242,9 +245,15 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1)
 
 
-def to_channels_first(x: torch.Tensor) -> torch.Tensor:
-    """B×H×W×C → B×C×H×W (a view with channels-last strides)."""
-    return x.permute(0, 3, 1, 2)
+@torch.jit.unused
+def _onednn_conv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: list[int]
+                      ) -> Optional[torch.Tensor]:
+    """GELU(depthwise conv) with the GELU as oneDNN post-op, under the conditions of ``_onednn_linear_gelu``."""
+    operands = _post_op_operands(x, weight, bias)
+    if operands is None:
+        return None
+    x, weight, bias, _ = operands
+    return _POINTWISE_CONV(x, weight, bias, padding, [1, 1], [1, 1], weight.shape[0], "gelu", [], "none")
 
 
 def residual_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -272,24 +281,13 @@ def residual_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     return out.permute(0, 2, 3, 1)
 
 
-@torch.jit.unused
-def _onednn_conv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: list[int]
-                      ) -> Optional[torch.Tensor]:
-    """GELU(depthwise conv) with the GELU as oneDNN post-op, under the conditions of ``_onednn_linear_gelu``."""
-    operands = _post_op_operands(x, weight, bias)
-    if operands is None:
-        return None
-    x, weight, bias, _ = operands
-    return _POINTWISE_CONV(x, weight, bias, padding, [1, 1], [1, 1], weight.shape[0], "gelu", [], "none")
-
-
-# -- grid_sample that torch.compile keeps as ATen's kernel ------------------------------------------------------
+# -- bilinear sampling --------------------------------------------------------------------------------------------
 #
 # Inductor decomposes ``aten.grid_sampler_2d`` into generated C++ loops. For the D block's position bias (one
-# bilinear read of a small table per query/key pair: B·heads·HW·Ns of them) those loops ran ~4x slower than ATen's
-# vectorised CPU kernel (dat_tiny D block at batch 32: 70 ms vs 17 ms per call), so a compiled dat_tiny was slower
-# than eager. Inside torch.compile the fast path calls ATen's kernel through this opaque custom op instead (and its
-# backward kernel for training); eager, TorchScript, torch.fx, torch.export and ONNX export see ``F.grid_sample``.
+# bilinear read of a small table per query/key pair: B·heads·HW·Ns of them) those loops run ~4× slower than ATen's
+# vectorised CPU kernel, so inside torch.compile the fast path calls ATen's kernel through this opaque custom op
+# (and its backward kernel for training); eager, TorchScript, torch.fx, torch.export and ONNX export see
+# ``F.grid_sample``.
 
 @torch.library.custom_op("datvit::grid_sample_bilinear", mutates_args=())
 def _grid_sample_op(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -317,46 +315,13 @@ def _grid_sample_backward(ctx, grad: torch.Tensor):
 _grid_sample_op.register_autograd(_grid_sample_backward, setup_context=_grid_sample_setup)
 
 
-@torch.jit.unused
-def _compiling() -> bool:
-    return torch.compiler.is_compiling() and not torch.compiler.is_exporting()
-
-
 def grid_sample_bilinear(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """``F.grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=True)``; under
     torch.compile (not export) through ATen's kernel as an opaque op (see above)."""
     if not torch.jit.is_scripting():
-        if _compiling():
+        if execution_mode(input) is ExecutionMode.COMPILED:
             return _grid_sample_op(input, grid)
     return F.grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-
-
-def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> torch.Tensor:
-    """Bilinear samples of channels-last ``x`` (B×H×W×C, ``groups`` groups of C/G channels) at ``pos``
-    ((B·G)×hk×wk×2, (y, x) in [−1, 1], one set of positions per group; align_corners=True, zeros outside) →
-    B×(hk·wk)×C in ``x``'s dtype, interpolated in ``pos``'s dtype (the D block's keys/values).
-
-    Three formulations of the authors' ``F.grid_sample`` on the (B·G)×(C/G)×H×W map, all equal to it:
-
-    - eager on CPU (inference and training): one ``F.embedding_bag`` — each sample is a bag of the four corner
-      rows of channels, weighted by their bilinear weights (zero outside), and the bags come out channels-last:
-      no NCHW copy before and no transpose after (dat_tiny, batch 32: stage 3 4.4 → 1.4 ms in float32, 2.9 → 1.7
-      in bf16; forward + backward 12.7 → 8.2 ms);
-    - compiled inference: the same four corners as gathers that inductor fuses into one vectorised pass (stage 3,
-      bf16: 0.67 vs 2.9 ms);
-    - ``F.grid_sample`` itself on other devices, in compiled training, TorchScript, tracing and export."""
-    if not torch.jit.is_scripting():
-        if _compiling():
-            if not _needs_grad(x, pos):
-                return _gather_channels_last(x, pos, groups)
-        elif (not _recording_graph() and x.device.type == "cpu" and pos.dtype in (torch.float32, torch.float64)
-              and x.is_floating_point()):
-            return _embedding_bag_channels_last(x, pos, groups)
-    B, H, W, C = x.shape
-    hk, wk = pos.shape[1], pos.shape[2]
-    x_groups = x.permute(0, 3, 1, 2).reshape(B * groups, C // groups, H, W)
-    sampled = grid_sample_bilinear(x_groups.to(pos.dtype), pos.flip(-1)).to(x.dtype)
-    return sampled.reshape(B, C, hk * wk).transpose(1, 2).contiguous()
 
 
 @torch.jit.unused
@@ -414,3 +379,30 @@ def _embedding_bag_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int
     out = F.embedding_bag(rows.transpose(1, 2).reshape(-1, 4), table,
                           per_sample_weights=weights.transpose(1, 2).reshape(-1, 4), mode="sum")
     return out.view(B, ns, C).to(x.dtype)
+
+
+def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> torch.Tensor:
+    """Bilinear samples of channels-last ``x`` (B×H×W×C, ``groups`` groups of C/G channels) at ``pos``
+    ((B·G)×hk×wk×2, (y, x) in [−1, 1], one set of positions per group; align_corners=True, zeros outside) →
+    B×(hk·wk)×C in ``x``'s dtype, interpolated in ``pos``'s dtype (the D block's keys/values).
+
+    Three formulations of the authors' ``F.grid_sample`` on the (B·G)×(C/G)×H×W map, all equal to it:
+
+    - eager on CPU (inference and training): one ``F.embedding_bag`` — each sample is a bag of the four corner
+      rows of channels, weighted by their bilinear weights (zero outside), and the bags come out channels-last:
+      no NCHW copy before and no transpose after (dat_tiny stage 3 at batch 32: 3× faster in float32);
+    - compiled inference: the same four corners as gathers that inductor fuses into one vectorised pass;
+    - ``F.grid_sample`` itself on other devices, in compiled training, TorchScript, tracing and export."""
+    if not torch.jit.is_scripting():
+        mode = execution_mode(x)
+        if mode is ExecutionMode.COMPILED:
+            if not _needs_grad(x, pos):
+                return _gather_channels_last(x, pos, groups)
+        elif (mode is ExecutionMode.EAGER_CPU and pos.dtype in (torch.float32, torch.float64)
+              and x.is_floating_point()):
+            return _embedding_bag_channels_last(x, pos, groups)
+    B, H, W, C = x.shape
+    hk, wk = pos.shape[1], pos.shape[2]
+    x_groups = x.permute(0, 3, 1, 2).reshape(B * groups, C // groups, H, W)
+    sampled = grid_sample_bilinear(x_groups.to(pos.dtype), pos.flip(-1)).to(x.dtype)
+    return sampled.reshape(B, C, hk * wk).transpose(1, 2).contiguous()

@@ -1,17 +1,80 @@
-"""What the layers need to know about being traced: ``torch.fx`` symbolic tracing, TorchScript, ``torch.export``.
+"""How a call is being run — eager, compiled, traced, scripted or exported — and what the layers do about it.
 
-Shape arithmetic that branches on sizes (window padding, the DAT++ grid divisor ``max(n − 1, 1)``, the choice of
-neighborhood tiling) cannot be traced by ``torch.fx``, whose sizes are ``Proxy`` objects. Those steps live in free
-functions that each module registers with ``torch.fx.wrap`` (so any ``symbolic_trace``, torchvision's
-``create_feature_extractor`` included, records them as one call) and with timm's ``register_notrace_function``
-(timm's ``features_only=True, feature_cls='fx'``), the mechanism timm's Swin uses for ``window_reverse``.
+**The execution mode.** The layers' fast paths use kernels that only some ways of running a model can take: the
+oneDNN 1×1-convolution projections and the ``embedding_bag`` sampling of the D block are eager-CPU kernels, the
+opaque custom ops are for torch.compile, ``flex_attention`` is compiled on its own; graphs recorded for export
+keep the plain ops (``F.linear``, ``F.grid_sample``) every exporter understands. :func:`execution_mode` is the one
+place that says which kind of call this is; every fast-path switch reads it (through the predicates of
+:class:`ExecutionMode`), so changing what a mode runs starts here.
+
+**Shape arithmetic under torch.fx.** Shape arithmetic that branches on sizes (window padding, the DAT++ grid
+divisor ``max(n − 1, 1)``, the choice of neighborhood tiling) cannot be traced by ``torch.fx``, whose sizes are
+``Proxy`` objects. Those steps live in free functions that each module registers with ``torch.fx.wrap`` (so any
+``symbolic_trace``, torchvision's ``create_feature_extractor`` included, records them as one call) and with timm's
+``register_notrace_function`` (timm's ``features_only=True, feature_cls='fx'``), the mechanism timm's Swin uses
+for ``window_reverse``.
 """
 from __future__ import annotations
+
+import enum
+from typing import Optional
 
 import torch
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 
-def is_tracing() -> bool:
-    """True while ``torch.fx`` traces symbolically or dynamo / ``torch.export`` / the ONNX exporter trace."""
-    return is_fx_symbolic_tracing() or torch.compiler.is_compiling()
+class ExecutionMode(enum.Enum):
+    """The kinds of call :func:`execution_mode` tells apart."""
+
+    EAGER_CPU = "eager_cpu"          # plain Python execution on CPU tensors
+    EAGER_OTHER = "eager_other"      # plain Python execution on another device (CUDA, meta, …)
+    COMPILED = "compiled"            # dynamo tracing for torch.compile (inductor or another backend), not export
+    FX_TRACING = "fx_tracing"        # torch.fx.symbolic_trace (timm's and torchvision's feature extractors)
+    JIT_TRACING = "jit_tracing"      # torch.jit.trace
+    SCRIPTED = "scripted"            # TorchScript code (torch.jit.script)
+    EXPORTING = "exporting"          # torch.export, and the ONNX exporter built on it (dynamo=True)
+
+    @property
+    def is_eager(self) -> bool:
+        """Plain Python execution, on any device: the eager-only kernels may run (where the device fits)."""
+        return self in (ExecutionMode.EAGER_CPU, ExecutionMode.EAGER_OTHER)
+
+    @property
+    def records_graph(self) -> bool:
+        """A graph is being recorded for use outside PyTorch's eager runtime: it keeps the plain ops (``F.linear``,
+        ``F.grid_sample``), which every exporter understands, and no custom op or eager-only kernel."""
+        return self in (ExecutionMode.FX_TRACING, ExecutionMode.JIT_TRACING, ExecutionMode.EXPORTING)
+
+
+def execution_mode(x: Optional[torch.Tensor] = None) -> ExecutionMode:
+    """Which kind of call this is. ``x``, a tensor the call computes on, tells eager CPU from eager elsewhere
+    (without it, the default device does).
+
+    The questions are asked in a fixed order, since the flags overlap: torch.export (and the ONNX exporter) run
+    under dynamo, so ``EXPORTING`` wins over ``COMPILED``; torch.fx and torch.jit tracing come before
+    ``COMPILED`` too. Traceable by dynamo without a graph break (it folds every flag to a constant).
+
+    TorchScript: called from scripted code this returns ``SCRIPTED`` (the function is scriptable; the rest is
+    Python). The fast-path switches on TorchScript's path are guarded by a literal ``torch.jit.is_scripting()``
+    check instead of a comparison with this result, because only the literal check makes TorchScript drop the
+    branch at compile time: scripted graphs then carry no call to the Python-only fast paths at all. Inside such a
+    guard the mode is never ``SCRIPTED``.
+    """
+    if torch.jit.is_scripting():
+        return ExecutionMode.SCRIPTED
+    else:  # the else branch is what TorchScript drops
+        return _python_execution_mode(x)
+
+
+@torch.jit.unused
+def _python_execution_mode(x: Optional[torch.Tensor]) -> ExecutionMode:
+    if torch.compiler.is_exporting():
+        return ExecutionMode.EXPORTING
+    if is_fx_symbolic_tracing():
+        return ExecutionMode.FX_TRACING
+    if torch.jit.is_tracing():
+        return ExecutionMode.JIT_TRACING
+    if torch.compiler.is_compiling():
+        return ExecutionMode.COMPILED
+    device = x.device if x is not None else torch.get_default_device()
+    return ExecutionMode.EAGER_CPU if device.type == "cpu" else ExecutionMode.EAGER_OTHER
