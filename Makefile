@@ -74,7 +74,7 @@ $(DOCS): $(CORE)
 	touch $(DOCS)
 
 docs: $(DOCS)
-	$(PY) -m mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) build site *.egg-info src/*.egg-info .pytest_cache
