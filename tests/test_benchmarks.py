@@ -1,17 +1,15 @@
 """Smoke tests of the benchmark harness (``datvit.tools.benchmark``): a tiny configuration end to end (JSON, markdown
-and PNG written, with the fields the report relies on), through ``python -m benchmarks.run`` in the checkout and
-through ``datvit bench`` from another directory with only the package on the path. Timings are not checked."""
+and PNG written, with the fields the report relies on), in process and through ``datvit bench`` from another
+directory with only the package on the path; the phases one by one; and the tools (deploy, cuda_check, levers,
+profile) at toy sizes. Timings are not checked."""
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("matplotlib")
 
@@ -23,12 +21,12 @@ SMOKE_ARGS = ["--img-size", "64", "--batch-sizes", "1", "--train-batch-sizes", "
 
 @pytest.mark.timeout(400)
 def test_benchmark_smoke(tmp_path):
-    from benchmarks import run
+    from datvit.tools.benchmark import run
 
     out = tmp_path / "bench"
-    run.main(["--models", "dat_tiny", "--train-runs", "2", *SMOKE_ARGS, "--out", str(out)])
+    run.main(["--models", "dat_tiny", "--train-runs", "2", *SMOKE_ARGS, "--output", str(out)])
     report = json.loads((out / "benchmark.json").read_text())
-    assert report["command"].startswith("python -m benchmarks.run")
+    assert report["command"].startswith("datvit bench --models dat_tiny")
     assert (out / "benchmark.png").stat().st_size > 1000
     assert (out / "benchmark.md").read_text().startswith("# datvit benchmark")
 
@@ -75,7 +73,7 @@ def test_benchmark_smoke(tmp_path):
 @pytest.mark.timeout(400)
 def test_datvit_bench_outside_the_checkout(tmp_path):
     """``datvit bench`` needs nothing but the installed package: run from an empty directory with only the
-    package's parent directory on the path (not the checkout, so ``benchmarks/`` is not importable)."""
+    package's parent directory on the path (not the checkout, so ``tests`` is not importable)."""
     import os
     import subprocess
 
@@ -84,11 +82,11 @@ def test_datvit_bench_outside_the_checkout(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(Path(datvit.__file__).resolve().parents[1]), DATVIT_CPU_ALLOCATOR="system")
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
-    probe = subprocess.run([sys.executable, "-c", "import benchmarks"], cwd=cwd, env=env, capture_output=True)
-    assert probe.returncode != 0   # the checkout's benchmarks/ is out of reach
+    probe = subprocess.run([sys.executable, "-c", "import tests"], cwd=cwd, env=env, capture_output=True)
+    assert probe.returncode != 0   # the checkout is out of reach
     help_text = subprocess.run([sys.executable, "-m", "datvit", "bench", "--help"], cwd=cwd, env=env,
                                capture_output=True, text=True, check=True).stdout
-    assert "--train-runs" in help_text and "examples:" in help_text
+    assert "--train-runs" in help_text and "examples:" in help_text and "--output DIR, --out DIR" in help_text
     subprocess.run([sys.executable, "-m", "datvit", "bench", "--models", "dat_tiny", "--paths", "fast",
                     "--no-module", "--no-flops", "--no-chart", "--no-train-memory", *SMOKE_ARGS],
                    cwd=cwd, env=env, check=True, capture_output=True, text=True, timeout=140)
@@ -118,10 +116,10 @@ def test_onnxruntime_rows():
                                torch.nn.Linear(4, 2)).eval()
     subject = common.Subject("tiny")
     x = torch.randn(2, 3, 16, 16)
-    fns, sessions, report = {}, {}, {"notes": []}
-    cfg = {"onnx_models": ["tiny", "absent"], "img_size": 16}
-    added = run._onnxruntime_subjects(cfg, [subject], {subject: tiny}, x, fns, sessions, report)
-    assert [s.label for s in added] == ["tiny:onnxruntime"] and report["notes"] == []
+    fns, sessions = {}, {}
+    b = _bench({"onnx_models": ["tiny", "absent"], "img_size": 16})
+    added = run._onnxruntime_subjects(b, {subject: tiny}, x, fns, sessions)
+    assert [s.label for s in added] == ["tiny:onnxruntime"] and b.report["notes"] == []
     session = sessions["tiny:onnxruntime"]
     out = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     with torch.no_grad():
@@ -140,10 +138,10 @@ def test_cli_registers_bench():
 
 
 def test_deploy_benchmark_times_the_chosen_treatments(capsys):
-    """``python -m benchmarks.deploy`` smoke: the treatments are validated, fp32 eager is always the baseline, and
-    a chosen subset is built and timed (dat_tiny at batch 1, one round)."""
-    from benchmarks import deploy
+    """``python -m datvit.tools.benchmark.deploy`` smoke: the treatments are validated, fp32 eager is always the
+    baseline, and a chosen subset is built and timed (dat_tiny at batch 1, one round)."""
     from datvit.layers.ops import cpu_native_bf16
+    from datvit.tools.benchmark import deploy
 
     with pytest.raises(SystemExit):
         deploy.main(["--treatments", "fp64 eager", "--speed-models", ""])
@@ -156,11 +154,12 @@ def test_deploy_benchmark_times_the_chosen_treatments(capsys):
 
 
 def test_cuda_check_script_runs_on_cpu(tmp_path):
-    """``benchmarks.cuda_check`` (issue 11's GPU checks as one script) tried on CPU, as it must be before a GPU
-    session: both families pass fast-vs-reference logits and every gradient, and bf16 autocast."""
-    from benchmarks import cuda_check
+    """``datvit.tools.benchmark.cuda_check`` (the GPU checks as one script) tried on CPU, as it must be before a
+    GPU session: both families pass fast-vs-reference logits and every gradient, and bf16 autocast."""
+    from datvit.tools.benchmark import cuda_check
 
-    rc = cuda_check.main(["--device", "cpu", "--img-size", "64", "--batch", "1", "--no-speed", "--out", str(tmp_path)])
+    rc = cuda_check.main(["--device", "cpu", "--img-size", "64", "--batch", "1", "--no-speed", "--output",
+                          str(tmp_path)])
     report = json.loads((tmp_path / "cuda_check.json").read_text())
     assert rc == 0 and [m["model"] for m in report["models"]] == ["dat_tiny", "datpp_tiny"]
     for row in report["models"]:
@@ -169,4 +168,100 @@ def test_cuda_check_script_runs_on_cpu(tmp_path):
     assert any(n.endswith("rpe_table") for n in report["models"][0]["grad_rel_position_biases"])
     import torch
     if not torch.cuda.is_available():          # says so instead of failing somewhere inside
-        assert cuda_check.main(["--device", "cuda", "--no-speed", "--out", str(tmp_path)]) == 2
+        assert cuda_check.main(["--device", "cuda", "--no-speed", "--output", str(tmp_path)]) == 2
+
+
+def _bench(cfg: dict, out_dir: Path = Path("unused")):
+    """A run's state without its phases: the options ``cfg`` over the smoke test's, on the CPU."""
+    import torch
+
+    from datvit.tools.benchmark import run
+
+    args = run_args(*SMOKE_ARGS, "--output", str(out_dir))
+    full = run.resolve_options(args, torch.device("cpu"))
+    full.update(cfg)
+    return run.Bench(args, full, torch.device("cpu"), 1, out_dir, {"notes": []})
+
+
+def run_args(*argv: str) -> argparse.Namespace:
+    from datvit.tools.benchmark import run
+
+    parser = argparse.ArgumentParser()
+    run.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_options_quick_and_output_alias():
+    """``--quick`` shrinks only the defaults; ``--out`` still names the output directory; bad values are errors."""
+    import torch
+
+    from datvit.tools.benchmark import run
+
+    cpu = torch.device("cpu")
+    cfg = run.resolve_options(run_args("--quick", "--models", "dat_tiny,swin"), cpu)
+    assert cfg["models"] == ["dat_tiny", "swin_tiny_patch4_window7_224"]
+    assert (cfg["batch_sizes"], cfg["train_batch_sizes"], cfg["iters"], cfg["train_runs"]) == ([1, 8], [8], 2, 1)
+    assert cfg["modes"] == ["eager"]
+    assert run.resolve_options(run_args("--quick", "--batch-sizes", "4"), cpu)["batch_sizes"] == [4]
+    assert run_args("--out", "x").output == "x" and run_args("--output", "y").output == "y"
+    for bad in (["--paths", "fastest"], ["--modes", "fp8"], ["--skip", "dat_tiny:fast"]):
+        with pytest.raises(ValueError):
+            run.resolve_options(run_args(*bad), cpu)
+
+
+def test_phases_in_process(tmp_path):
+    """The in-process phases one by one on dat_tiny at 64×64: subjects share weights, FLOPs are counted for both
+    paths, the paths agree, and every inference row gets its GFLOP/s and fraction of the matmul peak."""
+    from datvit.tools.benchmark import run
+
+    b = _bench({"models": ["dat_tiny"], "onnx_models": []}, tmp_path)
+    run.measure_matmul_peak(b)
+    models = run.build_subjects(b)
+    fast, ref = models.values()
+    assert [s.label for s in models] == ["dat_tiny:fast", "dat_tiny:reference"] and fast is not ref
+    assert all((p.data_ptr() != q.data_ptr()) and bool((p == q).all())
+               for p, q in zip(fast.parameters(), ref.parameters()))
+    run.count_flops(b, models)
+    assert b.flops["dat_tiny"]["executed_fast_forward_gflop"] > 0
+    run.check_consistency(b, models)
+    assert b.report["consistency"]["dat_tiny"]["max_abs_logit_diff"] < 1e-3
+    run.time_inference(b, models)
+    assert [(r["label"], r["kind"], r["batch"]) for r in b.report["results"]] == [
+        ("dat_tiny:fast", "inference", 1), ("dat_tiny:reference", "inference", 1)]
+    assert all(r["gflops"] > 0 and r["fraction_of_peak"] > 0 for r in b.results)
+    assert (tmp_path / "benchmark.partial.json").exists()
+
+
+def test_compile_batches_and_skips(monkeypatch, tmp_path):
+    """Which compile measurements and memory processes a configuration asks for (workers replaced by a stub)."""
+    from datvit.tools.benchmark import common, run, worker
+
+    tasks = []
+    monkeypatch.setattr(worker, "run_in_subprocess", lambda task, **kw: tasks.append(task) or {"status": "error"})
+    b = _bench({"modes": ["eager", "compile"], "compile_models": ["dat_tiny", "swin"], "compile_kinds":
+                ["inference", "train"], "batch_sizes": [1, 4], "train_batch_sizes": [2], "skip": ["swin_t:train"]},
+               tmp_path)
+    run.time_compile(b)
+    assert [(t["model"], t["path"], t["kind"], t["batch"]) for t in tasks] == [
+        ("dat_tiny", "fast", "inference", 4), ("dat_tiny", "fast", "train", 2),
+        ("swin_tiny_patch4_window7_224", "timm", "inference", 4), ("swin_tiny_patch4_window7_224", "timm", "train", 2)]
+    assert [c["status"] for c in b.report["compile"]] == ["error"] * 4 and b.results == []
+    tasks.clear()
+    run.measure_training_memory(b, [common.Subject("dat_tiny", "fast"), common.Subject("swin_tiny_patch4_window7_224")])
+    assert [t["task"] for t in tasks] == ["memory"]
+    assert [m["status"] for m in b.report["memory"]] == ["error", "skipped (--skip)"]
+
+
+def test_levers_and_profile_tools(tmp_path, capsys):
+    """The A/B helper of ``levers`` and a profile of the DeformableAttention module (batch 1)."""
+    from datvit.tools.benchmark import levers, profile
+
+    res = levers.ab({"a": lambda: sum(range(1000)), "b": lambda: sum(range(2000))}, pairs=3, warmup=1)
+    assert res["a"]["speedup"] == 1.0 and res["b"]["min"] <= res["b"]["speedup"] <= res["b"]["max"]
+    with pytest.raises(SystemExit):
+        levers.main(["no_such_lever"])
+    assert profile.main(["--only-module", "--module-batch", "1", "--rows", "3", "--threads", "1",
+                         "--output", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "profile_summary.json").read_text())
+    assert sorted(summary) == sorted(f"deformable_attention_{i}_{p}_b1" for i in ("fast", "reference")
+                                     for p in ("forward", "forward_backward"))

@@ -1,8 +1,15 @@
-"""The datvit benchmark harness (``datvit bench``): speed, memory and FLOP efficiency of DAT / DAT++ against timm's
-Swin-T and ConvNeXt-T, measured interleaved in one process so the ratios mean something on a shared machine.
+"""The datvit benchmark (``datvit bench``) and the measuring tools around it: speed, memory and FLOP efficiency of
+DAT / DAT++ against timm's Swin-T and ConvNeXt-T, measured interleaved in one process so the ratios mean something
+on a shared machine.
 
-``run`` is the benchmark (options, orchestration), ``worker`` the measurements that need a fresh process
-(training memory, torch.compile), ``common`` subjects, timing, FLOPs and machine description, ``report`` the
-tables, ratios and chart. The source checkout's ``benchmarks/`` holds thin entry points and the profiling
-scripts. See docs/benchmarks.md.
+* ``run`` — the benchmark: options, and one function per phase (inference, training, memory, compile, module);
+* ``worker`` — the measurements that need a fresh process (training steps, peak memory, torch.compile);
+* ``common`` — subjects, model construction, interleaved timing, FLOPs, the matmul peak, the machine;
+* ``report`` — ratios, target checks, markdown tables and the chart;
+* ``deformable`` — the DeformableAttention module alone, fast vs reference;
+* tools, each ``python -m datvit.tools.benchmark.<name> --help``: ``profile`` (torch.profiler tables by op, shape
+  and block), ``levers`` (A/B of single speed levers), ``deploy`` (bf16/int8, eager/compiled: accuracy and
+  speed), ``export_all`` (every variant × export format), ``cuda_check`` (the GPU checks as one script).
+
+See docs/benchmarks.md.
 """

@@ -36,6 +36,8 @@ ALIASES = {
 }
 SHORT_NAMES = {"swin_tiny_patch4_window7_224": "swin_t", "convnext_tiny": "convnext_t"}
 DAT_PATHS = ("fast", "reference")
+# Where the benchmark and its tools write by default (relative to the working directory).
+DEFAULT_OUTPUT = "benchmark_results"
 
 # What FlopCounterMode counts (stated in the JSON and the docs).
 FLOP_COUNT_NOTE = (
@@ -77,14 +79,17 @@ class Subject:
         return {"model": self.model, "path": self.path, "label": self.label}
 
 
+def subject_for(model: str, path: str = "fast") -> Subject:
+    """``model`` (an alias or timm name) on DAT path ``path``; other models have only timm's."""
+    model = resolve_model_name(model)
+    return Subject(model, path) if is_dat(model) else Subject(model)
+
+
 def expand_subjects(models: Iterable[str], paths: Iterable[str] = DAT_PATHS) -> list[Subject]:
+    """Every DAT model once per path in ``paths``, every other model once."""
     subjects = []
-    for name in models:
-        name = resolve_model_name(name)
-        if is_dat(name):
-            subjects += [Subject(name, p) for p in paths]
-        else:
-            subjects.append(Subject(name))
+    for name in map(resolve_model_name, models):
+        subjects += [Subject(name, p) for p in paths] if is_dat(name) else [Subject(name)]
     return subjects
 
 
@@ -123,6 +128,18 @@ def build_model(subject: Subject, device, img_size: int = 224, source=None):
         kwargs = {"img_size": img_size} if "swin" in subject.model and img_size != 224 else {}
         model = timm.create_model(subject.model, pretrained=False, **kwargs)
     return model.to(device)
+
+
+def build_models(subjects: Iterable[Subject], device, img_size: int = 224) -> dict[Subject, Any]:
+    """A model per subject; the paths of one DAT model share its weights (copies of the first one built), so
+    that their timings and outputs compare the implementations, not the initialisations."""
+    models: dict[Subject, Any] = {}
+    sources: dict[str, Any] = {}
+    for s in subjects:
+        models[s] = build_model(s, device, img_size, source=sources.get(s.model))
+        if s.dat:
+            sources.setdefault(s.model, models[s])
+    return models
 
 
 def autocast_context(device, dtype_name: Optional[str]):
@@ -261,8 +278,6 @@ def summarize(seconds: list[float], batch: int, background: Optional[list[float]
 def onnxruntime_session(model, img_size: int, directory: str):
     """Export ``model`` with :func:`datvit.tools.export.export_onnx` (dynamic batch, fp32) into ``directory`` and
     open it in onnxruntime's CPU provider (default session options: all graph optimisations)."""
-    import os
-
     import onnxruntime as ort
 
     from datvit.tools.export import export_onnx
@@ -320,9 +335,8 @@ def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
                         _output_padding, _groups, output_mask, out_shape) -> int:
     """torch's formula for ``convolution_backward`` with the weight gradient counted like the forward conv.
 
-    torch 2.14's formula computes the weight gradient as conv(inputᵀ, grad_outᵀ) without the groups, which
-    overcounts a depthwise conv's weight gradient by its channel count (DAT++'s LPU and MLP convs, ConvNeXt's
-    7×7: the training FLOPs came out 15× and 9× the forward)."""
+    torch's own formula computes the weight gradient as conv(inputᵀ, grad_outᵀ) without the groups, which
+    overcounts a depthwise conv's weight gradient by its channel count (the offset network's depthwise conv)."""
     from torch.utils.flop_counter import conv_flop_count
 
     flop = 0
@@ -385,9 +399,9 @@ def matmul_peak(sizes: Iterable[int], device, iters: int = 5, dtype_name: str = 
         a = torch.randn(n, n, device=device, dtype=dtype)
         b = torch.randn(n, n, device=device, dtype=dtype)
         calls = min(40, max(iters, round(iters * (largest / n) ** 3)))
-        fns = {"mm": lambda: torch.mm(a, b)}
+        fns = {"mm": lambda a=a, b=b: torch.mm(a, b)}
         if torch.device(device).type == "cpu" and dtype == torch.float32:
-            fns["onednn"] = lambda: dense(a, b)
+            fns["onednn"] = lambda a=a, b=b: dense(a, b)
         bg: dict[str, list[float]] = {}
         times = time_interleaved(fns, warmup=2, iters=calls, device=device, background=bg)
         flop = 2.0 * n ** 3
@@ -397,7 +411,7 @@ def matmul_peak(sizes: Iterable[int], device, iters: int = 5, dtype_name: str = 
             per_size[str(n)]["gflops_best_onednn"] = flop / min(times["onednn"]) / 1e9
         if bg.get("mm"):
             per_size[str(n)]["background_cores"] = sum(bg["mm"]) / len(bg["mm"])
-        del a, b
+        del a, b, fns
     peak_mm = max(v["gflops_best"] for v in per_size.values())
     peak = max([peak_mm] + [v["gflops_best_onednn"] for v in per_size.values() if "gflops_best_onednn" in v])
     return {"dtype": dtype_name, "sizes": per_size, "peak_gflops": peak, "peak_gflops_mm": peak_mm,
@@ -456,6 +470,11 @@ def _git_commit() -> dict[str, Any]:
         return {"commit": commit or None, "src_modified": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None}
+
+
+def add_output_argument(p, default: str = DEFAULT_OUTPUT) -> None:
+    p.add_argument("--output", "--out", dest="output", metavar="DIR", default=default,
+                   help=f"output directory (default {default})")
 
 
 def add_allocator_argument(p) -> None:

@@ -1,26 +1,25 @@
-"""Issue 11's GPU checks as one script, for a session that is lent a GPU (never in CI). Try it on CPU first:
+"""The GPU checks as one script, for a machine with a GPU (never in CI). Try it on CPU first:
 
-    python -m benchmarks.cuda_check --device cpu --img-size 64 --no-speed       # the correctness part, ~30 s
-    PYTHONPATH=src python -m benchmarks.cuda_check --out "$OUT"                   # on the GPU machine
+    python -m datvit.tools.benchmark.cuda_check --device cpu --img-size 64 --no-speed   # the correctness part
+    PYTHONPATH=src python -m datvit.tools.benchmark.cuda_check --output "$OUT"          # on the GPU machine
 
 1. Correctness, per model (dat_tiny and datpp_tiny, random weights, no stochastic depth): the fast path against
    the reference path (the authors' algorithm) in float32 with TF32 off — logits (relative max error, goal 1e-4)
    and the gradient of every parameter (relative norm error per parameter; ``rpb``, read through
    flex_attention's ``score_mod`` on CUDA, and ``rpe_table``, read through ``grid_sample``, listed by name) —
    then bf16 autocast on the fast path: finite, and its logits against float32.
-2. Speed (unless ``--no-speed``): ``python -m benchmarks.run`` on the same device with the arguments in
+2. Speed (unless ``--no-speed``): ``datvit bench`` on the same device with the arguments in
    ``--speed-args`` (default: bf16 and float32 training and inference at batch 128 for dat_tiny, datpp_tiny,
    Swin-T and ConvNeXt-T, peak memory, torch.compile of dat_tiny and Swin-T), in a child process with a time
    limit, its report written next to this script's.
 
-Writes ``--out``/cuda_check.json after every model (a run cut short keeps what it finished) and prints a summary.
+Writes ``--output``/cuda_check.json after every model (a run cut short keeps what it finished) and prints a summary.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from . import common
 
 SPEED_ARGS = ("--models dat_tiny,datpp_tiny,swin,convnext --paths fast --batch-sizes 128 --train-batch-sizes 128 "
               "--modes eager,bf16,bf16-compile --compile-models dat_tiny,swin --compile-kinds inference,train "
@@ -107,9 +108,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=4, help="batch of the correctness checks")
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--no-speed", action="store_true", help="correctness only")
-    p.add_argument("--speed-args", default=SPEED_ARGS, help="arguments of benchmarks.run (--device and --out added)")
+    p.add_argument("--speed-args", default=SPEED_ARGS, help="arguments of datvit bench (--device and --output added)")
     p.add_argument("--speed-timeout", type=int, default=420, help="seconds for the speed part")
-    p.add_argument("--out", default="benchmarks/results/cuda_check")
+    common.add_output_argument(p, common.DEFAULT_OUTPUT + "/cuda_check")
     args = p.parse_args(argv)
 
     device = torch.device(args.device)
@@ -118,11 +119,9 @@ def main(argv=None) -> int:
         return 2
     torch.backends.cuda.matmul.allow_tf32 = False     # float32 comparisons at 1e-4 need true float32 GEMMs
     torch.backends.cudnn.allow_tf32 = False
-    out_dir = Path(args.out)
+    out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report: dict = {"torch": torch.__version__, "python": platform.python_version(), "device": str(device),
-                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-                    "models": []}
+    report: dict = {"machine": common.machine_info(device, torch.get_num_threads()), "models": []}
 
     def save() -> None:
         (out_dir / "cuda_check.json").write_text(json.dumps(report, indent=2))
@@ -137,8 +136,8 @@ def main(argv=None) -> int:
         print(json.dumps(row), flush=True)
 
     if not args.no_speed:
-        cmd = [sys.executable, "-m", "benchmarks.run", *shlex.split(args.speed_args), "--device", str(device),
-               "--out", str(out_dir / "bench")]
+        cmd = [sys.executable, "-m", "datvit", "bench", *shlex.split(args.speed_args), "--device", str(device),
+               "--output", str(out_dir / "bench")]
         print("speed:", " ".join(shlex.quote(c) for c in cmd), flush=True)
         start = time.perf_counter()
         try:

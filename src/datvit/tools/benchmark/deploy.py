@@ -1,9 +1,9 @@
 """Deployment treatments — bf16 autocast and int8 (torchao), eager and compiled — against fp32: accuracy on a
 trained checkpoint and speed.
 
-    python -m benchmarks.deploy --checkpoint demo_output/fashion_mnist/last.pth     # after `make demo`
-    python -m benchmarks.deploy --checkpoint CKPT --speed-models dat_tiny,swin --speed-batch 32
-    python -m benchmarks.deploy --treatments "fp32 eager,bf16 eager,bf16 compiled" --speed-models dat_tiny,swin
+    python -m datvit.tools.benchmark.deploy --checkpoint demo_output/fashion_mnist/last.pth   # after `make demo`
+    python -m datvit.tools.benchmark.deploy --checkpoint CKPT --speed-models dat_tiny,swin --speed-batch 32
+    python -m datvit.tools.benchmark.deploy --treatments "fp32 eager,bf16 eager,bf16 compiled" --speed-models swin
 
 For the checkpoint it evaluates the test split (the dataset the checkpoint was trained on) with each treatment —
 fp32 eager, fp32 compiled with inductor freezing (:func:`datvit.optimize_for_inference`), bf16 autocast eager and
@@ -14,19 +14,22 @@ every ``nn.Linear``, DAT's 1×1-conv projections included (:func:`datvit.deploy.
 Then, for ``--speed-models`` at 224×224 with random weights, the same four treatments are timed interleaved in
 one process (``--iters`` rounds, median).
 
-The int8 treatments need ``pip install torchao`` (not a datvit dependency). Writes ``--out``/deploy.json.
+The int8 treatments need ``pip install torchao`` (not a datvit dependency). Writes ``--output``/deploy.json.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
+
+from . import common
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
@@ -105,36 +108,24 @@ def checkpoint_accuracy(path: str, batch_size: int, chosen: tuple[str, ...] = TR
 
 @torch.no_grad()
 def speed(models: list[str], batch: int, iters: int, chosen: tuple[str, ...] = TREATMENTS) -> dict:
-    import timm
-
-    import datvit  # noqa: F401  (registers the DAT models with timm)
-
-    aliases = {"swin": "swin_tiny_patch4_window7_224", "convnext": "convnext_tiny"}
+    """Images/s of every chosen treatment of every model (random weights, 224×224), timed interleaved after two
+    untimed calls each (the first compiles), and each against the model's fp32 eager."""
     torch.manual_seed(0)
     x = torch.randn(batch, 3, 224, 224)
-    subjects = {}
+    fns, build_s = {}, {}
     for m in models:
-        base = timm.create_model(aliases.get(m, m)).eval()
+        base = common.build_model(common.subject_for(m), torch.device("cpu")).eval()
         for t, make in treatments(base).items():
-            if t not in chosen:
-                continue
-            start = time.perf_counter()
-            fn = make()
-            fn(x)
-            fn(x)
-            subjects[f"{m} {t}"] = (fn, time.perf_counter() - start)
-            print(f"built {m} {t} in {subjects[f'{m} {t}'][1]:.0f} s", flush=True)
-    times: dict[str, list[float]] = {k: [] for k in subjects}
-    for i in range(iters):
-        order = list(subjects) if i % 2 == 0 else list(reversed(subjects))
-        for k in order:
-            start = time.perf_counter()
-            subjects[k][0](x)
-            times[k].append(time.perf_counter() - start)
-    out = {}
-    for k, ts in times.items():
-        ts.sort()
-        out[k] = {"images_per_s": batch / ts[len(ts) // 2], "build_s": subjects[k][1]}
+            if t in chosen:
+                start = time.perf_counter()
+                model = make()
+                model(x)
+                model(x)
+                fns[f"{m} {t}"] = lambda model=model: model(x)
+                build_s[f"{m} {t}"] = time.perf_counter() - start
+                print(f"built {m} {t} in {build_s[f'{m} {t}']:.0f} s", flush=True)
+    times = common.time_interleaved(fns, 0, iters, torch.device("cpu"))
+    out = {k: {"images_per_s": batch / statistics.median(ts), "build_s": build_s[k]} for k, ts in times.items()}
     for m in models:
         eager = out[f"{m} fp32 eager"]["images_per_s"]
         for t in chosen:
@@ -154,7 +145,7 @@ def main(argv=None) -> None:
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--treatments", default=",".join(TREATMENTS),
                    help=f"comma-separated from {', '.join(TREATMENTS)} (fp32 eager is always added: the baseline)")
-    p.add_argument("--out", default="benchmarks/results")
+    common.add_output_argument(p)
     args = p.parse_args(argv)
     chosen = tuple(t.strip() for t in args.treatments.split(",") if t.strip())
     unknown = [t for t in chosen if t not in TREATMENTS]
@@ -166,7 +157,7 @@ def main(argv=None) -> None:
     tune_cpu_allocator()
     # This process compiles the same model code many times (fp32 and int8, several models and batch sizes); past
     # dynamo's default of 8 compiled versions per code object it silently runs the rest eagerly (and recompiles
-    # for minutes): the first version of this script measured int8 dat_tiny at 0.81x fp32 that way.
+    # for minutes), which would time a compiled treatment as eager.
     torch._dynamo.config.cache_size_limit = 64
     torch._dynamo.config.accumulated_cache_size_limit = 512
     result = {"torch": torch.__version__, "treatments": list(chosen)}
@@ -181,7 +172,7 @@ def main(argv=None) -> None:
     models = [m for m in args.speed_models.split(",") if m]
     if models:
         result["speed"] = speed(models, args.speed_batch, args.iters, chosen)
-    out = Path(args.out)
+    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "deploy.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {out / 'deploy.json'}")

@@ -1,8 +1,8 @@
 """Export every released variant at its native size (random weights) to ONNX, torch.export and TorchScript; print
 max |exported − eager| on a random batch of 2 and the seconds each export took. Not a test: minutes per variant.
 
-    python -m benchmarks.export_all                       # all 8 variants, all 3 formats
-    python -m benchmarks.export_all --models dat_tiny datpp_tiny --formats onnx torch-export
+    python -m datvit.tools.benchmark.export_all                  # all 8 variants, all 3 formats
+    python -m datvit.tools.benchmark.export_all --models dat_tiny datpp_tiny --formats onnx torch-export
 """
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 
 import torch
 
 import datvit
-from datvit.tools.export import FORMATS, SUFFIXES, check_export, export_model, resolve_input_size
+from datvit.tools.export import FORMATS, SUFFIXES, check_export, export_model, resolve_input_size, timed
 
 
 def main(argv=None) -> int:
@@ -38,12 +37,8 @@ def main(argv=None) -> int:
             for fmt in args.formats:
                 path = os.path.join(tmp, name + SUFFIXES[fmt])
                 try:
-                    start = time.perf_counter()
-                    export_model(model, fmt, path, size)
-                    exported = time.perf_counter() - start
-                    start = time.perf_counter()
-                    check = check_export(path, fmt, model, size, batch=2)
-                    checked = time.perf_counter() - start
+                    _, exported = timed(export_model, model, fmt, path, size)
+                    check, checked = timed(check_export, path, fmt, model, size, batch=2)
                     print(f"{name:<16} {fmt:<13} {size[1]}×{size[2]:<6} {exported:9.1f} {checked:8.1f} "
                           f"{check.max_abs_diff:10.2e} {check.output_max_abs:11.3g}", flush=True)
                 except Exception as e:  # report and go on with the next one

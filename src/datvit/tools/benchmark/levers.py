@@ -1,9 +1,9 @@
 """A/B measurements of single speed levers, each interleaved in one process (A, B, A, B, ...; the ratio of every
 pair; median and spread over the pairs), as docs/benchmarks.md "Levers" reports them.
 
-    python -m benchmarks.levers                          # every lever below (batch 32)
-    python -m benchmarks.levers attention dwconv --pairs 20
-    python -m benchmarks.levers adamw --models dat_tiny,swin
+    python -m datvit.tools.benchmark.levers                 # every lever below (batch 32)
+    python -m datvit.tools.benchmark.levers attention dwconv --pairs 20
+    python -m datvit.tools.benchmark.levers adamw --models dat_tiny,swin
 
 Levers:
 * ``attention`` — biased attention forward+backward at dat_tiny's D-block shape (B×12 heads, 196 queries and keys,
@@ -24,35 +24,21 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from typing import Callable, Optional, Sequence
 
-from datvit.tools.benchmark import common
+from . import common
 
 
 def ab(fns: dict[str, Callable[[], object]], pairs: int, warmup: int = 2) -> dict[str, dict]:
-    """Interleaved timing of every function (order reversed every other round); per function the median ms and,
-    for every function after the first, the per-round ratio time(first) / time(function): median, min, max."""
-    import gc
+    """Interleaved timing of every function on the CPU (:func:`common.time_interleaved`); per function the median
+    ms and the per-round ratio time(first) / time(function): median, min, max."""
+    import torch
 
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    gc.collect()
-    gc.disable()
-    try:
-        for i in range(pairs):
-            for k in (list(fns) if i % 2 == 0 else list(reversed(list(fns)))):
-                t0 = time.perf_counter()
-                fns[k]()
-                times[k].append(time.perf_counter() - t0)
-    finally:
-        gc.enable()
-    base = next(iter(fns))
+    times = common.time_interleaved(fns, warmup, pairs, torch.device("cpu"))
+    base = times[next(iter(fns))]
     out = {}
     for k, t in times.items():
-        r = [a / b for a, b in zip(times[base], t)]
+        r = [a / b for a, b in zip(base, t)]
         out[k] = dict(ms=1e3 * statistics.median(t), speedup=statistics.median(r), min=min(r), max=max(r))
     return out
 
@@ -69,9 +55,8 @@ def _flatten(t, n: int):
 
 
 def _chunked_attention_class():
-    """The dropped lever: the explicit form and its backward over chunks of the batch×heads axis (scores of one
-    chunk stay in cache). Same math as ``explicit_biased_attention`` (gradcheck-tested while it was in the
-    package, commit history of src/datvit/layers/attention.py)."""
+    """The dropped lever, kept to reproduce its measurement: the explicit form and its backward over chunks of the
+    batch×heads axis (scores of one chunk stay in cache), the same math as the package's explicit form."""
     import torch
 
     class ChunkedBiasedAttention(torch.autograd.Function):
@@ -189,8 +174,7 @@ def lever_adamw(models: Sequence[str], pairs: int) -> None:
     import torch
 
     for name in models:
-        model = common.build_model(common.Subject(name, "fast") if common.is_dat(name) else common.Subject(name),
-                                   torch.device("cpu"))
+        model = common.build_model(common.subject_for(name), torch.device("cpu"))
         params = [p for p in model.parameters() if p.requires_grad]
         for p in params:
             p.grad = torch.randn_like(p)
@@ -256,34 +240,31 @@ def lever_swin_linear(batch: int, pairs: int) -> None:
               pairs, warmup=1))
 
 
-LEVERS = ("attention", "dwconv", "adamw", "linear", "swin_linear")
+LEVERS: dict[str, Callable[[argparse.Namespace], None]] = {
+    "attention": lambda a: lever_attention(a.batch, a.pairs),
+    "dwconv": lambda a: lever_dwconv(a.batch, a.pairs),
+    "adamw": lambda a: lever_adamw([m for m in a.models.split(",") if m], a.pairs),
+    "linear": lambda a: lever_linear(a.batch, a.pairs),
+    "swin_linear": lambda a: lever_swin_linear(a.batch, a.pairs),
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.levers", description=__doc__.split("\n\n")[0])
-    p.add_argument("levers", nargs="*", default=list(LEVERS), help=f"from {LEVERS} (default: all)")
+    p = argparse.ArgumentParser(prog="python -m datvit.tools.benchmark.levers", description=__doc__.split("\n\n")[0])
+    p.add_argument("levers", nargs="*", default=list(LEVERS), help=f"from {', '.join(LEVERS)} (default: all)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--pairs", type=int, default=15, help="interleaved rounds (default 15)")
     p.add_argument("--models", default="dat_tiny", help="for the adamw lever (default dat_tiny)")
     p.add_argument("--threads", type=int, default=None)
     common.add_allocator_argument(p)
     args = p.parse_args(argv)
+    unknown = [lever for lever in args.levers if lever not in LEVERS]
+    if unknown:
+        p.error(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
     common.apply_allocator(args.allocator)
-    threads = common.set_threads(args.threads)
-    print(f"{threads} threads, allocator {args.allocator}")
+    print(f"{common.set_threads(args.threads)} threads, allocator {args.allocator}")
     for lever in args.levers:
-        if lever == "attention":
-            lever_attention(args.batch, args.pairs)
-        elif lever == "dwconv":
-            lever_dwconv(args.batch, args.pairs)
-        elif lever == "linear":
-            lever_linear(args.batch, args.pairs)
-        elif lever == "swin_linear":
-            lever_swin_linear(args.batch, args.pairs)
-        elif lever == "adamw":
-            lever_adamw([common.resolve_model_name(m) for m in args.models.split(",") if m], args.pairs)
-        else:
-            p.error(f"unknown lever {lever!r}; choose from {LEVERS}")
+        LEVERS[lever](args)
     return 0
 
 

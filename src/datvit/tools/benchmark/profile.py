@@ -1,10 +1,10 @@
 """Where the time goes: torch.profiler tables of DAT models and of the DeformableAttention module.
 
-    python -m benchmarks.profile                              # dat_tiny, datpp_tiny: inference + train, batch 32
-    python -m benchmarks.profile --models dat_tiny --kinds inference --batch 8 --paths fast,reference
-    python -m benchmarks.profile --only-module
+    python -m datvit.tools.benchmark.profile               # dat_tiny, datpp_tiny: inference + train, batch 32
+    python -m datvit.tools.benchmark.profile --models dat_tiny --kinds inference --batch 8 --paths fast,reference
+    python -m datvit.tools.benchmark.profile --only-module
 
-For every case it prints (and writes to ``--out``/profile_<case>.txt):
+For every case it prints (and writes to ``--output``/profile_<case>.txt):
 
 * the top ops by self CPU time (``key_averages().table``),
 * the same grouped by input shapes (which shapes are slow),
@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from datvit.tools.benchmark import common
+from . import common, deformable
 
 BLOCK_PREFIX = "block::"
 
@@ -125,10 +125,9 @@ def profile_call(fn, rows: int, title: str, warmup: int = 1, repeat: int = 1) ->
             "text": text}
 
 
-def model_cases(model_name: str, path: str, kinds: Sequence[str], batch: int, img: int, device, rows: int):
+def model_cases(subject: common.Subject, kinds: Sequence[str], batch: int, img: int, device, rows: int):
     import torch
 
-    subject = common.Subject(model_name, path) if common.is_dat(model_name) else common.Subject(model_name)
     model = common.build_model(subject, device, img)
     annotate_blocks(model)
     x, y = common.random_batch(batch, img, device)
@@ -145,37 +144,19 @@ def model_cases(model_name: str, path: str, kinds: Sequence[str], batch: int, im
 
 
 def module_cases(batch: int, device, rows: int):
-    import torch
-
-    from .run import MODULE_CONFIG, module_case
-
-    m, x_cl, x_ref = module_case(batch, device)
-    C, H = MODULE_CONFIG["dim"], MODULE_CONFIG["fmap_size"]
+    m, x_cl, x_ref = deformable.module_case(batch, device)
+    steps = deformable.module_steps(m, x_cl, x_ref, device)
     for impl in ("fast", "reference"):
-        x = x_cl if impl == "fast" else x_ref
-        call = m if impl == "fast" else m.reference_forward
-
-        def fwd():
-            with torch.no_grad():
-                call(x)
-        xg = x.clone().requires_grad_(True)
-        g = torch.randn_like(x)
-
-        def fwd_bwd():
-            m.zero_grad(set_to_none=True)
-            xg.grad = None
-            call(xg).backward(g)
-        shape = f"B={batch}, C={C}, {H}×{H}, 12 heads, 3 groups"
-        m.eval()
-        yield f"deformable_attention_{impl}_forward_b{batch}", profile_call(
-            fwd, rows, f"DeformableAttention {impl} forward ({shape})", warmup=2, repeat=5)
-        m.train()
-        yield f"deformable_attention_{impl}_forward_backward_b{batch}", profile_call(
-            fwd_bwd, rows, f"DeformableAttention {impl} forward+backward ({shape})", warmup=2, repeat=5)
+        for p in deformable.PASSES:
+            m.train(p == "forward_backward")
+            yield f"deformable_attention_{impl}_{p}_b{batch}", profile_call(
+                steps[f"{impl}/{p}"], rows, f"DeformableAttention {impl} {p.replace('_', '+')} "
+                                            f"({deformable.shape(batch)})", warmup=2, repeat=5)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m datvit.tools.benchmark.profile",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="dat_tiny,datpp_tiny")
     p.add_argument("--paths", default="fast", help="DAT paths to profile (fast, reference)")
     p.add_argument("--kinds", default="inference,train")
@@ -188,13 +169,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="auto")
     common.add_allocator_argument(p)
-    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "profile"))
+    common.add_output_argument(p, common.DEFAULT_OUTPUT + "/profile")
     args = p.parse_args(argv)
 
     common.apply_allocator(args.allocator)
     common.set_threads(args.threads)
     device = common.pick_device(args.device)
-    out = Path(args.out)
+    out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
 
@@ -205,11 +186,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if not args.only_module:
         kinds = [k for k in args.kinds.split(",") if k]
-        for model in [common.resolve_model_name(m) for m in args.models.split(",") if m]:
-            paths = [p for p in args.paths.split(",") if p] if common.is_dat(model) else ["timm"]
-            for path in paths:
-                for name, res in model_cases(model, path, kinds, args.batch, args.img_size, device, args.rows):
-                    emit(name, res)
+        subjects = common.expand_subjects([m for m in args.models.split(",") if m],
+                                          [p for p in args.paths.split(",") if p])
+        for s in subjects:
+            for name, res in model_cases(s, kinds, args.batch, args.img_size, device, args.rows):
+                emit(name, res)
     if not args.no_module:
         for name, res in module_cases(args.module_batch, device, args.rows):
             emit(name, res)

@@ -1,12 +1,15 @@
-"""Measurements that need a process of their own, run by :mod:`datvit.tools.benchmark.run` as ``python -m datvit.tools.benchmark.worker TASK``
-with TASK a JSON object; the result is printed as one line ``BENCH_RESULT {json}``.
+"""Measurements that need a process of their own, run by :mod:`datvit.tools.benchmark.run` as
+``python -m datvit.tools.benchmark.worker TASK`` with TASK a JSON object; the result is printed as one line
+``BENCH_RESULT {json}``.
 
-* ``train`` — training steps of one model: images/s (median of the timed steps) and peak memory. On CPU the fresh
-  process matters: no other model's freed memory sits in the allocator, and the kernel's peak-RSS mark (VmHWM) is
-  reset just before the first step and read after the last; the result is the peak minus the resident set before
-  the first step. (getrusage's ru_maxrss is not used: Linux carries it over from the parent across fork/exec.) On
-  CUDA ``max_memory_allocated``. The address space is capped (``memory_fraction`` of the available memory) so a
-  run too big for the machine ends with ``out_of_memory`` rather than the kernel's OOM killer.
+* ``train_interleaved`` — training steps of several subjects in one fresh process, interleaved (see
+  :func:`train_interleaved`).
+* ``memory`` — the peak memory of training steps of one model. On CPU the fresh process matters: no other model's
+  freed memory sits in the allocator, and the kernel's peak-RSS mark (VmHWM) is reset just before the first step
+  and read after the last; the result is the peak minus the resident set before the first step. (getrusage's
+  ru_maxrss is not used: Linux carries it over from the parent across fork/exec.) On CUDA
+  ``max_memory_allocated``. The address space is capped (``memory_fraction`` of the available memory) so a run too
+  big for the machine ends with ``out_of_memory`` rather than the kernel's OOM killer.
 * ``compile`` — ``torch.compile`` (inductor; for inference by default with freezing, through
   ``datvit.optimize_for_inference``) of one model for inference or a training step: the first
   call (which compiles) is timed, then the compiled and the eager model are timed interleaved in the same process.
@@ -28,11 +31,14 @@ RESULT_PREFIX = "BENCH_RESULT "
 
 
 def _setup(task: dict[str, Any]):
+    """Threads and quiet-wait of this process; the device."""
     common.set_threads(task.get("threads"))
     common.QUIET_WAIT_S = float(task.get("wait_quiet", 0.0))
-    device = common.pick_device(task.get("device", "cpu"))
-    subject = common.Subject(task["model"], task["path"])
-    return device, subject
+    return common.pick_device(task.get("device", "cpu"))
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "memory" in str(exc).lower()
 
 
 def _limit_memory(task: dict[str, Any]) -> Optional[float]:
@@ -54,17 +60,18 @@ def _limit_memory(task: dict[str, Any]) -> Optional[float]:
         return None
 
 
-def train(task: dict[str, Any]) -> dict[str, Any]:
-    """Training steps of one model in this fresh process: throughput (median of the timed steps) and peak memory
-    over all steps (warm-up included: the first step creates AdamW's state)."""
+def memory(task: dict[str, Any]) -> dict[str, Any]:
+    """The peak memory over ``warmup`` + ``iters`` training steps of one model in this fresh process (the first
+    step creates AdamW's state, so the warm-up steps count)."""
     import gc
 
     import torch
 
-    device, subject = _setup(task)
-    batch, warmup, iters = int(task["batch"]), int(task.get("warmup", 1)), int(task.get("iters", 3))
-    model = common.build_model(subject, device, task.get("img_size", 224)).train()
-    x, y = common.random_batch(batch, task.get("img_size", 224), device)
+    device = _setup(task)
+    batch, warmup, iters = int(task["batch"]), int(task.get("warmup", 1)), int(task.get("iters", 1))
+    img = task.get("img_size", 224)
+    model = common.build_model(common.Subject(task["model"], task["path"]), device, img).train()
+    x, y = common.random_batch(batch, img, device)
     step, _ = common.train_fn(model, x, y, device, task.get("autocast"))
     gc.collect()
     out: dict[str, Any] = {"warmup_steps": warmup}
@@ -76,28 +83,17 @@ def train(task: dict[str, Any]) -> dict[str, Any]:
         out["memory_cap_gb"] = _limit_memory(task)
         base = common.current_rss_bytes()
         out["peak_reset"] = common.reset_peak_rss()
-    times, background = [], []
+    out["warmup_step_s"] = []
     try:
         for i in range(warmup + iters):
-            if i >= warmup:
-                common.MONITOR.wait_quiet(common.QUIET_WAIT_S)
-            a = common.MONITOR.sample()
-            t0 = time.perf_counter()
-            step()
-            common.synchronize(device)
-            dt = time.perf_counter() - t0
-            if i >= warmup:
-                times.append(dt)
-                o = common.MONITOR.others(a, common.MONITOR.sample())
-                if o is not None:
-                    background.append(o["others"] + o["steal"])
-            else:
-                out.setdefault("warmup_step_s", []).append(dt)
+            seconds = _seconds(step, device)
+            if i < warmup:
+                out["warmup_step_s"].append(seconds)
     except (RuntimeError, MemoryError) as exc:
-        if "memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
+        if not _is_oom(exc):
             raise
         return {"status": "out_of_memory", "error": str(exc)[:500], "memory_cap_gb": out.get("memory_cap_gb"),
-                "completed_steps": len(times) + len(out.get("warmup_step_s", []))}
+                "completed_steps": i}
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
         out["memory_method"] = "torch.cuda.max_memory_allocated − memory_allocated before the first step"
@@ -110,19 +106,25 @@ def train(task: dict[str, Any]) -> dict[str, Any]:
             out["warning"] = "could not reset the peak-RSS mark; the value may include earlier peaks"
     out["baseline_mb"] = base / 2 ** 20
     out["peak_extra_mb"] = (peak - base) / 2 ** 20
-    out["timing"] = common.summarize(times, batch, background)
-    out["step_s"] = times
     return out
 
 
+def _seconds(fn, device) -> float:
+    t0 = time.perf_counter()
+    fn()
+    common.synchronize(device)
+    return time.perf_counter() - t0
+
+
 def compile_task(task: dict[str, Any]) -> dict[str, Any]:
+    """Compile time (the first call less a compiled call's median) and compiled against eager speed."""
     import torch
 
-    device, subject = _setup(task)
+    device = _setup(task)
     batch, kind = int(task["batch"]), task["kind"]
     img = task.get("img_size", 224)
     autocast = task.get("autocast")
-    model = common.build_model(subject, device, img)
+    model = common.build_model(common.Subject(task["model"], task["path"]), device, img)
     x, y = common.random_batch(batch, img, device)
     mode = task.get("compile_mode") or "default"
     if kind == "inference" and task.get("freezing", True):
@@ -149,14 +151,7 @@ def compile_task(task: dict[str, Any]) -> dict[str, Any]:
                 out = compiled(x)
             F.cross_entropy(out.float(), y).backward()
             optimizer.step()
-    t0 = time.perf_counter()
-    fast()
-    common.synchronize(device)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    fast()
-    common.synchronize(device)
-    second = time.perf_counter() - t0
+    first, second = _seconds(fast, device), _seconds(fast, device)
     bg: dict[str, list[float]] = {}
     times = common.time_interleaved({"eager": eager, "compiled": fast}, warmup=int(task.get("warmup", 1)),
                                     iters=int(task.get("iters", 3)), device=device, background=bg)
@@ -172,10 +167,6 @@ def compile_task(task: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, MemoryError) or "memory" in str(exc).lower()
-
-
 def train_interleaved(task: dict[str, Any]) -> dict[str, Any]:
     """Training steps of several subjects in this one process, interleaved: ``warmup`` untimed rounds, then
     ``iters`` rounds in which every subject takes one step (order reversed every other round), so background load
@@ -184,24 +175,15 @@ def train_interleaved(task: dict[str, Any]) -> dict[str, Any]:
     activations at a time. A subject that runs out of memory is dropped from later rounds (``out_of_memory``)."""
     import gc
 
-    device = common.pick_device(task.get("device", "cpu"))
-    common.set_threads(task.get("threads"))
-    common.QUIET_WAIT_S = float(task.get("wait_quiet", 0.0))
+    device = _setup(task)
     _limit_memory(task)
     batch, warmup, iters = int(task["batch"]), int(task.get("warmup", 1)), int(task.get("iters", 3))
     img = task.get("img_size", 224)
     x, y = common.random_batch(batch, img, device)
-    steps: dict[str, Any] = {}
-    sources: dict[str, Any] = {}
-    status: dict[str, str] = {}
-    for model_name, path in task["subjects"]:
-        subject = common.Subject(model_name, path)
-        model = common.build_model(subject, device, img, source=sources.get(model_name)).train()
-        if subject.dat:
-            sources.setdefault(model_name, model)
-        steps[subject.label], _ = common.train_fn(model, x, y, device, task.get("autocast"))
-        status[subject.label] = "ok"
-    sources.clear()
+    models = common.build_models([common.Subject(m, p) for m, p in task["subjects"]], device, img)
+    steps = {s.label: common.train_fn(m.train(), x, y, device, task.get("autocast"))[0] for s, m in models.items()}
+    del models
+    status = {k: "ok" for k in steps}
     times: dict[str, list[float]] = {k: [] for k in steps}
     background: dict[str, list[float]] = {k: [] for k in steps}
     rounds: list[dict[str, float]] = []
@@ -236,7 +218,7 @@ def train_interleaved(task: dict[str, Any]) -> dict[str, Any]:
     return {"batch": batch, "timing": timing, "rounds": rounds, "subject_status": status}
 
 
-TASKS = {"train": train, "compile": compile_task, "train_interleaved": train_interleaved}
+TASKS = {"memory": memory, "compile": compile_task, "train_interleaved": train_interleaved}
 
 
 def main(argv: list[str] | None = None) -> int:
