@@ -223,7 +223,7 @@ def check_export(path: str | os.PathLike, fmt: str, model: nn.Module, input_size
 
 
 def timed(fn: Callable, *args, **kwargs):
-    """(result, seconds) of one call; for the CLI's progress lines and benchmarks/export_all.py."""
+    """(result, seconds) of one call; for the CLI's progress lines and datvit.tools.benchmark.export_all."""
     start = time.perf_counter()
     result = fn(*args, **kwargs)
     return result, time.perf_counter() - start
