@@ -65,7 +65,7 @@ fashion-mnist: $(CORE)
 	$(FIND_FMNIST)
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run
+	$(PY) -m datvit bench
 
 # `make docs`: the documentation site (mkdocs + Material; guides from docs/, the API reference from the
 # docstrings) built with --strict into site/ — a broken link or a docstring that does not render fails it.
