@@ -10,10 +10,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from compile_helpers import compile_and_record
 from conftest import RecordOps
+from torch import nn
+
 from datvit.layers import NeighborhoodAttention2D, attention, ops
 from datvit.layers.tracing import ExecutionMode, execution_mode
 

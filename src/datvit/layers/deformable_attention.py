@@ -21,7 +21,13 @@ from torch import nn
 
 from .attention import biased_attention
 from .norm import ChannelLayerNorm
-from .ops import dense, grid_sample_bilinear, linear_from_pointwise_conv, pointwise, sample_channels_last
+from .ops import (
+    dense,
+    grid_sample_bilinear,
+    linear_from_pointwise_conv,
+    pointwise,
+    sample_channels_last,
+)
 
 Generation = Literal["v1", "pp"]
 

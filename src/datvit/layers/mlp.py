@@ -4,7 +4,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ops import dense, dense_gelu, linear_from_pointwise_conv, pointwise, residual_depthwise_conv
+from .ops import (
+    dense,
+    dense_gelu,
+    linear_from_pointwise_conv,
+    pointwise,
+    residual_depthwise_conv,
+)
 
 
 class Mlp(nn.Module):

@@ -1,27 +1,134 @@
-"""The released variants as plain data (constructor arguments of ``DAT``), and the authors' config translation."""
+"""The architecture as data: the per-stage configuration ``DATStage`` is built from, the block pattern of each
+generation, the released variants (constructor arguments of ``DAT``), and the authors' config translation."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
-# The seed article's pattern: stages 1–2 alternate local/shifted windows, stages 3–4 local/deformable (DAT v1);
-# DAT++ alternates neighborhood/deformable everywhere except stage 4, which is deformable only.
+import torch
 
+GENERATIONS = ("v1", "pp")
+BLOCK_KINDS = {
+    "L": "local window attention",
+    "S": "shifted window attention",
+    "D": "deformable attention",
+    "N": "neighborhood attention",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """Everything one stage of blocks is built from (``DATStage(config=...)``). ``DAT`` makes one per stage from
+    the authors' per-stage lists (``stage_configs``); the field names are the singular of those lists'.
+
+    Attributes:
+        dim_in, dim: channels entering the stage (a 1×1 projection when they differ) and inside it.
+        depth: number of blocks. stage_spec: the block kind of each block, one letter of ``BLOCK_KINDS``.
+        fmap_size: side of the stage's map at the configured image size (sizes the position tables).
+        heads: attention heads. window_size: side of the L/S windows. nat_ksize: the N blocks' neighbourhood.
+        groups, use_pe, stride, offset_range_factor, ksize, no_off, dwc_pe: the D blocks' (``DeformableAttention``).
+        generation: "v1" (DAT) or "pp" (DAT++). use_dwc_mlp: DAT++'s MLP with a depthwise conv.
+        use_lpu: a local perception unit ``x + DWConv3×3(x)`` before each block (DAT++).
+        expansion: MLP hidden ratio. drop, attn_drop: dropout rates. drop_path: one stochastic-depth rate per block.
+        layer_norm_eps: epsilon of every LayerNorm.
+    """
+
+    dim_in: int
+    dim: int
+    depth: int
+    stage_spec: tuple[str, ...]
+    fmap_size: int
+    heads: int
+    window_size: int
+    groups: int
+    use_pe: bool
+    stride: int
+    offset_range_factor: float
+    ksize: int
+    nat_ksize: int
+    generation: str
+    use_dwc_mlp: bool
+    use_lpu: bool
+    expansion: int
+    drop: float
+    attn_drop: float
+    drop_path: tuple[float, ...]
+    no_off: bool = False
+    dwc_pe: bool = False
+    layer_norm_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stage_spec", tuple(self.stage_spec))
+        object.__setattr__(self, "drop_path", tuple(self.drop_path))
+        if len(self.stage_spec) != self.depth:
+            raise ValueError(f"stage_spec {list(self.stage_spec)} has {len(self.stage_spec)} letters for depth "
+                             f"{self.depth}")
+        if len(self.drop_path) != self.depth:
+            raise ValueError(f"drop_path has {len(self.drop_path)} rates for depth {self.depth}")
+        for kind in self.stage_spec:
+            if kind not in BLOCK_KINDS:
+                raise ValueError(f"unknown block kind {kind!r}; datvit supports {BLOCK_KINDS}")
+
+
+# The authors' per-stage list arguments of DAT, and the StageConfig field each one fills.
+PER_STAGE_ARGUMENTS = {
+    "depths": "depth", "heads": "heads", "stage_spec": "stage_spec", "window_sizes": "window_size",
+    "groups": "groups", "strides": "stride", "offset_range_factor": "offset_range_factor", "use_pes": "use_pe",
+    "ksizes": "ksize", "nat_ksizes": "nat_ksize", "use_dwc_mlps": "use_dwc_mlp", "use_lpus": "use_lpu",
+    "no_offs": "no_off", "dwc_pes": "dwc_pe",
+}
+
+
+def stage_configs(dims: Sequence[int], per_stage: Mapping[str, Sequence[Any]], *, dim_stem: int, img_size: int,
+                  patch_size: int, generation: str, expansion: int, drop_rate: float, attn_drop_rate: float,
+                  drop_path_rate: float, layer_norm_eps: float) -> tuple[StageConfig, ...]:
+    """One ``StageConfig`` per stage from ``DAT``'s arguments: ``per_stage`` holds the authors' per-stage lists
+    (the keys of ``PER_STAGE_ARGUMENTS``), each with one entry per stage of ``dims``.
+
+    Each stage gets its map size at ``img_size`` (halved per stage after the patch stem) and its share of the
+    stochastic-depth rates, which rise linearly from 0 to ``drop_path_rate`` over all blocks. A list of the wrong
+    length raises ValueError naming it."""
+    num_stages = len(dims)
+    for name in PER_STAGE_ARGUMENTS:
+        value = per_stage[name]
+        if len(value) != num_stages:
+            raise ValueError(f"{name} has {len(value)} entries but there are {num_stages} stages (dims={dims})")
+    depths = per_stage["depths"]
+    # on the CPU also under torch.device("meta"): the rates are read as Python floats
+    dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
+    fmap = img_size // patch_size
+    configs = []
+    for i in range(num_stages):
+        configs.append(StageConfig(
+            dim_in=dim_stem if i == 0 else dims[i], dim=dims[i], fmap_size=fmap, generation=generation,
+            expansion=expansion, drop=drop_rate, attn_drop=attn_drop_rate,
+            drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], layer_norm_eps=layer_norm_eps,
+            **{field: per_stage[name][i] for name, field in PER_STAGE_ARGUMENTS.items()}))
+        fmap //= 2
+    return tuple(configs)
+
+
+# -- the block pattern ---------------------------------------------------------------------------------------------
 
 def _alternate(a: str, b: str, depth: int) -> list[str]:
     return [a if i % 2 == 0 else b for i in range(depth)]
 
 
-def v1_stage_spec(depths) -> list[list[str]]:
-    return [_alternate("L", "S", depths[0]), _alternate("L", "S", depths[1]),
-            _alternate("L", "D", depths[2]), _alternate("L", "D", depths[3])]
+def stage_spec_for(depths: Sequence[int], generation: str) -> list[list[str]]:
+    """The papers' block pattern (``stage_spec``) for ``depths``: DAT v1 alternates local/shifted windows (L/S)
+    in stages 1–2 and local/deformable (L/D) after; DAT++ alternates neighborhood/deformable (N/D) in every stage
+    but the last, which is deformable only."""
+    if generation not in GENERATIONS:
+        raise ValueError(f"generation must be 'v1' (DAT) or 'pp' (DAT++), got {generation!r}")
+    last = len(depths) - 1
+    if generation == "v1":
+        return [_alternate("L", "S" if i < 2 else "D", d) for i, d in enumerate(depths)]
+    return [["D"] * d if i == last else _alternate("N", "D", d) for i, d in enumerate(depths)]
 
 
-def pp_stage_spec(depths) -> list[list[str]]:
-    return [_alternate("N", "D", depths[0]), _alternate("N", "D", depths[1]),
-            _alternate("N", "D", depths[2]), ["D"] * depths[3]]
-
+# -- the released variants -----------------------------------------------------------------------------------------
 
 _V1 = dict(
     generation="v1", patch_size=4, expansion=4, strides=(-1, -1, 1, 1), offset_range_factor=(-1, -1, 2, 2),
@@ -53,8 +160,8 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     "datpp_base_384": dict(_PP, **_B, img_size=224, depths=(2, 4, 18, 2), groups=(2, 4, 8, 16),
                            drop_path_rate=0.6),
 }
-for _name, _cfg in MODEL_CONFIGS.items():
-    _cfg["stage_spec"] = (v1_stage_spec if _cfg["generation"] == "v1" else pp_stage_spec)(_cfg["depths"])
+for _cfg in MODEL_CONFIGS.values():
+    _cfg["stage_spec"] = stage_spec_for(_cfg["depths"], _cfg["generation"])
 
 
 def model_config(name: str) -> dict[str, Any]:
@@ -115,6 +222,6 @@ def translate_authors_config(config: Mapping[str, Any], **overrides: Any) -> dic
         else:
             warnings.warn(f"ignoring unknown DAT constructor argument {key!r}", stacklevel=3)
     if "depths" in out and "stage_spec" not in out:
-        out["stage_spec"] = (v1_stage_spec if generation == "v1" else pp_stage_spec)(out["depths"])
+        out["stage_spec"] = stage_spec_for(out["depths"], generation)
     out.update(overrides)
     return out

@@ -12,22 +12,25 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.fx
-import torch.nn.functional as F
 import torch.utils.checkpoint
 from timm.layers import DropPath, register_notrace_function, trunc_normal_
 from timm.models._features import feature_take_indices
 from torch import nn
 
-from ..layers import (ChannelLayerNorm, ConvMlp, ConvStem, DeformableAttention, Downsample, LocalAttention, Mlp,
-                      NeighborhoodAttention2D, PatchStem, ShiftWindowAttention)
+from ..layers import (
+    ChannelLayerNorm,
+    ConvMlp,
+    ConvStem,
+    DeformableAttention,
+    Downsample,
+    LocalAttention,
+    Mlp,
+    NeighborhoodAttention2D,
+    PatchStem,
+    ShiftWindowAttention,
+)
 from ..layers.ops import conv2d_channels_last, residual_depthwise_conv
-
-BLOCK_KINDS = {
-    "L": "local window attention",
-    "S": "shifted window attention",
-    "D": "deformable attention",
-    "N": "neighborhood attention",
-}
+from .configs import StageConfig, stage_configs
 
 
 @register_notrace_function  # inspects the input's type and sizes, which are Proxies under torch.fx
@@ -53,65 +56,44 @@ def check_image_batch(x: torch.Tensor, in_chans: int, min_input_size: int, patch
 torch.fx.wrap("check_image_batch")
 
 
+def _block_attention(config: StageConfig, kind: str) -> nn.Module:
+    """The attention of a block of ``kind`` (a letter of ``configs.BLOCK_KINDS``) in a stage built from ``config``."""
+    dim, heads, window = config.dim, config.heads, config.window_size
+    if kind == "L":
+        return LocalAttention(dim, heads, window, config.attn_drop, config.drop, config.fmap_size)
+    if kind == "S":
+        return ShiftWindowAttention(dim, heads, window, math.ceil(window / 2), config.fmap_size, config.attn_drop,
+                                    config.drop)
+    if kind == "D":
+        return DeformableAttention(dim, heads, config.groups, config.fmap_size, config.stride, config.ksize,
+                                   config.offset_range_factor, config.use_pe, config.generation, config.attn_drop,
+                                   config.drop, no_off=config.no_off, dwc_pe=config.dwc_pe)
+    if kind == "N":
+        return NeighborhoodAttention2D(dim, config.nat_ksize, heads, config.attn_drop, config.drop)
+    raise ValueError(f"unknown block kind {kind!r}")
+
+
 class DATStage(nn.Module):
     """A list of pre-norm blocks ``x + DropPath(Attn(LN(x)))``, ``x + DropPath(MLP(LN(x)))``, each optionally
-    preceded by a local perception unit ``x + DWConv3×3(x)`` (DAT++). Block kinds come from ``stage_spec``."""
+    preceded by a local perception unit ``x + DWConv3×3(x)`` (DAT++). Block kinds come from ``config.stage_spec``.
+    """
 
-    def __init__(
-        self,
-        dim_in: int,
-        dim: int,
-        depth: int,
-        stage_spec: Sequence[str],
-        fmap_size: int,
-        heads: int,
-        window_size: int,
-        groups: int,
-        use_pe: bool,
-        stride: int,
-        offset_range_factor: float,
-        ksize: int,
-        nat_ksize: int,
-        generation: str,
-        use_dwc_mlp: bool,
-        use_lpu: bool,
-        expansion: int,
-        drop: float,
-        attn_drop: float,
-        drop_path: Sequence[float],
-        no_off: bool = False,
-        dwc_pe: bool = False,
-        layer_norm_eps: float = 1e-5,
-    ):
+    def __init__(self, config: StageConfig):
         super().__init__()
-        if len(stage_spec) != depth:
-            raise ValueError(f"stage_spec {list(stage_spec)} has {len(stage_spec)} letters for depth {depth}")
+        self.config = config
+        dim, depth = config.dim, config.depth
         self.depth = depth
-        self.stage_spec = list(stage_spec)
-        self.use_lpu = use_lpu
+        self.stage_spec = list(config.stage_spec)
+        self.use_lpu = config.use_lpu
         self.grad_checkpointing = False
-        self.proj = nn.Conv2d(dim_in, dim, 1) if dim_in != dim else nn.Identity()
-        self.layer_norms = nn.ModuleList([ChannelLayerNorm(dim, layer_norm_eps) for _ in range(2 * depth)])
-        mlp_cls = ConvMlp if use_dwc_mlp else Mlp
-        self.mlps = nn.ModuleList([mlp_cls(dim, expansion, drop) for _ in range(depth)])
-        self.attns = nn.ModuleList()
-        for kind in self.stage_spec:
-            if kind == "L":
-                attn = LocalAttention(dim, heads, window_size, attn_drop, drop, fmap_size)
-            elif kind == "S":
-                attn = ShiftWindowAttention(dim, heads, window_size, math.ceil(window_size / 2), fmap_size,
-                                            attn_drop, drop)
-            elif kind == "D":
-                attn = DeformableAttention(dim, heads, groups, fmap_size, stride, ksize, offset_range_factor,
-                                           use_pe, generation, attn_drop, drop, no_off=no_off, dwc_pe=dwc_pe)
-            elif kind == "N":
-                attn = NeighborhoodAttention2D(dim, nat_ksize, heads, attn_drop, drop)
-            else:
-                raise ValueError(f"unknown block kind {kind!r}; datvit supports {BLOCK_KINDS}")
-            self.attns.append(attn)
-        self.drop_path = nn.ModuleList([DropPath(p) if p > 0 else nn.Identity() for p in drop_path])
+        self.proj = nn.Conv2d(config.dim_in, dim, 1) if config.dim_in != dim else nn.Identity()
+        self.layer_norms = nn.ModuleList([ChannelLayerNorm(dim, config.layer_norm_eps) for _ in range(2 * depth)])
+        mlp_cls = ConvMlp if config.use_dwc_mlp else Mlp
+        self.mlps = nn.ModuleList([mlp_cls(dim, config.expansion, config.drop) for _ in range(depth)])
+        self.attns = nn.ModuleList([_block_attention(config, kind) for kind in self.stage_spec])
+        self.drop_path = nn.ModuleList([DropPath(p) if p > 0 else nn.Identity() for p in config.drop_path])
         self.local_perception_units = nn.ModuleList(
-            [nn.Conv2d(dim, dim, 3, 1, 1, groups=dim) if use_lpu else nn.Identity() for _ in range(depth)])
+            [nn.Conv2d(dim, dim, 3, 1, 1, groups=dim) if config.use_lpu else nn.Identity() for _ in range(depth)])
 
     def _block(self, x: torch.Tensor, d: int, reference: bool, return_positions: bool = False):
         """Block ``d`` on channels-last x (fast) or B×C×H×W x (reference)."""
@@ -148,7 +130,7 @@ class DATStage(nn.Module):
             x = self.proj(x) if reference else conv2d_channels_last(x, self.proj)
         positions = []
         for d in range(self.depth):
-            if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+            if self.grad_checkpointing and self.training:
                 x, pos = torch.utils.checkpoint.checkpoint(self._block, x, d, reference, return_positions,
                                                            use_reentrant=False)
             else:
@@ -162,7 +144,8 @@ class DAT(nn.Module):
 
     Arguments are the authors' constructor arguments (per-stage lists), plus ``generation`` (which set of
     geometric conventions to follow), ``in_chans``, ``dense_norms`` (one LayerNorm per stage output, as in the
-    authors' detection/segmentation backbones) and ``reference`` (use the plain reference path).
+    authors' detection/segmentation backbones) and ``reference`` (use the plain reference path). The per-stage
+    lists are read once, into one ``StageConfig`` per stage (``stages[i].config``).
     """
 
     def __init__(
@@ -204,9 +187,11 @@ class DAT(nn.Module):
                          groups=groups, strides=strides, offset_range_factor=offset_range_factor, use_pes=use_pes,
                          ksizes=ksizes, nat_ksizes=nat_ksizes, use_dwc_mlps=use_dwc_mlps, use_lpus=use_lpus,
                          no_offs=no_offs, dwc_pes=dwc_pes)
-        for name, value in per_stage.items():
-            if len(value) != num_stages:
-                raise ValueError(f"{name} has {len(value)} entries but there are {num_stages} stages (dims={dims})")
+        # every per-stage list is read here, once (and checked: one entry per stage, one letter per block)
+        configs = stage_configs(dims, per_stage, dim_stem=dim_stem, img_size=img_size, patch_size=patch_size,
+                                generation=generation, expansion=expansion, drop_rate=drop_rate,
+                                attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+                                layer_norm_eps=layer_norm_eps)
         if generation not in ("v1", "pp"):
             raise ValueError(f"generation must be 'v1' (DAT) or 'pp' (DAT++), got {generation!r}")
         if global_pool not in ("avg", ""):
@@ -232,19 +217,9 @@ class DAT(nn.Module):
         stem_cls = ConvStem if use_conv_patches else PatchStem
         self.patch_proj = stem_cls(in_chans, dim_stem, patch_size, layer_norm_eps)
 
-        fmap = img_size // patch_size
-        dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()  # also under a meta device
-        self.stages = nn.ModuleList()
-        self.feature_info = []
-        for i in range(num_stages):
-            dim_in = dim_stem if i == 0 else dims[i]
-            self.stages.append(DATStage(
-                dim_in, dims[i], depths[i], stage_spec[i], fmap, heads[i], window_sizes[i], groups[i], use_pes[i],
-                strides[i], offset_range_factor[i], ksizes[i], nat_ksizes[i], generation, use_dwc_mlps[i],
-                use_lpus[i], expansion, drop_rate, attn_drop_rate, dpr[sum(depths[:i]):sum(depths[:i + 1])],
-                no_off=no_offs[i], dwc_pe=dwc_pes[i], layer_norm_eps=layer_norm_eps))
-            self.feature_info.append(dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f"stages.{i}"))
-            fmap //= 2
+        self.stages = nn.ModuleList([DATStage(config=config) for config in configs])
+        self.feature_info = [dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f"stages.{i}")
+                             for i in range(num_stages)]
         self.down_projs = nn.ModuleList(
             [Downsample(dims[i], dims[i + 1], use_conv_patches, layer_norm_eps) for i in range(num_stages - 1)])
         self.norms = (nn.ModuleList([ChannelLayerNorm(d, layer_norm_eps) for d in dims]) if dense_norms else None)
@@ -324,11 +299,7 @@ class DAT(nn.Module):
         """Raise ValueError for inputs the network cannot take, naming the problem."""
         check_image_batch(x, self.in_chans, self.min_input_size, self.patch_size, len(self.stages))
 
-    def _to_nchw(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.reference else x.permute(0, 3, 1, 2)
-
-    def _stage_outputs(self, x: torch.Tensor, take: Optional[set[int]] = None, stop: Optional[int] = None,
-                       return_positions: bool = False):
+    def _stage_outputs(self, x: torch.Tensor, stop: Optional[int] = None, return_positions: bool = False):
         """Run stem and stages; yield (index, stage output in the internal layout, positions) per stage."""
         self.check_input(x)
         ref = self.reference
@@ -353,9 +324,9 @@ class DAT(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Image B×C×H×W → normalised last-stage map B×C'×H/32×W/32."""
-        for _, x, _ in self._stage_outputs(x):
+        for _, last, _ in self._stage_outputs(x):
             pass
-        return self._final_norm(x)
+        return self._final_norm(last)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Global average pool and classifier; ``pre_logits`` stops before the Linear."""
@@ -371,9 +342,9 @@ class DAT(nn.Module):
         """Logits plus, per stage, a list with (sampled positions, reference points) of every D block (None for
         other blocks); each B×G×Hk×Wk×2 in (y, x) order, normalised to [−1, 1]. For visualisation."""
         positions = []
-        for _, x, pos in self._stage_outputs(x, return_positions=True):
+        for _, last, pos in self._stage_outputs(x, return_positions=True):
             positions.append(pos)
-        return self.forward_head(self._final_norm(x)), positions
+        return self.forward_head(self._final_norm(last)), positions
 
     def forward_intermediates(
         self,
@@ -392,9 +363,9 @@ class DAT(nn.Module):
         take, max_index = feature_take_indices(len(self.stages), indices)
         intermediates = []
         stop = max_index if (stop_early or intermediates_only) else None
-        for i, x, _ in self._stage_outputs(x, stop=stop):
+        for i, last, _ in self._stage_outputs(x, stop=stop):
             if i in take:
-                y = x
+                y = last
                 if self.norms is not None:
                     y = self.norms[i].reference_forward(y) if self.reference else self.norms[i](y)
                 if self.reference:
@@ -404,7 +375,7 @@ class DAT(nn.Module):
                 intermediates.append(y)
         if intermediates_only:
             return intermediates
-        return self._final_norm(x), intermediates
+        return self._final_norm(last), intermediates
 
     def prune_intermediate_layers(self, indices: Union[int, list[int]] = 1, prune_norm: bool = False,
                                   prune_head: bool = True) -> list[int]:

@@ -19,13 +19,13 @@ import torch
 import yaml
 from torch import nn
 
-from .configs import model_config, pp_stage_spec, v1_stage_spec
+from .configs import model_config, stage_spec_for
 from .dat import DAT
 from .registry import VARIANTS
 
 # Small DAT v1 configurations for quick CPU runs (not registered with timm: they are training presets).
-# dat_nano: 2.3M parameters for 32×32 inputs — a 2×2 patch stem, dims 32/64/128/256, one L/S pair in stages 1–2,
-# an L/D pair in stages 3–4 (windows 4/4/4/2), as in measurements.md's Fashion-MNIST experiment.
+# dat_nano: 2.3M parameters for 32×32 inputs (Fashion-MNIST) — a 2×2 patch stem, dims 32/64/128/256, one L/S pair
+# in stages 1–2, an L/D pair in stages 3–4 (windows 4/4/4/2).
 PRESETS: dict[str, dict[str, Any]] = {
     "dat_nano": dict(
         generation="v1", img_size=32, patch_size=2, dim_stem=32, dims=[32, 64, 128, 256], depths=[2, 2, 2, 2],
@@ -110,8 +110,7 @@ def resolve_model_kwargs(
     custom = {**config, **overrides}
     kwargs = {**base, **custom, **{k: v for k, v in fixed.items() if v is not None}}
     if "stage_spec" not in custom and ("depths" in custom or "generation" in custom) and "depths" in kwargs:
-        make_spec = pp_stage_spec if kwargs.get("generation", "v1") == "pp" else v1_stage_spec
-        kwargs["stage_spec"] = make_spec(kwargs["depths"])
+        kwargs["stage_spec"] = stage_spec_for(kwargs["depths"], kwargs.get("generation", "v1"))
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
 
 
@@ -135,6 +134,7 @@ def model_from_arch(arch: Mapping[str, Any], **overrides: Any) -> nn.Module:
 
 
 def count_parameters(model: nn.Module) -> int:
+    """Number of parameters of ``model``, trainable or not (what the papers' tables count)."""
     return sum(p.numel() for p in model.parameters())
 
 
