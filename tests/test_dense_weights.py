@@ -124,6 +124,6 @@ def test_backbone_of_a_datvit_detector_checkpoint_fine_tunes_a_segmenter(tmp_pat
     torch.save({"model": det.state_dict(), "epoch": 3}, path)
     seg = build_segmenter(tiny_segmenter("upernet", "datpp_tiny"))
     report = load_backbone_weights(seg, path)
-    assert report.layout == "datvit dense model" and any(k.startswith("fpn.") for k in report.ignored)
+    assert report.layout == "datvit dense model" and any(k.startswith("backbone.fpn.") for k in report.ignored)
     ref = det.backbone.body.dat.state_dict()
     assert _same(seg.dat.state_dict(), ref, ref)

@@ -181,16 +181,21 @@ def create_loader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    collate_fn: Callable[[list], Any] = collate_skip_corrupt,
 ) -> DataLoader:
     """A DataLoader with an ``EpochSampler`` (call ``loader.sampler.set_epoch`` each epoch). Training loaders
-    shuffle, pad to the world size, drop the last partial batch and seed every sample's augmentation."""
+    shuffle, pad to the world size, drop the last partial batch and seed every sample's augmentation.
+
+    Every task trains on this one loader, so all share its exact resume and its workers' indifference to stop
+    signals; ``collate_fn`` is what a task's samples need (classification stacks images and labels, detection
+    keeps lists of images of different sizes, ``datvit.dense.collate_detection``)."""
     sampler = EpochSampler(len(dataset), world_size, rank, shuffle=training, seed=seed, pad=training,
                            per_sample_seeds=training)
     generator = torch.Generator()
     generator.manual_seed(seed + rank)
     return DataLoader(
         SeededDataset(dataset) if training else dataset, batch_size=batch_size, sampler=sampler,
-        num_workers=workers, collate_fn=collate_skip_corrupt, drop_last=training, pin_memory=pin_memory,
+        num_workers=workers, collate_fn=collate_fn, drop_last=training, pin_memory=pin_memory,
         generator=generator, persistent_workers=workers > 0,
         worker_init_fn=_worker_ignores_stop_signals if workers > 0 else None,
     )
@@ -248,11 +253,6 @@ def create_dataset(
             raise FileNotFoundError(f"{data_dir} has no '{split}' split folder")
         split_dir = data_dir  # the directory itself holds the class folders
     return ImageFolderDataset(split_dir, transform=transform, image_mode=image_mode, class_names=class_names)
-
-
-def dataset_classes(dataset: Dataset) -> list[str]:
-    """Class names of a dataset built by ``create_dataset``."""
-    return list(dataset.classes)
 
 
 def _posterize_any_bits(img, bits_to_keep: int, **_):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -23,11 +23,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..data.loader import EpochSampler, SeededDataset
+from ..data.loader import create_loader
+from ..models.factory import count_parameters
 from ..train import distributed as dist_utils
 from ..train.errors import TrainingError
 from ..train.precision import AmpPlan, autocast
 from ..train.task import MetricSpec, StepOutput, Task
+from .data import collate_detection, collate_segmentation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -163,24 +165,6 @@ def dense_param_groups(model: nn.Module, weight_decay: float, exempt_norm_layers
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def seeded_loader(dataset: Dataset, batch_size: int, training: bool, collate_fn: Any, args: argparse.Namespace,
-                  info: dist_utils.DistInfo) -> DataLoader:
-    """The engine's exactly-resumable loader (``datvit.data.loader.create_loader``) with a dense collate: an
-    ``EpochSampler`` and, for training, per-sample seeded augmentation (torchvision.transforms.v2 draws from the
-    torch generator that ``SeededDataset`` seeds)."""
-    sampler = EpochSampler(len(dataset), info.world_size, info.rank, shuffle=training, seed=args.seed,
-                           pad=training, per_sample_seeds=training)
-    generator = torch.Generator()
-    generator.manual_seed(args.seed + info.rank)
-    return DataLoader(SeededDataset(dataset) if training else dataset, batch_size=batch_size, sampler=sampler,
-                      num_workers=args.workers, collate_fn=collate_fn, drop_last=training,
-                      pin_memory=args.pin_mem, generator=generator, persistent_workers=args.workers > 0)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def load_dense_backbone(model: nn.Module, path: str, log: Any) -> None:
     from . import load_backbone_weights
 
@@ -209,6 +193,7 @@ class _DenseTask(Task):
 
     config_cls: type
     kind_default: str
+    collate_fn: Callable[[list], Any]
 
     def build_model(self) -> nn.Module:
         args = self.args
@@ -221,6 +206,22 @@ class _DenseTask(Task):
 
     def optimizer_params(self, model: nn.Module) -> Any:
         return dense_param_groups(model, self.args.weight_decay, exempt_norm_layers=self.exempt_norm_layers)
+
+    def create_loader(self, dataset: Dataset, batch_size: int, training: bool) -> DataLoader:
+        """The loader every task uses, with this task's collate (torchvision.transforms.v2 draws from the torch
+        generator that the loader seeds per sample, so dense augmentation resumes exactly too)."""
+        args, info = self.args, self.info
+        return create_loader(dataset, batch_size, training=training, workers=args.workers, seed=args.seed,
+                             rank=info.rank, world_size=info.world_size, pin_memory=args.pin_mem,
+                             collate_fn=self.collate_fn)
+
+    def batch_problems(self, batch: Any) -> list[tuple[str, str]]:
+        return [(s.path, s.error) for s in batch.corrupt]
+
+    def _report_skipped(self, dataset: Any, split: str) -> None:
+        summary = dataset.skip_summary() if dataset is not None else ""
+        if summary:
+            self.warn(f"{split}: {summary}")
 
     def checkpoint_record(self) -> dict[str, Any]:
         return {"dense_config": config_to_dict(self.dense_config), "class_names": self.class_names, "arch": None,
@@ -259,6 +260,7 @@ class DetectionTask(_DenseTask):
     kind_default = "mask_rcnn"
     find_unused_parameters = True   # a batch without positive proposals leaves the mask head without gradient
     exempt_norm_layers = True
+    collate_fn = staticmethod(collate_detection)
     metrics = MetricSpec(
         best="eval_bbox_mAP",
         eval_columns=(("eval_bbox_mAP", "bbox_mAP", ".3f"), ("eval_bbox_mAP50", "bbox_mAP50", ".3f"),
@@ -298,11 +300,6 @@ class DetectionTask(_DenseTask):
             raise TrainingError(f"--num-classes {args.num_classes} but the dataset has {len(self.class_names)} "
                                 "categories")
 
-    def _report_skipped(self, dataset: Any, split: str) -> None:
-        summary = dataset.skip_summary() if dataset is not None else ""
-        if summary:
-            self.warn(f"{split}: {summary}")
-
     def _build(self, cfg: Any) -> nn.Module:
         from . import build_detector
         if self.args.img_size:
@@ -320,13 +317,6 @@ class DetectionTask(_DenseTask):
         self.train_set.transforms = detection_transforms(True, **self.args.aug_kwargs)
         if self.eval_set is not None:  # evaluation: no transform (the detector resizes images itself)
             self.eval_set.transforms = None
-
-    def create_loader(self, dataset: Dataset, batch_size: int, training: bool) -> DataLoader:
-        from . import collate_detection
-        return seeded_loader(dataset, batch_size, training, collate_detection, self.args, self.info)
-
-    def batch_problems(self, batch: Any) -> list[tuple[str, str]]:
-        return [(s.path, s.error) for s in batch.corrupt]
 
     def training_loss(self, model: nn.Module, batch: Any, epoch: int) -> StepOutput:
         images, targets, weight = batch.images, batch.targets, 1.0
@@ -402,7 +392,8 @@ class SegmentationTask(_DenseTask):
 
     name = "segmentation"
     kind_default = "upernet"
-    exempt_norm_layers = False  # mmseg's configs exempt only the names (dense-spec.md §4)
+    exempt_norm_layers = False  # mmseg's configs exempt parameters by name only, not whole normalisation layers
+    collate_fn = staticmethod(collate_segmentation)
     metrics = MetricSpec(
         best="eval_mIoU",
         eval_columns=(("eval_loss", "eval_loss", ".4f"), ("eval_mIoU", "mIoU", ".2f"), ("eval_aAcc", "aAcc", ".2f")),
@@ -443,9 +434,8 @@ class SegmentationTask(_DenseTask):
         except FileNotFoundError as e:
             self.warn(f"no evaluation split ({e}); best.pth will follow the training loss")
             self.eval_set = None
-        for dataset, split in ((self.train_set, args.train_split), (self.eval_set, args.val_split)):
-            if dataset is not None and dataset.skip_summary():
-                self.warn(f"{split}: {dataset.skip_summary()}")
+        self._report_skipped(self.train_set, args.train_split)
+        self._report_skipped(self.eval_set, args.val_split)
 
     def _build(self, cfg: Any) -> nn.Module:
         from . import build_segmenter
@@ -465,13 +455,6 @@ class SegmentationTask(_DenseTask):
         if self.eval_set is not None:
             self.eval_set.transforms = segmentation_transforms(False, crop=args.crop_size, scale=args.img_scale,
                                                                mean=data["mean"], std=data["std"])
-
-    def create_loader(self, dataset: Dataset, batch_size: int, training: bool) -> DataLoader:
-        from . import collate_segmentation
-        return seeded_loader(dataset, batch_size, training, collate_segmentation, self.args, self.info)
-
-    def batch_problems(self, batch: Any) -> list[tuple[str, str]]:
-        return [(s.path, s.error) for s in batch.corrupt]
 
     def training_loss(self, model: nn.Module, batch: Any, epoch: int) -> StepOutput:
         from . import segmentation_loss

@@ -25,9 +25,10 @@ from ..models.checkpoint import (CheckpointError, describe_architecture, extract
                                  key_mismatches, read_checkpoint)
 
 _DENSE_PREFIXES = ("backbone.",)
-# Where the backbone sits inside datvit's own dense models (after extract_state_dict strips "backbone."): a
-# torchvision detector (backbone.body.body[.model]) and a Segmenter (net.encoder.model[.model]).
-_DATVIT_DENSE_PREFIXES = ("body.body.model.", "body.body.", "net.encoder.model.model.", "net.encoder.model.")
+# Where the backbone sits inside datvit's own dense models: a torchvision detector (backbone.body.body[.model]) and
+# a Segmenter (net.encoder.model[.model]).
+_DATVIT_DENSE_PREFIXES = ("backbone.body.body.model.", "backbone.body.body.", "net.encoder.model.model.",
+                          "net.encoder.model.")
 _NORM_KEY = re.compile(r"norms\.(\d+)\.")
 
 

@@ -230,10 +230,13 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = False, source: str = "ch
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{source} holds no state_dict: expected a dict of tensors or a dict with 'model', "
                               f"found {_describe_object(checkpoint)}")
+    # "backbone." is mmdet's place for the backbone, stripped from a file of backbone keys only; in a whole
+    # detector (datvit's own: backbone, rpn, roi_heads) it is part of every backbone key's name.
+    only_backbone = all(str(k).startswith("backbone.") for k in state)
     out = {}
     for key, value in state.items():
         for prefix in _PREFIXES:
-            if key.startswith(prefix):
+            if key.startswith(prefix) and (prefix != "backbone." or only_backbone):
                 key = key[len(prefix):]
         out[key] = value
     return out
