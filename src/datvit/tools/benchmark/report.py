@@ -34,11 +34,8 @@ def compute_ratios(results: list[dict]) -> list[dict]:
     """Throughput ratios per (model, mode, kind, batch): fast/reference and each DAT path over each baseline, from
     the medians and (suffix ``_best``) from the best calls."""
     ratios = []
-    keys = []
-    for r in results:
-        key = (r["model"], r["mode"], r["kind"], r["batch"])
-        if r["path"] in ("fast", "reference") and key not in keys:
-            keys.append(key)
+    keys = dict.fromkeys((r["model"], r["mode"], r["kind"], r["batch"]) for r in results
+                         if r["path"] in ("fast", "reference"))
     for model, mode, kind, batch in keys:
         row: dict[str, Any] = dict(model=model, mode=mode, kind=kind, batch=batch)
         fast = _find(results, model=model, path="fast", mode=mode, kind=kind, batch=batch)
@@ -145,12 +142,7 @@ def results_table(report: dict) -> str:
     header += [f"train b{b} peak MB" for b in train_batches]
     header += ["busy other cores"]
     rows = []
-    seen = []
-    for r in results:
-        key = (r["label"], r["mode"])
-        if key not in seen:
-            seen.append(key)
-    for label, mode in seen:
+    for label, mode in dict.fromkeys((r["label"], r["mode"]) for r in results):
         rs = [r for r in results if r["label"] == label and r["mode"] == mode]
         first = rs[0]
         row = [first["model"], first["path"], mode]
@@ -307,11 +299,7 @@ def bar_chart(report: dict, path) -> None:
     import matplotlib.pyplot as plt
 
     results = report["results"]
-    groups = []
-    for r in results:
-        key = (r["mode"], r["kind"], r["batch"])
-        if key not in groups:
-            groups.append(key)
+    groups = list(dict.fromkeys((r["mode"], r["kind"], r["batch"]) for r in results))
     panels = len(groups) + (1 if report.get("module") else 0)
     cols = min(3, max(panels, 1))
     rows_n = -(-panels // cols)

@@ -131,10 +131,9 @@ def compile_task(task: dict[str, Any]) -> dict[str, Any]:
         from datvit.deploy import optimize_for_inference
 
         # what a deployment runs: inductor freezing (constant weights, pre-packed GEMMs) under no_grad
-        compiled = optimize_for_inference(model, mode=mode, fullgraph=bool(task.get("fullgraph", False)))
+        compiled = optimize_for_inference(model, mode=mode)
     else:
-        compiled = torch.compile(model, mode=None if mode == "default" else mode,
-                                 fullgraph=bool(task.get("fullgraph", False)))
+        compiled = torch.compile(model, mode=None if mode == "default" else mode)
     if kind == "inference":
         model.eval()
         eager = common.inference_fn(model, x, device, autocast)
