@@ -45,7 +45,7 @@ demo: $(CORE) fashion-mnist
 # `make demo-dense`: Fashion-MNIST scenes (128×128, boxes + instance masks + semantic maps) written offline, then a
 # DAT-nano Mask R-CNN and UperNet and the same two with a convnext_atto backbone trained a few minutes each;
 # report.md with mAP, mIoU, curves and predictions in demo_output/dense/. DENSE_ARGS go to `datvit demo-dense`
-# (e.g. DENSE_ARGS='--epochs 1', or '--fashion-mnist-dir DIR').
+# (e.g. DENSE_ARGS='--epochs 1', or '--data-dir DIR').
 DENSE_ARGS ?=
 
 demo-dense: $(DENSE) fashion-mnist

@@ -13,8 +13,22 @@ from train_helpers import checkpoint_position, load_weights, max_abs_diff, run_d
 
 
 def _parse(argv: list[str]):
+    """The settings ``datvit det|seg train ...`` resolves before opening the data: defaults < recipe < YAML < flags."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from datvit.cli._run_args import settings_layers
     from datvit.cli.main import build_parser
-    return build_parser().parse_args(argv)
+    from datvit.dense.tasks import DetectionTask, SegmentationTask
+    from datvit.train.config import merge_settings
+
+    parser = build_parser()
+    task = DetectionTask() if argv[0] == "det" else SegmentationTask()
+    cls = task.run_config_cls
+    given = merge_settings(cls, settings_layers(parser, parser.parse_args(argv), cls))
+    defaults = dataclasses.asdict(cls())
+    merged = merge_settings(cls, [("defaults", defaults), ("recipe", task.recipe(given)), ("settings", given)])
+    return SimpleNamespace(**({k: None for k in defaults} | merged))
 
 
 def test_shipped_configs_reproduce_the_authors_recipes():

@@ -9,8 +9,9 @@ import timm
 import torch
 
 import datvit
-from datvit.deploy import (InferenceOptimization, add_inference_optimization_arguments, optimize_for_inference,
-                           optimize_from_args)
+import datvit.cli._deploy_args
+from datvit.cli._deploy_args import add_inference_optimization_arguments, optimize_from_args
+from datvit.deploy import InferenceOptimization, optimize_for_inference
 from train_helpers import TINY_MODEL_KWARGS
 
 
@@ -110,11 +111,12 @@ def test_bf16_options_flag_and_refusal(monkeypatch):
         InferenceOptimization(dtype="bfloat16", quantize="int8")
     p = argparse.ArgumentParser()
     add_inference_optimization_arguments(p)
-    assert p.parse_args(["--amp"]).inference_amp and not p.parse_args([]).inference_amp
+    assert p.parse_args(["--amp"]).amp and not p.parse_args([]).amp
     calls = []
-    monkeypatch.setattr(datvit.deploy, "optimize_for_inference", lambda model, **kw: calls.append(kw) or model)
+    monkeypatch.setattr(datvit.cli._deploy_args, "optimize_for_inference", lambda model, opt: calls.append(opt) or model)
     optimize_from_args(torch.nn.Linear(2, 2), p.parse_args(["--amp"]))
-    assert calls == [dict(compile=False, freezing=False, mode="default", quantize=None, dtype="bfloat16")]
+    assert calls == [InferenceOptimization(compile=False, freezing=False, mode="default", quantize=None,
+                                           dtype="bfloat16")]
     monkeypatch.undo()
     monkeypatch.setattr(datvit.deploy, "cpu_native_bf16", lambda: False)
     with pytest.raises(ValueError, match="native bf16"):

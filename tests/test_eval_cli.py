@@ -29,7 +29,7 @@ def _eval(capsys, argv):
 def test_eval_our_checkpoint_matches_training_eval(run, capsys, tmp_path):
     run_dir, _ = run
     results = tmp_path / "r.json"
-    code, out, _ = _eval(capsys, ["--checkpoint", str(run_dir / "last.pth"), "--results-file", str(results)])
+    code, out, _ = _eval(capsys, ["--checkpoint", str(run_dir / "last.pth"), "--output", str(results)])
     assert code == 0 and "top-1" in out
     r = json.loads(results.read_text())
     row = torch.load(run_dir / "last.pth", weights_only=True)["history"]["epochs"][-1]
@@ -43,7 +43,7 @@ def test_eval_at_another_resolution_and_crop(run, capsys, tmp_path):
     results = tmp_path / "r.json"
     code, _, _ = _eval(capsys, ["--checkpoint", str(run_dir / "best.pth"), "--data-dir", str(data / "val"),
                                 "--img-size", "48", "--crop-pct", "1.0", "--interpolation", "bilinear",
-                                "--use-ema", "--results-file", str(results)])
+                                "--use-ema", "--output", str(results)])
     assert code == 0
     r = json.loads(results.read_text())
     assert (r["img_size"], r["crop_pct"], r["interpolation"], r["ema"]) == (48, 1.0, "bilinear", True)

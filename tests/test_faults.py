@@ -22,6 +22,7 @@ import torch
 import datvit.train.classification as classification
 import datvit.train.engine as engine
 from datvit.cli.main import build_parser
+from datvit.cli.train import train_layers
 from train_helpers import TINY_MODEL_ARGS, free_port, make_image_folder, max_abs_diff, subprocess_env
 
 # 13 images (one corrupt) in batches of 4: 3 steps per epoch, 6 in all
@@ -387,9 +388,8 @@ def test_non_finite_weights_are_never_saved(data, tmp_path, monkeypatch, capsys)
 
 def test_grad_scaler_skipped_steps_are_counted(data, tmp_path, capsys):
     """GradScaler works on CPU: an inf gradient at step 2 makes it skip that step and halve the scale."""
-    args = build_parser().parse_args(["train", "--data-dir", str(data), *COMMON, "--output", str(tmp_path),
-                                      "--experiment", "run", "--max-bad-steps", "1"])
-    trainer = engine.Trainer(args)
+    trainer = engine.Trainer(train_layers(["--data-dir", str(data), *COMMON, "--output", str(tmp_path),
+                                           "--experiment", "run", "--max-bad-steps", "1"]))
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     param = next(trainer.model.parameters())
     param.register_hook(lambda g: g * float("inf") if trainer.step == 1 else g)

@@ -2,14 +2,15 @@
 models, weight-decay groups and the CPU mixed-precision policy."""
 from __future__ import annotations
 
-import argparse
+import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
-from datvit.cli.main import build_parser
-from datvit.train.config import apply_recipe, scaled_lr
+from datvit.cli.train import train_layers
+from datvit.train.config import ConfigError, TrainConfig, config_to_dict, merge_settings, recipe_for, scaled_lr
 from datvit.train.engine import Trainer, TrainingError
 from datvit.train.modeling import PRESETS, create_model, resolve_model_kwargs
 from datvit.train.precision import cpu_flags, cpu_has_native_bf16, resolve_amp
@@ -17,17 +18,30 @@ from train_helpers import TINY_MODEL_ARGS, make_image_folder
 
 
 def parse(argv):
-    return build_parser().parse_args(["train", *argv])
+    """The layers of settings ``datvit train ARGV`` gives the engine."""
+    return train_layers(argv)
+
+
+def given(argv):
+    """What the command line and its YAML file set (before the recipe and the data fill in the rest)."""
+    return merge_settings(TrainConfig, parse(argv))
+
+
+def with_recipe(argv, kind):
+    defaults = dataclasses.asdict(TrainConfig())
+    unset = {k: None for k in defaults}
+    return unset | merge_settings(TrainConfig, [("defaults", defaults), ("recipe", recipe_for(kind)),
+                                                ("settings", given(argv))])
 
 
 def test_yaml_sets_defaults_and_flags_override(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"epochs": 7, "batch-size": 32, "lr": 0.01, "model_kwargs": {"dims": [8, 16]},
                                    "model-ema": True}))
-    args = parse(["-c", str(cfg), "--lr", "0.5", "--model-kwargs", "depths=[1,1]", "--no-model-ema"])
-    assert args.epochs == 7 and args.batch_size == 32
-    assert args.lr == 0.5 and args.model_ema is False
-    assert args.model_kwargs == {"dims": [8, 16], "depths": [1, 1]}  # merged, flags win per key
+    args = given(["-c", str(cfg), "--lr", "0.5", "--model-kwargs", "depths=[1,1]", "--no-model-ema"])
+    assert args["epochs"] == 7 and args["batch_size"] == 32
+    assert args["lr"] == 0.5 and args["model_ema"] is False
+    assert args["model_kwargs"] == {"dims": [8, 16], "depths": [1, 1]}  # merged, flags win per key
 
 
 def test_yaml_with_unknown_key_is_rejected(tmp_path, capsys):
@@ -39,7 +53,7 @@ def test_yaml_with_unknown_key_is_rejected(tmp_path, capsys):
 
 
 def test_imagenet_recipe_is_the_papers():
-    args = apply_recipe(parse([]), "folder")
+    args = SimpleNamespace(**with_recipe([], "folder"))
     assert (args.opt, args.weight_decay, args.sched, args.warmup_epochs, args.clip_grad) == \
         ("adamw", 0.05, "cosine", 20, 5.0)
     assert (args.smoothing, args.aa, args.reprob, args.mixup, args.cutmix) == \
@@ -47,12 +61,12 @@ def test_imagenet_recipe_is_the_papers():
     assert (args.crop_pct, args.interpolation, args.model_ema, args.epochs) == (0.875, "bicubic", True, 300)
     assert args.linear_init == "model" and args.drop_path is None  # the variant's drop path
     assert scaled_lr(args.lr_base, 512, args.lr_base_size) == pytest.approx(5e-4)  # 1e-3 × batch / 1024
-    overridden = apply_recipe(parse(["--mixup", "0", "--aa", "none", "--smoothing", "0.2"]), "folder")
-    assert (overridden.mixup, overridden.aa, overridden.smoothing) == (0, None, 0.2)
+    overridden = with_recipe(["--mixup", "0", "--aa", "none", "--smoothing", "0.2"], "folder")
+    assert (overridden["mixup"], overridden["aa"], overridden["smoothing"]) == (0, "none", 0.2)
 
 
 def test_fashion_mnist_recipe_is_single_channel_small():
-    args = apply_recipe(parse([]), "fashion_mnist")
+    args = SimpleNamespace(**with_recipe([], "fashion_mnist"))
     assert (args.in_chans, args.img_size, args.model, args.mixup, args.aa) == (1, 32, "dat_nano", 0.0, None)
     assert (args.drop_path, args.linear_init, args.crop_pct) == (0.0, "torch", 1.0)
 
@@ -168,3 +182,46 @@ def test_linear_init_torch_resets_linear_layers():
     assert reset_linear_layers(model) == len(weights)
     fan_in_32 = [w for w in weights if w.shape[1] == 32]
     assert fan_in_32 and all(abs(w.std().item() - (1 / 32) ** 0.5 / 3 ** 0.5) < 0.02 for w in fan_in_32)
+
+
+def test_run_config_is_frozen_resolved_once_and_saved(tmp_path):
+    """The config a Trainer holds is frozen and complete (no None for what the recipe or the model decide), and
+    args.yaml is that config as written."""
+    data = make_image_folder(tmp_path / "d", 2, 1, corrupt=False)
+    trainer = Trainer(parse(["--data-dir", str(data), "--model", "dat_tiny", "--model-kwargs", "img_size=64",
+                             "dim_stem=16", "dims=[16,32,64,128]", "depths=[1,1,2,1]", "heads=[1,2,4,8]",
+                             "groups=[-1,-1,1,2]", "window_sizes=[4,4,4,4]", "--output", str(tmp_path / "o"),
+                             "--workers", "0", "-b", "2", "--experiment", "run"]))
+    config = trainer.config
+    assert isinstance(config, TrainConfig)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+    # img_size from the model's default, num_classes from the data, lr from the global batch, aa from the recipe
+    assert (config.img_size, config.num_classes, config.dataset) == (64, 3, "folder")
+    assert config.lr == pytest.approx(scaled_lr(1e-3, 2, 1024))
+    assert config.mean == list(config.mean) and len(config.std) == 3
+    saved = yaml.safe_load((tmp_path / "o" / "run" / "args.yaml").read_text())
+    assert saved == config_to_dict(config) and saved["img_size"] == 64 and saved["experiment"] == "run"
+
+
+def test_layers_drop_the_other_unit_of_the_run_length(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("iters: 500\nwarmup_iters: 10\n")
+    assert "epochs" not in merge_settings(TrainConfig, [("recipe", {"epochs": 300}), *parse(["-c", str(cfg)])])
+    merged = merge_settings(TrainConfig, [("recipe", {"epochs": 300}), *parse(["-c", str(cfg), "--epochs", "2"])])
+    assert merged["epochs"] == 2 and "iters" not in merged
+    with pytest.raises(ConfigError, match=r"unknown option\(s\) batchsize \(did you mean batch_size\?\)"):
+        merge_settings(TrainConfig, [("x.yaml", {"batchsize": 8})])
+
+
+def test_resume_names_the_settings_that_differ(tmp_path, capsys):
+    data = make_image_folder(tmp_path / "d", 2, 1, corrupt=False)
+    base = ["--data-dir", str(data), *TINY_MODEL_ARGS, "--output", str(tmp_path / "o"), "--workers", "0", "-b", "2",
+            "--experiment", "run", "--epochs", "1", "--no-progress"]
+    Trainer(parse(base)).fit()
+    capsys.readouterr()
+    Trainer(parse([*base, "--resume", "auto", "--lr", "0.01", "--epochs", "2"]))
+    err = capsys.readouterr().err
+    assert "settings that differ from the checkpoint's" in err
+    assert "epochs: 1 → 2" in err and "lr: " in err and "→ 0.01" in err
+    assert "resume:" not in err   # the flag that asks to resume is not a difference

@@ -12,7 +12,6 @@ after the second size).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -154,36 +153,3 @@ def quantize_int8(model: nn.Module) -> nn.Module:
             convert()
     quantize_(model, Int8DynamicActivationInt8WeightConfig())
     return model
-
-
-# -- command-line helper (for `datvit eval` / `datvit predict`) ---------------------------------------------------
-
-def add_inference_optimization_arguments(parser: argparse.ArgumentParser, amp: bool = True) -> None:
-    """``--compile`` (torch.compile with inductor freezing), ``--compile-mode``, ``--int8`` and (with ``amp``;
-    ``datvit eval`` has its own) ``--amp``: bf16 autocast."""
-    g = parser.add_argument_group("inference speed")
-    if amp:
-        g.add_argument("--amp", action="store_true", dest="inference_amp",
-                       help="bf16 autocast (GPUs; CPUs with native bf16, AVX512-BF16 or AMX): with --compile "
-                            "dat_tiny runs ~1.8x its float32 speed on such a CPU; logits to bf16 accuracy")
-    g.add_argument("--compile", action="store_true",
-                   help="torch.compile the model with inductor freezing (datvit.optimize_for_inference): faster "
-                        "batches after a one-off compile of a minute or more")
-    g.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
-                   help="torch.compile mode with --compile (max-autotune: tunes kernels, longer compile)")
-    g.add_argument("--int8", action="store_true",
-                   help="int8 weights and activations in every Linear (torchao, pip install 'datvit[int8]'); with "
-                        "--compile dat_tiny runs ~1.5x its float32 eager speed, accuracy within ~0.1 point on the "
-                        "demo's model")
-
-
-def optimize_from_args(model: nn.Module, args: argparse.Namespace) -> nn.Module:
-    """Apply what :func:`add_inference_optimization_arguments` parsed (the model unchanged without --compile,
-    --int8 or --amp)."""
-    compile_, int8 = getattr(args, "compile", False), getattr(args, "int8", False)
-    bf16 = getattr(args, "inference_amp", False)
-    if not (compile_ or int8 or bf16):
-        return model
-    return optimize_for_inference(model, compile=compile_, freezing=compile_,
-                                  mode=getattr(args, "compile_mode", "default"), quantize="int8" if int8 else None,
-                                  dtype="bfloat16" if bf16 else None)

@@ -2,9 +2,10 @@
 their arguments — timm's names where the classification trainer has them, torchvision/mmdet/mmseg words for what
 only dense tasks have, the recipes of the authors' dense configs as defaults.
 
-Resolution order (later wins): the task's recipe (``DETECTION_RECIPE`` / ``SEGMENTATION_RECIPE``: the authors'
-Mask R-CNN 1× and UperNet 160k settings, dense-spec.md §4) < a YAML config given with ``-c`` (the shipped ones
-are named after the authors' configs, e.g. ``mask_rcnn_datpp_tiny_1x.yaml``) < flags.
+Training flags default to "not given" (``argparse.SUPPRESS``): the task's recipe
+(``datvit.dense.run_config``: the authors' Mask R-CNN 1× and UperNet 160k settings) < a YAML config given with
+``-c`` (the shipped ones are named after the authors' configs, e.g. ``mask_rcnn_datpp_tiny_1x.yaml``) < flags, laid
+over each other once by ``datvit.train.resolve``.
 
 Nothing here imports ``datvit.dense`` (segmentation_models_pytorch takes seconds to import): the parsers are built
 for every ``datvit`` call, the library is loaded only by the action that runs.
@@ -12,103 +13,88 @@ for every ``datvit`` call, the library is loaded only by the action that runs.
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
-from ..train.config import ConfigFileParser, UpdateKwargs, add_engine_arguments
+from ..train.config import default_workers
+from ._run_args import UpdateKwargs, add_config_argument, add_engine_arguments, settings_layers
 from ._errors import run_with_user_errors
-
-# Mask R-CNN / RetinaNet 1× (DAT-Detection `configs/dat/*_1x*.py`): AdamW lr 4e-4 at ≈64 images per iteration
-# (scaled linearly to the run's global batch), wd 0.05, step decay ×0.1 after epochs 8 and 11 of 12, linear
-# warm-up over 500 iterations from lr × 1e-3, 2 images per GPU, no grad clipping, short side 800 / long ≤ 1333.
-DETECTION_RECIPE: dict[str, Any] = dict(
-    preset="mask_rcnn_datpp_tiny_1x", batch_size=2, epochs=12, opt="adamw", lr=None, lr_base=4e-4, lr_base_size=64,
-    weight_decay=0.05, sched="multistep", decay_milestones=[8, 11], decay_rate=0.1, warmup_epochs=0.0,
-    warmup_iters=500, warmup_ratio=1e-3, warmup_lr=1e-6, min_lr=0.0, clip_grad=None, model_ema=False,
-    model_ema_decay=0.9998, img_size=None, max_size=None, val_split="val", train_split="train", output="output/det",
-)
-# UperNet 160k (DAT-Segmentation `configs/dat/upernet_dat_*`): AdamW lr 6e-5 at 16 images per iteration, wd 0.01,
-# poly (power 1) to 0 after a 1,500-iteration linear warm-up from lr × 1e-6, 160k iterations, crop 512.
-SEGMENTATION_RECIPE: dict[str, Any] = dict(
-    preset="upernet_datpp_tiny_160k", batch_size=2, epochs=None, iters=160_000, opt="adamw", lr=None, lr_base=6e-5,
-    lr_base_size=16, weight_decay=0.01, sched="poly", decay_rate=1.0, warmup_epochs=0.0, warmup_iters=1500,
-    warmup_ratio=1e-6, warmup_lr=1e-6, min_lr=0.0, clip_grad=None, model_ema=False, model_ema_decay=0.9998,
-    crop_size=512, img_scale=[2048, 512], val_split="val", train_split="train", output="output/seg",
-)
 
 DET_KINDS = ("mask_rcnn", "faster_rcnn", "retinanet")
 SEG_KINDS = ("upernet", "fpn")
 
 
-def _workers_default() -> int:
-    return min(4, max((os.cpu_count() or 1) - 1, 0))
-
-
 def build_train_parser(p: argparse.ArgumentParser, task: str) -> argparse.ArgumentParser:
-    """Every ``datvit det train`` / ``datvit seg train`` argument, on ``p`` (a ConfigFileParser)."""
+    """Every ``datvit det train`` / ``datvit seg train`` argument, on ``p`` (flags not given leave no attribute)."""
     det = task == "detection"
-    p.add_argument("-c", "--config", default=None, metavar="FILE",
-                   help="YAML file of argument defaults (keys are the flag names); flags override it. A name "
-                        "without a path (e.g. mask_rcnn_datpp_tiny_1x.yaml) is looked up among datvit's configs")
+    add_config_argument(p, "YAML file of settings (keys are the flag names); flags override it. A name without a "
+                           "path (e.g. mask_rcnn_datpp_tiny_1x.yaml) is looked up among datvit's configs")
     g = p.add_argument_group("dataset")
     if det:
-        g.add_argument("--data-dir", default=None, metavar="DIR",
+        g.add_argument("--data-dir", metavar="DIR",
                        help="COCO-style directory: DIR/<split>/ images and DIR/annotations/instances_<split>.json")
     else:
-        g.add_argument("--data-dir", default=None, metavar="DIR",
+        g.add_argument("--data-dir", metavar="DIR",
                        help="ADE20K-style directory: DIR/images/<split>/*.jpg and DIR/annotations/<split>/*.png "
                             "(index masks, 255 = ignore)")
-    g.add_argument("--train-split", default=None, help="training split (COCO: train2017; ADE20K: training)")
-    g.add_argument("--val-split", default=None, help="evaluation split (COCO: val2017; ADE20K: validation)")
-    g.add_argument("--num-classes", type=int, default=None, help="number of classes (default: the dataset's)")
+    g.add_argument("--train-split", help="training split (COCO: train2017; ADE20K: training)")
+    g.add_argument("--val-split", help="evaluation split (COCO: val2017; ADE20K: validation)")
+    g.add_argument("--num-classes", type=int, help="number of classes (default: the dataset's)")
     if det:
-        g.add_argument("--img-size", type=int, default=None,
+        g.add_argument("--img-size", type=int,
                        help="short side the detector resizes images to (torchvision min_size; default: the preset's, "
                             "800 for the COCO configs)")
-        g.add_argument("--max-size", type=int, default=None, help="long-side limit (torchvision max_size; 1333)")
+        g.add_argument("--max-size", type=int, help="long-side limit (torchvision max_size; 1333)")
     else:
-        g.add_argument("--crop-size", type=int, default=None, help="training crop (512 for ADE20K)")
-        g.add_argument("--img-scale", type=int, nargs=2, default=None, metavar=("LONG", "SHORT"),
+        g.add_argument("--crop-size", type=int, help="training crop (512 for ADE20K)")
+        g.add_argument("--img-scale", type=int, nargs=2, metavar=("LONG", "SHORT"),
                        help="images are rescaled to fit LONG×SHORT (training: times a random ratio, "
                             "--aug-kwargs ratio_range='[0.5,2.0]'; evaluation: as is); ADE20K: 2048 512")
-        g.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=False,
+        g.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction,
                        help="label 0 is 'other' and ignored; classes shift down by one (ADE20K needs it)")
-        g.add_argument("--eval-mode", default="whole", choices=("whole", "slide"),
+        g.add_argument("--eval-mode", choices=("whole", "slide"),
                        help="evaluation on whole images padded to /32 (the authors' ADE20K test) or sliding "
                             "windows of --crop-size")
-        g.add_argument("--eval-stride", type=int, default=None, help="sliding-window stride (default 2/3 crop)")
-    g.add_argument("--aug-kwargs", nargs="*", default={}, action=UpdateKwargs, metavar="KEY=VALUE",
+        g.add_argument("--eval-stride", type=int, help="sliding-window stride (default 2/3 crop)")
+    g.add_argument("--aug-kwargs", nargs="*", action=UpdateKwargs, metavar="KEY=VALUE",
                    help=f"arguments of datvit.dense.{'detection' if det else 'segmentation'}_transforms(train=True) "
                         "(resize ratio range, flip, ...)")
-    g.add_argument("--workers", "-j", type=int, default=_workers_default(), help="DataLoader workers per rank")
+    g.add_argument("--workers", "-j", type=int, help="DataLoader workers per rank")
     g.add_argument("--pin-mem", action="store_true", help="pin CPU memory of batches (GPU training)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--preset", default=None,
+    g.add_argument("--preset",
                    help="a datvit.dense.DENSE_PRESETS name (the authors' settings, e.g. "
                         f"{'mask_rcnn_datpp_tiny_1x' if det else 'upernet_datpp_tiny_160k'}); flags override it")
     kinds = DET_KINDS if det else SEG_KINDS
-    g.add_argument("--detector" if det else "--segmenter", default=None, choices=kinds,
+    g.add_argument("--detector" if det else "--segmenter", choices=kinds,
                    help="the head (default: the preset's)")
-    g.add_argument("--model", default=None,
+    g.add_argument("--model",
                    help="backbone: any DAT/DAT++ variant (datpp_tiny, dat_tiny, ...) or a timm CNN (resnet18, "
                         "convnext_atto) for comparisons")
-    g.add_argument("--model-kwargs", nargs="*", default={}, action=UpdateKwargs, metavar="KEY=VALUE",
+    g.add_argument("--model-kwargs", nargs="*", action=UpdateKwargs, metavar="KEY=VALUE",
                    help="backbone constructor arguments, e.g. dims='[32,64,128,256]'")
-    g.add_argument("--head-kwargs", nargs="*", default={}, action=UpdateKwargs, metavar="KEY=VALUE",
+    g.add_argument("--head-kwargs", nargs="*", action=UpdateKwargs, metavar="KEY=VALUE",
                    help=f"other {'DetectorConfig' if det else 'SegmenterConfig'} fields, e.g. "
                         + ("fpn_channels=128 rpn_post_nms_top_n_train=300" if det else "decoder_channels=256 aux_head=false"))
-    g.add_argument("--drop-path", type=float, default=None, help="backbone stochastic depth (default: the preset's)")
-    g.add_argument("--out-indices", type=int, nargs="+", default=None, help="backbone stages fed to the neck")
-    g.add_argument("--frozen-stages", type=int, default=None, help="freeze the stem and stages up to this index")
-    g.add_argument("--backbone-weights", default=None, metavar="FILE",
+    g.add_argument("--drop-path", type=float, help="backbone stochastic depth (default: the preset's)")
+    g.add_argument("--out-indices", type=int, nargs="+", help="backbone stages fed to the neck")
+    g.add_argument("--frozen-stages", type=int, help="freeze the stem and stages up to this index")
+    g.add_argument("--backbone-weights", metavar="FILE",
                    help="classification checkpoint (datvit's or the authors') or the authors' dense checkpoint "
                         "(mmdet/mmseg layout); only the backbone is taken, strictly")
     add_engine_arguments(p)
-    p.set_defaults(**(DETECTION_RECIPE if det else SEGMENTATION_RECIPE))
     return p
 
 
+def _add_sliding_arguments(p: argparse.ArgumentParser, mode_help: str) -> None:
+    """The evaluation mode of a segmenter, under the names ``datvit seg train`` gives them (the short names
+    of earlier versions are kept as aliases)."""
+    p.add_argument("--eval-mode", "--mode", dest="eval_mode", default="whole", choices=("whole", "slide"),
+                   help=mode_help)
+    p.add_argument("--crop-size", "--crop", dest="crop_size", type=int, default=None,
+                   help="sliding-window size (default: the training crop)")
+    p.add_argument("--eval-stride", "--stride", dest="eval_stride", type=int, default=None,
+                   help="sliding-window stride (default 2/3 crop)")
 
 
 def build_eval_parser(p: argparse.ArgumentParser, task: str) -> argparse.ArgumentParser:
@@ -118,18 +104,16 @@ def build_eval_parser(p: argparse.ArgumentParser, task: str) -> argparse.Argumen
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's --val-split)")
     p.add_argument("-b", "--batch-size", type=int, default=2, help="images per batch")
     if not det:
-        p.add_argument("--mode", default="whole", choices=("whole", "slide"),
-                       help="whole images padded to /32 (the authors' ADE20K test) or sliding windows")
-        p.add_argument("--crop", type=int, default=None, help="sliding-window size (default: the training crop)")
-        p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default 2/3 crop)")
+        _add_sliding_arguments(p, "whole images padded to /32 (the authors' ADE20K test) or sliding windows")
         p.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
                        help="default: as the run was trained")
     p.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
-    p.add_argument("--workers", "-j", type=int, default=_workers_default(), help="DataLoader workers")
+    p.add_argument("--workers", "-j", type=int, default=default_workers(), help="DataLoader workers")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="mixed precision (GPU)")
     p.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu")
-    p.add_argument("--results-file", default=None, metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--output", "--results-file", dest="output", default=None, metavar="FILE",
+                   help="also write the results as JSON (--results-file: timm's name)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -148,9 +132,7 @@ def build_predict_parser(p: argparse.ArgumentParser, task: str) -> argparse.Argu
     if det:
         p.add_argument("--score-thresh", type=float, default=0.5, help="draw/report detections above this score")
     else:
-        p.add_argument("--mode", default="whole", choices=("whole", "slide"), help="whole image or sliding windows")
-        p.add_argument("--crop", type=int, default=None, help="sliding-window size (default: the training crop)")
-        p.add_argument("--stride", type=int, default=None, help="sliding-window stride (default 2/3 crop)")
+        _add_sliding_arguments(p, "whole image or sliding windows")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -163,14 +145,9 @@ def register_dense(subparsers: argparse._SubParsersAction, command: str, task: s
     p = subparsers.add_parser(command, help=f"train, evaluate or run {what} with a DAT backbone",
                               description=doc, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="action", metavar="<action>")
-    original = sub._parser_class
-    sub._parser_class = ConfigFileParser  # train reads -c/--config YAML defaults while parsing
-    try:
-        train = sub.add_parser("train", help=f"train {what} (torchrun for DDP)", epilog=epilog,
-                               description=f"datvit {command} train: train {what} with a DAT backbone.",
-                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    finally:
-        sub._parser_class = original
+    train = sub.add_parser("train", help=f"train {what} (torchrun for DDP)", epilog=epilog,
+                           description=f"datvit {command} train: train {what} with a DAT backbone.",
+                           formatter_class=argparse.RawDescriptionHelpFormatter, argument_default=argparse.SUPPRESS)
     evaluate = sub.add_parser("eval", help="metrics of a checkpoint on a dataset split", epilog=epilog,
                               description=f"datvit {command} eval: metrics of a checkpoint on a dataset split.",
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -180,17 +157,18 @@ def register_dense(subparsers: argparse._SubParsersAction, command: str, task: s
     build_train_parser(train, task)
     build_eval_parser(evaluate, task)
     build_predict_parser(predict, task)
-    train.set_defaults(func=lambda args: run_with_user_errors(f"{command} train", lambda: _train(args, task)))
+    train.set_defaults(func=lambda args: run_with_user_errors(f"{command} train", lambda: _train(args, task, train)))
     evaluate.set_defaults(func=lambda args: run_with_user_errors(f"{command} eval", lambda: _eval(args, task)))
     predict.set_defaults(func=lambda args: _predict(args, task, command))
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def _train(args: argparse.Namespace, task: str) -> Any:
+def _train(args: argparse.Namespace, task: str, parser: argparse.ArgumentParser) -> Any:
     from ..dense.tasks import DetectionTask, SegmentationTask
     from ..train.engine import train
 
-    return train(args, DetectionTask() if task == "detection" else SegmentationTask())
+    runner = DetectionTask() if task == "detection" else SegmentationTask()
+    return train(settings_layers(parser, args, runner.run_config_cls), runner)
 
 
 def _eval(args: argparse.Namespace, task: str) -> Any:

@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
     trained = time.perf_counter()
     results_file = run_dir / "test_results.json"
     code = cli_main(["eval", "--checkpoint", str(run_dir / "last.pth"), "--split", "test",
-                     "--results-file", str(results_file)])
+                     "--output", str(results_file)])
     if code:
         return code
     end = time.perf_counter()

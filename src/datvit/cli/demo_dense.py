@@ -28,7 +28,7 @@ from .demo import clear_previous_runs
 EPILOG = """examples:
   datvit demo-dense                                  # into demo_output/dense (sized for ~15 min on 2 idle cores; see docs/dense.md)
   datvit demo-dense --epochs 1 --n-train 400         # a quicker look
-  datvit demo-dense --cnn resnet18 --fashion-mnist-dir DIR
+  datvit demo-dense --cnn resnet18 --data-dir DIR
 """
 
 
@@ -40,7 +40,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--cnn", default="convnext_atto", choices=("convnext_atto", "resnet18"),
                    help="the timm CNN backbone DAT is compared with")
     p.add_argument("--tasks", nargs="+", default=["det", "seg"], choices=("det", "seg"), help="what to train")
-    p.add_argument("--fashion-mnist-dir", default=None, metavar="DIR",
+    p.add_argument("--data-dir", "--fashion-mnist-dir", dest="data_dir", default=None, metavar="DIR",
                    help="the Fashion-MNIST IDX files (default: the Debian package dataset-fashion-mnist)")
     p.add_argument("--seed", type=int, default=0, help="scene generation and training seed")
     p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: the configs')")
@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
     def go() -> None:
         start = time.perf_counter()
         box["scenes"] = make_fashion_scenes(data, args.n_train, args.n_val, canvas=128, seed=args.seed,
-                                            fashion_mnist_dir=args.fashion_mnist_dir, overwrite=True, progress=True)
+                                            fashion_mnist_dir=args.data_dir, overwrite=True, progress=True)
         box["t_scenes"] = time.perf_counter() - start
         names = [n for n in RUNS if n[:3] in args.tasks]
         clear_previous_runs(out / "runs", names)

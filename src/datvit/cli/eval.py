@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..train.evaluation import add_eval_arguments
+from ..train.config import default_workers
+from ._deploy_args import add_inference_optimization_arguments, optimization_from_args
 from ._errors import run_with_user_errors
 
 EPILOG = """examples:
@@ -22,8 +23,56 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """timm ``validate.py``'s flag names."""
+    add_inference_optimization_arguments(p, amp=False)   # eval's own --amp autocasts around the model
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="datvit checkpoint (last.pth, best.pth, ...) or the authors' .pth (then give --model)")
+    p.add_argument("--model", default=None,
+                   help="variant for checkpoints that do not record it (the authors' files), e.g. dat_tiny")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="ImageNet-style folder (its --split subfolder, or the class folders themselves) or the "
+                        "Fashion-MNIST files; default: the checkpoint's training data, else the built-in "
+                        "Fashion-MNIST")
+    p.add_argument("--dataset", default=None, help="'fashion_mnist' or 'folder' (default: guessed)")
+    p.add_argument("--split", default=None, help="split to evaluate (default: the run's validation split, 'val')")
+    p.add_argument("--img-size", type=int, default=None, help="evaluation resolution (default: the checkpoint's)")
+    p.add_argument("--crop-pct", type=float, default=None, help="center-crop ratio (default 0.875)")
+    p.add_argument("--interpolation", default=None, help="resize interpolation (default bicubic)")
+    p.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean")
+    p.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std")
+    p.add_argument("-b", "--batch-size", type=int, default=256, help="batch size")
+    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: from the weights)")
+    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: from the weights)")
+    p.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint that pickles Python objects besides tensors and configs to run code "
+                        "while loading (only for files you trust; refused otherwise)")
+    p.add_argument("--workers", "-j", type=int, default=default_workers(),
+                   help="DataLoader workers")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="mixed precision (GPU; CPU only with native bf16)")
+    p.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu")
+    p.add_argument("--output", "--results-file", dest="output", default=None, metavar="FILE",
+                   help="also write the results as JSON (--results-file: timm's name)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def eval_config(args: argparse.Namespace):
+    """The parsed flags as the library's :class:`datvit.train.evaluation.EvalConfig`."""
+    import dataclasses
+
+    from ..train.evaluation import EvalConfig
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig) if hasattr(args, f.name)}
+    return EvalConfig(**values, progress=not args.no_progress, optimization=optimization_from_args(args, amp=False))
+
+
 def run(args: argparse.Namespace) -> int:
     """Evaluate; problems the user can fix end with a one-line message and exit code 2."""
     from ..train.evaluation import run_eval
 
-    return run_with_user_errors("eval", lambda: run_eval(args))
+    return run_with_user_errors("eval", lambda: run_eval(eval_config(args)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..train.config import UpdateKwargs
+from ._run_args import UpdateKwargs
 from ._errors import run_with_user_errors
 
 EPILOG = """examples:

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="datvit checkpoint, the authors' .pth (then give --model), or a datvit convert directory")
     p.add_argument("--model", default=None, help="variant for checkpoints that do not record it, e.g. dat_tiny")
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
-    from ..deploy import add_inference_optimization_arguments
+    from ._deploy_args import add_inference_optimization_arguments
     add_inference_optimization_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output (to stdout, or --output)")
     p.add_argument("--output", default=None, metavar="FILE", help="write the output to FILE instead of stdout")
@@ -106,7 +106,7 @@ def predict(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..deploy import optimize_from_args
+    from ._deploy_args import optimize_from_args
     from ..inference import eval_transform, load_model
     from ..utils.files import atomic_write_text
     from ..utils.images import IMAGE_ERRORS, read_image

@@ -3,9 +3,10 @@ Fashion-MNIST, on one process or under ``torchrun``. Flags are timm ``train.py``
 from __future__ import annotations
 
 import argparse
+from typing import Any, Mapping, Optional, Sequence
 
-from ..train.config import ConfigFileParser, build_parser
 from ._errors import run_with_user_errors
+from ._run_args import add_train_arguments, settings_layers
 
 EPILOG = """examples:
   datvit train                                        # a small DAT on Fashion-MNIST (offline)
@@ -17,21 +18,27 @@ EPILOG = """examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    # The train parser reads -c/--config YAML defaults while parsing its own arguments.
-    original = subparsers._parser_class
-    subparsers._parser_class = ConfigFileParser
-    try:
-        p = subparsers.add_parser("train", help="train a DAT / DAT++ model",
-                                  description=__doc__, epilog=EPILOG,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    finally:
-        subparsers._parser_class = original
-    build_parser(p)
-    p.set_defaults(func=run)
+    p = subparsers.add_parser("train", help="train a DAT / DAT++ model", description=__doc__, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              argument_default=argparse.SUPPRESS)
+    add_train_arguments(p)
+    p.set_defaults(func=lambda args: run(args, p))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser,
+        defaults: Optional[Mapping[str, Any]] = None) -> int:
     """Train; problems the user can fix (missing data, bad config) end with a one-line message and exit code 2."""
+    from ..train.config import TrainConfig
     from ..train.engine import train
 
-    return run_with_user_errors("train", lambda: train(args))
+    layers = settings_layers(parser, args, TrainConfig, defaults)
+    return run_with_user_errors("train", lambda: train(layers))
+
+
+def train_layers(argv: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    """The settings layers of ``datvit train ARGV`` (for Python callers and tests: ``train(train_layers(argv))``)."""
+    from ..train.config import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="datvit train", argument_default=argparse.SUPPRESS)
+    add_train_arguments(parser)
+    return settings_layers(parser, parser.parse_args(list(argv)), TrainConfig)

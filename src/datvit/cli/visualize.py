@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="datvit checkpoint or the authors' .pth (then give --model)")
     p.add_argument("--model", default=None, help="variant for checkpoints that do not record it, e.g. dat_tiny")
     p.add_argument("--image", required=True, metavar="FILE", help="image file (anything PIL reads)")
-    p.add_argument("--out", default=None, metavar="PNG", help="output PNG (default: <image name>_dat_points.png)")
+    p.add_argument("--output", "--out", dest="output", default=None, metavar="PNG",
+                   help="output PNG (default: <image name>_dat_points.png)")
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
     p.add_argument("--crop-pct", type=float, default=None, help="center-crop ratio (default: the checkpoint's)")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
@@ -107,7 +108,7 @@ def visualize(args: argparse.Namespace):
     std = torch.tensor(data_config["std"]).view(-1, 1, 1)
     shown = (x * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
     shown = shown[..., 0] if shown.shape[-1] == 1 else shown
-    out = Path(args.out) if args.out else image_path.with_name(f"{image_path.stem}_dat_points.png")
+    out = Path(args.output) if args.output else image_path.with_name(f"{image_path.stem}_dat_points.png")
     probs = logits.softmax(-1)[0]
     top = int(probs.argmax())
     classes = loaded.class_names
@@ -124,7 +125,7 @@ def visualize(args: argparse.Namespace):
         print(f"wrote {out} ({len(points)} deformable block(s))")
         return out
     return _draw_attention(args, model, x, np.asarray(shown), mode, title,
-                           out if args.out else image_path.with_name(f"{image_path.stem}_dat_{mode}.png"))
+                           out if args.output else image_path.with_name(f"{image_path.stem}_dat_{mode}.png"))
 
 
 def _draw_attention(args: argparse.Namespace, model, x, shown, mode: str, title: str, out):

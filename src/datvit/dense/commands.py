@@ -97,20 +97,20 @@ def run_eval(args: argparse.Namespace, task: str) -> dict[str, Any]:
                              f"{list(dataset.categories)[:5]}… vs {class_names[:5]}…")
         result = evaluate_detection(model, loader, class_names, device, amp, info, not args.no_progress)
     else:
-        crop = args.crop or (ckpt.get("data_config") or {}).get("crop_size") or 512
+        crop = args.crop_size or (ckpt.get("data_config") or {}).get("crop_size") or 512
         result = evaluate_segmentation(model, loader, len(class_names), device, amp, info, not args.no_progress,
-                                       mode=args.mode, crop=crop, stride=args.stride)
+                                       mode=args.eval_mode, crop=crop, stride=args.eval_stride)
     seconds = time.perf_counter() - start
     result = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in result.items()}
     print(format_eval(result, task, class_names, f"{data_dir}/{split}", len(dataset), seconds))
     skipped = getattr(dataset, "skipped", None)
     if skipped and sum(skipped.values()):
         print("skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())), file=sys.stderr)
-    if args.results_file:
+    if args.output:
         from ..utils.files import atomic_write_text
         record = {"checkpoint": args.checkpoint, "data": f"{data_dir}/{split}", "images": len(dataset),
                   "seconds": seconds, **result}
-        atomic_write_text(json.dumps(record, indent=2) + "\n", args.results_file)
+        atomic_write_text(json.dumps(record, indent=2) + "\n", args.output)
     return result
 
 
@@ -185,9 +185,9 @@ def predict_image(model: torch.nn.Module, image: Any, task: str, ckpt: dict[str,
                                       mean=data.get("mean", (0.485, 0.456, 0.406)),
                                       std=data.get("std", (0.229, 0.224, 0.225)))
     x, _ = rescale(TF.to_image(image), None)
-    crop = args.crop or data.get("crop_size") or 512
-    logits = segment(model, x[None].to(device), len(ckpt.get("class_names") or []), mode=args.mode, crop=crop,
-                     stride=args.stride or max(1, crop * 2 // 3), out_size=(image.height, image.width))
+    crop = args.crop_size or data.get("crop_size") or 512
+    logits = segment(model, x[None].to(device), len(ckpt.get("class_names") or []), mode=args.eval_mode, crop=crop,
+                     stride=args.eval_stride or max(1, crop * 2 // 3), out_size=(image.height, image.width))
     return {"classes": logits.argmax(1)[0].cpu()}
 
 

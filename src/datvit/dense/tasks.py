@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 import torch
@@ -29,6 +30,7 @@ from ..train import distributed as dist_utils
 from ..train.errors import TrainingError
 from ..train.precision import AmpPlan, autocast
 from ..train.task import MetricSpec, StepOutput, Task
+from .run_config import DETECTION_RECIPE, SEGMENTATION_RECIPE, DetectionTrainConfig, SegmentationTrainConfig
 from .data import collate_detection, collate_segmentation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -134,7 +136,7 @@ def dat_kwargs_with_stage_spec(model: str, base: dict[str, Any], overrides: dict
     stage_spec, the block pattern is regenerated for the new depths as ``datvit train`` does (v1: L/S then L/D;
     DAT++: N/D) instead of keeping one that no longer fits."""
     import datvit
-    from datvit.models.configs import pp_stage_spec, v1_stage_spec
+    from datvit.models import stage_spec_for
 
     kwargs = {**base, **overrides}
     if "stage_spec" in overrides or not ({"depths", "generation"} & set(overrides)):
@@ -144,7 +146,7 @@ def dat_kwargs_with_stage_spec(model: str, base: dict[str, Any], overrides: dict
     if depths is None:
         return kwargs
     generation = kwargs.get("generation", variant.get("generation", "v1"))
-    kwargs["stage_spec"] = (pp_stage_spec if generation == "pp" else v1_stage_spec)(list(depths))
+    kwargs["stage_spec"] = stage_spec_for(list(depths), generation)
     return kwargs
 
 
@@ -194,6 +196,14 @@ class _DenseTask(Task):
     config_cls: type
     kind_default: str
     collate_fn: Callable[[list], Any]
+    recipe_values: dict[str, Any]
+
+    def recipe(self, settings: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.recipe_values)
+
+    def draft(self, values: dict[str, Any]) -> SimpleNamespace:
+        """The values being resolved, with the config's defaults for the rest, as attributes."""
+        return SimpleNamespace(**{**dataclasses.asdict(self.run_config_cls()), **values})
 
     def build_model(self) -> nn.Module:
         args = self.args
@@ -258,6 +268,8 @@ class DetectionTask(_DenseTask):
 
     name = "detection"
     kind_default = "mask_rcnn"
+    run_config_cls = DetectionTrainConfig
+    recipe_values = DETECTION_RECIPE
     find_unused_parameters = True   # a batch without positive proposals leaves the mask head without gradient
     exempt_norm_layers = True
     collate_fn = staticmethod(collate_detection)
@@ -274,10 +286,10 @@ class DetectionTask(_DenseTask):
         from . import DetectorConfig
         return DetectorConfig
 
-    def setup_data(self) -> None:
+    def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
         from . import CocoDetection
 
-        args = self.args
+        args = self.draft(values)
         if not args.data_dir:
             raise TrainingError("--data-dir is required: a COCO-style directory with <split>/ images and "
                                 "annotations/instances_<split>.json")
@@ -299,6 +311,7 @@ class DetectionTask(_DenseTask):
         elif args.num_classes < len(self.class_names):
             raise TrainingError(f"--num-classes {args.num_classes} but the dataset has {len(self.class_names)} "
                                 "categories")
+        return vars(args)
 
     def _build(self, cfg: Any) -> nn.Module:
         from . import build_detector
@@ -392,6 +405,8 @@ class SegmentationTask(_DenseTask):
 
     name = "segmentation"
     kind_default = "upernet"
+    run_config_cls = SegmentationTrainConfig
+    recipe_values = SEGMENTATION_RECIPE
     exempt_norm_layers = False  # mmseg's configs exempt parameters by name only, not whole normalisation layers
     collate_fn = staticmethod(collate_segmentation)
     metrics = MetricSpec(
@@ -406,10 +421,10 @@ class SegmentationTask(_DenseTask):
         from . import SegmenterConfig
         return SegmenterConfig
 
-    def setup_data(self) -> None:
+    def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
         from . import SegmentationFolder
 
-        args = self.args
+        args = self.draft(values)
         if not args.data_dir:
             raise TrainingError("--data-dir is required: an ADE20K-style directory with images/<split>/*.jpg and "
                                 "annotations/<split>/*.png")
@@ -436,6 +451,7 @@ class SegmentationTask(_DenseTask):
             self.eval_set = None
         self._report_skipped(self.train_set, args.train_split)
         self._report_skipped(self.eval_set, args.val_split)
+        return vars(args)
 
     def _build(self, cfg: Any) -> nn.Module:
         from . import build_segmenter

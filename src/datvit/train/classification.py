@@ -18,7 +18,7 @@ from datvit.models import CheckpointError, load_checkpoint
 
 from ..data.loader import create_dataset, create_loader, eval_transform, resolve_dataset_kind, train_transform
 from . import distributed as dist_utils
-from .config import apply_recipe
+from .config import TrainConfig, recipe_for
 from .errors import TrainingError
 from .modeling import (arch_record, count_parameters, create_model, load_model_config, reset_linear_layers,
                        resolve_model_kwargs)
@@ -92,106 +92,120 @@ class ClassificationTask(Task):
         plot=("accuracy", "accuracy", "accuracy (%)", (("eval_top1", "eval top-1"), ("eval_top5", "eval top-5"))),
     )
 
-    def setup_data(self) -> None:
-        args = self.args
-        kind = resolve_dataset_kind(args.dataset, args.data_dir)
-        apply_recipe(args, kind)
-        if args.in_chans not in (1, 3):
-            raise TrainingError(f"--in-chans {args.in_chans}: image datasets give 1 (grayscale) or 3 (RGB) channels")
-        image_mode = "L" if args.in_chans == 1 else "RGB"
-        args.mean = channels_for_mean(args.mean, args.in_chans, "mean")
-        args.std = channels_for_mean(args.std, args.in_chans, "std")
-        self.train_set = create_dataset(kind, args.data_dir, args.train_split, image_mode=image_mode,
-                                        download=args.dataset_download)
+    run_config_cls = TrainConfig
+
+    def recipe(self, settings: dict[str, Any]) -> dict[str, Any]:
+        return recipe_for(resolve_dataset_kind(settings.get("dataset"), settings.get("data_dir")))
+
+    def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
+        values = dict(values)
+        kind = values["dataset"] = resolve_dataset_kind(values.get("dataset"), values.get("data_dir"))
+        if isinstance(values.get("aa"), str) and values["aa"].lower() in ("", "none"):
+            values["aa"] = None
+        in_chans = values["in_chans"]
+        if in_chans not in (1, 3):
+            raise TrainingError(f"--in-chans {in_chans}: image datasets give 1 (grayscale) or 3 (RGB) channels")
+        values["mean"] = channels_for_mean(values["mean"], in_chans, "mean")
+        values["std"] = channels_for_mean(values["std"], in_chans, "std")
+        self._open_datasets(kind, values)
+        if values.get("num_classes") is None:
+            values["num_classes"] = len(self.class_names)
+        elif values["num_classes"] < len(self.class_names):
+            raise TrainingError(f"--num-classes {values['num_classes']} but the dataset has {len(self.class_names)} "
+                                "classes")
+        model_config = values.get("model_config")
+        if model_config and not os.path.isfile(model_config):
+            raise TrainingError(f"--model-config {model_config}: no such file")
+        self.model_kwargs = resolve_model_kwargs(
+            values["model"], load_model_config(model_config) if model_config else None,
+            values.get("model_kwargs") or {}, num_classes=values["num_classes"], in_chans=in_chans,
+            img_size=values.get("img_size"), drop_path_rate=values.get("drop_path"), drop_rate=values.get("drop"))
+        if values.get("img_size") is None:
+            values["img_size"] = int(self.model_kwargs.get("img_size", 224))
+        patch, stages = int(self.model_kwargs.get("patch_size", 4)), len(self.model_kwargs.get("dims") or [0] * 4)
+        min_size = patch * 2 ** (stages - 1)  # = DAT.min_input_size, checked before building anything
+        if values["img_size"] < min_size:
+            raise TrainingError(f"--img-size {values['img_size']} is below this model's minimum input {min_size} "
+                                f"(patch {patch} × {2 ** (stages - 1)})")
+        return values
+
+    def _open_datasets(self, kind: str, values: dict[str, Any]) -> None:
+        image_mode = "L" if values["in_chans"] == 1 else "RGB"
+        data_dir = values.get("data_dir")
+        self.train_set = create_dataset(kind, data_dir, values["train_split"], image_mode=image_mode,
+                                        download=values.get("dataset_download", False))
         self.class_names = list(self.train_set.classes)
         try:
-            self.eval_set = create_dataset(kind, args.data_dir, args.val_split, image_mode=image_mode,
+            self.eval_set = create_dataset(kind, data_dir, values["val_split"], image_mode=image_mode,
                                            class_names=self.class_names)
         except FileNotFoundError as e:
             self.warn(f"no evaluation split ({e}); best.pth will follow the training loss")
             self.eval_set = None
-        if args.num_classes is None:
-            args.num_classes = len(self.class_names)
-        elif args.num_classes < len(self.class_names):
-            raise TrainingError(f"--num-classes {args.num_classes} but the dataset has {len(self.class_names)} classes")
 
     def build_model(self) -> nn.Module:
-        args = self.args
-        if args.model_config and not os.path.isfile(args.model_config):
-            raise TrainingError(f"--model-config {args.model_config}: no such file")
-        config = load_model_config(args.model_config) if args.model_config else None
-        self.model_kwargs = resolve_model_kwargs(
-            args.model, config, args.model_kwargs, num_classes=args.num_classes, in_chans=args.in_chans,
-            img_size=args.img_size, drop_path_rate=args.drop_path, drop_rate=args.drop)
-        if args.img_size is None:
-            args.img_size = int(self.model_kwargs.get("img_size", 224))
-        patch, stages = int(self.model_kwargs.get("patch_size", 4)), len(self.model_kwargs.get("dims") or [0] * 4)
-        min_size = patch * 2 ** (stages - 1)  # = DAT.min_input_size, checked before building anything
-        if args.img_size < min_size:
-            raise TrainingError(f"--img-size {args.img_size} is below this model's minimum input {min_size} "
-                                f"(patch {patch} × {2 ** (stages - 1)})")
-        model = create_model(args.model, self.model_kwargs)
-        if args.linear_init == "torch":
+        config = self.config
+        model = create_model(config.model, self.model_kwargs)
+        if config.linear_init == "torch":
             reset_linear_layers(model)
         self.n_params = count_parameters(model)
-        for path in (args.initial_checkpoint, args.pretrained_path):
+        for path in (config.initial_checkpoint, config.pretrained_path):
             if path:
-                load_checkpoint(model, path, trust_checkpoint=getattr(args, "trust_checkpoint", False))
+                load_checkpoint(model, path, trust_checkpoint=config.trust_checkpoint)
                 self.log(f"loaded weights from {path}")
-        if args.grad_checkpointing:
+        if config.grad_checkpointing:
             model.set_grad_checkpointing(True)
-        if args.channels_last:
+        if config.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.data_config = {"input_size": [args.in_chans, args.img_size, args.img_size], "mean": args.mean,
-                            "std": args.std, "crop_pct": args.crop_pct, "interpolation": args.interpolation}
+        self.data_config = {"input_size": [config.in_chans, config.img_size, config.img_size], "mean": config.mean,
+                            "std": config.std, "crop_pct": config.crop_pct, "interpolation": config.interpolation}
         self._setup_loss()
         return model
 
     def _setup_loss(self) -> None:
-        args = self.args
+        config = self.config
         self.mixup = None
-        if args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None:
-            self.mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
-                               prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
-                               label_smoothing=args.smoothing, num_classes=args.num_classes)
+        if config.mixup > 0 or config.cutmix > 0 or config.cutmix_minmax is not None:
+            self.mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, cutmix_minmax=config.cutmix_minmax,
+                               prob=config.mixup_prob, switch_prob=config.mixup_switch_prob, mode=config.mixup_mode,
+                               label_smoothing=config.smoothing, num_classes=config.num_classes)
             self.criterion = SoftTargetCrossEntropy()
-        elif args.smoothing > 0:
-            self.criterion = LabelSmoothingCrossEntropy(args.smoothing)
+        elif config.smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(config.smoothing)
         else:
             self.criterion = nn.CrossEntropyLoss()
 
     def attach_transforms(self, model: nn.Module) -> None:
-        args = self.args
+        config = self.config
         try:
             self.train_set.transform = train_transform(
-                args.img_size, args.mean, args.std, interpolation=args.train_interpolation, no_aug=args.no_aug,
-                scale=args.scale, ratio=args.ratio, hflip=args.hflip, vflip=args.vflip,
-                color_jitter=args.color_jitter, auto_augment=args.aa, re_prob=args.reprob, re_mode=args.remode,
-                re_count=args.recount)
+                config.img_size, config.mean, config.std, interpolation=config.train_interpolation, no_aug=config.no_aug,
+                scale=config.scale, ratio=config.ratio, hflip=config.hflip, vflip=config.vflip,
+                color_jitter=config.color_jitter, auto_augment=config.aa, re_prob=config.reprob, re_mode=config.remode,
+                re_count=config.recount)
         except (AssertionError, KeyError) as e:  # timm asserts on an unknown --aa policy
-            raise TrainingError(f"the augmentation flags (--aa {args.aa}, --remode {args.remode}) are not valid: "
+            raise TrainingError(f"the augmentation flags (--aa {config.aa}, --remode {config.remode}) are not valid: "
                                 f"{e}") from None
         if self.eval_set is not None:
-            self.eval_set.transform = eval_transform(args.img_size, args.mean, args.std, args.crop_pct,
-                                                     args.interpolation)
+            self.eval_set.transform = eval_transform(config.img_size, config.mean, config.std, config.crop_pct,
+                                                     config.interpolation)
 
     def create_loader(self, dataset: Dataset, batch_size: int, training: bool) -> DataLoader:
-        args, info = self.args, self.info
-        return create_loader(dataset, batch_size, training=training, workers=args.workers, seed=args.seed,
-                             rank=info.rank, world_size=info.world_size, pin_memory=args.pin_mem)
+        config, info = self.config, self.info
+        return create_loader(dataset, batch_size, training=training, workers=config.workers, seed=config.seed,
+                             rank=info.rank, world_size=info.world_size, pin_memory=config.pin_mem)
 
     def batch_problems(self, batch: Any) -> list[tuple[str, str]]:
         return [(s.path, s.error) for s in batch.corrupt]
 
     def training_loss(self, model: nn.Module, batch: Any, epoch: int) -> StepOutput:
-        args = self.args
+        config = self.config
         images, targets = batch.images, batch.targets
-        use_mixup = self.mixup is not None and not (args.mixup_off_epoch and epoch >= args.mixup_off_epoch)
+        use_mixup = self.mixup is not None and not (config.mixup_off_epoch and epoch >= config.mixup_off_epoch)
         weight = 1.0
         if use_mixup and images is not None and images.shape[0] == 1:
             images = None  # Mixup needs pairs: a batch left with one readable image would be trimmed to none
         if images is None:  # every image of this batch was unreadable: under DDP all ranks must still step
-            c, s = args.in_chans, args.img_size
+            c, s = config.in_chans, config.img_size
             images = torch.zeros(1, c, s, s)
             targets = torch.zeros(1, dtype=torch.long)
             weight, use_mixup = 0.0, False
@@ -199,7 +213,7 @@ class ClassificationTask(Task):
         targets = targets.to(self.device, non_blocking=True)
         if use_mixup and images.shape[0] % 2:
             images, targets = images[:-1], targets[:-1]
-        if args.channels_last:
+        if config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         hard_targets = targets
         if use_mixup:
@@ -215,22 +229,22 @@ class ClassificationTask(Task):
     def evaluate(self, model: nn.Module, loader: DataLoader, amp: AmpPlan, progress: bool,
                  desc: str) -> dict[str, Any]:
         result = evaluate(model, loader, self.device, amp, self.info, progress=progress, desc=desc,
-                          channels_last=self.args.channels_last)
+                          channels_last=self.config.channels_last)
         return {"loss": result["loss"], "top1": result["top1"], "top5": result["top5"],
                 "problems": [(s.path, s.error) for s in result["corrupt"]]}
 
     def describe(self, model: nn.Module) -> str:
-        args = self.args
-        return (f"training {args.model} ({self.n_params / 1e6:.2f}M parameters) on {args.dataset} "
+        config = self.config
+        return (f"training {config.model} ({self.n_params / 1e6:.2f}M parameters) on {config.dataset} "
                 f"({len(self.train_set)} training images, {len(self.class_names)} classes)")
 
     def checkpoint_record(self) -> dict[str, Any]:
-        return {"class_names": self.class_names, "arch": arch_record(self.args.model, self.model_kwargs),
+        return {"class_names": self.class_names, "arch": arch_record(self.config.model, self.model_kwargs),
                 "data_config": self.data_config}
 
     def check_resume(self, loaded: Any, path: str) -> None:
         if loaded.arch is not None:
-            differs = describe_arch_difference(loaded.arch, arch_record(self.args.model, self.model_kwargs))
+            differs = describe_arch_difference(loaded.arch, arch_record(self.config.model, self.model_kwargs))
             if differs:
                 raise CheckpointError(f"--resume {path}: the checkpoint was trained with another model ({differs}; "
                                       "checkpoint vs this run); resume with the run's --model/--model-kwargs, or "

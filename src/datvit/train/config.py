@@ -1,28 +1,34 @@
-"""``datvit train`` arguments: timm ``train.py``'s flag names, a YAML config whose values are defaults, and
-per-dataset recipes that fill in whatever neither the flags nor the YAML set.
+"""The typed configuration of a training run: frozen dataclasses resolved once, before anything is built.
 
-Resolution order (later wins): recipe of the dataset (``RECIPES``) < YAML given with ``-c/--config`` < flags.
-Recipe-driven arguments default to None in the parser so the recipe can tell "unset" from "set".
+A run's settings come in layers, later ones winning: the dataclass defaults < the task's recipe (the papers'
+ImageNet recipe, the Fashion-MNIST recipe, the authors' dense configs) < a YAML file < the command line. ``None``
+in a YAML file or a flag means "unset", so the recipe fills it. :func:`merge_settings` combines the layers
+(checking every key against the dataclass), the task fills in what depends on the data and the model (class count,
+input size, normalisation), the engine what depends on the processes (learning rate from the global batch, the run
+directory) — and the result is one frozen :class:`EngineConfig` subclass that is saved as the run's ``args.yaml``,
+stored in every checkpoint and read, never written, by the engine and the tasks.
+
+The keys are timm ``train.py``'s flag names with ``_`` for ``-``; the command line (``datvit.cli``) only collects
+which flags were given.
 """
 from __future__ import annotations
 
-import argparse
 import ast
+import dataclasses
 import datetime
+import difflib
 import math
 import os
-import sys
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, TypeVar
 
 import yaml
+from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
+from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 
 from ..data.fashion_mnist import MEAN as FMNIST_MEAN
 from ..data.fashion_mnist import STD as FMNIST_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# The papers' ImageNet-1k recipe (dat-spec §5). lr is derived from lr_base × global batch / lr_base_size.
+# The papers' ImageNet-1k recipe. lr is derived from lr_base × global batch / lr_base_size.
 IMAGENET_RECIPE: dict[str, Any] = dict(
     model="dat_tiny", in_chans=3, img_size=None, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), crop_pct=0.875,
     interpolation="bicubic", train_interpolation="bicubic", batch_size=128, epochs=300,
@@ -45,27 +51,190 @@ FASHION_MNIST_RECIPE: dict[str, Any] = dict(
 RECIPES = {"folder": IMAGENET_RECIPE, "fashion_mnist": FASHION_MNIST_RECIPE}
 
 
-class UpdateKwargs(argparse.Action):
-    """``--model-kwargs key=value ...``: values parsed as Python/YAML literals, merged into earlier ones (a YAML
-    config's ``model_kwargs`` stays unless a flag overrides the same key)."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        merged = dict(getattr(namespace, self.dest, None) or {})
-        for item in values:
-            if "=" not in item:
-                raise argparse.ArgumentError(self, f"expected key=value, got {item!r}")
-            key, text = item.split("=", 1)
-            merged[key.strip().replace("-", "_")] = parse_literal(text)
-        setattr(namespace, self.dest, merged)
+class ConfigError(ValueError):
+    """A setting that cannot be used: an unknown key, a value of the wrong kind, or settings that contradict."""
 
 
-class TrainingLength(argparse.Action):
-    """``--epochs`` and ``--iters`` say the same thing in two units: the one given on the command line replaces
-    the other's default (a config's ``iters: 160000`` does not outlive ``--epochs 2``)."""
+def default_workers() -> int:
+    """DataLoader workers per process: one core is left to the training process itself, at most four."""
+    return min(4, max((os.cpu_count() or 1) - 1, 0))
 
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        setattr(namespace, "iters" if self.dest == "epochs" else "epochs", None)
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """What the training engine reads, shared by every task: optimizer and schedule, precision and devices,
+    loaders, output, checkpoints and resume. ``None`` values are filled by the task's recipe or derived
+    (``lr`` from ``lr_base``); ``epochs`` or ``iters`` gives the length (``iters`` is rounded up to whole
+    epochs by the engine)."""
+
+    # loaders
+    workers: int = dataclasses.field(default_factory=default_workers)
+    pin_mem: bool = False
+    # optimizer and schedule
+    batch_size: Optional[int] = None
+    validation_batch_size: Optional[int] = None
+    epochs: Optional[int] = None
+    iters: Optional[int] = None
+    opt: Optional[str] = None
+    opt_eps: Optional[float] = None
+    opt_betas: Optional[list[float]] = None
+    momentum: float = 0.9
+    opt_fused: Optional[bool] = None
+    weight_decay: Optional[float] = None
+    clip_grad: Optional[float] = None
+    clip_mode: str = "norm"
+    lr: Optional[float] = None
+    lr_base: Optional[float] = None
+    lr_base_size: Optional[int] = None
+    lr_base_scale: str = "linear"
+    sched: Optional[str] = None
+    sched_on_updates: bool = True
+    warmup_epochs: Optional[float] = None
+    warmup_iters: Optional[int] = None
+    warmup_lr: Optional[float] = None
+    warmup_ratio: Optional[float] = None
+    warmup_prefix: bool = False
+    min_lr: Optional[float] = None
+    cooldown_epochs: int = 0
+    decay_epochs: float = 90
+    decay_milestones: list[int] = dataclasses.field(default_factory=lambda: [90, 180, 270])
+    decay_rate: float = 0.1
+    # precision and devices
+    amp: bool = False
+    amp_dtype: str = "bfloat16"
+    device: Optional[str] = None
+    deterministic: bool = False
+    seed: int = 42
+    max_bad_steps: int = 3
+    # output and checkpoints
+    output: str = "output/train"
+    experiment: Optional[str] = None
+    checkpoint_hist: int = 10
+    checkpoint_interval: int = 1000
+    log_interval: int = 50
+    no_progress: bool = False
+    # weight averaging, memory and resume
+    model_ema: Optional[bool] = None
+    model_ema_decay: Optional[float] = None
+    model_ema_warmup: bool = False
+    grad_checkpointing: bool = False
+    sync_bn: bool = False
+    resume: Optional[str] = None
+    trust_checkpoint: bool = False
+    no_resume_opt: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainConfig(EngineConfig):
+    """``datvit train``: image classification on an image folder or Fashion-MNIST."""
+
+    # dataset
+    data_dir: Optional[str] = None
+    dataset: Optional[str] = None
+    train_split: str = "train"
+    val_split: str = "val"
+    dataset_download: bool = False
+    num_classes: Optional[int] = None
+    in_chans: Optional[int] = None
+    img_size: Optional[int] = None
+    crop_pct: Optional[float] = None
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    interpolation: Optional[str] = None
+    # model
+    model: Optional[str] = None
+    model_config: Optional[str] = None
+    model_kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    pretrained_path: Optional[str] = None
+    initial_checkpoint: Optional[str] = None
+    linear_init: Optional[str] = None
+    drop: Optional[float] = None
+    drop_path: Optional[float] = None
+    channels_last: bool = False
+    # augmentation and regularisation
+    no_aug: bool = False
+    scale: Optional[list[float]] = None
+    ratio: Optional[list[float]] = None
+    hflip: Optional[float] = None
+    vflip: float = 0.0
+    color_jitter: Optional[float] = None
+    aa: Optional[str] = None
+    train_interpolation: Optional[str] = None
+    reprob: Optional[float] = None
+    remode: Optional[str] = None
+    recount: int = 1
+    mixup: Optional[float] = None
+    cutmix: Optional[float] = None
+    cutmix_minmax: Optional[list[float]] = None
+    mixup_prob: float = 1.0
+    mixup_switch_prob: float = 0.5
+    mixup_mode: str = "batch"
+    mixup_off_epoch: int = 0
+    smoothing: Optional[float] = None
+
+
+C = TypeVar("C", bound=EngineConfig)
+
+# settings given as dicts that a later layer updates key by key instead of replacing
+_MERGED_DICTS = ("model_kwargs", "aug_kwargs", "head_kwargs")
+# the two units of a run's length: a layer that gives one drops the other from the layers below it
+_LENGTHS = ("epochs", "iters")
+
+
+def config_fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def check_keys(cls: type, settings: Mapping[str, Any], where: str) -> None:
+    """Every key of ``settings`` names a field of ``cls``; otherwise a :class:`ConfigError` that names the
+    unknown keys (with the closest field name as a hint)."""
+    known = config_fields(cls)
+    unknown = sorted(set(settings) - set(known))
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key} (did you mean {close[0]}?)" if close else key)
+        raise ConfigError(f"{where}: unknown option(s) {', '.join(hints)}")
+
+
+def merge_settings(cls: type, layers: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """The layers ``(name, settings)`` combined, later ones winning; ``None`` values are unset. The dict
+    settings (``model_kwargs``, ...) are merged key by key, and a layer that gives ``epochs`` or ``iters``
+    drops the other unit from the layers below it."""
+    merged: dict[str, Any] = {}
+    for where, settings in layers:
+        settings = normalise_keys(settings)
+        check_keys(cls, settings, where)
+        given = {k: v for k, v in settings.items() if v is not None}
+        for unit, other in (_LENGTHS, _LENGTHS[::-1]):
+            if unit in given and other not in given:
+                merged.pop(other, None)
+        for key, value in given.items():
+            if key in _MERGED_DICTS and isinstance(value, Mapping):
+                value = {**merged.get(key, {}), **normalise_keys(value)}
+            merged[key] = value
+    return merged
+
+
+def build_config(cls: type[C], values: Mapping[str, Any]) -> C:
+    """The frozen config from resolved ``values`` (fields not given keep their defaults)."""
+    check_keys(cls, values, cls.__name__)
+    return cls(**values)
+
+
+def config_to_dict(config: EngineConfig) -> dict[str, Any]:
+    """A config as plain YAML/checkpoint-safe data, keys sorted (``args.yaml`` and the checkpoints' ``args``)."""
+    return {f.name: to_plain(getattr(config, f.name)) for f in sorted(dataclasses.fields(config),
+                                                                      key=lambda f: f.name)}
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                       ignore: Iterable[str] = ("resume", "trust_checkpoint", "no_resume_opt")) -> list[str]:
+    """``key: saved → current`` for every setting that differs between two configs as plain data."""
+    skip = set(ignore)
+    keys = sorted((set(saved) | set(current)) - skip)
+    return [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in keys if to_plain(saved.get(k)) != to_plain(current.get(k))]
 
 
 def parse_literal(text: str) -> Any:
@@ -79,193 +248,8 @@ def parse_literal(text: str) -> Any:
             return text
 
 
-def _bounded(kind: type, minimum: float, what: str):
-    """An argparse type: ``kind`` (int/float) at least ``minimum``; argparse turns the error into
-    ``datvit train: error: argument -b/--batch-size: must be ...`` and exit status 2."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        if value < minimum or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
-        return value
-    parse.__name__ = what
-    return parse
-
-
-positive_int = _bounded(int, 1, "a positive integer")
-non_negative_int = _bounded(int, 0, "an integer >= 0")
-non_negative_float = _bounded(float, 0.0, "a finite number >= 0")
-
-
-def _floats(n: Optional[int] = None):
-    return dict(type=float, nargs=n or "+")
-
-
-def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
-    """Add every ``datvit train`` argument to ``parser`` (a new one when None)."""
-    p = parser or ConfigFileParser(prog="datvit train")
-    bool_flag = argparse.BooleanOptionalAction
-    p.add_argument("-c", "--config", default=None, metavar="FILE",
-                   help="YAML file of argument defaults (keys are the flag names, '-' or '_'); flags override it")
-
-    g = p.add_argument_group("dataset")
-    g.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="ImageNet-style folder (train/<class>/*, val/<class>/*) or a directory with the Fashion-MNIST "
-                        "IDX files; default: the built-in Fashion-MNIST of the Debian package dataset-fashion-mnist")
-    g.add_argument("--dataset", default=None,
-                   help="'fashion_mnist' or 'folder'; default: guessed from --data-dir (Fashion-MNIST without one)")
-    g.add_argument("--train-split", default="train", help="training split (folder name)")
-    g.add_argument("--val-split", default="val", help="evaluation split ('val'; Fashion-MNIST: its 10k test set)")
-    g.add_argument("--dataset-download", action="store_true",
-                   help="download Fashion-MNIST with torchvision into --data-dir if it is missing (needs internet)")
-    g.add_argument("--num-classes", type=positive_int, default=None, help="classifier size (default: the dataset's)")
-    g.add_argument("--in-chans", type=int, default=None, help="input channels (Fashion-MNIST: 1, folders: 3)")
-    g.add_argument("--img-size", type=positive_int, default=None, help="training/evaluation image size")
-    g.add_argument("--crop-pct", type=float, default=None, help="evaluation center-crop ratio (0.875)")
-    g.add_argument("--mean", **_floats(), default=None, metavar="MEAN", help="normalisation mean per channel")
-    g.add_argument("--std", **_floats(), default=None, metavar="STD", help="normalisation std per channel")
-    g.add_argument("--interpolation", default=None, help="evaluation resize interpolation (bicubic)")
-    g.add_argument("--workers", "-j", type=non_negative_int, default=min(4, max((os.cpu_count() or 1) - 1, 0)),
-                   help="DataLoader worker processes per rank")
-    g.add_argument("--pin-mem", action="store_true", help="pin CPU memory of batches (GPU training)")
-
-    g = p.add_argument_group("model")
-    g.add_argument("--model", default=None,
-                   help="registered variant (dat_tiny, datpp_tiny, ...), a training preset (dat_nano) or a name "
-                        "for a custom model given with --model-config/--model-kwargs (default: dat_tiny; "
-                        "Fashion-MNIST: dat_nano)")
-    g.add_argument("--model-config", default=None, metavar="FILE",
-                   help="YAML/JSON of DAT constructor arguments that override --model's (a custom variant)")
-    g.add_argument("--model-kwargs", nargs="*", default={}, action=UpdateKwargs, metavar="KEY=VALUE",
-                   help="DAT constructor arguments, e.g. dims='[32,64,128,256]' depths='[2,2,2,2]'")
-    g.add_argument("--pretrained-path", default=None, metavar="FILE",
-                   help="weights to start from (ours or the authors' .pth); a different head is re-initialised")
-    g.add_argument("--initial-checkpoint", default=None, metavar="FILE",
-                   help="same as --pretrained-path (timm keeps both names)")
-    g.add_argument("--linear-init", default=None, choices=("model", "torch"),
-                   help="init of the Linear layers: the model's (truncated normal, std 0.02, as timm; the ImageNet "
-                        "default) or PyTorch's default (what the authors' code ends up with; trains faster in short "
-                        "runs, the Fashion-MNIST default). Weights loaded from a file replace either")
-    g.add_argument("--drop", type=float, default=None, help="dropout rate (drop_rate)")
-    g.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (default: the variant's)")
-    g.add_argument("--channels-last", action=bool_flag, default=False, help="channels-last memory format")
-
-    g = p.add_argument_group("augmentation and regularisation")
-    g.add_argument("--no-aug", action="store_true", help="no training augmentation (resize + crop)")
-    g.add_argument("--scale", **_floats(2), default=None, help="random-resized-crop area range")
-    g.add_argument("--ratio", **_floats(2), default=None, help="random-resized-crop aspect range")
-    g.add_argument("--hflip", type=float, default=None, help="horizontal flip probability")
-    g.add_argument("--vflip", type=float, default=0.0, help="vertical flip probability")
-    g.add_argument("--color-jitter", type=float, default=None, help="colour jitter (off with --aa)")
-    g.add_argument("--aa", default=None, help="auto-augment policy, e.g. rand-m9-mstd0.5-inc1 ('none': off)")
-    g.add_argument("--train-interpolation", default=None, help="training resize interpolation")
-    g.add_argument("--reprob", type=float, default=None, help="random erasing probability")
-    g.add_argument("--remode", default=None, help="random erasing mode (pixel)")
-    g.add_argument("--recount", type=int, default=1, help="random erasing count")
-    g.add_argument("--mixup", type=float, default=None, help="Mixup alpha (0: off)")
-    g.add_argument("--cutmix", type=float, default=None, help="CutMix alpha (0: off)")
-    g.add_argument("--cutmix-minmax", **_floats(2), default=None, help="CutMix min/max ratio")
-    g.add_argument("--mixup-prob", type=float, default=1.0, help="probability of Mixup or CutMix per batch")
-    g.add_argument("--mixup-switch-prob", type=float, default=0.5, help="probability of CutMix over Mixup")
-    g.add_argument("--mixup-mode", default="batch", choices=("batch", "pair", "elem"), help="Mixup granularity")
-    g.add_argument("--mixup-off-epoch", type=int, default=0, help="stop Mixup/CutMix from this epoch (0: never)")
-    g.add_argument("--smoothing", type=float, default=None, help="label smoothing")
-
-    add_engine_arguments(p)
-    return p
-
-
-def add_engine_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The arguments of the training engine itself, shared by ``datvit train`` and ``datvit det|seg train``:
-    optimizer and schedule, EMA, precision and devices, output, checkpoints and resume. Values a task's recipe
-    fills default to None."""
-    bool_flag = argparse.BooleanOptionalAction
-    g = p.add_argument_group("optimizer and schedule")
-    g.add_argument("-b", "--batch-size", type=positive_int, default=None, help="batch size per process")
-    g.add_argument("-vb", "--validation-batch-size", type=positive_int, default=None, help="evaluation batch size")
-    g.add_argument("--epochs", type=non_negative_int, default=None, action=TrainingLength, help="epochs to train")
-    g.add_argument("--iters", type=positive_int, default=None, action=TrainingLength,
-                   help="optimizer updates to train instead of --epochs (rounded up to whole epochs; the authors' "
-                        "segmentation configs count iterations)")
-    g.add_argument("--opt", default=None, help="optimizer (timm name: adamw, sgd, lamb, ...)")
-    g.add_argument("--opt-eps", type=float, default=None, help="optimizer epsilon")
-    g.add_argument("--opt-betas", **_floats(), default=None, help="optimizer betas")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--opt-fused", action=bool_flag, default=None,
-                   help="torch's fused optimizer kernel (AdamW/Adam/SGD/Adagrad; one kernel per step instead of a "
-                        "dozen passes over the weights: AdamW's step 4.6x faster on CPU). Default: on wherever "
-                        "torch has it for the optimizer and device; --no-opt-fused for the foreach implementation")
-    g.add_argument("--weight-decay", type=float, default=None,
-                   help="weight decay (classification: none on norms, biases and position tables; detection/"
-                        "segmentation: none on the names the authors exempt)")
-    g.add_argument("--clip-grad", type=float, default=None, help="gradient clipping value (0: off)")
-    g.add_argument("--clip-mode", default="norm", choices=("norm", "value", "agc"), help="gradient clipping mode")
-    g.add_argument("--lr", type=non_negative_float, default=None,
-                   help="learning rate (default: lr-base × global batch / lr-base-size)")
-    g.add_argument("--lr-base", type=float, default=None, help="learning rate at --lr-base-size")
-    g.add_argument("--lr-base-size", type=int, default=None, help="global batch size of --lr-base")
-    g.add_argument("--lr-base-scale", default="linear", choices=("linear", "sqrt"), help="lr scaling with batch")
-    g.add_argument("--sched", default=None, help="schedule (timm: cosine, step, multistep, tanh, poly, none)")
-    g.add_argument("--sched-on-updates", action=bool_flag, default=True,
-                   help="update the lr every optimizer step (default) rather than every epoch")
-    g.add_argument("--warmup-epochs", type=float, default=None, help="linear warm-up epochs")
-    g.add_argument("--warmup-iters", type=int, default=None,
-                   help="linear warm-up in optimizer updates (overrides --warmup-epochs; the authors' dense configs)")
-    g.add_argument("--warmup-lr", type=float, default=None, help="lr at the start of warm-up")
-    g.add_argument("--warmup-ratio", type=float, default=None,
-                   help="warm-up starts at lr × this ratio (overrides --warmup-lr; mmcv's warmup_ratio)")
-    g.add_argument("--warmup-prefix", action=bool_flag, default=False, help="warm-up not counted in --epochs")
-    g.add_argument("--min-lr", type=float, default=None, help="lr floor of the schedule")
-    g.add_argument("--cooldown-epochs", type=int, default=0, help="epochs at min-lr after the schedule")
-    g.add_argument("--decay-epochs", type=float, default=90, help="step schedule: epochs between decays")
-    g.add_argument("--decay-milestones", type=int, nargs="+", default=[90, 180, 270], help="multistep milestones")
-    g.add_argument("--decay-rate", type=float, default=0.1, help="step/multistep decay factor")
-
-    g = p.add_argument_group("precision and devices")
-    g.add_argument("--amp", action=bool_flag, default=False,
-                   help="mixed precision: GPU bf16/fp16; CPU bf16 only where the processor has native bf16")
-    g.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"), help="autocast dtype")
-    g.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    g.add_argument("--deterministic", action=bool_flag, default=False,
-                   help="deterministic algorithms (slower on GPU; CPU runs are deterministic already)")
-    g.add_argument("--seed", type=int, default=42, help="random seed (data order, augmentation, init)")
-    g.add_argument("--max-bad-steps", type=non_negative_int, default=3, metavar="N",
-                   help="stop after N consecutive steps with a non-finite loss (their updates are skipped and "
-                        "no checkpoint is written after them); 0: never stop, keep skipping them")
-
-    g = p.add_argument_group("output and checkpoints")
-    g.add_argument("--output", default="output/train", metavar="DIR", help="parent of the run directories")
-    g.add_argument("--experiment", default=None,
-                   help="run directory name under --output (default: <date>-<model>-<img-size>)")
-    g.add_argument("--checkpoint-hist", type=non_negative_int, default=10, help="checkpoint-<epoch>.pth files to keep")
-    g.add_argument("--checkpoint-interval", type=non_negative_int, default=1000,
-                   help="also write last.pth every N optimizer steps within an epoch (0: only at epoch ends)")
-    g.add_argument("--log-interval", type=positive_int, default=50, help="steps between progress-bar/curve updates")
-    g.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines still printed)")
-
-    g = p.add_argument_group("weight averaging, memory and resume")
-    g.add_argument("--model-ema", action=bool_flag, default=None, help="keep an EMA of the weights")
-    g.add_argument("--model-ema-decay", type=float, default=None, help="EMA decay")
-    g.add_argument("--model-ema-warmup", action=bool_flag, default=False, help="EMA decay warm-up")
-    g.add_argument("--grad-checkpointing", action=bool_flag, default=False,
-                   help="recompute block activations in backward to save memory")
-    g.add_argument("--sync-bn", action=bool_flag, default=False,
-                   help="synchronise BatchNorm statistics over the ranks (CUDA DDP; the authors' segmentation heads)")
-    g.add_argument("--resume", default=None, metavar="PATH|auto",
-                   help="continue a run exactly from a checkpoint; 'auto' takes last.pth of the experiment "
-                        "(--experiment, or the newest run under --output)")
-    g.add_argument("--trust-checkpoint", action="store_true",
-                   help="let --resume/--initial-checkpoint files that pickle Python objects besides tensors and "
-                        "configs run code while loading (only for files you trust; refused otherwise)")
-    g.add_argument("--no-resume-opt", action="store_true",
-                   help="with --resume: restore only the weights, not optimizer/scheduler/position")
-    return p
-
-
-def normalise_keys(config: dict[str, Any]) -> dict[str, Any]:
-    """YAML keys may use '-' like the flags; argparse dests use '_'."""
+def normalise_keys(config: Mapping[str, Any]) -> dict[str, Any]:
+    """YAML keys may use '-' like the flags; the config fields use '_'."""
     return {str(k).replace("-", "_"): v for k, v in config.items()}
 
 
@@ -278,49 +262,13 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of option: value, not a {type(data).__name__}")
-    return data
+        raise ConfigError(f"{path} must hold a mapping of option: value, not a {type(data).__name__}")
+    return normalise_keys(data)
 
 
-class ConfigFileParser(argparse.ArgumentParser):
-    """An ArgumentParser whose ``-c/--config`` YAML supplies the defaults (flags still win), as in timm.
-
-    Works as a subcommand parser too: argparse hands a subparser its part of the command line through
-    ``parse_known_args``, which is where the YAML is read. Unknown YAML keys are an error.
-    """
-
-    def parse_known_args(self, args=None, namespace=None):
-        argv = list(sys.argv[1:] if args is None else args)
-        pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-        pre.add_argument("-c", "--config", default=None)
-        known, _ = pre.parse_known_args(argv)
-        if known.config:
-            try:
-                config = normalise_keys(load_yaml(known.config))
-            except (OSError, ValueError, yaml.YAMLError) as e:
-                self.error(f"cannot read the config {known.config}: {e}")
-            dests = {a.dest for a in self._actions}
-            unknown = sorted(set(config) - dests)
-            if unknown:
-                self.error(f"{known.config}: unknown option(s) {', '.join(unknown)}")
-            # a config that gives the training length in one unit replaces the parser's default in the other
-            # (the seg parser defaults to iters 160000: a config's `epochs: 2` must not be outlived by it)
-            for unit, other in (("epochs", "iters"), ("iters", "epochs")):
-                if config.get(unit) is not None and other not in config and other in dests:
-                    config[other] = None
-            self.set_defaults(**config)
-        return super().parse_known_args(argv, namespace)
-
-
-def apply_recipe(args: argparse.Namespace, dataset_kind: str) -> argparse.Namespace:
-    """Fill every unset (None) argument from the dataset's recipe, then derive lr from the global batch."""
-    for key, value in RECIPES[dataset_kind].items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    if isinstance(args.aa, str) and args.aa.lower() in ("", "none"):
-        args.aa = None
-    args.dataset = dataset_kind
-    return args
+def recipe_for(kind: str) -> dict[str, Any]:
+    """The classification recipe of a dataset kind ('folder': ImageNet, 'fashion_mnist')."""
+    return dict(RECIPES[kind])
 
 
 def scaled_lr(lr_base: float, global_batch: int, lr_base_size: int, scale: str = "linear") -> float:
@@ -329,25 +277,32 @@ def scaled_lr(lr_base: float, global_batch: int, lr_base_size: int, scale: str =
     return lr_base * (math.sqrt(ratio) if scale == "sqrt" else ratio)
 
 
-def default_experiment_name(args: argparse.Namespace) -> str:
-    """timm's run-directory naming: date-time, model, image size."""
+def resolve_learning_rate(values: dict[str, Any], world_size: int) -> dict[str, Any]:
+    """``lr`` from ``lr_base`` when unset (scaled to the global batch), and mmcv's warm-up start
+    ``warmup_lr = lr × warmup_ratio`` when a ratio is given."""
+    values = dict(values)
+    if values.get("lr") is None:
+        values["lr"] = scaled_lr(values["lr_base"], values["batch_size"] * world_size, values["lr_base_size"],
+                                 values.get("lr_base_scale", "linear"))
+    if values.get("warmup_ratio") is not None:
+        values["warmup_lr"] = values["lr"] * values["warmup_ratio"]
+    return values
+
+
+def default_experiment_name(values: Mapping[str, Any]) -> str:
+    """timm's run-directory naming: date-time, model (or preset), image (or crop) size."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = getattr(args, "model", None) or getattr(args, "preset", None) or "run"
-    size = getattr(args, "img_size", None) or getattr(args, "crop_size", None)
+    name = values.get("model") or values.get("preset") or "run"
+    size = values.get("img_size") or values.get("crop_size")
     return f"{stamp}-{name}" + (f"-{size}" if size else "")
 
 
 def to_plain(value: Any) -> Any:
-    """Arguments as YAML/checkpoint-safe values (tuples → lists, paths → str)."""
-    if isinstance(value, dict):
+    """Settings as YAML/checkpoint-safe values (tuples → lists, paths → str)."""
+    if isinstance(value, Mapping):
         return {str(k): to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [to_plain(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
-
-
-def args_to_dict(args: argparse.Namespace) -> dict[str, Any]:
-    """The resolved configuration (``args.yaml`` and the checkpoint's ``args``)."""
-    return {k: to_plain(v) for k, v in sorted(vars(args).items()) if k != "func"}

@@ -11,15 +11,13 @@ every RNG, and starts the data sampler at the same batch — data order and augm
 """
 from __future__ import annotations
 
-import argparse
-import os
 import random
 import signal
 import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 import torch
@@ -33,16 +31,18 @@ from tqdm import tqdm
 
 from datvit.inference.checkpoint_format import MODEL_KEYS, build_checkpoint, read_datvit_checkpoint
 from datvit.models import load_state_dict_checked
+from datvit.models.factory import count_parameters
 
 from ..utils.files import atomic_write_text, remove_stale_temp_files
 from . import distributed as dist_utils
-from .checkpointing import CheckpointManager, capture_rng_state, find_auto_resume, restore_rng_state
+from .checkpointing import CheckpointManager, capture_rng_state, restore_rng_state
 from .classification import ClassificationTask, channels_for_mean, evaluate  # noqa: F401  (datvit.train's API)
-from .config import args_to_dict, default_experiment_name, scaled_lr
+from .config import EngineConfig, config_differences, config_to_dict
 from .errors import TrainingError
 from .metrics import (PLOTS, RunningSum, format_summary_line, plot_curves, summary_columns, task_plots,
                       write_summary)
 from .precision import autocast, resolve_amp
+from .resolve import as_layers, resolve_run_config
 from .preemption import RunInterrupted, StopSignals
 from .task import Task
 
@@ -92,25 +92,42 @@ def use_fused_optimizer(opt: Optional[str], device: torch.device, requested: Opt
 
 
 class Trainer:
-    """Sets up the task's data and model, the optimizer, schedule, EMA and checkpoints from resolved ``args``;
-    ``fit()`` trains. ``task`` defaults to classification (``datvit train``)."""
+    """Builds the task's model, loaders, optimizer, schedule, EMA and checkpoints from one frozen, resolved config
+    (:func:`resolve_run_config`); ``fit()`` trains. ``config`` may also be a mapping of settings (a YAML file's,
+    say), resolved here; ``task`` defaults to classification (``datvit train``)."""
 
-    def __init__(self, args: argparse.Namespace, info: Optional[dist_utils.DistInfo] = None,
+    def __init__(self, config: EngineConfig | Mapping[str, Any], info: Optional[dist_utils.DistInfo] = None,
                  task: Optional[Task] = None):
-        self.args = args
-        self.info = info or dist_utils.init_distributed(args.device)
         self.task = task or ClassificationTask()
+        if not isinstance(config, EngineConfig):
+            layers = as_layers(config)
+            device = next((dict(layer)["device"] for _, layer in reversed(layers) if dict(layer).get("device")), None)
+            info = info or dist_utils.init_distributed(device)
+        self.info = info or dist_utils.init_distributed(config.device)
         self.device = self.info.device
         self.is_main = self.info.is_main
         if not self.is_main:
             warnings.simplefilter("ignore")  # only rank 0 speaks
-        if args.deterministic:
+        is_main = self.is_main
+        # plain functions, not bound methods: a task holding the Trainer would make a reference cycle that keeps
+        # the DataLoaders' persistent workers alive at exit (the process then hangs after its last line)
+        self.task.bind(self.info, lambda m: _log(m, is_main), lambda m: _warn(m, is_main))
+        if not isinstance(config, EngineConfig):
+            config = resolve_run_config(self.task, layers, self.info)
+        elif self.task.config is not config:
+            raise TrainingError("a resolved config belongs to the task that resolved it: pass the settings "
+                                "to Trainer, or resolve_run_config(task, ...) with the same task")
+        self.config = config
+        self.run_dir = Path(config.output) / config.experiment
+        self.resume_path = config.resume
+        if config.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
-        self._setup_data()
+        self.train_set, self.eval_set = self.task.train_set, self.task.eval_set
+        self.class_names = self.task.class_names
         self._setup_model()
         self._setup_optimization()
-        self._setup_run_dir()
+        self.checkpoints = CheckpointManager(self.run_dir, config.checkpoint_hist)
         self.epoch = 0            # epochs completed
         self.batch_in_epoch = 0   # batches done in epoch `self.epoch`
         self.step = 0             # optimizer updates
@@ -123,14 +140,14 @@ class Trainer:
         self._stop_signal = 0              # the signal every rank agreed to stop on (0: none)
         self._bad_run: list[int] = []      # steps of the current run of consecutive non-finite losses
         self._last_saved: Optional[tuple[str, int]] = None  # (path, step) of the newest checkpoint written
-        if args.resume:
-            self._resume(args.resume_path)
-            self._last_saved = (str(args.resume_path), self.step)
-        seed_everything(args.seed + self.info.rank)  # training randomness (drop path, Mixup) differs per rank
+        if self.resume_path:
+            self._resume(self.resume_path)
+            self._last_saved = (str(self.resume_path), self.step)
+        seed_everything(config.seed + self.info.rank)  # training randomness (drop path, Mixup) differs per rank
         if self.is_main:
             for path in remove_stale_temp_files(self.run_dir):
                 self.warn(f"removed {path}, a temporary file left by a write that was killed mid-way")
-            atomic_write_text(yaml.safe_dump(args_to_dict(args), sort_keys=True), self.run_dir / "args.yaml")
+            atomic_write_text(yaml.safe_dump(config_to_dict(config), sort_keys=True), self.run_dir / "args.yaml")
 
     # -- setup ------------------------------------------------------------------------------------------------
 
@@ -140,26 +157,17 @@ class Trainer:
     def warn(self, message: str) -> None:
         _warn(message, self.is_main)
 
-    def _setup_data(self) -> None:
-        # plain functions, not bound methods: a task holding the Trainer would make a reference cycle that keeps
-        # the DataLoaders' persistent workers alive at exit (the process then hangs after its last line)
-        is_main = self.is_main
-        self.task.bind(self.args, self.info, lambda m: _log(m, is_main), lambda m: _warn(m, is_main))
-        self.task.setup_data()
-        self.train_set, self.eval_set = self.task.train_set, self.task.eval_set
-        self.class_names = self.task.class_names
-
     @property
     def model_kwargs(self) -> Optional[dict[str, Any]]:
         """The model's constructor arguments where the task has them (classification)."""
         return getattr(self.task, "model_kwargs", None)
 
     def _setup_model(self) -> None:
-        args, task = self.args, self.task
-        torch.manual_seed(args.seed)  # the same initial weights on every rank (and for EMA)
+        config, task = self.config, self.task
+        torch.manual_seed(config.seed)  # the same initial weights on every rank (and for EMA)
         model = task.build_model()
-        self.n_params = sum(p.numel() for p in model.parameters())
-        if getattr(args, "sync_bn", False) and self.info.distributed:
+        self.n_params = count_parameters(model)
+        if config.sync_bn and self.info.distributed:
             if self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             else:
@@ -169,105 +177,49 @@ class Trainer:
         self.model = model
         task.attach_transforms(model)
         self.data_config = getattr(task, "data_config", None)
-        info = self.info
-        self.train_loader = task.create_loader(self.train_set, args.batch_size, training=True)
-        self.updates_per_epoch = self.train_loader.sampler.epoch_length // args.batch_size
-        if self.updates_per_epoch == 0:
-            raise TrainingError(f"{len(self.train_set)} training images are fewer than one batch of "
-                                f"{args.batch_size} × {info.world_size} processes; lower --batch-size")
+        self.train_loader = task.create_loader(self.train_set, config.batch_size, training=True)
+        self.updates_per_epoch = self.train_loader.sampler.epoch_length // config.batch_size
         self.eval_loader = None
         if self.eval_set is not None:
-            self.eval_loader = task.create_loader(self.eval_set, args.validation_batch_size or args.batch_size,
+            self.eval_loader = task.create_loader(self.eval_set, config.validation_batch_size or config.batch_size,
                                                   training=False)
-        self._resolve_iterations()
-
-    def _resolve_iterations(self) -> None:
-        """Schedules given in optimizer updates, as the authors' dense configs give them (``--iters``,
-        ``--warmup-iters``), in the epochs the loop counts: ``--iters`` rounds up to whole epochs (the schedule
-        then spans those epochs)."""
-        args, per_epoch = self.args, self.updates_per_epoch
-        iters = getattr(args, "iters", None)
-        if iters:
-            args.epochs = max(1, -(-int(iters) // per_epoch))
-        if args.epochs is None:
-            raise TrainingError("give --epochs or --iters")
-        warmup_iters = getattr(args, "warmup_iters", None)
-        if warmup_iters is not None:
-            args.warmup_epochs = warmup_iters / per_epoch
-            if args.sched and args.sched != "none" and not args.sched_on_updates:
-                raise TrainingError("--warmup-iters needs --sched-on-updates (the lr changes every step)")
 
     def _setup_optimization(self) -> None:
-        args = self.args
-        global_batch = args.batch_size * self.info.world_size
-        if args.lr is None:
-            args.lr = scaled_lr(args.lr_base, global_batch, args.lr_base_size, args.lr_base_scale)
-        if getattr(args, "warmup_ratio", None) is not None:
-            args.warmup_lr = args.lr * args.warmup_ratio  # mmcv's warm-up starts at lr × warmup_ratio
+        config = self.config
         opt_kwargs = {}
-        if args.opt_eps is not None:
-            opt_kwargs["eps"] = args.opt_eps
-        if args.opt_betas is not None:
-            opt_kwargs["betas"] = tuple(args.opt_betas)
+        if config.opt_eps is not None:
+            opt_kwargs["eps"] = config.opt_eps
+        if config.opt_betas is not None:
+            opt_kwargs["betas"] = tuple(config.opt_betas)
         # classification: timm puts norms, biases and model.no_weight_decay() (DAT's position tables) in a
         # no-decay group; a task may give its own groups (the dense tasks: the authors' name rules)
-        if use_fused_optimizer(args.opt, self.device, getattr(args, "opt_fused", None)):
+        if use_fused_optimizer(config.opt, self.device, config.opt_fused):
             opt_kwargs["fused"] = True
-        self.optimizer = create_optimizer_v2(self.task.optimizer_params(self.model), opt=args.opt, lr=args.lr,
-                                             weight_decay=args.weight_decay, momentum=args.momentum, **opt_kwargs)
-        self.amp = resolve_amp(self.device, args.amp, args.amp_dtype)
+        self.optimizer = create_optimizer_v2(self.task.optimizer_params(self.model), opt=config.opt, lr=config.lr,
+                                             weight_decay=config.weight_decay, momentum=config.momentum,
+                                             **opt_kwargs)
+        self.amp = resolve_amp(self.device, config.amp, config.amp_dtype)
         if self.amp.message:
             self.warn(self.amp.message)
         self.scaler = torch.amp.GradScaler(self.device.type) if self.amp.use_scaler else None
         self.ema = None
-        if args.model_ema:
-            self.ema = ModelEmaV3(self.model, decay=args.model_ema_decay, use_warmup=args.model_ema_warmup)
+        if config.model_ema:
+            self.ema = ModelEmaV3(self.model, decay=config.model_ema_decay, use_warmup=config.model_ema_warmup)
         self.scheduler = None
-        if args.sched and args.sched != "none":
+        if config.sched and config.sched != "none":
             self.scheduler, self.total_epochs = create_scheduler_v2(
-                self.optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
-                decay_milestones=args.decay_milestones, cooldown_epochs=args.cooldown_epochs,
-                decay_rate=args.decay_rate, min_lr=args.min_lr, warmup_lr=args.warmup_lr,
-                warmup_epochs=args.warmup_epochs, warmup_prefix=args.warmup_prefix,
-                step_on_epochs=not args.sched_on_updates, updates_per_epoch=self.updates_per_epoch)
+                self.optimizer, sched=config.sched, num_epochs=config.epochs, decay_epochs=config.decay_epochs,
+                decay_milestones=config.decay_milestones, cooldown_epochs=config.cooldown_epochs,
+                decay_rate=config.decay_rate, min_lr=config.min_lr, warmup_lr=config.warmup_lr,
+                warmup_epochs=config.warmup_epochs, warmup_prefix=config.warmup_prefix,
+                step_on_epochs=not config.sched_on_updates, updates_per_epoch=self.updates_per_epoch)
         else:
-            self.total_epochs = args.epochs
+            self.total_epochs = config.epochs
         self.train_model = self.model
         if self.info.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=device_ids,
                                                        find_unused_parameters=self.task.find_unused_parameters)
-
-    def _setup_run_dir(self) -> None:
-        args = self.args
-        args.resume_path = None
-        if args.resume == "auto":
-            found = find_auto_resume(args.output, args.experiment)
-            if found is None:
-                self.log(f"--resume auto: nothing to resume under {args.output}"
-                         f"{'/' + args.experiment if args.experiment else ''}; starting a new run")
-                args.resume = None
-            else:
-                args.resume_path = str(found)
-        elif args.resume:
-            if not os.path.isfile(args.resume):
-                raise TrainingError(f"--resume {args.resume}: no such checkpoint")
-            args.resume_path = args.resume
-        if args.resume_path and not args.experiment:
-            run_dir = Path(args.resume_path).parent
-        else:
-            name = args.experiment or default_experiment_name(args)
-            run_dir = Path(args.output) / name
-            if not args.resume_path and (run_dir / "last.pth").exists():
-                i = 1
-                while (Path(args.output) / f"{name}-{i}" / "last.pth").exists():
-                    i += 1
-                run_dir = Path(args.output) / f"{name}-{i}"
-                self.warn(f"{Path(args.output) / name} already holds a run (use --resume auto to continue it); "
-                          f"writing this one to {run_dir}")
-        self.run_dir = Path(dist_utils.broadcast_object(str(run_dir), self.info))
-        args.experiment = self.run_dir.name
-        self.checkpoints = CheckpointManager(self.run_dir, args.checkpoint_hist)
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 
@@ -286,7 +238,7 @@ class Trainer:
         meters.update(seconds=self.meters["seconds"], samples=self.meters["samples"])
         meters_all = dist_utils.gather_objects(meters, self.info)
         corrupt = self._all_corrupt()
-        args = self.args
+        config = self.config
         training = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -296,14 +248,14 @@ class Trainer:
             "step": self.step,
             "rng": rng_all[0],
             "rng_per_rank": rng_all,
-            "data_state": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": args.seed,
-                           "batch_size": args.batch_size, "world_size": self.info.world_size},
+            "data_state": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": config.seed,
+                           "batch_size": config.batch_size, "world_size": self.info.world_size},
             "meters": meters_all[0],
             "meters_per_rank": meters_all,
             "history": self.history,
             "best": dict(self.best),
             "corrupt_files": corrupt,
-            "args": args_to_dict(args),
+            "args": config_to_dict(config),
             "task": self.task.name,
         }
         record = self.task.checkpoint_record()  # arch, data_config, class_names (+ a dense task's model config)
@@ -349,7 +301,7 @@ class Trainer:
         return self.history.setdefault("skipped", {"nonfinite_loss": 0, "amp_overflow": 0})
 
     def _resume(self, path: str) -> None:
-        loaded = read_datvit_checkpoint(path, trust_checkpoint=getattr(self.args, "trust_checkpoint", False))
+        loaded = read_datvit_checkpoint(path, trust_checkpoint=getattr(self.config, "trust_checkpoint", False))
         ckpt = loaded.training
         if not loaded.is_datvit or "step" not in ckpt:
             raise TrainingError(f"{path} is not a datvit training checkpoint; to start from its weights use "
@@ -358,8 +310,12 @@ class Trainer:
             raise TrainingError(f"--resume {path}: the checkpoint is a {ckpt.get('task', 'classification')} run, "
                                 f"this is {self.task.name}")
         self.task.check_resume(loaded, path)
+        differs = config_differences(ckpt.get("args") or {}, config_to_dict(self.config))
+        if differs:
+            self.warn(f"resuming {path} with settings that differ from the checkpoint's (checkpoint → this run): "
+                      + "; ".join(differs))
         load_state_dict_checked(self.model, loaded.model, path, reset_head_on_mismatch=False)
-        if self.args.no_resume_opt:
+        if self.config.no_resume_opt:
             self.log(f"resumed the weights of {path} (optimizer, schedule and position not restored)")
             return
         if self.ema is not None and loaded.model_ema is not None:
@@ -377,10 +333,10 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         data_state = ckpt.get("data_state", {})
         same_layout = (data_state.get("world_size") == self.info.world_size
-                       and data_state.get("batch_size") == self.args.batch_size)
+                       and data_state.get("batch_size") == self.config.batch_size)
         if self.batch_in_epoch and not same_layout:
             done = self.batch_in_epoch * data_state["batch_size"] * data_state["world_size"]
-            self.batch_in_epoch = done // (self.args.batch_size * self.info.world_size)
+            self.batch_in_epoch = done // (self.config.batch_size * self.info.world_size)
             self.warn("batch size or number of processes changed since the checkpoint: the epoch continues near, "
                       "not exactly at, where it stopped")
         per_rank_meters = ckpt.get("meters_per_rank") or [ckpt.get("meters") or {}]
@@ -411,7 +367,7 @@ class Trainer:
 
     def _train_step(self, batch: Any) -> tuple[torch.Tensor, dict[str, Any], int]:
         """One optimizer update; returns (summed loss, sums of the task's step metrics, samples)."""
-        args = self.args
+        config = self.config
         with autocast(self.device, self.amp):
             out = self.task.training_loss(self.train_model, batch, self.epoch)
         loss = out.loss
@@ -434,16 +390,16 @@ class Trainer:
             self._bad_run.clear()
             if self.scaler is not None:
                 scale = self.scaler.get_scale()
-                if args.clip_grad:
+                if config.clip_grad:
                     self.scaler.unscale_(self.optimizer)
-                    dispatch_clip_grad(params, args.clip_grad, mode=args.clip_mode)
+                    dispatch_clip_grad(params, config.clip_grad, mode=config.clip_mode)
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
                 if self.scaler.get_scale() < scale:  # the scale only drops when inf/NaN gradients skipped the step
                     self._skipped()["amp_overflow"] += 1
             else:
-                if args.clip_grad:
-                    dispatch_clip_grad(params, args.clip_grad, mode=args.clip_mode)
+                if config.clip_grad:
+                    dispatch_clip_grad(params, config.clip_grad, mode=config.clip_mode)
                 self.optimizer.step()
             if self.ema is not None:
                 self.ema.update(self.model, step=self.step)
@@ -459,12 +415,12 @@ class Trainer:
 
     def train_epoch(self) -> dict[str, Any]:
         """Train from the current position to the end of epoch ``self.epoch``."""
-        args, epoch = self.args, self.epoch
+        config, epoch = self.config, self.epoch
         sampler = self.train_loader.sampler
-        sampler.set_epoch(epoch, start=self.batch_in_epoch * args.batch_size)
+        sampler.set_epoch(epoch, start=self.batch_in_epoch * config.batch_size)
         self.train_model.train()
-        pbar = tqdm(total=self.updates_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
-                    dynamic_ncols=True, leave=False, disable=not self.is_main or args.no_progress, file=sys.stderr)
+        pbar = tqdm(total=self.updates_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                    dynamic_ncols=True, leave=False, disable=not self.is_main or config.no_progress, file=sys.stderr)
         if self._rng_to_restore is not None:  # exactly where the checkpoint left every generator
             restore_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
@@ -481,11 +437,11 @@ class Trainer:
                 window[name] += value
             window["samples"] += n
             last_batch = self.batch_in_epoch >= self.updates_per_epoch
-            if self.step % args.log_interval == 0 or last_batch:
+            if self.step % config.log_interval == 0 or last_batch:
                 self._flush_window(window, pbar, session_samples * self.info.world_size,
                                    time.perf_counter() - t_start)
             pbar.update(1)
-            if (args.checkpoint_interval and self.step % args.checkpoint_interval == 0 and not last_batch
+            if (config.checkpoint_interval and self.step % config.checkpoint_interval == 0 and not last_batch
                     and not self._bad_run):  # no step checkpoint inside a run of non-finite losses
                 self._flush_window(window, pbar, session_samples * self.info.world_size,
                                    time.perf_counter() - t_start)
@@ -493,7 +449,7 @@ class Trainer:
                 self.save()
                 t_start = time.perf_counter()
                 session_samples = 0
-            if self.args.max_bad_steps and len(self._bad_run) >= self.args.max_bad_steps:
+            if self.config.max_bad_steps and len(self._bad_run) >= self.config.max_bad_steps:
                 pbar.close()
                 raise TrainingDiverged(self._diverged_message())
             if not self.info.distributed:  # one process: also a signal that came after the step's flag read
@@ -521,7 +477,7 @@ class Trainer:
     def _diverged_message(self) -> str:
         first, last = self._bad_run[0], self._bad_run[-1]
         return (f"the loss was not finite for {len(self._bad_run)} consecutive steps (steps {first}–{last}, epoch "
-                f"{self.epoch + 1}; --max-bad-steps {self.args.max_bad_steps}); their updates were skipped and "
+                f"{self.epoch + 1}; --max-bad-steps {self.config.max_bad_steps}); their updates were skipped and "
                 f"nothing was saved after them. {self._last_good_hint()}")
 
     def _stop_on_signal(self) -> None:
@@ -561,7 +517,7 @@ class Trainer:
         row: dict[str, Any] = {key: None for key, _, _ in self.task.metrics.eval_columns}
         if self.eval_loader is None:
             return row
-        progress = not self.args.no_progress
+        progress = not self.config.no_progress
         result = self.task.evaluate(self.model, self.eval_loader, self.amp, progress, "eval")
         self._record_corrupt(result.pop("problems", []))
         row.update({f"eval_{k}": v for k, v in result.items()})
@@ -584,12 +540,12 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; returns the final summary (also printed)."""
-        args = self.args
-        self.log(f"{self.task.describe(self.model)} for {args.epochs} epochs "
+        config = self.config
+        self.log(f"{self.task.describe(self.model)} for {config.epochs} epochs "
                  f"({self.updates_per_epoch} steps each) on {self.info.world_size} × {self.device.type}, global batch "
-                 f"{args.batch_size * self.info.world_size}, lr {args.lr:.3g}; writing to {self.run_dir}")
+                 f"{config.batch_size * self.info.world_size}, lr {config.lr:.3g}; writing to {self.run_dir}")
         with self.signals:
-            while self.epoch < args.epochs:
+            while self.epoch < config.epochs:
                 train = self.train_epoch()
                 row = {"epoch": self.epoch + 1, "train_loss": train["loss"], **self._evaluate_epoch(),
                        "lr": self._current_lr(), "images/s": train["images_per_s"], "seconds": train["seconds"]}
@@ -608,7 +564,7 @@ class Trainer:
                 if self.is_main:
                     write_summary(self.run_dir, self.history["epochs"], self._summary_columns())
                     plot_curves(self.run_dir, self.history["epochs"], self.history["steps"], self._plots())
-                self.log(format_summary_line(row, args.epochs, self.task.metrics.eval_columns,
+                self.log(format_summary_line(row, config.epochs, self.task.metrics.eval_columns,
                                              self.task.metrics.best))
                 skipped = self._skipped()
                 if any(skipped.values()):
@@ -616,7 +572,7 @@ class Trainer:
                               f"{skipped['amp_overflow']} fp16 overflows (GradScaler)")
                 # a signal that came during the evaluation or the epoch's checkpoint: stop with that checkpoint
                 self._stop_signal = dist_utils.max_over_ranks([self.signals.requested or 0], self.info)[0]
-                if self._stop_signal and self.epoch < args.epochs:
+                if self._stop_signal and self.epoch < config.epochs:
                     self._stop_on_signal()
         return self.finish()
 
@@ -644,11 +600,17 @@ class Trainer:
         return summary
 
 
-def train(args: argparse.Namespace, task: Optional[Task] = None) -> dict[str, Any]:
-    """Train ``task`` (default: classification, ``datvit train``) with parsed arguments (joins/leaves the torchrun
-    process group)."""
-    info = dist_utils.init_distributed(args.device)
+def train(settings: EngineConfig | Mapping[str, Any] | Iterable[tuple[str, Mapping[str, Any]]],
+          task: Optional[Task] = None) -> dict[str, Any]:
+    """Train ``task`` (default: classification, ``datvit train``); joins and leaves the torchrun process group.
+
+    ``settings``: a config, a mapping of settings (the fields of :class:`~datvit.train.config.TrainConfig` or
+    of the task's config; unset values come from the task's recipe), or layers ``[(where, mapping), ...]``, later
+    ones winning (the command line passes ``[(yaml file, its values), ("command line", the flags given)]``)."""
+    layers = as_layers(settings)
+    device = next((dict(layer)["device"] for _, layer in reversed(layers) if dict(layer).get("device")), None)
+    info = dist_utils.init_distributed(device)
     try:
-        return Trainer(args, info, task).fit()
+        return Trainer(layers, info, task).fit()
     finally:
         dist_utils.cleanup()

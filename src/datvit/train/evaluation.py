@@ -7,15 +7,17 @@ need ``--model``; the class count and input channels are read from the weights. 
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import sys
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from ..data.loader import create_dataset, create_loader, resolve_dataset_kind
-from ..deploy import add_inference_optimization_arguments, optimize_from_args
+from ..deploy import InferenceOptimization, optimize_for_inference
+from ..utils.files import atomic_write_text
+from .config import default_workers
 from ..inference import LoadedModel, eval_transform, load_model, resolve_data_config
 from ..models.factory import count_parameters
 from . import distributed as dist_utils
@@ -23,100 +25,96 @@ from .engine import TrainingError, evaluate
 from .precision import resolve_amp
 
 
-def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """timm ``validate.py``'s flag names."""
-    add_inference_optimization_arguments(p, amp=False)   # eval's own --amp autocasts around the model
-    p.add_argument("--checkpoint", required=True, metavar="FILE",
-                   help="datvit checkpoint (last.pth, best.pth, ...) or the authors' .pth (then give --model)")
-    p.add_argument("--model", default=None,
-                   help="variant for checkpoints that do not record it (the authors' files), e.g. dat_tiny")
-    p.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="ImageNet-style folder (its --split subfolder, or the class folders themselves) or the "
-                        "Fashion-MNIST files; default: the checkpoint's training data, else the built-in "
-                        "Fashion-MNIST")
-    p.add_argument("--dataset", default=None, help="'fashion_mnist' or 'folder' (default: guessed)")
-    p.add_argument("--split", default=None, help="split to evaluate (default: the run's validation split, 'val')")
-    p.add_argument("--img-size", type=int, default=None, help="evaluation resolution (default: the checkpoint's)")
-    p.add_argument("--crop-pct", type=float, default=None, help="center-crop ratio (default 0.875)")
-    p.add_argument("--interpolation", default=None, help="resize interpolation (default bicubic)")
-    p.add_argument("--mean", type=float, nargs="+", default=None, help="normalisation mean")
-    p.add_argument("--std", type=float, nargs="+", default=None, help="normalisation std")
-    p.add_argument("-b", "--batch-size", type=int, default=256, help="batch size")
-    p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: from the weights)")
-    p.add_argument("--in-chans", type=int, default=None, help="input channels (default: from the weights)")
-    p.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow a checkpoint that pickles Python objects besides tensors and configs to run code "
-                        "while loading (only for files you trust; refused otherwise)")
-    p.add_argument("--workers", "-j", type=int, default=min(4, max((os.cpu_count() or 1) - 1, 0)),
-                   help="DataLoader workers")
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                   help="mixed precision (GPU; CPU only with native bf16)")
-    p.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
-    p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu")
-    p.add_argument("--results-file", default=None, metavar="FILE", help="also write the results as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """What ``datvit eval`` evaluates and how; the field names are timm ``validate.py``'s flags. Unset
+    preprocessing values come from the checkpoint (its ``data_config``), unset data from the run that wrote it."""
+
+    checkpoint: str
+    model: Optional[str] = None
+    data_dir: Optional[str] = None
+    dataset: Optional[str] = None
+    split: Optional[str] = None
+    img_size: Optional[int] = None
+    crop_pct: Optional[float] = None
+    interpolation: Optional[str] = None
+    mean: Optional[list[float]] = None
+    std: Optional[list[float]] = None
+    batch_size: int = 256
+    num_classes: Optional[int] = None
+    in_chans: Optional[int] = None
+    use_ema: bool = False
+    trust_checkpoint: bool = False
+    workers: int = dataclasses.field(default_factory=default_workers)
+    amp: bool = False
+    amp_dtype: str = "bfloat16"
+    channels_last: bool = False
+    device: Optional[str] = None
+    output: Optional[str] = None
+    progress: bool = True
+    optimization: Optional[InferenceOptimization] = None
 
 
-def load_eval_model(args: argparse.Namespace) -> LoadedModel:
+def load_eval_model(config: EvalConfig) -> LoadedModel:
     """The checkpoint's model (rebuilt from its record, or ``--model``) with its weights and preprocessing, through
     the inference layer; ``--crop-pct``/``--interpolation``/``--mean``/``--std`` override the preprocessing."""
-    loaded = load_model(args.checkpoint, args.model, img_size=args.img_size, num_classes=args.num_classes,
-                        in_chans=args.in_chans, use_ema=args.use_ema,
-                        trust_checkpoint=getattr(args, "trust_checkpoint", False))
+    loaded = load_model(config.checkpoint, config.model, img_size=config.img_size, num_classes=config.num_classes,
+                        in_chans=config.in_chans, use_ema=config.use_ema,
+                        trust_checkpoint=config.trust_checkpoint)
     loaded.data_config = resolve_data_config(
-        loaded.data_config, loaded.model, crop_pct=getattr(args, "crop_pct", None),
-        interpolation=getattr(args, "interpolation", None), mean=getattr(args, "mean", None),
-        std=getattr(args, "std", None))
+        loaded.data_config, loaded.model, crop_pct=config.crop_pct,
+        interpolation=config.interpolation, mean=config.mean,
+        std=config.std)
     return loaded
 
 
-def run_eval(args: argparse.Namespace) -> dict[str, Any]:
-    """Evaluate; prints one line and returns the results (also written to ``--results-file``)."""
-    info = dist_utils.init_distributed(args.device)
+def run_eval(config: EvalConfig) -> dict[str, Any]:
+    """Evaluate; prints one line and returns the results (also written as JSON to ``config.output``)."""
+    info = dist_utils.init_distributed(config.device)
     try:
-        return _run_eval(args, info)
+        return _run_eval(config, info)
     finally:
         dist_utils.cleanup()
 
 
-def _run_eval(args: argparse.Namespace, info: dist_utils.DistInfo) -> dict[str, Any]:
-    loaded = load_eval_model(args)
+def _run_eval(config: EvalConfig, info: dist_utils.DistInfo) -> dict[str, Any]:
+    loaded = load_eval_model(config)
     train_args = (loaded.checkpoint.training.get("args") or {}) if loaded.checkpoint else {}
-    if args.dataset is None and args.data_dir is None and train_args:
-        args.dataset, args.data_dir = train_args.get("dataset"), train_args.get("data_dir")
-    split = args.split or train_args.get("val_split") or "val"
+    dataset, data_dir = config.dataset, config.data_dir
+    if dataset is None and data_dir is None and train_args:
+        dataset, data_dir = train_args.get("dataset"), train_args.get("data_dir")
+    split = config.split or train_args.get("val_split") or "val"
     model, name = loaded.model, loaded.name
     model.to(info.device)
 
     data_config = loaded.data_config
     img_size = int(data_config["input_size"][-1])
 
-    kind = resolve_dataset_kind(args.dataset, args.data_dir)
+    kind = resolve_dataset_kind(dataset, data_dir)
     transform = eval_transform(data_config)
     class_names = loaded.class_names
-    dataset = create_dataset(kind, args.data_dir, split, transform=transform,
+    data = create_dataset(kind, data_dir, split, transform=transform,
                              image_mode="L" if model.in_chans == 1 else "RGB", class_names=class_names)
-    if len(dataset.classes) > model.num_classes:
-        raise TrainingError(f"the dataset has {len(dataset.classes)} classes, the model's classifier "
+    if len(data.classes) > model.num_classes:
+        raise TrainingError(f"the dataset has {len(data.classes)} classes, the model's classifier "
                             f"{model.num_classes}: evaluate a checkpoint trained on this dataset")
-    loader = create_loader(dataset, args.batch_size, training=False, workers=args.workers, rank=info.rank,
+    loader = create_loader(data, config.batch_size, training=False, workers=config.workers, rank=info.rank,
                            world_size=info.world_size)
-    amp = resolve_amp(info.device, args.amp, args.amp_dtype)
+    amp = resolve_amp(info.device, config.amp, config.amp_dtype)
     if amp.message and info.is_main:
         print(f"warning: {amp.message}", file=sys.stderr)
-    if args.channels_last:
+    if config.channels_last:
         import torch
         model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
-    result = evaluate(optimize_from_args(model, args), loader, info.device, amp, info, progress=not args.no_progress,
-                      desc=f"eval {os.path.basename(args.checkpoint)}", channels_last=args.channels_last)
+    if config.optimization is not None:
+        model = optimize_for_inference(model, config.optimization)
+    result = evaluate(model, loader, info.device, amp, info, progress=config.progress,
+                      desc=f"eval {os.path.basename(config.checkpoint)}", channels_last=config.channels_last)
     seconds = time.perf_counter() - start
     corrupt = sorted({c.path for part in dist_utils.gather_objects(result["corrupt"], info) for c in part})
     results = {
-        "model": name, "checkpoint": args.checkpoint, "ema": args.use_ema, "dataset": kind, "split": split,
+        "model": name, "checkpoint": config.checkpoint, "ema": config.use_ema, "dataset": kind, "split": split,
         "images": result["count"], "top1": result["top1"], "top5": result["top5"], "loss": result["loss"],
         "img_size": img_size, "crop_pct": data_config["crop_pct"], "interpolation": data_config["interpolation"],
         "param_count": count_parameters(model), "seconds": seconds, "corrupt_files": len(corrupt),
@@ -132,7 +130,6 @@ def _run_eval(args: argparse.Namespace, info: dist_utils.DistInfo) -> dict[str, 
             print(f"no readable images in {kind}/{split}", file=sys.stderr)
         if corrupt:
             print(f"warning: {len(corrupt)} unreadable image file(s) skipped", file=sys.stderr)
-        if args.results_file:
-            with open(args.results_file, "w") as f:
-                json.dump(results, f, indent=2)
+        if config.output:
+            atomic_write_text(json.dumps(results, indent=2), config.output)
     return results

@@ -15,7 +15,6 @@ classifier needs none of its dependencies).
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -24,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as dist_utils
+from .config import EngineConfig
 from .precision import AmpPlan
 
 
@@ -61,8 +61,11 @@ class Task:
     # batch without positive proposals); it costs an extra traversal of the graph, so only tasks that need it
     find_unused_parameters: bool = False
 
+    # the task's frozen run configuration (a subclass of EngineConfig with the task's own settings)
+    run_config_cls: type[EngineConfig] = EngineConfig
+
     def __init__(self) -> None:
-        self.args: Optional[argparse.Namespace] = None
+        self.config: Optional[EngineConfig] = None
         self.info = dist_utils.DistInfo()
         self.device = torch.device("cpu")
         self.train_set: Optional[Dataset] = None
@@ -71,16 +74,27 @@ class Task:
         self.log: Callable[[str], None] = print
         self.warn: Callable[[str], None] = print
 
-    # -- setup (called once, in this order) ---------------------------------------------------------------------
+    # -- resolution (once, before anything is built) ------------------------------------------------------------
 
-    def bind(self, args: argparse.Namespace, info: dist_utils.DistInfo, log: Callable[[str], None],
-             warn: Callable[[str], None]) -> None:
-        self.args, self.info, self.device, self.log, self.warn = args, info, info.device, log, warn
+    @property
+    def args(self) -> Optional[EngineConfig]:
+        """The run's config under the name the dense tasks still use; read-only."""
+        return self.config
 
-    def setup_data(self) -> None:
-        """Fill in the task's defaults on ``self.args`` and build ``train_set``, ``eval_set`` (None when the run
-        has no evaluation split) and ``class_names``."""
+    def bind(self, info: dist_utils.DistInfo, log: Callable[[str], None], warn: Callable[[str], None]) -> None:
+        self.info, self.device, self.log, self.warn = info, info.device, log, warn
+
+    def recipe(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The recipe the user's ``settings`` are laid over (it may depend on them, e.g. on the dataset)."""
+        return {}
+
+    def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Fill in the values that depend on the task's data and model (class count, input size, ...) and open
+        the datasets: ``train_set``, ``eval_set`` (None when the run has no evaluation split) and
+        ``class_names``. Returns the completed values; builds no model."""
         raise NotImplementedError
+
+    # -- building (called once, in this order, with ``self.config`` set) ----------------------------------------
 
     def build_model(self) -> nn.Module:
         """The model to train, on the CPU, initialised the same on every rank (the engine seeds before)."""
