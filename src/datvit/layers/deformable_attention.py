@@ -32,12 +32,6 @@ from .ops import (
 Generation = Literal["v1", "pp"]
 
 
-def _query_axis(n: int, dtype: torch.dtype, device: Optional[torch.device]) -> torch.Tensor:
-    if n == 1:
-        return torch.zeros(1, dtype=dtype, device=device)
-    return torch.arange(n, dtype=dtype, device=device).div(n - 1.0).mul(2.0).sub(1.0)
-
-
 def deformable_position_bias(table: torch.Tensor, pos: torch.Tensor, q_grid: torch.Tensor) -> torch.Tensor:
     """Bias B×heads×(H·W)×Ns: ``table`` (heads×Th×Tw) read bilinearly at (q − p)/2 for every query position q
     (``q_grid``, H×W×2) and sampled position p (``pos``, B×G×Ns×2, (y, x), normalised).
@@ -61,6 +55,15 @@ def deformable_position_bias(table: torch.Tensor, pos: torch.Tensor, q_grid: tor
     return bias.view(B, heads, H * W, ns)
 
 
+def _reference_axis(n: int, generation: str, dtype: torch.dtype, device: Optional[torch.device]) -> torch.Tensor:
+    i = torch.arange(n, dtype=dtype, device=device) + 0.5
+    if generation == "v1":
+        return i.div(n).mul(2.0).sub(1.0)
+    if n == 1:
+        return torch.zeros(1, dtype=dtype, device=device)
+    return i.div(n - 1.0).mul(2.0).sub(1.0)
+
+
 @register_notrace_function  # branches on the key-grid size (see layers/tracing.py)
 def reference_points(height: int, width: int, generation: str, batch: int = 1, dtype: torch.dtype = torch.float32,
                      device: Optional[torch.device] = None) -> torch.Tensor:
@@ -74,13 +77,10 @@ def reference_points(height: int, width: int, generation: str, batch: int = 1, d
     return ref.unsqueeze(0).expand(batch, -1, -1, -1)
 
 
-def _reference_axis(n: int, generation: str, dtype: torch.dtype, device: Optional[torch.device]) -> torch.Tensor:
-    i = torch.arange(n, dtype=dtype, device=device) + 0.5
-    if generation == "v1":
-        return i.div(n).mul(2.0).sub(1.0)
+def _query_axis(n: int, dtype: torch.dtype, device: Optional[torch.device]) -> torch.Tensor:
     if n == 1:
         return torch.zeros(1, dtype=dtype, device=device)
-    return i.div(n - 1.0).mul(2.0).sub(1.0)
+    return torch.arange(n, dtype=dtype, device=device).div(n - 1.0).mul(2.0).sub(1.0)
 
 
 @register_notrace_function  # branches on the map size (see layers/tracing.py)

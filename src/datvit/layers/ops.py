@@ -108,6 +108,7 @@ def _onednn_operands(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     mode = execution_mode(x)
     if not (mode is ExecutionMode.EAGER_CPU or mode is ExecutionMode.COMPILED):
         return None
+    # compiled graphs run on any device: the oneDNN convolution is for CPU tensors
     if not (x.device.type == "cpu" and type(weight) in (torch.Tensor, nn.Parameter)
             and type(x) in (torch.Tensor, nn.Parameter) and x.numel() > 0):
         return None

@@ -4,8 +4,16 @@
 oneDNN 1×1-convolution projections and the ``embedding_bag`` sampling of the D block are eager-CPU kernels, the
 opaque custom ops are for torch.compile, ``flex_attention`` is compiled on its own; graphs recorded for export
 keep the plain ops (``F.linear``, ``F.grid_sample``) every exporter understands. :func:`execution_mode` is the one
-place that says which kind of call this is; every fast-path switch reads it (through the predicates of
-:class:`ExecutionMode`), so changing what a mode runs starts here.
+place that says which kind of call this is; every fast-path switch reads it, so changing what a mode runs
+starts here. What each mode runs:
+
+- ``EAGER_CPU``: the oneDNN projections (``ops.dense``; GELU fused in inference), ``embedding_bag`` sampling
+  (``ops.sample_channels_last``), the explicit attention layouts in inference (``attention.biased_attention``);
+- ``EAGER_OTHER``: the plain ops; ``flex_attention`` for the N blocks on CUDA;
+- ``COMPILED``: the custom ops ``datvit::onednn_linear`` (CPU) and ``datvit::grid_sample_bilinear``, gathered
+  sampling in inference;
+- ``FX_TRACING``, ``EXPORTING``, ``SCRIPTED``: the plain ops; ``JIT_TRACING`` too, except that the N blocks'
+  ``flex_attention`` switch treats it as eager.
 
 **Shape arithmetic under torch.fx.** Shape arithmetic that branches on sizes (window padding, the DAT++ grid
 divisor ``max(n − 1, 1)``, the choice of neighborhood tiling) cannot be traced by ``torch.fx``, whose sizes are
@@ -38,12 +46,6 @@ class ExecutionMode(enum.Enum):
     def is_eager(self) -> bool:
         """Plain Python execution, on any device: the eager-only kernels may run (where the device fits)."""
         return self in (ExecutionMode.EAGER_CPU, ExecutionMode.EAGER_OTHER)
-
-    @property
-    def records_graph(self) -> bool:
-        """A graph is being recorded for use outside PyTorch's eager runtime: it keeps the plain ops (``F.linear``,
-        ``F.grid_sample``), which every exporter understands, and no custom op or eager-only kernel."""
-        return self in (ExecutionMode.FX_TRACING, ExecutionMode.JIT_TRACING, ExecutionMode.EXPORTING)
 
 
 def execution_mode(x: Optional[torch.Tensor] = None) -> ExecutionMode:

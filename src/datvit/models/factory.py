@@ -90,8 +90,8 @@ def resolve_model_kwargs(
     (num_classes, in_chans, img_size, drop rates; None values are skipped).
 
     When depths or the generation change and no stage_spec is given, the variant's block pattern is regenerated
-    for the new depths (v1: L/S then L/D; DAT++: N/D, stage 4 D only). An unknown argument raises ``ValueError``
-    with the closest known name.
+    for the new depths (``stage_spec_for``: v1 L/S then L/D; DAT++ N/D, stage 4 D only). An unknown argument
+    raises ``ValueError`` with the closest known name.
     """
     config, overrides = dict(config or {}), dict(overrides or {})
     check_model_arguments(config)

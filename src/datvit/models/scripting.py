@@ -19,7 +19,7 @@ _NONE, _TO_CHANNELS_LAST, _TO_CHANNELS_FIRST = 0, 1, 2
 
 class ScriptableConvNorm(nn.Module):
     """A stem or downsampling (``layers/embed.py``: convs on B×C×H×W, LayerNorms channels-last) with the permutes
-    planned once here; scripted, the eager loop's ``channels_last`` flag lost a permute (measured on torch 2.14.1)."""
+    planned once here: scripted, the eager loop's ``channels_last`` flag loses a permute."""
     permutes: List[int]
     output_permute: int
 
@@ -61,7 +61,7 @@ class ScriptableBlock(nn.Module):
         self.drop_path = stage.drop_path[d]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "lpu"):  # a static check in TorchScript (isinstance on submodules was not, measured)
+        if hasattr(self, "lpu"):  # a static check in TorchScript (isinstance on submodules is not)
             x = residual_depthwise_conv(x, self.lpu.weight, self.lpu.bias)
         y = self.attn(self.norm1(x))
         assert isinstance(y, torch.Tensor)  # DeformableAttention may also return positions (not asked here)
