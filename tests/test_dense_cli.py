@@ -113,6 +113,18 @@ def test_one_line_errors(runs, tmp_path, capsys):
     assert "no such file" in _one_line_error(capsys.readouterr().err, "det predict")
 
 
+def test_labels_the_model_cannot_hold_stop_the_run_before_it_starts(tmp_path, capsys):
+    data = make_scenes(tmp_path, n_train=2, n_val=1)   # maps label the background 0 and the garments 1..10
+    assert main(["seg", "train", "--data-dir", str(data), "--num-classes", "10", "--epochs", "1"]) == 2
+    line = _one_line_error(capsys.readouterr().err, "seg train")
+    assert f"{data / 'annotations' / 'train' / '000001.png'}: label 10 is outside the labels 0..9 (255 ignored) " \
+           "of --num-classes 10" in line and line.endswith("pass --reduce-zero-label to ignore 0 and count the "
+                                                          "classes from 1")
+    assert main(["det", "train", "--data-dir", str(data), "--num-classes", "5", "--epochs", "1"]) == 2
+    line = _one_line_error(capsys.readouterr().err, "det train")
+    assert f"{data / 'annotations' / 'instances_train.json'}: 10 categories" in line and "--num-classes 5" in line
+
+
 def test_demo_dense_starts_from_clean_run_directories(tmp_path, monkeypatch):
     """A second `datvit demo-dense` in the same place used to report the first one's results: the engine wrote the
     new runs to `<name>-1` while the report read `runs/<name>`. The demo now removes its previous runs first."""

@@ -79,7 +79,6 @@ def _write_bad_coco(root: Path) -> None:
     anns = [
         dict(id=1, image_id=1, category_id=7, bbox=[2, 2, 18, 18], segmentation=poly, iscrowd=0),
         dict(id=2, image_id=1, category_id=3, bbox=[5, 5, 0, 10], segmentation=poly, iscrowd=0),      # degenerate
-        dict(id=3, image_id=1, category_id=99, bbox=[2, 2, 10, 10], segmentation=poly, iscrowd=0),    # unknown id
         dict(id=4, image_id=1, category_id=3, bbox=[2, 2, 10, 10], iscrowd=0,
              segmentation=dict(size=[60, 80], counts="PPYo0")),                                     # mask size
         dict(id=5, image_id=1, category_id=3, bbox=[2, 2, 10, 10], segmentation=[], iscrowd=0),       # empty list
@@ -98,8 +97,7 @@ def test_coco_bad_input_is_skipped_and_counted(tmp_path):
     ds = CocoDetection(tmp_path, "val")
     assert ds.categories == ["cat", "dog"]
     reasons = dict(ds.skipped)
-    assert reasons == {"degenerate box (under 1 pixel inside the image)": 1, "category id not in 'categories'": 1,
-                       "mask size differs from its image": 1, "empty or malformed polygon list": 1,
+    assert reasons == {"degenerate box (under 1 pixel inside the image)": 1, "mask size differs from its image": 1, "empty or malformed polygon list": 1,
                        "missing image file": 1, "crowd annotation": 1}
     assert "missing.jpg" in ds.skip_examples["missing image file"] and "annotation 4 of ok.jpg" in ds.skip_summary()
     assert len(ds) == 3 and ds.empty_images == 1
@@ -139,20 +137,81 @@ def test_segmentation_folder_bad_maps_and_label_conventions(tmp_path):
     Image.fromarray(labels, mode="L").save(ann_dir / "a.png")
     Image.fromarray(np.stack([labels] * 3, -1), mode="RGB").save(ann_dir / "rgb.png")
     Image.fromarray(labels, mode="L").save(ann_dir / "small.png")
-    ds = SegmentationFolder(tmp_path, "training", reduce_zero_label=True, num_classes=150)
+    ds = SegmentationFolder(tmp_path, "training", reduce_zero_label=True, num_classes=151)
     assert len(ds) == 1 and dict(ds.skipped) == {"annotation map is not an index image (mode RGB)": 1,
                                                  "annotation map size differs from its image": 1,
                                                  "image without annotation map": 1}
     assert ds.skip_examples["annotation map is not an index image (mode RGB)"].endswith("rgb.png")
     _, mask = ds[0]
-    # reduce_zero_label: 0 → 255, k → k − 1; then labels ≥ num_classes → 255
-    assert mask[0].tolist() == [255, 0, 1, 2] and mask[1].tolist() == [149, 255, 255, 255]
+    # reduce_zero_label: 0 → 255, k → k − 1 (255 stays)
+    assert mask[0].tolist() == [255, 0, 1, 2] and mask[1].tolist() == [149, 150, 255, 255]
     plain = SegmentationFolder(tmp_path, "training")
     assert plain[0][1][1].tolist() == [150, 151, 255, 0]
     for name in ("a", "small"):
         (ann_dir / f"{name}.png").unlink()
     with pytest.raises(ValueError, match="rgb.png"):
         SegmentationFolder(tmp_path, "training")
+
+
+def _write_maps(root: Path, maps: dict[str, np.ndarray], split: str = "training") -> None:
+    for d in ("images", "annotations"):
+        (root / d / split).mkdir(parents=True, exist_ok=True)
+    for name, labels in maps.items():
+        Image.fromarray(np.zeros((*labels.shape, 3), np.uint8)).save(root / "images" / split / f"{name}.jpg")
+        Image.fromarray(labels.astype(np.uint8), mode="L").save(root / "annotations" / split / f"{name}.png")
+
+
+def test_segmentation_labels_outside_num_classes_are_named_when_the_dataset_is_built(tmp_path):
+    good = np.array([[0, 1], [2, 255]])
+    _write_maps(tmp_path / "one", {"a": good, "b": np.array([[0, 7], [3, 255]]), "c": good})
+    with pytest.raises(ValueError) as e:
+        SegmentationFolder(tmp_path / "one", "training", num_classes=4)
+    message = str(e.value)
+    assert message == (f"{tmp_path / 'one' / 'annotations' / 'training' / 'b.png'}: label 7 is outside the labels "
+                       "0..3 (255 ignored) of --num-classes 4")
+    assert len(SegmentationFolder(tmp_path / "one", "training", num_classes=8)) == 3
+    # with reduce_zero_label the maps hold 1..num_classes: 7 is class 6
+    with pytest.raises(ValueError, match="label 7 is outside the labels 1..4 \\(0 and 255 ignored\\)"):
+        SegmentationFolder(tmp_path / "one", "training", num_classes=4, reduce_zero_label=True)
+    assert len(SegmentationFolder(tmp_path / "one", "training", num_classes=7, reduce_zero_label=True)) == 3
+
+    # every map labels 0..num_classes: ADE20K's layout read without --reduce-zero-label
+    _write_maps(tmp_path / "ade", {"a": np.array([[0, 1], [2, 3]]), "b": np.array([[0, 3], [1, 255]])})
+    (tmp_path / "ade" / "classes.txt").write_text("wall\nfloor\nsky\n")
+    with pytest.raises(ValueError) as e:
+        SegmentationFolder(tmp_path / "ade", "training")
+    message = str(e.value)
+    assert "\n" not in message and "a.png: label 3 is outside the labels 0..2 (255 ignored) of the 3 classes of" in \
+        message and "classes.txt; 1 more of the 2 maps have such labels" in message
+    assert message.endswith("the labels run 0..3, as ADE20K's do where 0 is 'other': pass --reduce-zero-label to "
+                            "ignore 0 and count the classes from 1")
+    # classes.txt lists label 0 too under reduce_zero_label: 2 classes, labels 1..2 — 3 is still outside
+    with pytest.raises(ValueError, match="label 3 is outside the labels 1..2 .* of the 2 classes of"):
+        SegmentationFolder(tmp_path / "ade", "training", reduce_zero_label=True)
+    assert len(SegmentationFolder(tmp_path / "ade", "training", reduce_zero_label=True, num_classes=3)) == 2
+
+
+def test_coco_category_ids_the_model_cannot_hold_are_named(tmp_path):
+    _write_bad_coco(tmp_path)
+    ann_file = tmp_path / "annotations" / "instances_val.json"
+    data = json.loads(ann_file.read_text())
+    data["annotations"] += [dict(id=11, image_id=1, category_id=99, bbox=[2, 2, 10, 10], iscrowd=0,
+                                 segmentation=[[2, 2, 20, 2, 20, 20, 2, 20]]),
+                            dict(id=12, image_id=2, category_id=0, bbox=[2, 2, 10, 10], iscrowd=0)]
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as e:
+        CocoDetection(tmp_path, "val", num_classes=2)
+    assert str(e.value) == (f"{ann_file}: annotation 11 (image 1) has category_id 99, which is not one of the 2 "
+                            "category ids (3, 7) that --num-classes 2 holds as labels 1..2; 1 more annotations have "
+                            "ids outside them (0)")
+    with pytest.raises(ValueError, match="category_id 99, .* that --num-classes \\(default 2\\) holds"):
+        CocoDetection(tmp_path, "val")
+    data["annotations"] = data["annotations"][:-2]
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(ValueError) as e:
+        CocoDetection(tmp_path, "val", num_classes=1)
+    assert str(e.value) == (f"{ann_file}: 2 categories (ids 3, 7) but --num-classes 1: category 7 would be label 2; "
+                            "give --num-classes 2")
 
 
 def test_transforms_keep_boxes_masks_and_labels_together(scenes):

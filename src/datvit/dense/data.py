@@ -2,10 +2,14 @@
 
 Both check what they can from the annotation files and image headers when built, skip what is unusable and count
 it (``.skipped``, a Counter of reasons; ``.skip_examples`` names the first file of each reason), so bad input never
-reaches torchvision: empty annotation lists, degenerate boxes, masks whose size differs from their image, class ids
-out of range, missing images, segmentation maps that are not index images. What only decoding reveals (a corrupt
-JPEG, an image whose size differs from the annotation file's) comes back as a ``CorruptSample`` naming the file,
-which ``collate_detection``/``collate_segmentation`` hand on for counting, as the classification loader does.
+reaches torchvision: empty annotation lists, degenerate boxes, masks whose size differs from their image, missing
+images, segmentation maps that are not index images. Class labels the model cannot hold (a COCO ``category_id``
+that is not among the file's categories, a map's label outside ``num_classes``) are no such local defect: they
+mean the dataset and the run disagree (a wrong ``--num-classes``, a forgotten ``--reduce-zero-label``), so they
+raise a ``ValueError`` of one line naming the file and the label when the dataset is built. What only decoding
+reveals (a corrupt JPEG, an image whose size differs from the annotation file's) comes back as a ``CorruptSample``
+naming the file, which ``collate_detection``/``collate_segmentation`` hand on for counting, as the classification
+loader does.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import json
 import os
 import warnings
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -21,6 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
+from tqdm import tqdm
 
 from ..data.folder import IMG_EXTENSIONS, CorruptSample
 from ..data.loader import Batch
@@ -28,6 +34,14 @@ from ..utils.images import IMAGE_ERRORS, read_image
 
 IGNORE_INDEX = 255
 _INDEX_MODES = ("L", "P", "I", "I;16", "1")
+# Label scans of this many maps or more show a progress bar (ADE20K's 20,210 training maps take ~30 s of one core).
+_SCAN_PROGRESS_FROM = 1000
+
+
+def _some(values: Sequence[Any], limit: int = 6) -> str:
+    """'1, 2, 3' or '1, 2, 3, … (40 in all)'."""
+    shown = ", ".join(str(v) for v in values[:limit])
+    return shown + (f", … ({len(values)} in all)" if len(values) > limit else "")
 
 
 class _SkipLog:
@@ -68,6 +82,9 @@ class CocoDetection(Dataset, _SkipLog):
     tv_tensors.BoundingBoxes (XYXY), "labels": int64 1..K, "masks": tv_tensors.Mask (N×H×W uint8), "image_id"}``,
     passed through ``transforms(image, target)`` (a ``torchvision.transforms.v2`` pipeline), or a
     ``CorruptSample`` when the image cannot be decoded or its size differs from the annotation file's.
+
+    An annotation whose ``category_id`` is not among the categories, or more categories than ``num_classes`` (the
+    model's foreground classes, when given), raise a ``ValueError`` naming the file and the id.
     """
 
     def __init__(
@@ -80,6 +97,7 @@ class CocoDetection(Dataset, _SkipLog):
         include_crowd: bool = False,
         ann_file: Optional[str | os.PathLike] = None,
         image_dir: Optional[str | os.PathLike] = None,
+        num_classes: Optional[int] = None,
     ):
         _SkipLog.__init__(self)
         self.root = Path(root)
@@ -108,15 +126,16 @@ class CocoDetection(Dataset, _SkipLog):
         if not self.categories:
             raise ValueError(f"{self.ann_file}: no categories")
         label_of = {cid: i + 1 for i, cid in enumerate(self.category_ids)}
+        annotations = [ann for ann in data.get("annotations") or [] if isinstance(ann, dict)]
+        self._check_categories(annotations, label_of, num_classes)
         self.transforms = transforms
         self.with_masks = with_masks
         self.include_crowd = include_crowd
 
         self.empty_images = 0   # kept images without annotations (skip_empty=False)
         per_image: dict[Any, list] = {}
-        for ann in data.get("annotations") or []:
-            if isinstance(ann, dict):
-                per_image.setdefault(ann.get("image_id"), []).append(ann)
+        for ann in annotations:
+            per_image.setdefault(ann.get("image_id"), []).append(ann)
         self.samples: list[dict[str, Any]] = []
         for info in data["images"]:
             try:
@@ -143,16 +162,31 @@ class CocoDetection(Dataset, _SkipLog):
         if not self.samples:
             raise ValueError(f"{self.ann_file}: no usable images in split {split!r} ({self.skip_summary()})")
 
+    def _check_categories(self, annotations: list[dict], label_of: dict, num_classes: Optional[int]) -> None:
+        """Labels are 1..K in the order of the category ids: an id outside them, or K above the model's classes,
+        is a dataset that does not fit the run, not an annotation to skip."""
+        k = len(self.category_ids)
+        held = f"--num-classes {num_classes}" if num_classes is not None else f"--num-classes (default {k})"
+        unknown = [ann for ann in annotations if ann.get("category_id") not in label_of]
+        if unknown:
+            first = unknown[0]
+            others = sorted({str(a.get("category_id")) for a in unknown[1:]})
+            more = f"; {len(others)} more annotations have ids outside them ({_some(others)})" if others else ""
+            raise ValueError(f"{self.ann_file}: annotation {first.get('id')} (image {first.get('image_id')}) has "
+                             f"category_id {first.get('category_id')}, which is not one of the {k} category ids "
+                             f"({_some(self.category_ids)}) that {held} holds as labels 1..{k}{more}")
+        if num_classes is not None and k > num_classes:
+            raise ValueError(f"{self.ann_file}: {k} categories (ids {_some(self.category_ids)}) but --num-classes "
+                             f"{num_classes}: category {self.category_ids[num_classes]} would be label "
+                             f"{num_classes + 1}; give --num-classes {k}")
+
     def _check_annotation(self, ann: dict, width: int, height: int, label_of: dict, name: str) -> Optional[dict]:
         where = f"annotation {ann.get('id')} of {name}"
         crowd = int(bool(ann.get("iscrowd")))
         if crowd and not self.include_crowd:
             self.skip("crowd annotation", where)
             return None
-        label = label_of.get(ann.get("category_id"))
-        if label is None:
-            self.skip("category id not in 'categories'", f"{where} (category_id {ann.get('category_id')})")
-            return None
+        label = label_of[ann.get("category_id")]
         bbox = ann.get("bbox")
         try:
             x, y, w, h = (float(v) for v in bbox)
@@ -246,9 +280,13 @@ class SegmentationFolder(Dataset, _SkipLog):
     <same stem>.png`` index maps (one class index per pixel, ``255`` = ignore).
 
     ``reduce_zero_label`` (ADE20K: its 0 means "other") maps 0 → 255 and every other label k → k − 1, as mmseg.
-    ``num_classes``: labels ≥ it become 255 (ignored). Class names come from ``class_names``, else
-    ``root/classes.txt``. Image/map pairs whose map is not an index image (e.g. an RGB colour rendering) or whose
-    size differs from the image are skipped and counted; when every map is such, the error names one.
+    Class names come from ``class_names``, else ``root/classes.txt`` (which lists label 0 too when
+    ``reduce_zero_label``). ``num_classes`` (default: from the class names): every map is read once when the
+    dataset is built, and a label outside ``0..num_classes − 1`` (after ``reduce_zero_label``) other than 255
+    raises a ``ValueError`` naming the file, the label and ``--num-classes``, with the hint to pass
+    ``--reduce-zero-label`` when the labels run 0..num_classes. Image/map pairs whose map is not an index image
+    (e.g. an RGB colour rendering) or whose size differs from the image are skipped and counted; when every map is
+    such, the error names one.
 
     ``__getitem__`` → ``(image tv_tensors.Image uint8 3×H×W, mask tv_tensors.Mask int64 H×W)`` through
     ``transforms(image, mask)``, or a ``CorruptSample``.
@@ -275,7 +313,12 @@ class SegmentationFolder(Dataset, _SkipLog):
         self.reduce_zero_label = reduce_zero_label
         self.transforms = transforms
         self.class_names = list(class_names) if class_names else read_class_names(self.root / "classes.txt")
-        self.num_classes = num_classes or (len(self.class_names) if self.class_names else None)
+        self._classes_from = f"--num-classes {num_classes}"
+        if not num_classes and self.class_names:
+            num_classes = len(self.class_names) - (1 if reduce_zero_label and not class_names else 0)
+            self._classes_from = f"the {num_classes} classes of {self.root / 'classes.txt'}" if not class_names \
+                else f"the {num_classes} class names given"
+        self.num_classes = num_classes or None
         self.samples: list[tuple[str, str]] = []
         for image_path in sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMG_EXTENSIONS):
             ann_path = self.ann_dir / (image_path.stem + ".png")
@@ -300,17 +343,46 @@ class SegmentationFolder(Dataset, _SkipLog):
             detail = self.skip_summary() or "no images"
             raise ValueError(f"{self.image_dir}: no usable image/annotation pairs ({detail}); annotation maps must "
                              "be single-channel PNGs of class indices, not colour renderings")
+        if self.num_classes is not None:
+            self._check_labels()
+
+    def _check_labels(self) -> None:
+        """Read every map once: a label the model cannot hold (out of range after ``reduce_zero_label``, not the
+        ignore index) means the dataset and the run disagree, found here rather than as a silently ignored class
+        or a loss that is not finite."""
+        n = self.num_classes
+        maps = [ann for _, ann in self.samples]
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # Pillow decodes without the GIL
+            present = list(tqdm(pool.map(_labels_in_map, maps), total=len(maps), desc=f"labels of {self.split}",
+                                leave=False, dynamic_ncols=True, disable=len(maps) < _SCAN_PROGRESS_FROM))
+        bad = []
+        for path, labels in zip(maps, present):
+            encoded = self.encode_labels(labels)
+            outside = labels[(encoded != IGNORE_INDEX) & ((encoded < 0) | (encoded >= n))]
+            if outside.size:
+                bad.append((path, outside))
+        if not bad:
+            return
+        path, outside = bad[0]
+        valid = f"1..{n} (0 and 255 ignored)" if self.reduce_zero_label else f"0..{n - 1} (255 ignored)"
+        message = (f"{path}: label {int(outside.max())} is outside the labels {valid} of {self._classes_from}"
+                   + (f"; {len(bad) - 1} more of the {len(maps)} maps have such labels" if len(bad) > 1 else ""))
+        everything = np.unique(np.concatenate(present))
+        everything = everything[everything != IGNORE_INDEX]
+        if not self.reduce_zero_label and everything.min() == 0 and everything.max() == n:
+            message += (f"; the labels run 0..{n}, as ADE20K's do where 0 is 'other': pass --reduce-zero-label to "
+                        "ignore 0 and count the classes from 1")
+        raise ValueError(message)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def encode_labels(self, labels: np.ndarray) -> np.ndarray:
+        """A map's labels as the model's classes: ``reduce_zero_label`` ignores 0 and shifts the rest down."""
         labels = labels.astype(np.int64)
         if self.reduce_zero_label:
             labels = np.where(labels == 0, IGNORE_INDEX, labels - 1)
             labels[labels == IGNORE_INDEX - 1] = IGNORE_INDEX
-        if self.num_classes is not None:
-            labels[(labels >= self.num_classes) & (labels != IGNORE_INDEX)] = IGNORE_INDEX
         return labels
 
     def __getitem__(self, index: int):
@@ -332,6 +404,14 @@ class SegmentationFolder(Dataset, _SkipLog):
 
     def __repr__(self) -> str:
         return f"SegmentationFolder({str(self.root)!r}, split={self.split!r}, {len(self)} images)"
+
+
+def _labels_in_map(path: str) -> np.ndarray:
+    """The distinct labels of an index map (for 8-bit maps from Pillow's histogram, without sorting pixels)."""
+    with Image.open(path) as im:
+        if im.mode in ("L", "P"):
+            return np.flatnonzero(im.histogram()[:256])
+        return np.unique(np.asarray(im)).astype(np.int64)
 
 
 def _plain(t: Any) -> Any:

@@ -295,10 +295,10 @@ class DetectionTask(_DenseTask):
                                 "annotations/instances_<split>.json")
         # training skips images without usable annotations (mmdet's filter_empty_gt); evaluation keeps them, where
         # detections are false positives
-        self.train_set = CocoDetection(args.data_dir, args.train_split, skip_empty=True)
+        self.train_set = CocoDetection(args.data_dir, args.train_split, skip_empty=True, num_classes=args.num_classes)
         self.class_names = list(self.train_set.categories)
         try:
-            self.eval_set = CocoDetection(args.data_dir, args.val_split)
+            self.eval_set = CocoDetection(args.data_dir, args.val_split, num_classes=args.num_classes)
         except FileNotFoundError as e:
             self.warn(f"no evaluation split ({e}); best.pth will follow the training loss")
             self.eval_set = None
@@ -308,9 +308,6 @@ class DetectionTask(_DenseTask):
         self._report_skipped(self.eval_set, args.val_split)
         if args.num_classes is None:
             args.num_classes = len(self.class_names)
-        elif args.num_classes < len(self.class_names):
-            raise TrainingError(f"--num-classes {args.num_classes} but the dataset has {len(self.class_names)} "
-                                "categories")
         return vars(args)
 
     def _build(self, cfg: Any) -> nn.Module:
