@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from datvit.cli.main import main
-from datvit.train.modeling import create_model, resolve_model_kwargs
+from datvit.models.factory import build_model, resolve_model_kwargs
 from train_helpers import TINY_MODEL_ARGS, TINY_MODEL_KWARGS, make_image_folder
 
 
@@ -54,7 +54,7 @@ def test_eval_authors_style_state_dict_needs_model(run, capsys, tmp_path):
     run_dir, data = run
     # an authors'-style file: {"model": state_dict} with no arch, classifier of 3 classes
     kwargs = resolve_model_kwargs("dat_tiny", None, TINY_MODEL_KWARGS, num_classes=3)
-    model = create_model("dat_tiny", kwargs)
+    model = build_model("dat_tiny", kwargs)
     bare = tmp_path / "authors.pth"
     torch.save({"model": model.state_dict()}, bare)
     code, _, err = _eval(capsys, ["--checkpoint", str(bare), "--data-dir", str(data)])

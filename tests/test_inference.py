@@ -137,19 +137,20 @@ def test_predict_prints_topk_and_keeps_going_past_bad_files(files, capsys, tmp_p
 
 def test_predict_compile_flag_runs_through_optimize_for_inference(files, capsys, monkeypatch):
     """--compile hands the model to datvit.optimize_for_inference (tests/test_deploy.py checks its outputs)."""
-    import datvit.deploy
+    import datvit.cli._deploy_args
+    from datvit.deploy import InferenceOptimization
 
     seen = []
 
-    def fake_optimize(model, **options):
-        seen.append(options)
+    def fake_optimize(model, optimization):
+        seen.append(optimization)
         return model
 
-    monkeypatch.setattr(datvit.deploy, "optimize_for_inference", fake_optimize)
+    monkeypatch.setattr(datvit.cli._deploy_args, "optimize_for_inference", fake_optimize)
     code = main(["predict", str(files["images"] / "0.png"), "--checkpoint", str(files["ours"]), "--compile",
                  "--compile-mode", "max-autotune"])
     capsys.readouterr()
-    assert code == 0 and seen == [dict(compile=True, freezing=True, mode="max-autotune", quantize=None, dtype=None)]
+    assert code == 0 and seen == [InferenceOptimization(compile=True, freezing=True, mode="max-autotune")]
 
 
 def _predicted_probabilities_close(files, capsys, flag: str) -> None:

@@ -12,7 +12,7 @@ import yaml
 from datvit.cli.train import train_layers
 from datvit.train.config import ConfigError, TrainConfig, config_to_dict, merge_settings, recipe_for, scaled_lr
 from datvit.train.engine import Trainer, TrainingError
-from datvit.train.modeling import PRESETS, create_model, resolve_model_kwargs
+from datvit.models.factory import PRESETS, build_model, resolve_model_kwargs
 from datvit.train.precision import cpu_flags, cpu_has_native_bf16, resolve_amp
 from train_helpers import TINY_MODEL_ARGS, make_image_folder
 
@@ -80,7 +80,7 @@ def test_custom_model_kwargs_regenerate_the_block_pattern():
     assert pp["stage_spec"] == [["N"], ["N"], ["N"], ["D"]]
     with pytest.raises(ValueError, match="unknown model"):
         resolve_model_kwargs("resnet50")
-    model = create_model("dat_nano", resolve_model_kwargs("dat_nano", num_classes=10, in_chans=1))
+    model = build_model("dat_nano", resolve_model_kwargs("dat_nano", num_classes=10, in_chans=1))
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(2.28e6, rel=0.01)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
     assert set(PRESETS) == {"dat_nano"}
@@ -176,7 +176,7 @@ def test_linear_init_torch_resets_linear_layers():
     from datvit.train.modeling import reset_linear_layers
 
     torch.manual_seed(0)
-    model = create_model("dat_nano", resolve_model_kwargs("dat_nano", num_classes=10, in_chans=1))
+    model = build_model("dat_nano", resolve_model_kwargs("dat_nano", num_classes=10, in_chans=1))
     weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert max(abs(w.std().item() - 0.02) for w in weights) < 0.005  # the model's truncated normal
     assert reset_linear_layers(model) == len(weights)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datvit.train.modeling import create_model, resolve_model_kwargs
+from datvit.models.factory import build_model, resolve_model_kwargs
 from train_helpers import TINY_MODEL_KWARGS
 
 
@@ -26,7 +26,7 @@ def test_grad_checkpointing_gives_the_same_gradients(name, overrides):
     kwargs = resolve_model_kwargs(name, None, overrides or TINY_MODEL_KWARGS, num_classes=5,
                                   drop_path_rate=0.3)
     torch.manual_seed(0)
-    model = create_model(name, kwargs).train()
+    model = build_model(name, kwargs).train()
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
     loss_ref, ref = _grads(model, x, y, seed=11)
     model.set_grad_checkpointing(True)

@@ -8,12 +8,12 @@ from PIL import Image
 
 from datvit.cli.main import main
 from datvit.tools import collect_deformable_points
-from datvit.train.modeling import create_model, resolve_model_kwargs
+from datvit.models.factory import build_model, resolve_model_kwargs
 
 
 def _nano(**kw):
     torch.manual_seed(0)
-    return create_model("dat_nano", resolve_model_kwargs("dat_nano", None, None, num_classes=10, in_chans=1, **kw))
+    return build_model("dat_nano", resolve_model_kwargs("dat_nano", None, None, num_classes=10, in_chans=1, **kw))
 
 
 def test_points_per_d_block_in_image_coordinates():
@@ -37,7 +37,7 @@ def test_points_per_d_block_in_image_coordinates():
 
 def test_no_d_blocks_is_a_clear_error():
     model = _nano()
-    model_without = create_model("dat_nano", dict(resolve_model_kwargs("dat_nano", None, None, num_classes=10,
+    model_without = build_model("dat_nano", dict(resolve_model_kwargs("dat_nano", None, None, num_classes=10,
                                                                        in_chans=1),
                                                   stage_spec=[["L", "S"]] * 4))
     with pytest.raises(ValueError, match="no deformable"):

@@ -16,7 +16,7 @@ import argparse
 from typing import Any
 
 from ..train.config import default_workers
-from ._run_args import UpdateKwargs, add_config_argument, add_engine_arguments, settings_layers
+from ._run_args import UpdateKwargs, add_config_argument, add_engine_arguments, config_from_args, settings_layers
 from ._errors import run_with_user_errors
 
 DET_KINDS = ("mask_rcnn", "faster_rcnn", "retinanet")
@@ -172,12 +172,13 @@ def _train(args: argparse.Namespace, task: str, parser: argparse.ArgumentParser)
 
 
 def _eval(args: argparse.Namespace, task: str) -> Any:
-    from ..dense.commands import run_eval
-    return run_eval(args, task)
+    from ..dense.commands import DenseEvalConfig, run_eval
+    return run_eval(config_from_args(DenseEvalConfig, args), task)
 
 
 def _predict(args: argparse.Namespace, task: str, command: str) -> int:
-    from ..dense.commands import run_predict
+    from ..dense.commands import DensePredictConfig, run_predict
     box: dict[str, int] = {}
-    code = run_with_user_errors(f"{command} predict", lambda: box.setdefault("code", run_predict(args, task)))
+    code = run_with_user_errors(f"{command} predict", lambda: box.setdefault(
+        "code", run_predict(config_from_args(DensePredictConfig, args), task)))
     return code or box.get("code", 0)

@@ -62,9 +62,29 @@ non_negative_int = _bounded(int, 0, "an integer >= 0")
 non_negative_float = _bounded(float, 0.0, "a finite number >= 0")
 
 
+def config_from_args(cls: type, args: argparse.Namespace, **values: Any) -> Any:
+    """A command's frozen config (a dataclass) from the parsed flags that name its fields, plus ``values``;
+    ``--no-progress`` becomes ``progress``."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if "progress" in names and "progress" not in values and hasattr(args, "no_progress"):
+        values["progress"] = not args.no_progress
+    return cls(**{**given, **values})
+
+
 def run_parser(subparsers: argparse._SubParsersAction, name: str, **kwargs: Any) -> argparse.ArgumentParser:
     """A subcommand parser whose flags default to ``argparse.SUPPRESS`` (only given flags are parsed)."""
     return subparsers.add_parser(name, argument_default=argparse.SUPPRESS, **kwargs)
+
+
+def add_trust_checkpoint_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup,
+                                  what: str = "a checkpoint") -> None:
+    """``--trust-checkpoint``: the one switch that lets a pickled file run code while it loads."""
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help=f"allow {what} that pickles Python objects besides tensors and configs to run code while "
+                        "loading (only for files you trust; refused otherwise)")
 
 
 def add_config_argument(p: argparse.ArgumentParser, help: str) -> None:
@@ -248,9 +268,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="PATH|auto",
                    help="continue a run exactly from a checkpoint; 'auto' takes last.pth of the experiment "
                         "(--experiment, or the newest run under --output)")
-    g.add_argument("--trust-checkpoint", action="store_true",
-                   help="let --resume/--initial-checkpoint files that pickle Python objects besides tensors and "
-                        "configs run code while loading (only for files you trust; refused otherwise)")
+    add_trust_checkpoint_argument(g, "a --resume/--initial-checkpoint file")
     g.add_argument("--no-resume-opt", action="store_true",
                    help="with --resume: restore only the weights, not optimizer/scheduler/position")
     return p

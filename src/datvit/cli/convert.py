@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from ._errors import run_with_user_errors
+from ._run_args import add_trust_checkpoint_argument
 
 EPILOG = """examples:
   datvit convert --checkpoint dat_tiny_in1k_224.pth --output hub/dat_tiny --model dat_tiny
@@ -34,9 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=None, help="build the model for this input size (tables resized)")
     p.add_argument("--use-ema", action="store_true", help="convert the checkpoint's EMA weights")
     p.add_argument("--overwrite", action="store_true", help="replace model.safetensors / config.json in --output")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow a checkpoint that pickles other Python objects to run code while loading (only for "
-                        "files you trust)")
+    add_trust_checkpoint_argument(p)
     p.set_defaults(func=run)
 
 

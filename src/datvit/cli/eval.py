@@ -8,6 +8,7 @@ import argparse
 from ..train.config import default_workers
 from ._deploy_args import add_inference_optimization_arguments, optimization_from_args
 from ._errors import run_with_user_errors
+from ._run_args import add_trust_checkpoint_argument, config_from_args
 
 EPILOG = """examples:
   datvit eval --checkpoint output/train/my-run/best.pth          # on the data it was trained on
@@ -45,9 +46,7 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: from the weights)")
     p.add_argument("--in-chans", type=int, default=None, help="input channels (default: from the weights)")
     p.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow a checkpoint that pickles Python objects besides tensors and configs to run code "
-                        "while loading (only for files you trust; refused otherwise)")
+    add_trust_checkpoint_argument(p)
     p.add_argument("--workers", "-j", type=int, default=default_workers(),
                    help="DataLoader workers")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
@@ -63,12 +62,9 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def eval_config(args: argparse.Namespace):
     """The parsed flags as the library's :class:`datvit.train.evaluation.EvalConfig`."""
-    import dataclasses
-
     from ..train.evaluation import EvalConfig
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(EvalConfig) if hasattr(args, f.name)}
-    return EvalConfig(**values, progress=not args.no_progress, optimization=optimization_from_args(args, amp=False))
+    return config_from_args(EvalConfig, args, optimization=optimization_from_args(args, amp=False))
 
 
 def run(args: argparse.Namespace) -> int:

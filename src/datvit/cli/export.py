@@ -13,6 +13,7 @@ import os
 import sys
 
 from ._errors import RUNTIME_FAILURE, debug_enabled, run_with_user_errors
+from ._run_args import add_trust_checkpoint_argument
 
 EPILOG = """examples:
   datvit export --checkpoint output/train/run/best.pth --format onnx --output dat.onnx
@@ -48,9 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-check", action="store_true", help="do not run the exported file against eager")
     p.add_argument("--use-ema", action="store_true", help="export the checkpoint's EMA weights")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: from the weights)")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow a checkpoint that pickles other Python objects to run code while loading (only for "
-                        "files you trust)")
+    add_trust_checkpoint_argument(p)
     p.set_defaults(func=run)
 
 

@@ -5,7 +5,7 @@ in the papers' convention: fvcore's count of the authors' code — convolutions,
 multiply-add, LayerNorm 5 per element, bilinear sampling 4 per output — on the reference path (neighborhood
 attention: k×k keys per query).
 Without --model it lists the eight released variants beside the published numbers; --ablation reproduces the
-seed's table of which stages use deformable attention."""
+paper's table of which stages use deformable attention."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +20,7 @@ EPILOG = """examples:
   datvit flops --model dat_tiny --img-size 320 256 --json
   datvit flops --model dat_tiny --model-kwargs depths='[2,2,18,2]'
   datvit flops --model-config my_dat.yaml         # a custom configuration (DAT constructor arguments)
-  datvit flops --ablation                         # D blocks in stages 1-4 … none, beside the seed's table
+  datvit flops --ablation                         # D blocks in stages 1-4 … none, beside the paper's table
 
 --img-size sets the input only; the model keeps its position tables at its own img_size (as datpp_base_384,
 built at 224 and run at 384). Build at another size with --model-kwargs img_size=N.
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="which path to trace: reference (the papers' count, default) or fast (what the fast "
                         "path's tiled neighborhood attention computes)")
     p.add_argument("--ablation", action="store_true",
-                   help="the seed's ablation: D blocks in stages 1-4, 2-4, 3-4, 4, none (DAT-T, 224)")
+                   help="the DAT paper's stage ablation: D blocks in stages 1-4, 2-4, 3-4, 4, none (DAT-T, 224)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -92,7 +92,7 @@ def flops(args: argparse.Namespace) -> None:
 
     if args.ablation:
         if args.model or args.model_config or args.model_kwargs or args.img_size:
-            raise ValueError("--ablation counts the seed's fixed DAT-T settings at 224; it takes no --model, "
+            raise ValueError("--ablation counts the paper's fixed DAT-T settings at 224; it takes no --model, "
                              "--model-config, --model-kwargs or --img-size")
         results = count_ablation()
         if args.json:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ._errors import run_with_user_errors
+from ._run_args import add_trust_checkpoint_argument
 
 EPILOG = """examples:
   datvit predict shoe.png --checkpoint demo_output/fashion_mnist/last.pth
@@ -43,9 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-b", "--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow a checkpoint that pickles other Python objects to run code while loading (only for "
-                        "files you trust)")
+    add_trust_checkpoint_argument(p)
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 from ._errors import run_with_user_errors
+from ._run_args import add_trust_checkpoint_argument
 
 EPILOG = """examples:
   datvit visualize --checkpoint demo_output/fashion_mnist/last.pth --image shoe.png
@@ -38,9 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
     p.add_argument("--crop-pct", type=float, default=None, help="center-crop ratio (default: the checkpoint's)")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow a checkpoint that pickles other Python objects to run code while loading (only for "
-                        "files you trust)")
+    add_trust_checkpoint_argument(p)
     p.add_argument("--max-blocks", type=int, default=8, help="at most this many D blocks, the deepest (default 8)")
     p.set_defaults(func=run, interpolation=None, mean=None, std=None, num_classes=None, in_chans=None)
     p.add_argument("--mode", default=None, choices=("points", "queries", "received"),

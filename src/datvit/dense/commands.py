@@ -1,9 +1,9 @@
 """What ``datvit det|seg eval`` and ``predict`` run: a dense training checkpoint back into its model, COCO /
-mIoU evaluation with a per-class table, predictions drawn over images. The arguments are in
-``datvit.cli._dense``."""
+mIoU evaluation with a per-class table, predictions drawn over images. Each takes a frozen config
+(:class:`DenseEvalConfig`, :class:`DensePredictConfig`); the flags that fill them are in ``datvit.cli._dense``."""
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import glob
 import json
 import os
@@ -13,13 +13,56 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from ..train.config import default_workers
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DenseEvalConfig:
+    """``datvit det|seg eval``: a checkpoint on a dataset split (by default the run's own validation split).
+    Segmentation's sliding-window settings and ``reduce_zero_label`` default to the run's."""
+
+    checkpoint: str
+    data_dir: Optional[str] = None
+    split: Optional[str] = None
+    batch_size: int = 2
+    eval_mode: str = "whole"
+    crop_size: Optional[int] = None
+    eval_stride: Optional[int] = None
+    reduce_zero_label: Optional[bool] = None
+    use_ema: bool = False
+    workers: int = dataclasses.field(default_factory=default_workers)
+    amp: bool = False
+    amp_dtype: str = "bfloat16"
+    device: Optional[str] = None
+    output: Optional[str] = None
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DensePredictConfig:
+    """``datvit det|seg predict``: images (files, directories, globs) drawn into ``output`` as PNGs, and the
+    predictions as JSON in ``json`` ('-': standard output)."""
+
+    images: Sequence[str]
+    checkpoint: str
+    output: str = "output/predict"
+    json: Optional[str] = None
+    score_thresh: float = 0.5
+    eval_mode: str = "whole"
+    crop_size: Optional[int] = None
+    eval_stride: Optional[int] = None
+    use_ema: bool = False
+    device: Optional[str] = None
+    progress: bool = True
 
 
 # -- checkpoints back into models -------------------------------------------------------------------------------
 
 def load_dense_checkpoint(path: str, task: str, use_ema: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model a ``datvit det|seg train`` checkpoint describes, with its weights (or the EMA's), in eval mode,
-    and the checkpoint's record (class names, data config, args)."""
+    and the checkpoint's record (class names, data config, config)."""
     from ..models import read_checkpoint
     from . import DetectorConfig, SegmenterConfig, build_detector, build_segmenter
     from .tasks import config_from_dict
@@ -46,10 +89,10 @@ def load_dense_checkpoint(path: str, task: str, use_ema: bool = False) -> tuple[
 
 # -- eval --------------------------------------------------------------------------------------------------------
 
-def _eval_dataset(args: argparse.Namespace, ckpt: dict[str, Any], task: str) -> Any:
+def _eval_dataset(config: DenseEvalConfig, ckpt: dict[str, Any], task: str) -> Any:
     run_args = ckpt.get("args") or {}
-    data_dir = args.data_dir or run_args.get("data_dir")
-    split = args.split or run_args.get("val_split") or "val"
+    data_dir = config.data_dir or run_args.get("data_dir")
+    split = config.split or run_args.get("val_split") or "val"
     if not data_dir:
         raise ValueError("--data-dir is required (the checkpoint does not name its dataset)")
     if not os.path.isdir(data_dir):
@@ -58,59 +101,58 @@ def _eval_dataset(args: argparse.Namespace, ckpt: dict[str, Any], task: str) -> 
         from . import CocoDetection
         return CocoDetection(data_dir, split), data_dir, split  # no transform: the detector resizes itself
     from . import SegmentationFolder, segmentation_transforms
-    reduce = args.reduce_zero_label
+    reduce = config.reduce_zero_label
     if reduce is None:
         reduce = bool((ckpt.get("data_config") or {}).get("reduce_zero_label", run_args.get("reduce_zero_label")))
     data = ckpt.get("data_config") or {}
     ds = SegmentationFolder(data_dir, split, reduce_zero_label=reduce, num_classes=len(ckpt.get("class_names") or [])
                             or None)
     ds.transforms = segmentation_transforms(False, scale=data.get("img_scale", (2048, 512)),
-                                            mean=data.get("mean", (0.485, 0.456, 0.406)),
-                                            std=data.get("std", (0.229, 0.224, 0.225)))
+                                            mean=data.get("mean", IMAGENET_DEFAULT_MEAN),
+                                            std=data.get("std", IMAGENET_DEFAULT_STD))
     return ds, data_dir, split
 
 
-def run_eval(args: argparse.Namespace, task: str) -> dict[str, Any]:
+def run_eval(config: DenseEvalConfig, task: str) -> dict[str, Any]:
     """Evaluate a checkpoint; prints the headline metrics and the per-class table; returns the results."""
-    from ..data.loader import EpochSampler
+    from ..data.loader import create_loader
     from ..train.distributed import DistInfo, resolve_device
     from ..train.precision import resolve_amp
     from . import collate_detection, collate_segmentation
     from .tasks import evaluate_detection, evaluate_segmentation
 
-    device = resolve_device(args.device)
-    model, ckpt = load_dense_checkpoint(args.checkpoint, task, args.use_ema)
+    device = resolve_device(config.device)
+    model, ckpt = load_dense_checkpoint(config.checkpoint, task, config.use_ema)
     model.to(device)
-    dataset, data_dir, split = _eval_dataset(args, ckpt, task)
+    dataset, data_dir, split = _eval_dataset(config, ckpt, task)
     class_names = list(ckpt.get("class_names") or [])
-    amp = resolve_amp(device, args.amp, args.amp_dtype)
+    amp = resolve_amp(device, config.amp, config.amp_dtype)
     if amp.message:
         print(f"warning: {amp.message}", file=sys.stderr)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, sampler=EpochSampler(len(dataset), shuffle=False, pad=False),
-        num_workers=args.workers, collate_fn=collate_detection if task == "detection" else collate_segmentation)
+    loader = create_loader(dataset, config.batch_size, training=False, workers=config.workers,
+                           collate_fn=collate_detection if task == "detection" else collate_segmentation)
     info = DistInfo(device=device)
     start = time.perf_counter()
     if task == "detection":
         if list(getattr(dataset, "categories", class_names)) != class_names:
             raise ValueError(f"the categories of {data_dir}/{split} differ from the checkpoint's: "
                              f"{list(dataset.categories)[:5]}… vs {class_names[:5]}…")
-        result = evaluate_detection(model, loader, class_names, device, amp, info, not args.no_progress)
+        result = evaluate_detection(model, loader, class_names, device, amp, info, config.progress)
     else:
-        crop = args.crop_size or (ckpt.get("data_config") or {}).get("crop_size") or 512
-        result = evaluate_segmentation(model, loader, len(class_names), device, amp, info, not args.no_progress,
-                                       mode=args.eval_mode, crop=crop, stride=args.eval_stride)
+        crop = config.crop_size or (ckpt.get("data_config") or {}).get("crop_size") or 512
+        result = evaluate_segmentation(model, loader, len(class_names), device, amp, info, config.progress,
+                                       mode=config.eval_mode, crop=crop, stride=config.eval_stride)
     seconds = time.perf_counter() - start
     result = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in result.items()}
     print(format_eval(result, task, class_names, f"{data_dir}/{split}", len(dataset), seconds))
     skipped = getattr(dataset, "skipped", None)
     if skipped and sum(skipped.values()):
         print("skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())), file=sys.stderr)
-    if args.output:
+    if config.output:
         from ..utils.files import atomic_write_text
-        record = {"checkpoint": args.checkpoint, "data": f"{data_dir}/{split}", "images": len(dataset),
+        record = {"checkpoint": config.checkpoint, "data": f"{data_dir}/{split}", "images": len(dataset),
                   "seconds": seconds, **result}
-        atomic_write_text(json.dumps(record, indent=2) + "\n", args.output)
+        atomic_write_text(json.dumps(record, indent=2) + "\n", config.output)
     return result
 
 
@@ -168,7 +210,7 @@ def expand_images(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 @torch.no_grad()
-def predict_image(model: torch.nn.Module, image: Any, task: str, ckpt: dict[str, Any], args: argparse.Namespace,
+def predict_image(model: torch.nn.Module, image: Any, task: str, ckpt: dict[str, Any], config: DensePredictConfig,
                   device: torch.device) -> dict[str, Any]:
     """One PIL image → predictions (detection: boxes/labels/scores/masks above the threshold; segmentation:
     the per-pixel class map)."""
@@ -177,21 +219,21 @@ def predict_image(model: torch.nn.Module, image: Any, task: str, ckpt: dict[str,
     if task == "detection":
         tensor = TF.to_dtype(TF.to_image(image), torch.float32, scale=True)
         pred = model([tensor.to(device)])[0]
-        keep = pred["scores"] >= args.score_thresh
+        keep = pred["scores"] >= config.score_thresh
         return {k: v[keep].cpu() for k, v in pred.items()}
     from . import segment, segmentation_transforms
     data = ckpt.get("data_config") or {}
     rescale = segmentation_transforms(False, scale=data.get("img_scale", (2048, 512)),
-                                      mean=data.get("mean", (0.485, 0.456, 0.406)),
-                                      std=data.get("std", (0.229, 0.224, 0.225)))
+                                      mean=data.get("mean", IMAGENET_DEFAULT_MEAN),
+                                      std=data.get("std", IMAGENET_DEFAULT_STD))
     x, _ = rescale(TF.to_image(image), None)
-    crop = args.crop_size or data.get("crop_size") or 512
-    logits = segment(model, x[None].to(device), len(ckpt.get("class_names") or []), mode=args.eval_mode, crop=crop,
-                     stride=args.eval_stride or max(1, crop * 2 // 3), out_size=(image.height, image.width))
+    crop = config.crop_size or data.get("crop_size") or 512
+    logits = segment(model, x[None].to(device), len(ckpt.get("class_names") or []), mode=config.eval_mode, crop=crop,
+                     stride=config.eval_stride or max(1, crop * 2 // 3), out_size=(image.height, image.width))
     return {"classes": logits.argmax(1)[0].cpu()}
 
 
-def run_predict(args: argparse.Namespace, task: str) -> int:
+def run_predict(config: DensePredictConfig, task: str) -> int:
     """Predict every image, draw each into ``--output/<name>.png``, optionally write JSON; an unreadable image
     is reported in one line and skipped (exit status 1 if any was)."""
     from tqdm import tqdm
@@ -200,24 +242,24 @@ def run_predict(args: argparse.Namespace, task: str) -> int:
     from ..utils.images import IMAGE_ERRORS, read_image
     from .drawing import draw_detections, draw_segmentation
 
-    paths, missing = expand_images(args.images)
+    paths, missing = expand_images(config.images)
     command = f"datvit {'det' if task == 'detection' else 'seg'} predict"
     for item in missing:
         print(f"{command}: error: {item}: no such file, directory or matching pattern", file=sys.stderr)
-    device = resolve_device(args.device)
-    model, ckpt = load_dense_checkpoint(args.checkpoint, task, args.use_ema)
+    device = resolve_device(config.device)
+    model, ckpt = load_dense_checkpoint(config.checkpoint, task, config.use_ema)
     model.to(device)
     class_names = list(ckpt.get("class_names") or [])
-    out_dir = Path(args.output)
+    out_dir = Path(config.output)
     records, failed = [], len(missing)
-    for path in tqdm(paths, desc="predict", disable=args.no_progress or len(paths) < 2, dynamic_ncols=True):
+    for path in tqdm(paths, desc="predict", disable=not config.progress or len(paths) < 2, dynamic_ncols=True):
         try:
             image = read_image(path, "RGB")
         except IMAGE_ERRORS as e:
             print(f"{command}: error: {path}: cannot read the image ({e})", file=sys.stderr)
             failed += 1
             continue
-        pred = predict_image(model, image, task, ckpt, args, device)
+        pred = predict_image(model, image, task, ckpt, config, device)
         target = out_dir / (Path(path).stem + ".png")
         if task == "detection":
             draw_detections(image, pred, class_names, target)
@@ -235,11 +277,11 @@ def run_predict(args: argparse.Namespace, task: str) -> int:
         what = (f"{len(r['boxes'])} detections" if task == "detection"
                 else f"{len(r['pixels'])} classes")
         print(f"{r['image']}: {what} -> {r['output']}")
-    if args.json:
+    if config.json:
         text = json.dumps(records, indent=2) + "\n"
-        if args.json == "-":
+        if config.json == "-":
             sys.stdout.write(text)
         else:
             from ..utils.files import atomic_write_text
-            atomic_write_text(text, args.json)
+            atomic_write_text(text, config.json)
     return 1 if failed else 0

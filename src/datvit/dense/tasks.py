@@ -12,7 +12,6 @@ DetectorConfig/SegmenterConfig as plain data, without the backbone-weights path)
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 from types import SimpleNamespace
@@ -33,10 +32,8 @@ from ..train.task import MetricSpec, StepOutput, Task
 from .run_config import DETECTION_RECIPE, SEGMENTATION_RECIPE, DetectionTrainConfig, SegmentationTrainConfig
 from .data import collate_detection, collate_segmentation
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-# The authors' dense configs exempt these parameter names from weight decay (dense-spec.md §4,
-# `paramwise_cfg.custom_keys`); their detection configs also exempt every normalisation layer (`norm_decay_mult 0`).
+# The authors' dense configs exempt these parameter names from weight decay (`paramwise_cfg.custom_keys`); their
+# detection configs also exempt every normalisation layer (`norm_decay_mult 0`).
 NO_DECAY_KEYS = ("norm", "rpe_table", "relative_position_bias_table", "absolute_pos_embed")
 NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
@@ -89,7 +86,7 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
     return cls(backbone=bb, **{k: _as_field_type(cls, k, v) for k, v in data.items()})
 
 
-def resolve_dense_config(args: argparse.Namespace, cls: type, kind_default: str) -> Any:
+def resolve_dense_config(args: Any, cls: type, kind_default: str) -> Any:
     """The model config of a run: the preset (``--preset``, a DENSE_PRESETS name) or the config class's
     defaults ← ``--head-kwargs`` ← the dedicated flags (``--model``, ``--model-kwargs``, ``--drop-path``,
     ``--out-indices``, ``--frozen-stages``, ``--grad-checkpointing``, ``--num-classes``, ``--detector`` /
@@ -153,7 +150,7 @@ def dat_kwargs_with_stage_spec(model: str, base: dict[str, Any], overrides: dict
 def dense_param_groups(model: nn.Module, weight_decay: float, exempt_norm_layers: bool) -> list[dict[str, Any]]:
     """Two AdamW groups as the authors' dense configs: no decay for parameters whose name contains one of
     ``NO_DECAY_KEYS`` (and, for detection, every parameter of a normalisation layer); decay for the rest —
-    biases included, as mmcv's default constructor does (dense-spec.md §6)."""
+    biases included, as mmcv's default constructor does."""
     exempt: set[int] = set()
     if exempt_norm_layers:
         for module in model.modules():
@@ -193,7 +190,7 @@ def _percent(value: Any) -> Optional[float]:
 class _DenseTask(Task):
     """What detection and segmentation share: config resolution, backbone weights, param groups, loaders."""
 
-    config_cls: type
+    model_config_cls: type
     kind_default: str
     collate_fn: Callable[[list], Any]
     recipe_values: dict[str, Any]
@@ -206,23 +203,23 @@ class _DenseTask(Task):
         return SimpleNamespace(**{**dataclasses.asdict(self.run_config_cls()), **values})
 
     def build_model(self) -> nn.Module:
-        args = self.args
-        self.dense_config = resolve_dense_config(args, self.config_cls, self.kind_default)
+        config = self.config
+        self.dense_config = resolve_dense_config(config, self.model_config_cls, self.kind_default)
         model = self._build(self.dense_config)
         self.n_params = count_parameters(model)
-        if args.backbone_weights:
-            load_dense_backbone(model, args.backbone_weights, self.log)
+        if config.backbone_weights:
+            load_dense_backbone(model, config.backbone_weights, self.log)
         return model
 
     def optimizer_params(self, model: nn.Module) -> Any:
-        return dense_param_groups(model, self.args.weight_decay, exempt_norm_layers=self.exempt_norm_layers)
+        return dense_param_groups(model, self.config.weight_decay, exempt_norm_layers=self.exempt_norm_layers)
 
     def create_loader(self, dataset: Dataset, batch_size: int, training: bool) -> DataLoader:
         """The loader every task uses, with this task's collate (torchvision.transforms.v2 draws from the torch
         generator that the loader seeds per sample, so dense augmentation resumes exactly too)."""
-        args, info = self.args, self.info
-        return create_loader(dataset, batch_size, training=training, workers=args.workers, seed=args.seed,
-                             rank=info.rank, world_size=info.world_size, pin_memory=args.pin_mem,
+        config, info = self.config, self.info
+        return create_loader(dataset, batch_size, training=training, workers=config.workers, seed=config.seed,
+                             rank=info.rank, world_size=info.world_size, pin_memory=config.pin_mem,
                              collate_fn=self.collate_fn)
 
     def batch_problems(self, batch: Any) -> list[tuple[str, str]]:
@@ -256,7 +253,7 @@ class _DenseTask(Task):
         cfg = self.dense_config
         backbone = cfg.backbone.model + (" (custom configuration)" if cfg.backbone.model_kwargs else "")
         return (f"training {cfg.kind} with a {backbone} backbone ({self.n_params / 1e6:.2f}M parameters) "
-                f"on {self.args.data_dir} ({len(self.train_set)} training images, {len(self.class_names)} classes)")
+                f"on {self.config.data_dir} ({len(self.train_set)} training images, {len(self.class_names)} classes)")
 
 
 # -- detection --------------------------------------------------------------------------------------------------
@@ -282,7 +279,7 @@ class DetectionTask(_DenseTask):
     )
 
     @property
-    def config_cls(self) -> type:
+    def model_config_cls(self) -> type:
         from . import DetectorConfig
         return DetectorConfig
 
@@ -312,11 +309,11 @@ class DetectionTask(_DenseTask):
 
     def _build(self, cfg: Any) -> nn.Module:
         from . import build_detector
-        if self.args.img_size:
-            cfg = dataclasses.replace(cfg, min_size=self.args.img_size,
-                                      max_size=self.args.max_size or max(cfg.max_size, self.args.img_size))
-        elif self.args.max_size:
-            cfg = dataclasses.replace(cfg, max_size=self.args.max_size)
+        if self.config.img_size:
+            cfg = dataclasses.replace(cfg, min_size=self.config.img_size,
+                                      max_size=self.config.max_size or max(cfg.max_size, self.config.img_size))
+        elif self.config.max_size:
+            cfg = dataclasses.replace(cfg, max_size=self.config.max_size)
         self.dense_config = cfg
         self.data_config = {"min_size": cfg.min_size, "max_size": cfg.max_size}
         return build_detector(cfg)
@@ -324,7 +321,7 @@ class DetectionTask(_DenseTask):
     def attach_transforms(self, model: nn.Module) -> None:
         from . import detection_transforms
 
-        self.train_set.transforms = detection_transforms(True, **self.args.aug_kwargs)
+        self.train_set.transforms = detection_transforms(True, **self.config.aug_kwargs)
         if self.eval_set is not None:  # evaluation: no transform (the detector resizes images itself)
             self.eval_set.transforms = None
 
@@ -414,7 +411,7 @@ class SegmentationTask(_DenseTask):
     )
 
     @property
-    def config_cls(self) -> type:
+    def model_config_cls(self) -> type:
         from . import SegmenterConfig
         return SegmenterConfig
 
@@ -453,27 +450,26 @@ class SegmentationTask(_DenseTask):
     def _build(self, cfg: Any) -> nn.Module:
         from . import build_segmenter
         model = build_segmenter(cfg)
-        mean = model.pretrained_cfg.get("mean", IMAGENET_MEAN)
-        std = model.pretrained_cfg.get("std", IMAGENET_STD)
-        self.data_config = {"mean": list(mean), "std": list(std), "crop_size": self.args.crop_size,
-                            "img_scale": list(self.args.img_scale), "reduce_zero_label": bool(self.args.reduce_zero_label)}
+        mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]   # the backbone's, else ImageNet's
+        self.data_config = {"mean": list(mean), "std": list(std), "crop_size": self.config.crop_size,
+                            "img_scale": list(self.config.img_scale), "reduce_zero_label": bool(self.config.reduce_zero_label)}
         return model
 
     def attach_transforms(self, model: nn.Module) -> None:
         from . import segmentation_transforms
 
-        args, data = self.args, self.data_config
-        self.train_set.transforms = segmentation_transforms(True, crop=args.crop_size, scale=args.img_scale,
-                                                            mean=data["mean"], std=data["std"], **args.aug_kwargs)
+        config, data = self.config, self.data_config
+        self.train_set.transforms = segmentation_transforms(True, crop=config.crop_size, scale=config.img_scale,
+                                                            mean=data["mean"], std=data["std"], **config.aug_kwargs)
         if self.eval_set is not None:
-            self.eval_set.transforms = segmentation_transforms(False, crop=args.crop_size, scale=args.img_scale,
+            self.eval_set.transforms = segmentation_transforms(False, crop=config.crop_size, scale=config.img_scale,
                                                                mean=data["mean"], std=data["std"])
 
     def training_loss(self, model: nn.Module, batch: Any, epoch: int) -> StepOutput:
         from . import segmentation_loss
 
         if batch.images is None:  # every image of the batch was unreadable: under DDP every rank must still step
-            crop = self.args.crop_size
+            crop = self.config.crop_size
             out = model(torch.zeros(1, 3, crop, crop, device=self.device))
             zero = sum(o.sum() for o in (out if isinstance(out, tuple) else (out,))) * 0.0
             return StepOutput(zero, 0, {"acc": 0.0})
@@ -492,8 +488,8 @@ class SegmentationTask(_DenseTask):
     def evaluate(self, model: nn.Module, loader: DataLoader, amp: AmpPlan, progress: bool,
                  desc: str) -> dict[str, Any]:
         result = evaluate_segmentation(model, loader, len(self.class_names), self.device, amp, self.info,
-                                       progress, desc, mode=self.args.eval_mode, crop=self.args.crop_size,
-                                       stride=self.args.eval_stride)
+                                       progress, desc, mode=self.config.eval_mode, crop=self.config.crop_size,
+                                       stride=self.config.eval_stride)
         return {"loss": result["loss"], "mIoU": _percent(result["mIoU"]), "aAcc": _percent(result["aAcc"]),
                 "problems": result["problems"]}
 

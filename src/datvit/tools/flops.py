@@ -1,7 +1,8 @@
 """Parameters and multiply-adds of a model per stage, counted the way the DAT and DAT++ papers count them.
 
-**The convention.** The papers' "FLOPs" are fvcore's count of the authors' code (``shared/reference/README.md``
-reproduces their ablation table with it to the third decimal): one per multiply-add of every convolution, linear
+**The convention.** The papers' "FLOPs" are fvcore's count of the authors' code (run on the
+authors' code, it reproduces their ablation table to the third decimal; ``tests/test_flops.py`` holds datvit to
+those counts): one per multiply-add of every convolution, linear
 layer and matmul/einsum, plus 5 per element of a LayerNorm input, 4 per output element of a bilinear
 ``grid_sample`` and 1 per input element of the global average pool; activations, softmax, additions and indexing
 are free. :func:`count_flops` traces one forward with ``torch.utils.flop_counter.FlopCounterMode`` (which counts
@@ -334,7 +335,7 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, *,
     return FlopsReport(name, size, tuple(rows), path if is_dat else "model")
 
 
-# -- the released variants and the seed's ablation ----------------------------------------------------------------
+# -- the released variants and the DAT paper's stage ablation ----------------------------------------------------------------
 
 class _DropPathScheduleOnCpu(torch.overrides.TorchFunctionMode):
     """Inside ``torch.device("meta")``: keep ``torch.linspace`` on the CPU, because ``DAT.__init__`` reads the
@@ -375,8 +376,8 @@ def count_variant_flops(name: str, input_size: Optional[Sequence[int]] = None, *
 
 @dataclass(frozen=True)
 class AblationEntry:
-    """One line of the seed's ablation: the (1-based) stages that use D blocks; the authors' code's
-    parameters and GFLOPs (shared/reference/README.md) and the published ones with the top-1."""
+    """One line of the DAT paper's stage ablation: the (1-based) stages that use D blocks; the parameters and
+    GFLOPs of the authors' code (fvcore) and the published ones with the top-1."""
     d_stages: tuple[int, ...]
     authors_params_m: float
     authors_gflops: float
@@ -392,7 +393,7 @@ ABLATION: tuple[AblationEntry, ...] = (
     AblationEntry((4,), 28.287, 4.509, 28.29, 4.51, 81.4),
     AblationEntry((), 28.286, 4.508, 28.29, 4.51, 81.3),
 )
-# D blocks in stages 1–2 of the ablation (shared/reference/README.md): key grid downsampled by the offset
+# D blocks in stages 1–2 of the ablation, as the authors' ablation code builds them: key grid downsampled by the offset
 # network's stride 4 and 2, groups 1 and 2, offset factors 1 and 2, position bias on; stages 3–4 as dat_tiny.
 _ABLATION_D_STAGE = dict(groups=(1, 2, 3, 6), strides=(4, 2, 1, 1), offset_range_factor=(1, 2, 2, 2))
 
@@ -415,7 +416,7 @@ def ablation_config(d_stages: Sequence[int]) -> dict[str, Any]:
 
 
 def count_ablation() -> list[tuple[AblationEntry, FlopsReport]]:
-    """The seed's ablation table counted on our models (224×224)."""
+    """The DAT paper's stage ablation table counted on our models (224×224)."""
     out = []
     for entry in ABLATION:
         label = "dat_tiny, D in stages " + (",".join(map(str, entry.d_stages)) or "none")
@@ -425,7 +426,7 @@ def count_ablation() -> list[tuple[AblationEntry, FlopsReport]]:
 
 
 def format_ablation(results: Sequence[tuple[AblationEntry, FlopsReport]]) -> str:
-    lines = ["The seed's ablation (DAT-T, which stages use deformable attention; 224×224)",
+    lines = ["The DAT paper's stage ablation (DAT-T, which stages use deformable attention; 224×224)",
              f"{'D in stages':12s}  {'params':>9s}  {'FLOPs':>7s}  {'authors code':>16s}  {'published':>14s}  top-1"]
     for entry, report in results:
         stages = ",".join(map(str, entry.d_stages)) or "none"

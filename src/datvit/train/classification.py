@@ -20,8 +20,8 @@ from ..data.loader import create_dataset, create_loader, eval_transform, resolve
 from . import distributed as dist_utils
 from .config import TrainConfig, recipe_for
 from .errors import TrainingError
-from .modeling import (arch_record, count_parameters, create_model, load_model_config, reset_linear_layers,
-                       resolve_model_kwargs)
+from ..models.factory import arch_record, build_model, count_parameters, load_model_config, resolve_model_kwargs
+from .modeling import reset_linear_layers
 from .precision import AmpPlan, autocast
 from .task import MetricSpec, StepOutput, Task
 
@@ -144,7 +144,7 @@ class ClassificationTask(Task):
 
     def build_model(self) -> nn.Module:
         config = self.config
-        model = create_model(config.model, self.model_kwargs)
+        model = build_model(config.model, self.model_kwargs)
         if config.linear_init == "torch":
             reset_linear_layers(model)
         self.n_params = count_parameters(model)
@@ -186,8 +186,7 @@ class ClassificationTask(Task):
             raise TrainingError(f"the augmentation flags (--aa {config.aa}, --remode {config.remode}) are not valid: "
                                 f"{e}") from None
         if self.eval_set is not None:
-            self.eval_set.transform = eval_transform(config.img_size, config.mean, config.std, config.crop_pct,
-                                                     config.interpolation)
+            self.eval_set.transform = eval_transform(self.data_config)
 
     def create_loader(self, dataset: Dataset, batch_size: int, training: bool) -> DataLoader:
         config, info = self.config, self.info

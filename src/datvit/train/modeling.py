@@ -1,17 +1,8 @@
-"""Model choices that belong to training only (the init of the linear layers). Building models from names,
-presets and configurations lives in ``datvit.models.factory`` (inference uses it too); its names are re-exported
-here for code written against datvit 0.1.0."""
+"""Model choices that belong to training only: the init of the linear layers. Building models from names,
+presets and configurations lives in ``datvit.models.factory`` (inference uses it too)."""
 from __future__ import annotations
 
 from torch import nn
-
-from ..models.factory import (PRESETS, arch_record, build_model, count_parameters, head_size, known_models,
-                              load_model_config, model_from_arch, resolve_model_kwargs)
-
-create_model = build_model   # the 0.1.0 name
-
-__all__ = ["PRESETS", "arch_record", "build_model", "count_parameters", "create_model", "head_size", "known_models",
-           "load_model_config", "model_from_arch", "reset_linear_layers", "resolve_model_kwargs"]
 
 
 def reset_linear_layers(model: nn.Module) -> int:

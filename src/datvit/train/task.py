@@ -76,11 +76,6 @@ class Task:
 
     # -- resolution (once, before anything is built) ------------------------------------------------------------
 
-    @property
-    def args(self) -> Optional[EngineConfig]:
-        """The run's config under the name the dense tasks still use; read-only."""
-        return self.config
-
     def bind(self, info: dist_utils.DistInfo, log: Callable[[str], None], warn: Callable[[str], None]) -> None:
         self.info, self.device, self.log, self.warn = info, info.device, log, warn
 
