@@ -7,20 +7,19 @@ Training flags default to "not given" (``argparse.SUPPRESS``): the task's recipe
 ``-c`` (the shipped ones are named after the authors' configs, e.g. ``mask_rcnn_datpp_tiny_1x.yaml``) < flags, laid
 over each other once by ``datvit.train.resolve``.
 
-Nothing here imports ``datvit.dense`` (segmentation_models_pytorch takes seconds to import): the parsers are built
-for every ``datvit`` call, the library is loaded only by the action that runs.
+The parsers are built for every ``datvit`` call: they read the detector and segmenter kinds from
+``datvit.dense.config`` (little on top of the torch, torchvision and timm that ``datvit`` loads anyway); tasks and
+commands are imported only by the action that runs.
 """
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from ..dense.config import DETECTOR_KINDS, SEGMENTER_KINDS
 from ..train.config import default_workers
 from ._run_args import UpdateKwargs, add_config_argument, add_engine_arguments, config_from_args, settings_layers
 from ._errors import run_with_user_errors
-
-DET_KINDS = ("mask_rcnn", "faster_rcnn", "retinanet")
-SEG_KINDS = ("upernet", "fpn")
 
 
 def build_train_parser(p: argparse.ArgumentParser, task: str) -> argparse.ArgumentParser:
@@ -65,7 +64,7 @@ def build_train_parser(p: argparse.ArgumentParser, task: str) -> argparse.Argume
     g.add_argument("--preset",
                    help="a datvit.dense.DENSE_PRESETS name (the authors' settings, e.g. "
                         f"{'mask_rcnn_datpp_tiny_1x' if det else 'upernet_datpp_tiny_160k'}); flags override it")
-    kinds = DET_KINDS if det else SEG_KINDS
+    kinds = DETECTOR_KINDS if det else SEGMENTER_KINDS
     g.add_argument("--detector" if det else "--segmenter", choices=kinds,
                    help="the head (default: the preset's)")
     g.add_argument("--model",

@@ -19,7 +19,7 @@ import math
 import os
 import random
 import signal
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -302,8 +302,13 @@ def train_transform(
         re_prob=re_prob, re_mode=re_mode, re_count=re_count)
 
 
-def eval_transform(img_size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float = 0.875,
-                   interpolation: str = "bicubic") -> Callable:
-    """timm's evaluation transform: resize to ``img_size / crop_pct``, center-crop ``img_size``."""
-    return create_transform(img_size, is_training=False, interpolation=interpolation, mean=tuple(mean),
-                            std=tuple(std), crop_pct=crop_pct)
+def eval_transform(data_config: Mapping[str, Any]) -> Callable:
+    """timm's evaluation transform for a timm-style ``data_config`` (``input_size`` (C, H, W), ``mean``, ``std``,
+    ``crop_pct``, ``interpolation``, ``crop_mode``): PIL image → resize to size / crop_pct, center crop, tensor,
+    normalise. Training evaluates with it and inference (``datvit.inference``) preprocesses with it, from the
+    data config a checkpoint records."""
+    return create_transform(
+        input_size=tuple(data_config["input_size"]), is_training=False,
+        interpolation=data_config.get("interpolation", "bicubic"), mean=tuple(data_config["mean"]),
+        std=tuple(data_config["std"]), crop_pct=data_config.get("crop_pct", 0.875),
+        crop_mode=data_config.get("crop_mode", "center"))

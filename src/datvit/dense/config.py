@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ..models.factory import PRESETS
+
 DETECTOR_KINDS = ("mask_rcnn", "faster_rcnn", "retinanet")
 # COCO training: short side 480–800 in steps of 32 (long side ≤ 1333); testing 800 (the last entry).
 COCO_TRAIN_MIN_SIZES = tuple(range(480, 801, 32))
@@ -46,6 +48,17 @@ class BackboneConfig:
             raise ValueError(f"frozen_stages must be -1 (none) or 0..4, got {self.frozen_stages}")
 
 
+def _check_head(cfg: Any, kinds: tuple[str, ...], what: str, classes: str) -> None:
+    """What a detector's and a segmenter's config check alike: a known kind, at least one class, and a backbone
+    given as a dict (YAML, a checkpoint's record) turned into a BackboneConfig."""
+    if cfg.kind not in kinds:
+        raise ValueError(f"{what} kind must be one of {kinds}, got {cfg.kind!r}")
+    if isinstance(cfg.backbone, dict):
+        object.__setattr__(cfg, "backbone", BackboneConfig(**cfg.backbone))
+    if cfg.num_classes < 1:
+        raise ValueError(f"{classes} must be ≥ 1, got {cfg.num_classes}")
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """A torchvision detector over a ``DenseBackbone`` and an FPN as the authors configure it.
@@ -78,12 +91,7 @@ class DetectorConfig:
     retinanet_topk_candidates: int = 1000
 
     def __post_init__(self):
-        if self.kind not in DETECTOR_KINDS:
-            raise ValueError(f"detector kind must be one of {DETECTOR_KINDS}, got {self.kind!r}")
-        if isinstance(self.backbone, dict):
-            object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes (foreground classes) must be ≥ 1, got {self.num_classes}")
+        _check_head(self, DETECTOR_KINDS, "detector", "num_classes (foreground classes)")
         if isinstance(self.min_size, (list, tuple)):
             object.__setattr__(self, "min_size", tuple(int(v) for v in self.min_size))
 
@@ -115,12 +123,7 @@ class SegmenterConfig:
     ignore_index: int = 255
 
     def __post_init__(self):
-        if self.kind not in SEGMENTER_KINDS:
-            raise ValueError(f"segmenter kind must be one of {SEGMENTER_KINDS}, got {self.kind!r}")
-        if isinstance(self.backbone, dict):
-            object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be ≥ 1, got {self.num_classes}")
+        _check_head(self, SEGMENTER_KINDS, "segmenter", "num_classes")
         if self.backbone.out_indices != (0, 1, 2, 3):
             raise ValueError("segmenters use all four stages (out_indices (0, 1, 2, 3)), got "
                              f"{self.backbone.out_indices}")
@@ -133,15 +136,11 @@ class SegmenterConfig:
 
 # -- presets ------------------------------------------------------------------------------------------------------
 
-# A DAT v1 backbone of dat_nano's dims and blocks (src/datvit/train/modeling.py) with a 4×4 patch stem, for
-# 128×128 scenes: 2.3M parameters, ~6.3 images/s for a Mask R-CNN training step at batch 8 on 2 cores (issue 10).
-DAT_NANO_DENSE_KWARGS: dict[str, Any] = dict(
-    generation="v1", img_size=128, patch_size=4, dim_stem=32, dims=[32, 64, 128, 256], depths=[2, 2, 2, 2],
-    heads=[1, 2, 4, 8], stage_spec=[["L", "S"], ["L", "S"], ["L", "D"], ["L", "D"]], window_sizes=[4, 4, 4, 2],
-    groups=[1, 1, 2, 4], strides=[1, 1, 1, 1], offset_range_factor=[-1, -1, 2, 2],
-    use_pes=[False, False, True, True], ksizes=[9, 7, 5, 3], use_conv_patches=False,
-    use_dwc_mlps=[False] * 4, use_lpus=[False] * 4,
-)
+# The dat_nano training preset (2.3M parameters) as the backbone of the 128×128 scenes demo, with a 4×4 patch stem:
+# the necks take stage outputs at strides 4, 8, 16 and 32 (dat_nano's 2×2 stem suits 32×32 classification). The
+# backbone config sets the drop path.
+DAT_NANO_DENSE_KWARGS: dict[str, Any] = {**{k: v for k, v in PRESETS["dat_nano"].items() if k != "drop_path_rate"},
+                                         "img_size": 128, "patch_size": 4}
 FASHION_SCENE_CLASSES = 10
 
 
@@ -167,7 +166,7 @@ def _demo_segmenter(model: str, kwargs: dict) -> SegmenterConfig:
 
 
 DENSE_PRESETS: dict[str, DetectorConfig | SegmenterConfig] = {
-    # LeapLabTHU/DAT-Detection configs/dat/*.py (COCO, 80 classes); drop path from the file names (dense-spec.md §1)
+    # LeapLabTHU/DAT-Detection configs/dat/*.py (COCO, 80 classes); each drop path rate is the one its file name gives
     "mask_rcnn_datpp_tiny_1x": DetectorConfig("mask_rcnn", _bb("datpp_tiny", 0.0, True)),
     "mask_rcnn_datpp_tiny_3x": DetectorConfig("mask_rcnn", _bb("datpp_tiny", 0.3, True)),
     "mask_rcnn_datpp_small_1x": DetectorConfig("mask_rcnn", _bb("datpp_small", 0.1, True)),

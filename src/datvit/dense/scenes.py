@@ -17,11 +17,11 @@ Layout written (both forms share the files)::
     out_dir/classes.txt, out_dir/scenes.json   class names (background first); generation parameters
 
 Splits ``train`` (items from Fashion-MNIST's 60,000 training images) and ``val`` (from its 10,000 test images), so
-no item is in both. Deterministic: scene i of a split depends only on (seed, split, i). Size and difficulty follow
-issue 10's calibration for ``make demo-dense``: at 128×128, batch 8, a Mask R-CNN with a 2.3M-parameter DAT
-backbone trains at ~6.3 images/s on 2 idle cores, so a few minutes see ~2,000 scenes; 2–4 items of 28–62 px keep
-every object at least a few anchors wide while classes stay Fashion-MNIST's (shirt vs. T-shirt vs. pullover vs.
-coat remain hard). Writing 2,500 scenes took 11 s (8 s CPU) on this project's shared 2-core machine.
+no item is in both. Deterministic: scene i of a split depends only on (seed, split, i). Size and difficulty suit
+``make demo-dense``: at 128×128, batch 8, a Mask R-CNN with a 2.3M-parameter DAT backbone trains at ~6 images/s on
+2 CPU cores, so a few minutes see ~2,000 scenes; 2–4 items of 28–62 px keep every object at least a few anchors
+wide while classes stay Fashion-MNIST's (shirt vs. T-shirt vs. pullover vs. coat remain hard). Writing 2,500 scenes
+takes about 10 s.
 """
 from __future__ import annotations
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data import resolve_data_config as timm_resolve_data_config
 from torch import nn
 
+from ..data.loader import eval_transform
 from ..models.checkpoint import CheckpointError, load_state_dict_checked
 from ..models.factory import (build_model, check_model_arguments, head_size, input_channels, model_from_arch,
                               resolve_model_kwargs)
@@ -107,16 +108,6 @@ def resolve_data_config(
         raise ValueError(f"image size {size[1]}×{size[2]} is below this model's minimum input {model.min_input_size}")
     config["input_size"] = size
     return config
-
-
-def eval_transform(data_config: Mapping[str, Any]) -> Callable:
-    """timm's evaluation transform for ``data_config``: PIL image → resize to size / crop_pct (its interpolation),
-    center crop, tensor, normalise."""
-    return create_transform(
-        input_size=tuple(data_config["input_size"]), is_training=False,
-        interpolation=data_config.get("interpolation", "bicubic"), mean=tuple(data_config["mean"]),
-        std=tuple(data_config["std"]), crop_pct=data_config.get("crop_pct", 0.875),
-        crop_mode=data_config.get("crop_mode", "center"))
 
 
 def load_model(
