@@ -11,7 +11,7 @@ CORE := $(VENV)/.datvit-core
 DENSE := $(VENV)/.datvit-dense
 DOCS := $(VENV)/.datvit-docs
 
-.PHONY: test demo venv clean bench fashion-mnist demo-dense docs
+.PHONY: test test-fast lint demo venv clean bench fashion-mnist demo-dense docs
 
 venv: $(STAMP)
 
@@ -33,6 +33,16 @@ $(STAMP): pyproject.toml | $(PY)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# `make test-fast`: the tests not marked slow (tests/conftest.py lists the slow modules), for the edit-test loop;
+# under two minutes on 2 cores. CI runs the whole suite.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+# `make lint`: ruff's lint rules and format check (configured in pyproject.toml) over the code and the tests
+lint: $(STAMP)
+	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
 
 # `make demo`: a small DAT trained on Fashion-MNIST for a few minutes on CPU, evaluated on the 10,000 test
 # images; checkpoint, curves and report.md in demo_output/fashion_mnist/. DEMO_ARGS go to `datvit train`

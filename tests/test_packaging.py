@@ -56,9 +56,9 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path):
         f"assert datvit.__file__.startswith({str(target)!r}), datvit.__file__\n"
         "bad = sorted(m for m in sys.modules if m.startswith(('datvit.train', 'datvit.cli')))\n"
         "assert not bad, f'the inference layer imported {bad}'\n"
-        "from datvit.cli.main import build_parser\n"
-        "args = build_parser().parse_args(['train', '-c', 'demo_fashion_mnist'])\n"
-        "assert (args.model, args.in_chans, args.img_size) == ('dat_nano', 1, 32), args\n"
+        "from datvit.cli.train import train_layers\n"
+        "(where, shipped), _ = train_layers(['-c', 'demo_fashion_mnist'])\n"
+        "assert (shipped['model'], shipped['in_chans'], shipped['img_size']) == ('dat_nano', 1, 32), shipped\n"
         "print('ok')\n")
     assert _run([sys.executable, "-c", check], cwd=elsewhere, env=env).stdout.strip() == "ok"
 
