@@ -1,4 +1,4 @@
-"""Malformed checkpoints through every loading route (issue 8): each file gives one line naming the file and what
+"""Malformed checkpoints through every loading route: each file gives one line naming the file and what
 is wrong — ``CheckpointError`` from the Python API, ``datvit <cmd>: error: ...`` with exit status 2 and no
 traceback from the CLI — and a pickle that would run code never runs it (its marker file stays absent).
 

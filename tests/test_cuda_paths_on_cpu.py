@@ -1,4 +1,4 @@
-"""What the GPU checks of issue 11 cover, run on CPU where the same code runs (no GPU in CI): bf16 autocast through
+"""What the GPU checks cover, run on CPU where the same code runs (no GPU in CI): bf16 autocast through
 both model families (the dtype handling of the position biases and masks that CUDA's bf16 runs take), finite and
 close to fp32, with finite gradients for every parameter, the learnable biases included. (flex_attention's
 neighborhood path against the reference on CPU: tests/test_layers_neighborhood.py.)"""

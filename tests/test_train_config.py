@@ -1,5 +1,6 @@
-"""Argument resolution: YAML defaults < flags, the dataset recipes (dat-spec §5 for folders), lr scaling, custom
-models, weight-decay groups and the CPU mixed-precision policy."""
+"""Run configuration: the layers (defaults < recipe < YAML < flags), the dataset recipes (the papers' ImageNet
+recipe for folders), the frozen resolved config and args.yaml, lr scaling, custom models, weight-decay groups,
+resume differences and the CPU mixed-precision policy."""
 from __future__ import annotations
 
 import dataclasses

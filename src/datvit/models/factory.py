@@ -109,9 +109,23 @@ def resolve_model_kwargs(
                          "model with --model-config FILE / --model-kwargs")
     custom = {**config, **overrides}
     kwargs = {**base, **custom, **{k: v for k, v in fixed.items() if v is not None}}
-    if "stage_spec" not in custom and ("depths" in custom or "generation" in custom) and "depths" in kwargs:
-        kwargs["stage_spec"] = stage_spec_for(kwargs["depths"], kwargs.get("generation", "v1"))
+    spec = regenerated_stage_spec(name, kwargs, custom)
+    if spec is not None:
+        kwargs["stage_spec"] = spec
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()}
+
+
+def regenerated_stage_spec(name: str, kwargs: Mapping[str, Any], changed: Mapping[str, Any]) -> Optional[list]:
+    """The block pattern for ``kwargs``' depths when ``changed`` (what the user gave) alters the depths or the
+    generation without a stage_spec of its own — the variant's pattern would no longer fit (``stage_spec_for``:
+    v1 L/S then L/D; DAT++ N/D, stage 4 D only); None when the pattern stands."""
+    if "stage_spec" in changed or not ({"depths", "generation"} & set(changed)):
+        return None
+    known = model_config(name) if name in VARIANTS else PRESETS.get(name, {})
+    depths = kwargs.get("depths", known.get("depths"))
+    if depths is None:
+        return None
+    return stage_spec_for(list(depths), kwargs.get("generation", known.get("generation", "v1")))
 
 
 def build_model(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
