@@ -152,10 +152,16 @@ class Batch(NamedTuple):
     corrupt: list
 
 
+def split_corrupt(samples: Sequence[Any]) -> tuple[list, list]:
+    """The readable samples and the unreadable ones (``CorruptSample``), each in order: what every collate
+    function separates first, so that a batch goes on with what it can read and counts the rest."""
+    return ([s for s in samples if not isinstance(s, CorruptSample)],
+            [s for s in samples if isinstance(s, CorruptSample)])
+
+
 def collate_skip_corrupt(samples: Sequence[Any]) -> Batch:
     """Stack the readable samples and hand the unreadable ones (``CorruptSample``) on for counting."""
-    good = [s for s in samples if not isinstance(s, CorruptSample)]
-    bad = [s for s in samples if isinstance(s, CorruptSample)]
+    good, bad = split_corrupt(samples)
     if not good:
         return Batch(None, None, bad)
     images, targets = default_collate(good)

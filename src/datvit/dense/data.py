@@ -29,7 +29,7 @@ from torchvision import tv_tensors
 from tqdm import tqdm
 
 from ..data.folder import IMG_EXTENSIONS, CorruptSample
-from ..data.loader import Batch
+from ..data.loader import Batch, split_corrupt
 from ..utils.images import IMAGE_ERRORS, read_image
 
 IGNORE_INDEX = 255
@@ -422,8 +422,7 @@ def collate_detection(batch: Sequence[Any]) -> Batch:
     """``Batch(images, targets, corrupt)``: images as a list of float 3×H×W tensors in 0..1 (sizes may differ; the
     detector resizes and pads), targets as a list of dicts of plain tensors (boxes float XYXY, labels int64,
     masks uint8), the ``CorruptSample``s for counting."""
-    good = [s for s in batch if not isinstance(s, CorruptSample)]
-    bad = [s for s in batch if isinstance(s, CorruptSample)]
+    good, bad = split_corrupt(batch)
     if not good:
         return Batch(None, None, bad)
     images, targets = [], []
@@ -441,8 +440,7 @@ def collate_detection(batch: Sequence[Any]) -> Batch:
 def collate_segmentation(batch: Sequence[Any]) -> Batch:
     """``Batch(images, masks, corrupt)``: stacked B×3×H×W float images and B×H×W int64 masks when all have one size
     (training crops), else lists (whole-image evaluation); uint8 images become floats in 0..1."""
-    good = [s for s in batch if not isinstance(s, CorruptSample)]
-    bad = [s for s in batch if isinstance(s, CorruptSample)]
+    good, bad = split_corrupt(batch)
     if not good:
         return Batch(None, None, bad)
     images = [_plain(i) for i, _ in good]

@@ -4,7 +4,7 @@ canvas (no display needed), written atomically."""
 from __future__ import annotations
 
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -78,23 +78,23 @@ def _draw_segmentation_on(ax: Any, image: np.ndarray, classes: torch.Tensor, cla
         ax.set_title(title, fontsize=8)
 
 
+def _draw_over(image: Any, path: str | os.PathLike, draw: Callable[[Any, np.ndarray], None]) -> None:
+    """A PNG of ``image`` (PIL) at its own size with ``draw(axes, pixels)`` over it."""
+    arr = np.asarray(image.convert("RGB"))
+    fig = _figure(arr.shape[1], arr.shape[0])
+    draw(fig.add_axes((0, 0, 1, 1)), arr)
+    atomic_savefig(fig, path)
+
+
 def draw_detections(image: Any, pred: dict[str, torch.Tensor], class_names: Sequence[str],
                     path: str | os.PathLike) -> None:
     """``image`` (PIL) with ``pred`` (boxes xyxy, labels 1..K, scores, optional masks N×1×H×W) drawn over it."""
-    arr = np.asarray(image.convert("RGB"))
-    fig = _figure(arr.shape[1], arr.shape[0])
-    ax = fig.add_axes((0, 0, 1, 1))
-    _draw_detections_on(ax, arr, pred, class_names)
-    atomic_savefig(fig, path)
+    _draw_over(image, path, lambda ax, arr: _draw_detections_on(ax, arr, pred, class_names))
 
 
 def draw_segmentation(image: Any, classes: torch.Tensor, class_names: Sequence[str], path: str | os.PathLike) -> None:
     """``image`` (PIL) with the class map blended over it (a class named 'background' stays clear)."""
-    arr = np.asarray(image.convert("RGB"))
-    fig = _figure(arr.shape[1], arr.shape[0])
-    ax = fig.add_axes((0, 0, 1, 1))
-    _draw_segmentation_on(ax, arr, classes, class_names)
-    atomic_savefig(fig, path)
+    _draw_over(image, path, lambda ax, arr: _draw_segmentation_on(ax, arr, classes, class_names))
 
 
 def draw_grid(panels: Sequence[dict[str, Any]], path: str | os.PathLike, columns: int = 4) -> None:

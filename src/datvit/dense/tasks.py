@@ -30,6 +30,7 @@ from ..train.errors import TrainingError
 from ..train.precision import AmpPlan, autocast
 from ..train.task import MetricSpec, StepOutput, Task
 from .run_config import DETECTION_RECIPE, SEGMENTATION_RECIPE, DetectionTrainConfig, SegmentationTrainConfig
+from .config import DetectorConfig, SegmenterConfig
 from .data import collate_detection, collate_segmentation
 
 # The authors' dense configs exempt these parameter names from weight decay (`paramwise_cfg.custom_keys`); their
@@ -265,6 +266,7 @@ class DetectionTask(_DenseTask):
 
     name = "detection"
     kind_default = "mask_rcnn"
+    model_config_cls = DetectorConfig
     run_config_cls = DetectionTrainConfig
     recipe_values = DETECTION_RECIPE
     find_unused_parameters = True   # a batch without positive proposals leaves the mask head without gradient
@@ -277,11 +279,6 @@ class DetectionTask(_DenseTask):
         plot=("map", "mAP (COCO)", "mAP", (("eval_bbox_mAP", "box mAP"), ("eval_bbox_mAP50", "box mAP@50"),
                                            ("eval_segm_mAP", "mask mAP"), ("eval_segm_mAP50", "mask mAP@50"))),
     )
-
-    @property
-    def model_config_cls(self) -> type:
-        from . import DetectorConfig
-        return DetectorConfig
 
     def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
         from . import CocoDetection
@@ -399,6 +396,7 @@ class SegmentationTask(_DenseTask):
 
     name = "segmentation"
     kind_default = "upernet"
+    model_config_cls = SegmenterConfig
     run_config_cls = SegmentationTrainConfig
     recipe_values = SEGMENTATION_RECIPE
     exempt_norm_layers = False  # mmseg's configs exempt parameters by name only, not whole normalisation layers
@@ -409,11 +407,6 @@ class SegmentationTask(_DenseTask):
         step_metrics=("acc",),
         plot=("miou", "segmentation", "%", (("eval_mIoU", "mIoU"), ("eval_aAcc", "pixel accuracy"))),
     )
-
-    @property
-    def model_config_cls(self) -> type:
-        from . import SegmenterConfig
-        return SegmenterConfig
 
     def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
         from . import SegmentationFolder

@@ -24,7 +24,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.data import resolve_data_config as timm_resolve_data_config
 from torch import nn
 
-from ..data.loader import eval_transform
+from ..data.loader import eval_transform as eval_transform  # re-exported: the preprocessing of a LoadedModel
 from ..models.checkpoint import CheckpointError, load_state_dict_checked
 from ..models.factory import (build_model, check_model_arguments, head_size, input_channels, model_from_arch,
                               resolve_model_kwargs)
