@@ -126,8 +126,8 @@ def test_labels_the_model_cannot_hold_stop_the_run_before_it_starts(tmp_path, ca
 
 
 def test_demo_dense_starts_from_clean_run_directories(tmp_path, monkeypatch):
-    """A second `datvit demo-dense` in the same place used to report the first one's results: the engine wrote the
-    new runs to `<name>-1` while the report read `runs/<name>`. The demo now removes its previous runs first."""
+    """A second `datvit demo-dense` in the same place reports its own runs: it removes the previous ones first, so
+    the engine writes to `runs/<name>` (not `<name>-1`), where the report reads."""
     from datvit.cli import demo_dense
 
     runs = tmp_path / "runs"

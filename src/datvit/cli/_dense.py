@@ -86,8 +86,8 @@ def build_train_parser(p: argparse.ArgumentParser, task: str) -> argparse.Argume
 
 
 def _add_sliding_arguments(p: argparse.ArgumentParser, mode_help: str) -> None:
-    """The evaluation mode of a segmenter, under the names ``datvit seg train`` gives them (the short names
-    of earlier versions are kept as aliases)."""
+    """The evaluation mode of a segmenter, under the names ``datvit seg train`` gives them (``--mode``, ``--crop``
+    and ``--stride`` are accepted too, as aliases)."""
     p.add_argument("--eval-mode", "--mode", dest="eval_mode", default="whole", choices=("whole", "slide"),
                    help=mode_help)
     p.add_argument("--crop-size", "--crop", dest="crop_size", type=int, default=None,

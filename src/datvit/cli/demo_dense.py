@@ -23,7 +23,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from ..utils.files import atomic_write_text
-from .demo import clear_previous_runs
+from .demo import _fmt_seconds, clear_previous_runs
 
 EPILOG = """examples:
   datvit demo-dense                                  # into demo_output/dense (sized for ~15 min on 2 idle cores; see docs/dense.md)
@@ -61,11 +61,6 @@ RUNS = {  # name: (task command, shipped config, preset of the backbone, label)
     "seg_dat": ("seg", "demo_upernet_scenes", "upernet_dat_nano_scenes", "UperNet, DAT-nano"),
     "seg_cnn": ("seg", "demo_upernet_scenes", "upernet_{cnn}_scenes", "UperNet, {cnn}"),
 }
-
-
-def _fmt_seconds(seconds: float) -> str:
-    minutes, sec = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {sec:02d} s"
 
 
 def _train(name: str, args: argparse.Namespace, data: Path, runs_dir: Path) -> dict[str, Any]:

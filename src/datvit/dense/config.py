@@ -64,7 +64,8 @@ class DetectorConfig:
     """A torchvision detector over a ``DenseBackbone`` and an FPN as the authors configure it.
 
     ``min_size`` may be a tuple: torchvision then resizes each training image's short side to a random entry
-    (multi-scale training) and evaluates at the last one. ``num_classes`` counts foreground classes (labels 1..K; torchvision is given K + 1 with 0 = background).
+    (multi-scale training) and evaluates at the last one. ``num_classes`` counts foreground classes (labels 1..K;
+    torchvision is given K + 1 with 0 = background).
     Anchors are ``anchor_scale`` × the level's stride (mmdet's ``scales=[8]`` for the RPN; RetinaNet uses
     ``octave_base_scale=4`` with 3 scales per octave), aspect ratios 0.5/1/2. The RPN keeps 2000 → 1000 proposals
     in training (the authors' value; torchvision's default is 2000 → 2000).
