@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..data.loader import create_loader
-from ..models.factory import count_parameters
+from ..models.factory import count_parameters, regenerated_stage_spec
 from ..train import distributed as dist_utils
 from ..train.errors import TrainingError
 from ..train.precision import AmpPlan, autocast
@@ -131,20 +131,12 @@ def resolve_dense_config(args: Any, cls: type, kind_default: str) -> Any:
 
 def dat_kwargs_with_stage_spec(model: str, base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """``base`` ← ``overrides``; when the overrides change a DAT's depths (or generation) without giving a
-    stage_spec, the block pattern is regenerated for the new depths as ``datvit train`` does (v1: L/S then L/D;
-    DAT++: N/D) instead of keeping one that no longer fits."""
-    import datvit
-    from datvit.models import stage_spec_for
-
+    stage_spec, the block pattern is regenerated for the new depths by the rule ``datvit train`` follows
+    (``regenerated_stage_spec``) instead of keeping one that no longer fits."""
     kwargs = {**base, **overrides}
-    if "stage_spec" in overrides or not ({"depths", "generation"} & set(overrides)):
-        return kwargs
-    variant = datvit.model_config(model) if model in datvit.list_models() else {}
-    depths = kwargs.get("depths", variant.get("depths"))
-    if depths is None:
-        return kwargs
-    generation = kwargs.get("generation", variant.get("generation", "v1"))
-    kwargs["stage_spec"] = stage_spec_for(list(depths), generation)
+    stage_spec = regenerated_stage_spec(model, kwargs, overrides)
+    if stage_spec is not None:
+        kwargs["stage_spec"] = stage_spec
     return kwargs
 
 
