@@ -1,7 +1,8 @@
 """Smoke tests of the benchmark harness (``datvit.tools.benchmark``): a tiny configuration end to end (JSON, markdown
 and PNG written, with the fields the report relies on), in process and through ``datvit bench`` from another
-directory with only the package on the path; the phases one by one; and the tools (deploy, cuda_check, levers,
-profile) at toy sizes. Timings are not checked."""
+directory with only the package on the path; the flags as a ``BenchConfig`` and its options; the phases one by
+one; the tools (``datvit bench deploy|cuda-check|levers|profile``) at toy sizes, and every tool's flags. Timings
+are not checked."""
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,10 @@ SMOKE_ARGS = ["--img-size", "64", "--batch-sizes", "1", "--train-batch-sizes", "
 
 @pytest.mark.timeout(400)
 def test_benchmark_smoke(tmp_path):
-    from datvit.tools.benchmark import run
+    from datvit.cli.main import main
 
     out = tmp_path / "bench"
-    run.main(["--models", "dat_tiny", "--train-runs", "2", *SMOKE_ARGS, "--output", str(out)])
+    assert main(["bench", "--models", "dat_tiny", "--train-runs", "2", *SMOKE_ARGS, "--output", str(out)]) == 0
     report = json.loads((out / "benchmark.json").read_text())
     assert report["command"].startswith("datvit bench --models dat_tiny")
     assert (out / "benchmark.png").stat().st_size > 1000
@@ -109,7 +110,8 @@ def test_onnxruntime_rows():
     pytest.importorskip("onnxruntime")
     import torch
 
-    from datvit.tools.benchmark import common, report as rep, run
+    from datvit.tools.benchmark import common, run
+    from datvit.tools.benchmark import report as rep
 
     torch.manual_seed(0)
     tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
@@ -131,21 +133,91 @@ def test_onnxruntime_rows():
 
 
 def test_cli_registers_bench():
+    """``datvit bench [flags]`` is the benchmark itself (no tool), whose flags become a BenchConfig that records
+    the command; a flag not given keeps the config's default."""
+    from datvit.cli.bench import bench_config
+    from datvit.cli.main import build_parser
+    from datvit.tools.benchmark.run import BenchConfig
+
+    args = build_parser().parse_args(["bench", "--quick", "--models", "dat_tiny", "--no-chart", "--note", "a b"])
+    assert args.tool is None and args.quick and args.models == ("dat_tiny",) and callable(args.func)
+    config = bench_config(bench_parser(), args)
+    assert config == BenchConfig(quick=True, models=("dat_tiny",), chart=False, notes=("a b",),
+                                 command_line="datvit bench --models dat_tiny --quick --no-chart --note 'a b'")
+    assert BenchConfig(models="dat_tiny, swin", batch_sizes=[1, 4]).models == ("dat_tiny", "swin")
+
+
+def bench_parser():
+
     from datvit.cli.main import build_parser
 
-    args = build_parser().parse_args(["bench", "--quick", "--models", "dat_tiny"])
-    assert args.quick and args.models == "dat_tiny" and callable(args.func)
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["bench"]
+
+
+@pytest.mark.parametrize("tool", ["profile", "levers", "deploy", "cuda-check", "export-all"])
+def test_bench_tool_help(tool, capsys):
+    """Each tool is a subcommand of ``datvit bench`` with its own help; its flags parse into its config."""
+    from datvit.cli.bench import TOOLS, tool_config
+    from datvit.cli.main import build_parser, main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", tool, "--help"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith(f"usage: datvit bench {tool} ")
+    args = build_parser().parse_args(["bench", tool])
+    assert args.tool == tool
+    config = tool_config(tool, args)
+    assert type(config).__name__ == TOOLS[tool].config and config == type(config)()   # the defaults
+
+
+def test_bench_help_lists_the_tools(capsys):
+    from datvit.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--help"])
+    text = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert all(f"    {tool} " in text for tool in ("profile", "levers", "deploy", "cuda-check", "export-all"))
+
+
+def test_bench_tool_flags(capsys):
+    """The tools' flags: comma- (or, for export-all, space-) separated lists, ``--batch-size`` with the old
+    ``--batch`` kept, ``--output`` with ``--out``; a flag of the benchmark before a tool's name is refused; what
+    writes files has ``--output``."""
+    from datvit.cli.bench import tool_config
+    from datvit.cli.main import build_parser, main
+
+    parser = build_parser()
+    config = tool_config("profile", parser.parse_args(["bench", "profile", "--models", "dat_tiny", "--batch", "8",
+                                                       "--no-module", "--out", "p"]))
+    assert (config.models, config.batch_size, config.module, config.output) == (("dat_tiny",), 8, False, "p")
+    config = tool_config("levers", parser.parse_args(["bench", "levers", "adamw", "dwconv", "-b", "4"]))
+    assert (config.levers, config.batch_size) == (("adamw", "dwconv"), 4)
+    config = tool_config("export-all", parser.parse_args(["bench", "export-all", "--models", "dat_tiny", "datpp_tiny,"
+                                                          "dat_small", "--formats", "onnx"]))
+    assert (config.models, config.formats) == (("dat_tiny", "datpp_tiny", "dat_small"), ("onnx",))
+    config = tool_config("deploy", parser.parse_args(["bench", "deploy", "--treatments", "fp32 eager, bf16 eager"]))
+    assert config.treatments == ("fp32 eager", "bf16 eager")
+    assert main(["bench", "export-all", "--formats", "onnx,zip"]) == 2
+    assert capsys.readouterr().err.startswith("datvit bench export-all: error: unknown format(s) zip")
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--quick", "profile"])
+    assert exit_.value.code == 2 and "--quick: a flag of the benchmark itself" in capsys.readouterr().err
+    tools = next(a for a in bench_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for tool in ("profile", "deploy", "cuda-check"):
+        assert "--output DIR, --out DIR" in tools[tool].format_help()
 
 
 def test_deploy_benchmark_times_the_chosen_treatments(capsys):
-    """``python -m datvit.tools.benchmark.deploy`` smoke: the treatments are validated, fp32 eager is always the
-    baseline, and a chosen subset is built and timed (dat_tiny at batch 1, one round)."""
+    """``datvit bench deploy`` smoke: the treatments are validated, fp32 eager is always the baseline, and a
+    chosen subset is built and timed (dat_tiny at batch 1, one round)."""
+    from datvit.cli.main import main
     from datvit.layers.ops import cpu_native_bf16
     from datvit.tools.benchmark import deploy
 
-    with pytest.raises(SystemExit):
-        deploy.main(["--treatments", "fp64 eager", "--speed-models", ""])
-    assert capsys.readouterr().err.count("unknown treatments") == 1
+    assert main(["bench", "deploy", "--treatments", "fp64 eager", "--speed-models", ""]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"datvit bench deploy: error: unknown treatments ['fp64 eager']; choose from {', '.join(deploy.TREATMENTS)}")
     chosen = ("fp32 eager", "bf16 eager") if cpu_native_bf16() else ("fp32 eager",)
     rows = deploy.speed(["dat_tiny"], batch=1, iters=1, chosen=chosen)["rows"]
     assert set(rows) == {f"dat_tiny {t}" for t in chosen}
@@ -153,13 +225,13 @@ def test_deploy_benchmark_times_the_chosen_treatments(capsys):
     assert all(r["images_per_s"] > 0 for r in rows.values())
 
 
-def test_cuda_check_script_runs_on_cpu(tmp_path):
-    """``datvit.tools.benchmark.cuda_check`` (the GPU checks as one script) tried on CPU, as it must be before a
-    GPU session: both families pass fast-vs-reference logits and every gradient, and bf16 autocast."""
-    from datvit.tools.benchmark import cuda_check
+def test_cuda_check_script_runs_on_cpu(tmp_path, capsys):
+    """``datvit bench cuda-check`` (the GPU checks as one command) tried on CPU, as it must be before a GPU
+    session: both families pass fast-vs-reference logits and every gradient, and bf16 autocast."""
+    from datvit.cli.main import main
 
-    rc = cuda_check.main(["--device", "cpu", "--img-size", "64", "--batch", "1", "--no-speed", "--output",
-                          str(tmp_path)])
+    rc = main(["bench", "cuda-check", "--device", "cpu", "--img-size", "64", "--batch-size", "1", "--no-speed",
+               "--output", str(tmp_path)])
     report = json.loads((tmp_path / "cuda_check.json").read_text())
     assert rc == 0 and [m["model"] for m in report["models"]] == ["dat_tiny", "datpp_tiny"]
     for row in report["models"]:
@@ -168,7 +240,9 @@ def test_cuda_check_script_runs_on_cpu(tmp_path):
     assert any(n.endswith("rpe_table") for n in report["models"][0]["grad_rel_position_biases"])
     import torch
     if not torch.cuda.is_available():          # says so instead of failing somewhere inside
-        assert cuda_check.main(["--device", "cuda", "--no-speed", "--output", str(tmp_path)]) == 2
+        capsys.readouterr()
+        assert main(["bench", "cuda-check", "--device", "cuda", "--no-speed", "--output", str(tmp_path)]) == 2
+        assert capsys.readouterr().err.startswith("datvit bench cuda-check: error: no CUDA device here")
 
 
 def _bench(cfg: dict, out_dir: Path = Path("unused")):
@@ -177,18 +251,18 @@ def _bench(cfg: dict, out_dir: Path = Path("unused")):
 
     from datvit.tools.benchmark import run
 
-    args = run_args(*SMOKE_ARGS, "--output", str(out_dir))
-    full = run.resolve_options(args, torch.device("cpu"))
+    config = bench_config(*SMOKE_ARGS, "--output", str(out_dir))
+    full = run.resolve_options(config, torch.device("cpu"))
     full.update(cfg)
-    return run.Bench(args, full, torch.device("cpu"), 1, out_dir, {"notes": []})
+    return run.Bench(config, full, torch.device("cpu"), 1, out_dir, {"notes": []})
 
 
-def run_args(*argv: str) -> argparse.Namespace:
-    from datvit.tools.benchmark import run
+def bench_config(*argv: str):
+    """``datvit bench ARGV`` as its BenchConfig."""
+    from datvit.cli.bench import bench_config as from_args
+    from datvit.cli.main import build_parser
 
-    parser = argparse.ArgumentParser()
-    run.add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return from_args(bench_parser(), build_parser().parse_args(["bench", *argv]))
 
 
 def test_options_quick_and_output_alias():
@@ -198,15 +272,18 @@ def test_options_quick_and_output_alias():
     from datvit.tools.benchmark import run
 
     cpu = torch.device("cpu")
-    cfg = run.resolve_options(run_args("--quick", "--models", "dat_tiny,swin"), cpu)
+    cfg = run.resolve_options(bench_config("--quick", "--models", "dat_tiny,swin"), cpu)
     assert cfg["models"] == ["dat_tiny", "swin_tiny_patch4_window7_224"]
     assert (cfg["batch_sizes"], cfg["train_batch_sizes"], cfg["iters"], cfg["train_runs"]) == ([1, 8], [8], 2, 1)
     assert cfg["modes"] == ["eager"]
-    assert run.resolve_options(run_args("--quick", "--batch-sizes", "4"), cpu)["batch_sizes"] == [4]
-    assert run_args("--out", "x").output == "x" and run_args("--output", "y").output == "y"
+    assert run.resolve_options(bench_config("--quick", "--batch-sizes", "4"), cpu)["batch_sizes"] == [4]
+    assert run.resolve_options(bench_config("--train-batch-sizes", "0"), cpu)["train_batch_sizes"] == []
+    assert bench_config("--out", "x").output == "x" and bench_config("--output", "y").output == "y"
     for bad in (["--paths", "fastest"], ["--modes", "fp8"], ["--skip", "dat_tiny:fast"]):
         with pytest.raises(ValueError):
-            run.resolve_options(run_args(*bad), cpu)
+            run.resolve_options(bench_config(*bad), cpu)
+    with pytest.raises(ValueError, match="unknown model"):
+        run.resolve_options(run.BenchConfig(models=("no_such_model",)), cpu)
 
 
 def test_phases_in_process(tmp_path):
@@ -253,15 +330,18 @@ def test_compile_batches_and_skips(monkeypatch, tmp_path):
 
 
 def test_levers_and_profile_tools(tmp_path, capsys):
-    """The A/B helper of ``levers`` and a profile of the DeformableAttention module (batch 1)."""
-    from datvit.tools.benchmark import levers, profile
+    """The A/B helper of ``levers``, an unknown lever, and a profile of the DeformableAttention module (batch 1)."""
+    from datvit.cli.main import main
+    from datvit.tools.benchmark import levers
 
     res = levers.ab({"a": lambda: sum(range(1000)), "b": lambda: sum(range(2000))}, pairs=3, warmup=1)
     assert res["a"]["speedup"] == 1.0 and res["b"]["min"] <= res["b"]["speedup"] <= res["b"]["max"]
-    with pytest.raises(SystemExit):
-        levers.main(["no_such_lever"])
-    assert profile.main(["--only-module", "--module-batch", "1", "--rows", "3", "--threads", "1",
-                         "--output", str(tmp_path)]) == 0
+    assert main(["bench", "levers", "no_such_lever"]) == 2
+    assert capsys.readouterr().err.startswith("datvit bench levers: error: unknown lever(s) no_such_lever")
+    with pytest.raises(ValueError):
+        levers.run(levers.LeversConfig(levers=("no_such_lever",)))
+    assert main(["bench", "profile", "--only-module", "--module-batch", "1", "--rows", "3", "--threads", "1",
+                 "--output", str(tmp_path)]) == 0
     summary = json.loads((tmp_path / "profile_summary.json").read_text())
     assert sorted(summary) == sorted(f"deformable_attention_{i}_{p}_b1" for i in ("fast", "reference")
                                      for p in ("forward", "forward_backward"))

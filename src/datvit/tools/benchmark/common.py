@@ -50,6 +50,25 @@ FLOP_COUNT_NOTE = (
     "FlopCounterMode while running (matmuls, convolutions and their backward).")
 
 
+def as_tuple(value: Any) -> tuple:
+    """A sequence as a tuple; a string is a comma-separated list (never its characters), None an empty one."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(t for t in value.replace(" ", "").split(",") if t)
+    return tuple(value)
+
+
+def freeze_sequences(config: Any, names: Iterable[str], optional: Iterable[str] = ()) -> None:
+    """In a frozen config's ``__post_init__``: the fields ``names`` as tuples (:func:`as_tuple`), those in
+    ``optional`` left None when they are."""
+    optional = set(optional)
+    for name in names:
+        value = getattr(config, name)
+        if value is not None or name not in optional:
+            object.__setattr__(config, name, as_tuple(value))
+
+
 def resolve_model_name(name: str) -> str:
     return ALIASES.get(name, name)
 
@@ -470,18 +489,6 @@ def _git_commit() -> dict[str, Any]:
         return {"commit": commit or None, "src_modified": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None}
-
-
-def add_output_argument(p, default: str = DEFAULT_OUTPUT) -> None:
-    p.add_argument("--output", "--out", dest="output", metavar="DIR", default=default,
-                   help=f"output directory (default {default})")
-
-
-def add_allocator_argument(p) -> None:
-    p.add_argument("--allocator", choices=("tuned", "system"), default="tuned",
-                   help="CPU memory allocator for every subject: 'tuned' keeps freed tensor memory in malloc's heap "
-                        "(datvit.tune_cpu_allocator, what the datvit CLI does), 'system' leaves glibc's default "
-                        "(a fresh mmap and page faults for every large tensor) (default tuned)")
 
 
 def apply_allocator(choice: str) -> bool:

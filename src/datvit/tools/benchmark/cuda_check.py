@@ -1,29 +1,30 @@
-"""The GPU checks as one script, for a machine with a GPU (never in CI). Try it on CPU first:
+"""The GPU checks as one command, ``datvit bench cuda-check``, for a machine with a GPU (never in CI). Try it on
+CPU first:
 
-    python -m datvit.tools.benchmark.cuda_check --device cpu --img-size 64 --no-speed   # the correctness part
-    PYTHONPATH=src python -m datvit.tools.benchmark.cuda_check --output "$OUT"          # on the GPU machine
+    datvit bench cuda-check --device cpu --img-size 64 --no-speed        # the correctness part
+    PYTHONPATH=src python -m datvit bench cuda-check --output "$OUT"     # on the GPU machine, from a checkout
 
 1. Correctness, per model (dat_tiny and datpp_tiny, random weights, no stochastic depth): the fast path against
    the reference path (the authors' algorithm) in float32 with TF32 off — logits (relative max error, goal 1e-4)
    and the gradient of every parameter (relative norm error per parameter; ``rpb``, read through
    flex_attention's ``score_mod`` on CUDA, and ``rpe_table``, read through ``grid_sample``, listed by name) —
    then bf16 autocast on the fast path: finite, and its logits against float32.
-2. Speed (unless ``--no-speed``): ``datvit bench`` on the same device with the arguments in
-   ``--speed-args`` (default: bf16 and float32 training and inference at batch 128 for dat_tiny, datpp_tiny,
+2. Speed (unless ``speed=False``, ``--no-speed``): ``datvit bench`` on the same device with the arguments in
+   ``speed_args`` (default: bf16 and float32 training and inference at batch 128 for dat_tiny, datpp_tiny,
    Swin-T and ConvNeXt-T, peak memory, torch.compile of dat_tiny and Swin-T), in a child process with a time
-   limit, its report written next to this script's.
+   limit, its report written next to this command's.
 
-Writes ``--output``/cuda_check.json after every model (a run cut short keeps what it finished) and prints a summary.
+Writes ``output``/cuda_check.json after every model (a run cut short keeps what it finished) and prints a summary.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -101,55 +102,61 @@ def check_model(name: str, device: torch.device, batch: int, img_size: int) -> d
     return out
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda", help="cuda (default) or cpu (to try the script)")
-    p.add_argument("--models", default="dat_tiny,datpp_tiny")
-    p.add_argument("--batch", type=int, default=4, help="batch of the correctness checks")
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--no-speed", action="store_true", help="correctness only")
-    p.add_argument("--speed-args", default=SPEED_ARGS, help="arguments of datvit bench (--device and --output added)")
-    p.add_argument("--speed-timeout", type=int, default=420, help="seconds for the speed part")
-    common.add_output_argument(p, common.DEFAULT_OUTPUT + "/cuda_check")
-    args = p.parse_args(argv)
+@dataclass(frozen=True, kw_only=True)
+class CudaCheckConfig:
+    """What :func:`run` checks: ``models`` at ``batch_size`` and ``img_size`` on ``device``, then (with ``speed``)
+    ``datvit bench`` with ``speed_args`` (its flags; --device and --output are added) within ``speed_timeout``
+    seconds; the report goes to ``output``/cuda_check.json."""
 
-    device = torch.device(args.device)
+    device: str = "cuda"
+    models: tuple[str, ...] = ("dat_tiny", "datpp_tiny")
+    batch_size: int = 4
+    img_size: int = 224
+    speed: bool = True
+    speed_args: str = SPEED_ARGS
+    speed_timeout: float = 420.0
+    output: str = common.DEFAULT_OUTPUT + "/cuda_check"
+
+    def __post_init__(self) -> None:
+        common.freeze_sequences(self, ("models",))
+
+
+def run(config: CudaCheckConfig) -> int:
+    """The checks; 0 when every model passes, 1 otherwise. ValueError for a CUDA device on a machine without
+    one."""
+    device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        print("cuda_check: no CUDA device here (try --device cpu for the correctness part)", file=sys.stderr)
-        return 2
+        raise ValueError("no CUDA device here (try --device cpu for the correctness part)")
     torch.backends.cuda.matmul.allow_tf32 = False     # float32 comparisons at 1e-4 need true float32 GEMMs
     torch.backends.cudnn.allow_tf32 = False
-    out_dir = Path(args.output)
+    out_dir = Path(config.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     report: dict = {"machine": common.machine_info(device, torch.get_num_threads()), "models": []}
 
     def save() -> None:
         (out_dir / "cuda_check.json").write_text(json.dumps(report, indent=2))
 
-    for name in [m for m in args.models.split(",") if m]:
+    for name in config.models:
         try:
-            row = check_model(name, device, args.batch, args.img_size)
+            row = check_model(name, device, config.batch_size, config.img_size)
         except Exception as e:  # keep going: the other model and the speed part still say something
             row = {"model": name, "error": f"{type(e).__name__}: {e}", "pass": False}
         report["models"].append(row)
         save()
         print(json.dumps(row), flush=True)
 
-    if not args.no_speed:
-        cmd = [sys.executable, "-m", "datvit", "bench", *shlex.split(args.speed_args), "--device", str(device),
+    if config.speed:
+        cmd = [sys.executable, "-m", "datvit", "bench", *shlex.split(config.speed_args), "--device", str(device),
                "--output", str(out_dir / "bench")]
         print("speed:", " ".join(shlex.quote(c) for c in cmd), flush=True)
         start = time.perf_counter()
         try:
-            rc = subprocess.run(cmd, timeout=args.speed_timeout, env=dict(os.environ)).returncode
+            rc = subprocess.run(cmd, timeout=config.speed_timeout, env=dict(os.environ)).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
         report["speed"] = {"command": cmd, "returncode": rc, "seconds": time.perf_counter() - start}
         save()
     ok = all(m.get("pass") for m in report["models"])
-    print(f"cuda_check: {'PASS' if ok else 'FAIL'} — {out_dir / 'cuda_check.json'}")
+    print(f"cuda-check: {'PASS' if ok else 'FAIL'} — {out_dir / 'cuda_check.json'}")
     return 0 if ok else 1
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
 """Deployment treatments — bf16 autocast and int8 (torchao), eager and compiled — against fp32: accuracy on a
-trained checkpoint and speed.
+trained checkpoint and speed (``datvit bench deploy``).
 
-    python -m datvit.tools.benchmark.deploy --checkpoint demo_output/fashion_mnist/last.pth   # after `make demo`
-    python -m datvit.tools.benchmark.deploy --checkpoint CKPT --speed-models dat_tiny,swin --speed-batch 32
-    python -m datvit.tools.benchmark.deploy --treatments "fp32 eager,bf16 eager,bf16 compiled" --speed-models swin
+    datvit bench deploy --checkpoint demo_output/fashion_mnist/last.pth   # after `make demo`
+    datvit bench deploy --checkpoint CKPT --speed-models dat_tiny,swin --speed-batch 32
+    datvit bench deploy --treatments "fp32 eager,bf16 eager,bf16 compiled" --speed-models swin
 
 For the checkpoint it evaluates the test split (the dataset the checkpoint was trained on) with each treatment —
 fp32 eager, fp32 compiled with inductor freezing (:func:`datvit.optimize_for_inference`), bf16 autocast eager and
@@ -11,20 +11,20 @@ compiled (``dtype="bfloat16"``; CPUs with native bf16 and GPUs only), int8 eager
 and images/s of each. int8 is torchao's current API (``quantize_`` with
 ``Int8DynamicActivationInt8WeightConfig``: int8 weights, activations quantized per token at run time), applied to
 every ``nn.Linear``, DAT's 1×1-conv projections included (:func:`datvit.deploy.quantize_int8`).
-Then, for ``--speed-models`` at 224×224 with random weights, the same four treatments are timed interleaved in
-one process (``--iters`` rounds, median).
+Then, for ``speed_models`` at 224×224 with random weights, the same four treatments are timed interleaved in
+one process (``iters`` rounds, median).
 
-The int8 treatments need ``pip install torchao`` (not a datvit dependency). Writes ``--output``/deploy.json.
+The int8 treatments need ``pip install torchao`` (not a datvit dependency). Writes ``output``/deploy.json.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import statistics
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -100,7 +100,7 @@ def checkpoint_accuracy(path: str, batch_size: int, chosen: tuple[str, ...] = TR
                       "seconds_incl_compile": time.perf_counter() - start}
         print(f"{loaded.name} {kind}/{split} {name:14s} top-1 {top1:6.2f}%  {ips:7.0f} img/s  "
               f"({rows[name]['seconds_incl_compile']:.0f} s with build/compile)", flush=True)
-    base = rows["fp32 eager"]["top1"]   # always measured: main() adds it
+    base = rows["fp32 eager"]["top1"]   # always measured: run() adds it
     for row in rows.values():
         row["top1_change"] = row["top1"] - base
     return {"checkpoint": path, "model": loaded.name, "dataset": kind, "split": split, "rows": rows}
@@ -136,22 +136,34 @@ def speed(models: list[str], batch: int, iters: int, chosen: tuple[str, ...] = T
     return {"batch": batch, "iters": iters, "rows": out}
 
 
-def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="datvit checkpoint whose test-set accuracy is compared")
-    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch (checkpoint accuracy)")
-    p.add_argument("--speed-models", default="dat_tiny,swin", help="models timed at 224×224 ('' to skip)")
-    p.add_argument("--speed-batch", type=int, default=32)
-    p.add_argument("--iters", type=int, default=5)
-    p.add_argument("--treatments", default=",".join(TREATMENTS),
-                   help=f"comma-separated from {', '.join(TREATMENTS)} (fp32 eager is always added: the baseline)")
-    common.add_output_argument(p)
-    args = p.parse_args(argv)
-    chosen = tuple(t.strip() for t in args.treatments.split(",") if t.strip())
-    unknown = [t for t in chosen if t not in TREATMENTS]
+@dataclass(frozen=True, kw_only=True)
+class DeployConfig:
+    """What :func:`run` compares: the ``treatments`` (from :data:`TREATMENTS`; fp32 eager, the baseline, is always
+    added) on the test split of ``checkpoint`` (if given) at ``batch_size``, and on ``speed_models`` (random
+    weights, 224×224; empty: none) at ``speed_batch`` over ``iters`` interleaved rounds."""
+
+    checkpoint: Optional[str] = None
+    batch_size: int = 256
+    speed_models: tuple[str, ...] = ("dat_tiny", "swin")
+    speed_batch: int = 32
+    iters: int = 5
+    treatments: tuple[str, ...] = TREATMENTS
+    output: str = common.DEFAULT_OUTPUT
+
+    def __post_init__(self) -> None:
+        # treatment names hold spaces: split on commas only
+        names = self.treatments.split(",") if isinstance(self.treatments, str) else self.treatments
+        object.__setattr__(self, "treatments", tuple(t.strip() for t in names if t.strip()))
+        common.freeze_sequences(self, ("speed_models",))
+
+
+def run(config: DeployConfig) -> dict:
+    """Accuracy and speed of every chosen treatment, printed and written to ``config.output``/deploy.json (the
+    result returned); ValueError for an unknown treatment, or int8 without torchao."""
+    unknown = [t for t in config.treatments if t not in TREATMENTS]
     if unknown:
-        p.error(f"unknown treatments {unknown}; choose from {', '.join(TREATMENTS)}")
-    chosen = tuple(t for t in TREATMENTS if t in chosen or t == "fp32 eager")
+        raise ValueError(f"unknown treatments {unknown}; choose from {', '.join(TREATMENTS)}")
+    chosen = tuple(t for t in TREATMENTS if t in config.treatments or t == "fp32 eager")
 
     from datvit.runtime import tune_cpu_allocator
     tune_cpu_allocator()
@@ -164,19 +176,16 @@ def main(argv=None) -> None:
     if any(t.startswith("int8") for t in chosen):
         try:
             import torchao
-            result["torchao"] = torchao.__version__
         except ImportError:
-            raise SystemExit("the int8 treatments need torchao: pip install torchao (or leave them out: --treatments)")
-    if args.checkpoint:
-        result["accuracy"] = checkpoint_accuracy(args.checkpoint, args.batch_size, chosen)
-    models = [m for m in args.speed_models.split(",") if m]
-    if models:
-        result["speed"] = speed(models, args.speed_batch, args.iters, chosen)
-    out = Path(args.output)
+            raise ValueError("the int8 treatments need torchao: pip install torchao (or leave them out: "
+                             "--treatments)") from None
+        result["torchao"] = torchao.__version__
+    if config.checkpoint:
+        result["accuracy"] = checkpoint_accuracy(config.checkpoint, config.batch_size, chosen)
+    if config.speed_models:
+        result["speed"] = speed(list(config.speed_models), config.speed_batch, config.iters, chosen)
+    out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "deploy.json").write_text(json.dumps(result, indent=2))
     print(f"wrote {out / 'deploy.json'}")
-
-
-if __name__ == "__main__":
-    main()
+    return result

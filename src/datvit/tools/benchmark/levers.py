@@ -1,9 +1,9 @@
 """A/B measurements of single speed levers, each interleaved in one process (A, B, A, B, ...; the ratio of every
-pair; median and spread over the pairs), as docs/benchmarks.md "Levers" reports them.
+pair; median and spread over the pairs), as docs/benchmarks.md "Levers" reports them (``datvit bench levers``).
 
-    python -m datvit.tools.benchmark.levers                 # every lever below (batch 32)
-    python -m datvit.tools.benchmark.levers attention dwconv --pairs 20
-    python -m datvit.tools.benchmark.levers adamw --models dat_tiny,swin
+    datvit bench levers                       # every lever below (batch 32)
+    datvit bench levers attention dwconv --pairs 20
+    datvit bench levers adamw --models dat_tiny,swin
 
 Levers:
 * ``attention`` — biased attention forward+backward at dat_tiny's D-block shape (B×12 heads, 196 queries and keys,
@@ -21,9 +21,8 @@ Levers:
 """
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 from . import common
@@ -240,33 +239,37 @@ def lever_swin_linear(batch: int, pairs: int) -> None:
               pairs, warmup=1))
 
 
-LEVERS: dict[str, Callable[[argparse.Namespace], None]] = {
-    "attention": lambda a: lever_attention(a.batch, a.pairs),
-    "dwconv": lambda a: lever_dwconv(a.batch, a.pairs),
-    "adamw": lambda a: lever_adamw([m for m in a.models.split(",") if m], a.pairs),
-    "linear": lambda a: lever_linear(a.batch, a.pairs),
-    "swin_linear": lambda a: lever_swin_linear(a.batch, a.pairs),
+@dataclass(frozen=True, kw_only=True)
+class LeversConfig:
+    """Which ``levers`` (names of :data:`LEVERS`; empty: all) :func:`run` measures, at ``batch_size``, over
+    ``pairs`` interleaved rounds; ``models``: the adamw lever's."""
+
+    levers: tuple[str, ...] = ()
+    batch_size: int = 32
+    pairs: int = 15
+    models: tuple[str, ...] = ("dat_tiny",)
+    threads: Optional[int] = None
+    allocator: str = "tuned"
+
+    def __post_init__(self) -> None:
+        common.freeze_sequences(self, ("levers", "models"))
+
+
+LEVERS: dict[str, Callable[[LeversConfig], None]] = {
+    "attention": lambda c: lever_attention(c.batch_size, c.pairs),
+    "dwconv": lambda c: lever_dwconv(c.batch_size, c.pairs),
+    "adamw": lambda c: lever_adamw(c.models, c.pairs),
+    "linear": lambda c: lever_linear(c.batch_size, c.pairs),
+    "swin_linear": lambda c: lever_swin_linear(c.batch_size, c.pairs),
 }
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m datvit.tools.benchmark.levers", description=__doc__.split("\n\n")[0])
-    p.add_argument("levers", nargs="*", default=list(LEVERS), help=f"from {', '.join(LEVERS)} (default: all)")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--pairs", type=int, default=15, help="interleaved rounds (default 15)")
-    p.add_argument("--models", default="dat_tiny", help="for the adamw lever (default dat_tiny)")
-    p.add_argument("--threads", type=int, default=None)
-    common.add_allocator_argument(p)
-    args = p.parse_args(argv)
-    unknown = [lever for lever in args.levers if lever not in LEVERS]
+def run(config: LeversConfig) -> None:
+    """Measure and print each chosen lever; ValueError for a name that is not a lever."""
+    unknown = [lever for lever in config.levers if lever not in LEVERS]
     if unknown:
-        p.error(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
-    common.apply_allocator(args.allocator)
-    print(f"{common.set_threads(args.threads)} threads, allocator {args.allocator}")
-    for lever in args.levers:
-        LEVERS[lever](args)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        raise ValueError(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
+    common.apply_allocator(config.allocator)
+    print(f"{common.set_threads(config.threads)} threads, allocator {config.allocator}")
+    for lever in config.levers or LEVERS:
+        LEVERS[lever](config)

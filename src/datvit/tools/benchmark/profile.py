@@ -1,10 +1,11 @@
-"""Where the time goes: torch.profiler tables of DAT models and of the DeformableAttention module.
+"""Where the time goes: torch.profiler tables of DAT models and of the DeformableAttention module
+(``datvit bench profile``).
 
-    python -m datvit.tools.benchmark.profile               # dat_tiny, datpp_tiny: inference + train, batch 32
-    python -m datvit.tools.benchmark.profile --models dat_tiny --kinds inference --batch 8 --paths fast,reference
-    python -m datvit.tools.benchmark.profile --only-module
+    datvit bench profile               # dat_tiny, datpp_tiny: inference + train, batch 32
+    datvit bench profile --models dat_tiny --kinds inference --batch-size 8 --paths fast,reference
+    datvit bench profile --only-module
 
-For every case it prints (and writes to ``--output``/profile_<case>.txt):
+For every case it prints (and writes to ``output``/profile_<case>.txt):
 
 * the top ops by self CPU time (``key_averages().table``),
 * the same grouped by input shapes (which shapes are slow),
@@ -15,9 +16,9 @@ One untimed warm-up call precedes the profiled call(s).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -154,28 +155,37 @@ def module_cases(batch: int, device, rows: int):
                                             f"({deformable.shape(batch)})", warmup=2, repeat=5)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m datvit.tools.benchmark.profile",
-                                description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default="dat_tiny,datpp_tiny")
-    p.add_argument("--paths", default="fast", help="DAT paths to profile (fast, reference)")
-    p.add_argument("--kinds", default="inference,train")
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--img-size", type=int, default=224)
-    p.add_argument("--module-batch", type=int, default=8)
-    p.add_argument("--no-module", action="store_true")
-    p.add_argument("--only-module", action="store_true")
-    p.add_argument("--rows", type=int, default=20)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    common.add_allocator_argument(p)
-    common.add_output_argument(p, common.DEFAULT_OUTPUT + "/profile")
-    args = p.parse_args(argv)
+@dataclass(frozen=True, kw_only=True)
+class ProfileConfig:
+    """What :func:`run` profiles: each of ``models`` (on each DAT ``paths`` entry) for each of ``kinds``
+    (inference, train) at ``batch_size``, unless ``only_module``; then, unless ``module`` is False, the
+    DeformableAttention module at ``module_batch``. ``rows``: ops per table."""
 
-    common.apply_allocator(args.allocator)
-    common.set_threads(args.threads)
-    device = common.pick_device(args.device)
-    out = Path(args.output)
+    models: tuple[str, ...] = ("dat_tiny", "datpp_tiny")
+    paths: tuple[str, ...] = ("fast",)
+    kinds: tuple[str, ...] = ("inference", "train")
+    batch_size: int = 32
+    img_size: int = 224
+    module_batch: int = 8
+    module: bool = True
+    only_module: bool = False
+    rows: int = 20
+    threads: Optional[int] = None
+    device: str = "auto"
+    allocator: str = "tuned"
+    output: str = common.DEFAULT_OUTPUT + "/profile"
+
+    def __post_init__(self) -> None:
+        common.freeze_sequences(self, ("models", "paths", "kinds"))
+
+
+def run(config: ProfileConfig) -> dict[str, Any]:
+    """Profile every case, print its tables and write them to ``config.output`` (profile_<case>.txt, and
+    profile_summary.json: the summary returned, by case)."""
+    common.apply_allocator(config.allocator)
+    common.set_threads(config.threads)
+    device = common.pick_device(config.device)
+    out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
 
@@ -184,20 +194,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(res["text"], flush=True)
         summary[name] = {k: v for k, v in res.items() if k != "text"}
 
-    if not args.only_module:
-        kinds = [k for k in args.kinds.split(",") if k]
-        subjects = common.expand_subjects([m for m in args.models.split(",") if m],
-                                          [p for p in args.paths.split(",") if p])
-        for s in subjects:
-            for name, res in model_cases(s, kinds, args.batch, args.img_size, device, args.rows):
+    if not config.only_module:
+        for s in common.expand_subjects(config.models, config.paths):
+            for name, res in model_cases(s, config.kinds, config.batch_size, config.img_size, device, config.rows):
                 emit(name, res)
-    if not args.no_module:
-        for name, res in module_cases(args.module_batch, device, args.rows):
+    if config.module:
+        for name, res in module_cases(config.module_batch, device, config.rows):
             emit(name, res)
     (out / "profile_summary.json").write_text(json.dumps(summary, indent=1))
     print(f"wrote {out}", file=sys.stderr)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return summary

@@ -20,7 +20,6 @@ It prints markdown tables and writes ``benchmark.json``, ``benchmark.md`` and ``
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shlex
@@ -31,89 +30,83 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from . import common, deformable, report as rep, worker
+from . import common, deformable, worker
+from . import report as rep
 
-DEFAULT_MODELS = "dat_tiny,datpp_tiny,swin_tiny_patch4_window7_224,convnext_tiny"
+DEFAULT_MODELS = ("dat_tiny", "datpp_tiny", "swin_tiny_patch4_window7_224", "convnext_tiny")
 IN_PROCESS_MODES = ("eager", "bf16")
 ALL_MODES = ("eager", "compile", "bf16", "bf16-compile")
 
 
-def _int_list(text: str) -> list[int]:
-    return [int(t) for t in text.replace(" ", "").split(",") if t and int(t) > 0]
+# the sequence fields (a string given for one is a comma-separated list), and those that may stay None
+SEQUENCE_FIELDS = ("models", "paths", "batch_sizes", "train_batch_sizes", "modes", "compile_models", "compile_kinds",
+                   "compile_batch_sizes", "onnx_models", "matmul_sizes", "skip", "notes")
+OPTIONAL_SEQUENCES = ("batch_sizes", "train_batch_sizes", "modes", "compile_batch_sizes")
 
 
-def _str_list(text: str) -> list[str]:
-    return [t for t in text.replace(" ", "").split(",") if t]
+@dataclass(frozen=True, kw_only=True)
+class BenchConfig:
+    """What ``datvit bench`` measures and how, one field per flag. A ``None`` field takes a default that depends on
+    the device or on ``quick``; :func:`resolve_options` turns the whole into the values the phases read.
 
+    * ``models``: timm names (a DAT model becomes one subject per entry of ``paths``); aliases ``swin``, ``convnext``;
+    * ``batch_sizes`` / ``train_batch_sizes``: inference and training-step batches (``()``: none); None: 1,32 and
+      32, or 1,8 and 8 with ``quick``;
+    * ``modes``: from eager, compile, bf16, bf16-compile; None: eager,compile on CPU, eager,bf16,compile on CUDA;
+      ``compile=False`` (and ``quick``) leave the compile modes out;
+    * ``compile_*``: which models, kinds (inference, train) and batches (None: the largest of each kind) are
+      torch.compiled, in which mode, with inductor ``freezing`` for inference, and the seconds each may take;
+    * ``iters`` / ``warmup``: timed and untimed iterations per measurement (×4 below batch 8); ``train_iters``
+      (None: ``iters``) timed training steps in each of ``train_runs`` fresh processes;
+    * ``train_memory``: the per-subject processes that measure a training step's peak memory, each capped at
+      ``memory_fraction`` of the memory available (0: no cap) and abandoned after ``train_timeout`` seconds;
+    * ``onnx_models``: also timed in onnxruntime (CPU, fp32); ``module``: the DeformableAttention module alone at
+      ``module_batch``; ``flops``: FLOP counting, for GFLOP/s against the peak of ``matmul_sizes`` matmuls;
+    * ``skip``: ``LABEL:KIND`` measurements to leave out (``swin_t:train``); ``notes``: text for the report;
+    * ``wait_quiet``: seconds a timed call may wait for other processes to go quiet; ``allocator``: ``tuned``
+      (:func:`datvit.tune_cpu_allocator`) or ``system``;
+    * ``output``: directory of benchmark.json, benchmark.md and (with ``chart``) benchmark.png;
+      ``command_line``: the command recorded in the report (None: this process's arguments).
+    """
 
-def _model_list(text: Optional[str]) -> list[str]:
-    return [common.resolve_model_name(m) for m in _str_list(text or "")]
+    models: tuple[str, ...] = DEFAULT_MODELS
+    paths: tuple[str, ...] = common.DAT_PATHS
+    batch_sizes: Optional[tuple[int, ...]] = None
+    train_batch_sizes: Optional[tuple[int, ...]] = None
+    modes: Optional[tuple[str, ...]] = None
+    compile: bool = True
+    compile_models: tuple[str, ...] = ("dat_tiny",)
+    compile_kinds: tuple[str, ...] = ("inference", "train")
+    compile_batch_sizes: Optional[tuple[int, ...]] = None
+    compile_mode: str = "default"
+    freezing: bool = True
+    compile_timeout: float = 900.0
+    iters: int = 5
+    warmup: int = 2
+    quick: bool = False
+    device: str = "auto"
+    threads: Optional[int] = None
+    img_size: int = 224
+    train_iters: Optional[int] = None
+    train_runs: int = 3
+    train_memory: bool = True
+    train_timeout: float = 3600.0
+    memory_fraction: float = 0.85
+    onnx_models: tuple[str, ...] = ("dat_tiny", "swin")
+    module: bool = True
+    module_batch: int = 8
+    flops: bool = True
+    matmul_sizes: tuple[int, ...] = (2048, 3072, 4096)
+    output: str = common.DEFAULT_OUTPUT
+    chart: bool = True
+    skip: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    wait_quiet: float = 0.0
+    allocator: str = "tuned"
+    command_line: Optional[str] = None
 
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--models", default=DEFAULT_MODELS,
-                   help="comma-separated timm names; DAT models get one entry per --paths; aliases swin, convnext "
-                        f"(default {DEFAULT_MODELS})")
-    p.add_argument("--paths", default="fast,reference", help="DAT implementations to time (default fast,reference)")
-    p.add_argument("--batch-sizes", default="1,32", help="inference batch sizes (default 1,32)")
-    p.add_argument("--train-batch-sizes", default="32", help="training-step batch sizes; '' or 0 for none "
-                                                             "(default 32)")
-    p.add_argument("--modes", default=None,
-                   help="comma-separated from eager (fp32), compile (fp32 torch.compile), bf16 (autocast), "
-                        "bf16-compile; default eager,compile on CPU and eager,bf16,compile on CUDA")
-    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it can take many minutes on CPU)")
-    p.add_argument("--compile-models", default="dat_tiny",
-                   help="models to torch.compile (fast path for DAT; default dat_tiny; e.g. "
-                        "dat_tiny,datpp_tiny,swin,convnext for all under the same treatment)")
-    p.add_argument("--compile-kinds", default="inference,train", help="default inference,train")
-    p.add_argument("--compile-batch-sizes", default=None,
-                   help="batch sizes for compile runs (default: the largest inference and training batch)")
-    p.add_argument("--compile-mode", default="default",
-                   help="torch.compile mode: default, max-autotune, ... (default: default)")
-    p.add_argument("--no-freezing", action="store_true",
-                   help="compile inference without inductor freezing (default: with it, as "
-                        "datvit.optimize_for_inference deploys)")
-    p.add_argument("--compile-timeout", type=float, default=900.0,
-                   help="seconds per compile measurement before it is abandoned (default 900)")
-    p.add_argument("--iters", type=int, default=5,
-                   help="timed iterations per measurement (×4 for batches below 8; default 5)")
-    p.add_argument("--warmup", type=int, default=2, help="warm-up iterations per measurement (default 2)")
-    p.add_argument("--quick", action="store_true",
-                   help="a fast look: batches 1,8, training at 8, 2 iterations, no compile, one matmul size")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda[:i] (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable CPU count)")
-    p.add_argument("--img-size", type=int, default=224, help="input resolution (default 224)")
-    p.add_argument("--train-iters", type=int, default=None,
-                   help="timed training steps per model (default: --iters); one or more untimed steps come first")
-    p.add_argument("--train-runs", type=int, default=3,
-                   help="fresh processes in which all training subjects step interleaved (one step each per round); "
-                        "the ratios between subjects are reported per run and as median and spread (default 3)")
-    p.add_argument("--no-train-memory", action="store_true",
-                   help="skip the per-subject processes that measure the peak memory of a training step")
-    p.add_argument("--train-timeout", type=float, default=3600.0,
-                   help="seconds per training process before it is abandoned (default 3600)")
-    p.add_argument("--memory-fraction", type=float, default=0.85,
-                   help="cap each training process's memory at this fraction of the memory available when it "
-                        "starts, so that a model too big for the machine fails cleanly (default 0.85; 0: no cap)")
-    p.add_argument("--onnx-models", default="dat_tiny,swin",
-                   help="models also timed in onnxruntime (CPU, fp32, exported with datvit.tools.export.export_onnx) "
-                        "next to PyTorch eager inference; '' for none (default dat_tiny,swin)")
-    p.add_argument("--no-module", action="store_true", help="skip the DeformableAttention module benchmark")
-    p.add_argument("--module-batch", type=int, default=8, help="batch of the module benchmark (default 8)")
-    p.add_argument("--no-flops", action="store_true", help="skip FLOP counting (then no GFLOP/s)")
-    p.add_argument("--matmul-sizes", default="2048,3072,4096", help="square sizes for the matmul peak")
-    common.add_output_argument(p)
-    p.add_argument("--no-chart", action="store_true", help="do not write the PNG")
-    p.add_argument("--skip", default="",
-                   help="comma-separated measurements to leave out, as LABEL:KIND with KIND inference or train and "
-                        "LABEL as in the tables (dat_tiny:reference, swin_t, ...), e.g. datpp_tiny:reference:train "
-                        "(DAT++'s reference neighborhood attention needs ~16 GB to train at batch 32)")
-    p.add_argument("--note", action="append", default=[],
-                   help="free text stored in the report's notes (repeatable), e.g. what code was measured")
-    p.add_argument("--wait-quiet", type=float, default=0.0,
-                   help="seconds each timed call may wait for other processes to go quiet (< 0.3 cores busy) on a "
-                        "shared machine (default 0: do not wait; background load is recorded either way)")
-    common.add_allocator_argument(p)
+    def __post_init__(self) -> None:
+        common.freeze_sequences(self, SEQUENCE_FIELDS, OPTIONAL_SEQUENCES)
 
 
 def _log(msg: str) -> None:
@@ -143,34 +136,36 @@ def _check_names(cfg: dict[str, Any]) -> None:
             raise ValueError(f"--skip {item!r}: expected LABEL:inference or LABEL:train")
 
 
-def resolve_options(args: argparse.Namespace, device) -> dict[str, Any]:
-    """The command line as the configuration the phases read (and the report records); ValueError for a bad one.
-    ``--quick`` shrinks the defaults it has not been given explicitly."""
+def _positive(values: Sequence[int]) -> list[int]:
+    return [int(v) for v in values if int(v) > 0]
+
+
+def resolve_options(config: BenchConfig, device) -> dict[str, Any]:
+    """``config`` as the values the phases read (and the report records); ValueError for a bad one. ``quick``
+    shrinks what ``config`` leaves at its defaults."""
+    quick = config.quick
     default_modes = ["eager", "bf16", "compile"] if device.type == "cuda" else ["eager", "compile"]
     cfg: dict[str, Any] = dict(
-        models=_model_list(args.models), paths=_str_list(args.paths), batch_sizes=_int_list(args.batch_sizes),
-        train_batch_sizes=_int_list(args.train_batch_sizes or ""),
-        modes=_str_list(args.modes) if args.modes else default_modes,
-        iters=args.iters, warmup=args.warmup, matmul_sizes=_int_list(args.matmul_sizes), skip=_str_list(args.skip))
+        models=[common.resolve_model_name(m) for m in config.models], paths=list(config.paths),
+        batch_sizes=_positive(config.batch_sizes if config.batch_sizes is not None else (1, 8) if quick else (1, 32)),
+        train_batch_sizes=_positive(config.train_batch_sizes if config.train_batch_sizes is not None
+                                    else (8,) if quick else (32,)),
+        modes=list(config.modes) if config.modes else default_modes,
+        iters=min(config.iters, 2) if quick else config.iters, warmup=min(config.warmup, 1) if quick else config.warmup,
+        matmul_sizes=_positive(config.matmul_sizes)[:1 if quick else None], skip=list(config.skip))
     _check_names(cfg)
-    if args.quick:
-        if not args.batch_sizes or args.batch_sizes == "1,32":
-            cfg["batch_sizes"] = [1, 8]
-        if args.train_batch_sizes == "32":
-            cfg["train_batch_sizes"] = [8]
-        cfg["iters"], cfg["warmup"] = min(args.iters, 2), min(args.warmup, 1)
-        cfg["matmul_sizes"] = cfg["matmul_sizes"][:1]
-    if args.quick or args.no_compile:
+    if quick or not config.compile:
         cfg["modes"] = [m for m in cfg["modes"] if "compile" not in m]
     cfg.update(
-        compile_models=_model_list(args.compile_models), compile_kinds=_str_list(args.compile_kinds),
+        compile_models=[common.resolve_model_name(m) for m in config.compile_models],
+        compile_kinds=list(config.compile_kinds),
         # None: the largest inference / training batch
-        compile_batch_sizes=_int_list(args.compile_batch_sizes) if args.compile_batch_sizes else None,
-        compile_timeout_s=args.compile_timeout, compile_mode=args.compile_mode, freezing=not args.no_freezing,
-        img_size=args.img_size, train_iters=args.train_iters or cfg["iters"], train_timeout_s=args.train_timeout,
-        train_runs=1 if args.quick else max(1, args.train_runs), train_memory=not args.no_train_memory,
-        memory_fraction=args.memory_fraction, onnx_models=_model_list(args.onnx_models), module=not args.no_module,
-        module_batch=args.module_batch, flops=not args.no_flops, wait_quiet_s=args.wait_quiet)
+        compile_batch_sizes=_positive(config.compile_batch_sizes) if config.compile_batch_sizes else None,
+        compile_timeout_s=config.compile_timeout, compile_mode=config.compile_mode, freezing=config.freezing,
+        img_size=config.img_size, train_iters=config.train_iters or cfg["iters"], train_timeout_s=config.train_timeout,
+        train_runs=1 if quick else max(1, config.train_runs), train_memory=config.train_memory,
+        memory_fraction=config.memory_fraction, onnx_models=[common.resolve_model_name(m) for m in config.onnx_models],
+        module=config.module, module_batch=config.module_batch, flops=config.flops, wait_quiet_s=config.wait_quiet)
     return cfg
 
 
@@ -179,7 +174,7 @@ class Bench:
     """What every phase reads and adds to: the options, the device, the report being written, and the FLOP counts
     and matmul peaks that the throughput rows are scored against."""
 
-    args: argparse.Namespace
+    config: BenchConfig
     cfg: dict[str, Any]
     device: Any
     threads: int
@@ -230,27 +225,26 @@ def _peak_iters(cfg: dict) -> int:
 
 # -- phases, in the order run() calls them ----------------------------------------------------------------------
 
-def start(args: argparse.Namespace) -> Bench:
+def start(config: BenchConfig) -> Bench:
     """Allocator, device and threads for this process and its workers; the options; the report's header."""
-    common.apply_allocator(args.allocator)
-    device = common.pick_device(args.device)
-    threads = common.set_threads(args.threads)
-    cfg = resolve_options(args, device)
-    out_dir = Path(args.output)
+    common.apply_allocator(config.allocator)
+    device = common.pick_device(config.device)
+    threads = common.set_threads(config.threads)
+    cfg = resolve_options(config, device)
+    out_dir = Path(config.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = getattr(args, "command_line", None) or "datvit bench " + " ".join(
-        shlex.quote(a) for a in sys.argv[1:])
+    command = config.command_line or shlex.join(sys.argv)
     report: dict[str, Any] = {
         "schema": 1,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": command,
         "config": cfg,
         "machine": common.machine_info(device, threads),
-        "notes": list(getattr(args, "note", None) or []),
+        "notes": list(config.notes),
     }
     common.QUIET_WAIT_S = cfg["wait_quiet_s"]
     _log(f"device {device}, {threads} threads, modes {cfg['modes']}")
-    return Bench(args, cfg, device, threads, out_dir, report)
+    return Bench(config, cfg, device, threads, out_dir, report)
 
 
 def drop_emulated_bf16(b: Bench) -> None:
@@ -431,7 +425,7 @@ def _training_memory(b: Bench, s: common.Subject, mode: str, batch: int) -> dict
     task = b.task("memory", mode, batch, model=s.model, path=s.path, warmup=max(b.cfg["warmup"], 1), iters=1,
                   memory_fraction=b.cfg["memory_fraction"])
     res = worker.run_in_subprocess(task, timeout=b.cfg["train_timeout_s"])
-    if res.get("status") == "out_of_memory" and b.args.allocator == "tuned":
+    if res.get("status") == "out_of_memory" and b.config.allocator == "tuned":
         # a heap that is never trimmed can fragment past the cap; glibc's default returns memory
         _log("  out of memory with the tuned allocator: again with glibc's default allocator")
         res = worker.run_in_subprocess(task, timeout=b.cfg["train_timeout_s"],
@@ -522,17 +516,18 @@ def write_report(b: Bench, t_start: float) -> dict[str, Any]:
     (b.out_dir / "benchmark.json").write_text(json.dumps(report, indent=1, default=str))
     md = rep.markdown_report(report)
     (b.out_dir / "benchmark.md").write_text(md)
-    if not b.args.no_chart:
+    if b.config.chart:
         rep.bar_chart(report, b.out_dir / "benchmark.png")
     print(md)
-    _log(f"wrote {b.out_dir / 'benchmark.json'}, benchmark.md" + ("" if b.args.no_chart else ", benchmark.png")
+    _log(f"wrote {b.out_dir / 'benchmark.json'}, benchmark.md" + (", benchmark.png" if b.config.chart else "")
          + f" in {report['wall_s']:.0f}s")
     return report
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(config: BenchConfig) -> dict[str, Any]:
+    """The whole benchmark: every phase in turn; returns the report (also written to ``config.output``)."""
     t_start = time.perf_counter()
-    b = start(args)
+    b = start(config)
     drop_emulated_bf16(b)
     measure_matmul_peak(b)
     models = build_subjects(b)
@@ -551,21 +546,3 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     remeasure_matmul_peak(b)
     return write_report(b, t_start)
 
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``datvit bench`` as a function (or ``python -m datvit.tools.benchmark.run``): the report records the
-    command line given here."""
-    parser = argparse.ArgumentParser(prog="datvit bench", description=__doc__.split("\n\n")[0])
-    add_arguments(parser)
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
-    args.command_line = " ".join(["datvit bench"] + [shlex.quote(a) for a in argv])
-    try:
-        run(args)
-    except ValueError as exc:
-        parser.error(str(exc))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
