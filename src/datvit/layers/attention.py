@@ -3,7 +3,7 @@
 ``scaled_dot_product_attention`` takes the position bias as ``attn_mask``. On CPU its fused (flash) kernel
 cannot return the gradient of the mask, so when the bias is learnable and gradients are being recorded, SDPA
 silently falls back to its generic math path, which is slower than plain matmul + softmax (0.73–0.83× the explicit
-form on the D block, ``python -m datvit.tools.benchmark.levers attention``). This helper uses SDPA for inference
+form on the D block, ``datvit bench levers attention``). This helper uses SDPA for inference
 and on GPU, and the explicit form for CPU training and for bf16/fp16 on CPU, where CPU's flash kernel does not get
 faster (the explicit form is 1.2–2× faster per attention shape of dat_tiny).
 """

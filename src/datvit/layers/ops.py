@@ -20,7 +20,7 @@ def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
 #
 # On CPU, PyTorch sends ``F.linear`` to MKL's sgemm, and its convolutions to oneDNN, whose fp32 kernels run at about
 # twice MKL's rate on AVX-512 CPUs: the same token projection run as a 1×1 convolution on a channels-last view of the
-# tokens is 1.3–2.2× faster, forward and backward (``python -m datvit.tools.benchmark.levers linear``). No copy is
+# tokens is 1.3–2.2× faster, forward and backward (``datvit bench levers linear``). No copy is
 # made: (..., C) tokens are a 1×C×M×1 map in channels-last strides, and the output comes back in the same layout.
 # Eager mode calls the convolution directly; torch.compile sees the opaque custom ops below (inductor cannot reorder
 # the view's strides). In bf16 (CPUs with native bf16) the convolution also beats F.linear, whose addmm copies the

@@ -76,7 +76,7 @@ def use_fused_optimizer(opt: Optional[str], device: torch.device, requested: Opt
     """Whether to build the optimizer with ``fused=True``: ``requested`` (``--opt-fused`` / ``--no-opt-fused``)
     when given, else wherever torch has a fused step for the optimizer on ``device``. The fused step computes the
     same update in one pass per tensor (float rounding aside); on CPU AdamW's step is 4.6x faster
-    (`python -m datvit.tools.benchmark.levers adamw`)."""
+    (`datvit bench levers adamw`)."""
     from timm.optim import get_optimizer_class
     from torch.optim.optimizer import _get_fused_kernels_supported_devices
 
