@@ -26,6 +26,7 @@ EXAMPLES = """examples:
 USAGE = """%(prog)s [options]                 the benchmark
        %(prog)s <tool> [tool options]     a tool: profile, levers, deploy, cuda-check, export-all"""
 
+
 # -- flag types: comma-separated lists ---------------------------------------------------------------------------
 
 def names(text: str) -> tuple[str, ...]:
@@ -42,9 +43,6 @@ def sizes(text: str) -> tuple[int, ...]:
     return tuple(v for v in values if v > 0)
 
 
-sizes.__name__ = "comma-separated integers"   # argparse names the type in its error message
-
-
 class ExtendNames(argparse.Action):
     """``--models a b`` and ``--models a,b`` alike: the values of a ``nargs="+"`` flag of :func:`names`, as one
     tuple."""
@@ -59,6 +57,11 @@ def _default(cls: type, name: str) -> str:
     if isinstance(value, tuple):
         return ",".join(map(str, value)) or "''"
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _defaults(cls: type) -> Callable[[str], str]:
+    """``name`` → the default of that field of ``cls`` as text (:func:`_default`), for help strings."""
+    return lambda name: _default(cls, name)
 
 
 def _output_argument(p: argparse.ArgumentParser, cls: type) -> None:
@@ -85,8 +88,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     from ..deploy import COMPILE_MODES
     from ..tools.benchmark.run import BenchConfig
 
-    def d(name: str) -> str:
-        return _default(BenchConfig, name)
+    d = _defaults(BenchConfig)
 
     g = p.add_argument_group("what is measured")
     g.add_argument("--models", type=names,
@@ -206,18 +208,19 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 def add_profile_arguments(p: argparse.ArgumentParser) -> None:
     from ..tools.benchmark.profile import ProfileConfig
 
-    p.add_argument("--models", type=names, help=f"models to profile (default {_default(ProfileConfig, 'models')})")
-    p.add_argument("--paths", type=names, help=f"DAT paths to profile: fast, reference (default {_default(ProfileConfig, 'paths')})")
-    p.add_argument("--kinds", type=names, help=f"inference, train (default {_default(ProfileConfig, 'kinds')})")
+    d = _defaults(ProfileConfig)
+    p.add_argument("--models", type=names, help=f"models to profile (default {d('models')})")
+    p.add_argument("--paths", type=names, help=f"DAT paths to profile: fast, reference (default {d('paths')})")
+    p.add_argument("--kinds", type=names, help=f"inference, train (default {d('kinds')})")
     _batch_size_argument(p, ProfileConfig, "batch of the model profiles")
-    p.add_argument("--img-size", type=int, help=f"input resolution (default {_default(ProfileConfig, 'img_size')})")
+    p.add_argument("--img-size", type=int, help=f"input resolution (default {d('img_size')})")
     p.add_argument("--module-batch", type=int,
-                   help=f"batch of the DeformableAttention profiles (default {_default(ProfileConfig, 'module_batch')})")
+                   help=f"batch of the DeformableAttention profiles (default {d('module_batch')})")
     p.add_argument("--no-module", dest="module", action="store_false", help="leave out the module profiles")
     p.add_argument("--only-module", action="store_true", help="only the module profiles")
-    p.add_argument("--rows", type=int, help=f"ops per table (default {_default(ProfileConfig, 'rows')})")
+    p.add_argument("--rows", type=int, help=f"ops per table (default {d('rows')})")
     p.add_argument("--threads", type=int, help="torch threads (default: the usable CPU count)")
-    p.add_argument("--device", help=f"auto (cuda if available), cpu or cuda[:i] (default {_default(ProfileConfig, 'device')})")
+    p.add_argument("--device", help=f"auto (cuda if available), cpu or cuda[:i] (default {d('device')})")
     _allocator_argument(p)
     _output_argument(p, ProfileConfig)
 
@@ -225,11 +228,12 @@ def add_profile_arguments(p: argparse.ArgumentParser) -> None:
 def add_levers_arguments(p: argparse.ArgumentParser) -> None:
     from ..tools.benchmark.levers import LEVERS, LeversConfig
 
+    d = _defaults(LeversConfig)
     p.add_argument("levers", nargs="*", default=(), metavar="LEVER",
                    help=f"from {', '.join(LEVERS)} (default: all)")
     _batch_size_argument(p, LeversConfig, "batch of the measured steps")
-    p.add_argument("--pairs", type=int, help=f"interleaved rounds (default {_default(LeversConfig, 'pairs')})")
-    p.add_argument("--models", type=names, help=f"models of the adamw lever (default {_default(LeversConfig, 'models')})")
+    p.add_argument("--pairs", type=int, help=f"interleaved rounds (default {d('pairs')})")
+    p.add_argument("--models", type=names, help=f"models of the adamw lever (default {d('models')})")
     p.add_argument("--threads", type=int, help="torch threads (default: the usable CPU count)")
     _allocator_argument(p)
 
@@ -237,12 +241,13 @@ def add_levers_arguments(p: argparse.ArgumentParser) -> None:
 def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
     from ..tools.benchmark.deploy import TREATMENTS, DeployConfig
 
+    d = _defaults(DeployConfig)
     p.add_argument("--checkpoint", metavar="FILE", help="datvit checkpoint whose test-set accuracy is compared")
     _batch_size_argument(p, DeployConfig, "evaluation batch of the checkpoint accuracy")
     p.add_argument("--speed-models", type=names,
-                   help=f"models timed at 224×224 ('' to skip; default {_default(DeployConfig, 'speed_models')})")
-    p.add_argument("--speed-batch", type=int, help=f"batch of the speed part (default {_default(DeployConfig, 'speed_batch')})")
-    p.add_argument("--iters", type=int, help=f"timed rounds of the speed part (default {_default(DeployConfig, 'iters')})")
+                   help=f"models timed at 224×224 ('' to skip; default {d('speed_models')})")
+    p.add_argument("--speed-batch", type=int, help=f"batch of the speed part (default {d('speed_batch')})")
+    p.add_argument("--iters", type=int, help=f"timed rounds of the speed part (default {d('iters')})")
     p.add_argument("--treatments",
                    help=f"comma-separated from {', '.join(TREATMENTS)} (default: all; fp32 eager is always added: "
                         "the baseline)")
@@ -252,16 +257,17 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
 def add_cuda_check_arguments(p: argparse.ArgumentParser) -> None:
     from ..tools.benchmark.cuda_check import CudaCheckConfig
 
-    p.add_argument("--device", help=f"cuda or cpu (to try the command; default {_default(CudaCheckConfig, 'device')})")
-    p.add_argument("--models", type=names, help=f"models checked (default {_default(CudaCheckConfig, 'models')})")
+    d = _defaults(CudaCheckConfig)
+    p.add_argument("--device", help=f"cuda or cpu (to try the command; default {d('device')})")
+    p.add_argument("--models", type=names, help=f"models checked (default {d('models')})")
     _batch_size_argument(p, CudaCheckConfig, "batch of the correctness checks")
-    p.add_argument("--img-size", type=int, help=f"input resolution (default {_default(CudaCheckConfig, 'img_size')})")
+    p.add_argument("--img-size", type=int, help=f"input resolution (default {d('img_size')})")
     p.add_argument("--no-speed", dest="speed", action="store_false", help="correctness only")
     p.add_argument("--speed-args", metavar="FLAGS",
                    help="flags of datvit bench for the speed part (--device and --output are added; default: bf16 "
                         "and float32 training and inference at batch 128, torch.compile of dat_tiny and Swin-T)")
     p.add_argument("--speed-timeout", type=float,
-                   help=f"seconds for the speed part (default {_default(CudaCheckConfig, 'speed_timeout')})")
+                   help=f"seconds for the speed part (default {d('speed_timeout')})")
     _output_argument(p, CudaCheckConfig)
 
 
