@@ -182,7 +182,7 @@ def test_segmentation_labels_outside_num_classes_are_named_when_the_dataset_is_b
         SegmentationFolder(tmp_path / "ade", "training")
     message = str(e.value)
     assert "\n" not in message and "a.png: label 3 is outside the labels 0..2 (255 ignored) of the 3 classes of" in \
-        message and "classes.txt; 1 more of the 2 maps have such labels" in message
+        message and "classes.txt (also in 1 more of the 2 maps)" in message
     assert message.endswith("the labels run 0..3, as ADE20K's do where 0 is 'other': pass --reduce-zero-label to "
                             "ignore 0 and count the classes from 1")
     # classes.txt lists label 0 too under reduce_zero_label: 2 classes, labels 1..2 — 3 is still outside
@@ -202,8 +202,8 @@ def test_coco_category_ids_the_model_cannot_hold_are_named(tmp_path):
     with pytest.raises(ValueError) as e:
         CocoDetection(tmp_path, "val", num_classes=2)
     assert str(e.value) == (f"{ann_file}: annotation 11 (image 1) has category_id 99, which is not one of the 2 "
-                            "category ids (3, 7) that --num-classes 2 holds as labels 1..2; 1 more annotations have "
-                            "ids outside them (0)")
+                            "category ids (3, 7) that --num-classes 2 holds as labels 1..2 (also 1 more annotations, "
+                            "ids 0)")
     with pytest.raises(ValueError, match="category_id 99, .* that --num-classes \\(default 2\\) holds"):
         CocoDetection(tmp_path, "val")
     data["annotations"] = data["annotations"][:-2]

@@ -171,7 +171,7 @@ class CocoDetection(Dataset, _SkipLog):
         if unknown:
             first = unknown[0]
             others = sorted({str(a.get("category_id")) for a in unknown[1:]})
-            more = f"; {len(others)} more annotations have ids outside them ({_some(others)})" if others else ""
+            more = f" (also {len(unknown) - 1} more annotations, ids {_some(others)})" if others else ""
             raise ValueError(f"{self.ann_file}: annotation {first.get('id')} (image {first.get('image_id')}) has "
                              f"category_id {first.get('category_id')}, which is not one of the {k} category ids "
                              f"({_some(self.category_ids)}) that {held} holds as labels 1..{k}{more}")
@@ -366,7 +366,7 @@ class SegmentationFolder(Dataset, _SkipLog):
         path, outside = bad[0]
         valid = f"1..{n} (0 and 255 ignored)" if self.reduce_zero_label else f"0..{n - 1} (255 ignored)"
         message = (f"{path}: label {int(outside.max())} is outside the labels {valid} of {self._classes_from}"
-                   + (f"; {len(bad) - 1} more of the {len(maps)} maps have such labels" if len(bad) > 1 else ""))
+                   + (f" (also in {len(bad) - 1} more of the {len(maps)} maps)" if len(bad) > 1 else ""))
         everything = np.unique(np.concatenate(present))
         everything = everything[everything != IGNORE_INDEX]
         if not self.reduce_zero_label and everything.min() == 0 and everything.max() == n:
