@@ -17,6 +17,9 @@ CANONICAL = {
     "crop_size": "--crop-size", "eval_mode": "--eval-mode", "eval_stride": "--eval-stride", "seed": "--seed",
     "epochs": "--epochs", "no_progress": "--no-progress", "in_chans": "--in-chans",
 }
+# the same flag in a command where it means something else would mislead: --iters counts optimizer updates
+# (train), a benchmark's timed calls are --bench-iters
+MEANINGS = {"--iters": "optimizer updates to train"}
 # names of earlier versions, accepted as aliases but never a flag's own name
 RETIRED = {"--out", "--results-file", "--fashion-mnist-dir", "--crop", "--stride"}
 
@@ -43,7 +46,8 @@ PARSERS = [(" ".join(path), p) for path, p in walk(build_parser()) if path]
 def test_every_command_is_walked():
     names = {name for name, _ in PARSERS}
     assert {"train", "eval", "predict", "convert", "visualize", "export", "bench", "flops", "demo", "demo-dense",
-            "det train", "det eval", "det predict", "seg train", "seg eval", "seg predict"} <= names
+            "det train", "det eval", "det predict", "seg train", "seg eval", "seg predict", "bench profile",
+            "bench levers", "bench deploy", "bench cuda-check", "bench export-all"} <= names
 
 
 @pytest.mark.parametrize("name,parser", PARSERS, ids=[n for n, _ in PARSERS])
@@ -62,12 +66,15 @@ def test_a_flag_means_one_thing_in_every_command():
     for name, parser in PARSERS:
         for action, flag in options(parser):
             seen[flag].add(action.dest)
+            if flag in MEANINGS:
+                assert MEANINGS[flag] in (action.help or ""), f"datvit {name}: {flag} means {action.help!r}"
     assert {flag: dests for flag, dests in seen.items() if len(dests) > 1} == {}
 
 
 def test_what_a_command_writes_goes_to_output():
     writers = {"train", "eval", "predict", "convert", "visualize", "export", "bench", "demo", "demo-dense",
-               "det train", "det eval", "det predict", "seg train", "seg eval", "seg predict"}
+               "det train", "det eval", "det predict", "seg train", "seg eval", "seg predict", "bench profile",
+               "bench deploy", "bench cuda-check"}
     for name, parser in PARSERS:
         if name in writers:
             flags = {flag for _, flag in options(parser)}

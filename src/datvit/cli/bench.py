@@ -125,7 +125,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"seconds per compile measurement before it is abandoned (default {d('compile_timeout')})")
 
     g = p.add_argument_group("timing")
-    g.add_argument("--iters", type=int,
+    g.add_argument("--bench-iters", "--iters", dest="iters", type=int,
                    help=f"timed iterations per measurement (×4 for batches below 8; default {d('iters')})")
     g.add_argument("--warmup", type=int, help=f"warm-up iterations per measurement (default {d('warmup')})")
     g.add_argument("--device", help=f"auto (cuda if available), cpu or cuda[:i] (default {d('device')})")
@@ -247,7 +247,7 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed-models", type=names,
                    help=f"models timed at 224×224 ('' to skip; default {d('speed_models')})")
     p.add_argument("--speed-batch", type=int, help=f"batch of the speed part (default {d('speed_batch')})")
-    p.add_argument("--iters", type=int, help=f"timed rounds of the speed part (default {d('iters')})")
+    p.add_argument("--bench-iters", "--iters", dest="iters", type=int, help=f"timed rounds of the speed part (default {d('iters')})")
     p.add_argument("--treatments",
                    help=f"comma-separated from {', '.join(TREATMENTS)} (default: all; fp32 eager is always added: "
                         "the baseline)")
