@@ -18,7 +18,8 @@ from typing import Any
 
 from ..dense.config import DETECTOR_KINDS, SEGMENTER_KINDS
 from ..train.config import default_workers
-from ._run_args import UpdateKwargs, add_config_argument, add_engine_arguments, config_from_args, settings_layers
+from ._run_args import (UpdateKwargs, add_config_argument, add_engine_arguments, add_evaluation_output_arguments,
+                        add_workers_argument, config_from_args, settings_layers)
 from ._errors import run_with_user_errors
 
 
@@ -57,7 +58,7 @@ def build_train_parser(p: argparse.ArgumentParser, task: str) -> argparse.Argume
     g.add_argument("--aug-kwargs", nargs="*", action=UpdateKwargs, metavar="KEY=VALUE",
                    help=f"arguments of datvit.dense.{'detection' if det else 'segmentation'}_transforms(train=True) "
                         "(resize ratio range, flip, ...)")
-    g.add_argument("--workers", "-j", type=int, help="DataLoader workers per rank")
+    add_workers_argument(g)
     g.add_argument("--pin-mem", action="store_true", help="pin CPU memory of batches (GPU training)")
 
     g = p.add_argument_group("model")
@@ -107,13 +108,10 @@ def build_eval_parser(p: argparse.ArgumentParser, task: str) -> argparse.Argumen
         p.add_argument("--reduce-zero-label", action=argparse.BooleanOptionalAction, default=None,
                        help="default: as the run was trained")
     p.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
-    p.add_argument("--workers", "-j", type=int, default=default_workers(), help="DataLoader workers")
+    add_workers_argument(p, default_workers())
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False, help="mixed precision (GPU)")
     p.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
-    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu")
-    p.add_argument("--output", "--results-file", dest="output", default=None, metavar="FILE",
-                   help="also write the results as JSON (--results-file: timm's name)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_evaluation_output_arguments(p)
     return p
 
 

@@ -87,6 +87,20 @@ def add_trust_checkpoint_argument(p: argparse.ArgumentParser | argparse._Argumen
                         "loading (only for files you trust; refused otherwise)")
 
 
+def add_workers_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, default: Any = argparse.SUPPRESS
+                         ) -> None:
+    p.add_argument("--workers", "-j", type=non_negative_int, default=default,
+                   help="DataLoader worker processes per rank")
+
+
+def add_evaluation_output_arguments(p: argparse.ArgumentParser) -> None:
+    """What every evaluation command shares: where it runs, where the JSON of its results goes, progress bars."""
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
+    p.add_argument("--output", "--results-file", dest="output", default=None, metavar="FILE",
+                   help="also write the results as JSON (--results-file: timm's name)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def add_config_argument(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("-c", "--config", metavar="FILE", help=help)
 
@@ -139,8 +153,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--mean", nargs="+", type=float, metavar="MEAN", help="normalisation mean per channel")
     g.add_argument("--std", nargs="+", type=float, metavar="STD", help="normalisation std per channel")
     g.add_argument("--interpolation", help="evaluation resize interpolation (bicubic)")
-    g.add_argument("--workers", "-j", type=non_negative_int, 
-                   help="DataLoader worker processes per rank")
+    add_workers_argument(g)
     g.add_argument("--pin-mem", action="store_true", help="pin CPU memory of batches (GPU training)")
 
     g = p.add_argument_group("model")

@@ -56,6 +56,7 @@ def _paths(args: argparse.Namespace) -> tuple[str, str]:
 def convert(args: argparse.Namespace) -> Path:
     from ..inference import hub_config, load_model, save_hub_directory
     from ..inference.hub import CONFIG_NAME, WEIGHTS_NAME
+    from ..models import count_parameters
 
     src, dst = _paths(args)
     dst = Path(dst)
@@ -72,7 +73,7 @@ def convert(args: argparse.Namespace) -> Path:
         raise ValueError(f"cannot create --output {dst}: {e.strerror or e}") from None
     config = hub_config(loaded.arch, loaded.data_config, loaded.model, loaded.class_names)
     weights, config_path = save_hub_directory(dst, loaded.model.state_dict(), config)
-    n = sum(p.numel() for p in loaded.model.parameters())
+    n = count_parameters(loaded.model)
     print(f"wrote {weights} ({n / 1e6:.2f}M parameters) and {config_path} "
           f"(architecture {config['architecture']}, {config['num_classes']} classes)", file=sys.stderr)
     return dst

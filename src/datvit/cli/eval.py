@@ -8,7 +8,8 @@ import argparse
 from ..train.config import default_workers
 from ._deploy_args import add_inference_optimization_arguments, optimization_from_args
 from ._errors import run_with_user_errors
-from ._run_args import add_trust_checkpoint_argument, config_from_args
+from ._run_args import (add_evaluation_output_arguments, add_trust_checkpoint_argument, add_workers_argument,
+                        config_from_args)
 
 EPILOG = """examples:
   datvit eval --checkpoint output/train/my-run/best.pth          # on the data it was trained on
@@ -47,16 +48,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--in-chans", type=int, default=None, help="input channels (default: from the weights)")
     p.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
     add_trust_checkpoint_argument(p)
-    p.add_argument("--workers", "-j", type=int, default=default_workers(),
-                   help="DataLoader workers")
+    add_workers_argument(p, default_workers())
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
                    help="mixed precision (GPU; CPU only with native bf16)")
     p.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
-    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu")
-    p.add_argument("--output", "--results-file", dest="output", default=None, metavar="FILE",
-                   help="also write the results as JSON (--results-file: timm's name)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_evaluation_output_arguments(p)
     return p
 
 

@@ -15,12 +15,13 @@ def run(args: argparse.Namespace) -> int:
     import timm
 
     import datvit
+    from datvit.models import count_parameters
 
     for name in datvit.list_models():
         cfg = timm.models.get_pretrained_cfg(name)
         line = f"{name:16s} input {cfg.input_size[1]}×{cfg.input_size[2]}  crop {cfg.crop_pct}"
         if args.count_params:
             model = timm.create_model(name)
-            line += f"  {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params"
+            line += f"  {count_parameters(model) / 1e6:.2f}M params"
         print(line)
     return 0

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ...models import count_parameters
 from . import common, deformable, worker
 from . import report as rep
 
@@ -274,7 +275,7 @@ def build_subjects(b: Bench) -> dict[common.Subject, Any]:
     """One model per subject (a DAT model's paths share weights), recorded with its parameter count."""
     subjects = common.expand_subjects(b.cfg["models"], b.cfg["paths"])
     models = common.build_models(subjects, b.device, b.cfg["img_size"])
-    b.report["subjects"] = [dict(s.as_dict(), params_m=sum(p.numel() for p in m.parameters()) / 1e6)
+    b.report["subjects"] = [dict(s.as_dict(), params_m=count_parameters(m) / 1e6)
                             for s, m in models.items()]
     return models
 
