@@ -1,4 +1,5 @@
 """Shared piece of the torch.compile tests: compile with a backend that records dynamo's graphs."""
+
 from __future__ import annotations
 
 import torch

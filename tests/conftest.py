@@ -1,4 +1,5 @@
 """Shared test helpers: the authors' reference data and small model configs."""
+
 from __future__ import annotations
 
 import json
@@ -6,13 +7,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 from safetensors import safe_open
 from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
 
 REFERENCE_DIR = Path(__file__).parent / "reference"
-VARIANTS = ["dat_tiny", "dat_small", "dat_base", "dat_base_384",
-            "datpp_tiny", "datpp_small", "datpp_base", "datpp_base_384"]
+VARIANTS = [
+    "dat_tiny",
+    "dat_small",
+    "dat_base",
+    "dat_base_384",
+    "datpp_tiny",
+    "datpp_small",
+    "datpp_base",
+    "datpp_base_384",
+]
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -60,8 +69,9 @@ def assert_close_scaled(actual: torch.Tensor, expected: torch.Tensor, tol: float
     assert err <= tol * scale, f"{name}: max abs error {err:.3g} > {tol:g} × {scale:.3g}"
 
 
-def assert_fast_matches_reference(module: torch.nn.Module, x: torch.Tensor, fwd_tol: float = 1e-5,
-                                  grad_tol: float = 1e-4, **kwargs):
+def assert_fast_matches_reference(
+    module: torch.nn.Module, x: torch.Tensor, fwd_tol: float = 1e-5, grad_tol: float = 1e-4, **kwargs
+):
     """Run a layer's fast ``forward`` on channels-last ``x`` (B×H×W×C) and its ``reference_forward`` on the same
     values as B×C×H×W; assert outputs agree to ``fwd_tol`` and the gradients of input and every parameter to
     ``grad_tol`` (scaled by the gradient's magnitude). Extra outputs (e.g. positions) are returned for checks."""

@@ -3,6 +3,7 @@ and PNG written, with the fields the report relies on), in process and through `
 directory with only the package on the path; the flags as a ``BenchConfig`` and its options; the phases one by
 one; the tools (``datvit bench deploy|cuda-check|levers|profile``) at toy sizes, and every tool's flags. Timings
 are not checked."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,31 @@ import pytest
 pytest.importorskip("matplotlib")
 
 
-SMOKE_ARGS = ["--img-size", "64", "--batch-sizes", "1", "--train-batch-sizes", "1", "--iters", "1", "--warmup", "0",
-              "--modes", "eager", "--no-compile", "--matmul-sizes", "128", "--module-batch", "1", "--train-iters",
-              "1", "--threads", "1", "--onnx-models", ""]
+SMOKE_ARGS = [
+    "--img-size",
+    "64",
+    "--batch-sizes",
+    "1",
+    "--train-batch-sizes",
+    "1",
+    "--iters",
+    "1",
+    "--warmup",
+    "0",
+    "--modes",
+    "eager",
+    "--no-compile",
+    "--matmul-sizes",
+    "128",
+    "--module-batch",
+    "1",
+    "--train-iters",
+    "1",
+    "--threads",
+    "1",
+    "--onnx-models",
+    "",
+]
 
 
 @pytest.mark.timeout(400)
@@ -37,8 +60,12 @@ def test_benchmark_smoke(tmp_path):
     assert report["matmul_peak"]["peak_gflops"] > 0
 
     labels = {(r["label"], r["kind"], r["batch"]) for r in report["results"]}
-    assert labels == {("dat_tiny:fast", "inference", 1), ("dat_tiny:reference", "inference", 1),
-                      ("dat_tiny:fast", "train", 1), ("dat_tiny:reference", "train", 1)}
+    assert labels == {
+        ("dat_tiny:fast", "inference", 1),
+        ("dat_tiny:reference", "inference", 1),
+        ("dat_tiny:fast", "train", 1),
+        ("dat_tiny:reference", "train", 1),
+    }
     for r in report["results"]:
         assert r["images_per_s"] > 0 and r["ms_median"] > 0
         assert r["gflops"] > 0 and r["fraction_of_peak"] > 0
@@ -66,8 +93,12 @@ def test_benchmark_smoke(tmp_path):
         assert m["peak_extra_mb"] > 0
 
     module = report["module"]
-    assert set(module["timings"]) == {"fast/forward", "reference/forward", "fast/forward_backward",
-                                      "reference/forward_backward"}
+    assert set(module["timings"]) == {
+        "fast/forward",
+        "reference/forward",
+        "fast/forward_backward",
+        "reference/forward_backward",
+    }
     assert module["fast_vs_reference_max_abs_diff"] < 1e-3
 
 
@@ -84,16 +115,44 @@ def test_datvit_bench_outside_the_checkout(tmp_path):
     cwd = tmp_path / "elsewhere"
     cwd.mkdir()
     probe = subprocess.run([sys.executable, "-c", "import tests"], cwd=cwd, env=env, capture_output=True)
-    assert probe.returncode != 0   # the checkout is out of reach
-    help_text = subprocess.run([sys.executable, "-m", "datvit", "bench", "--help"], cwd=cwd, env=env,
-                               capture_output=True, text=True, check=True).stdout
+    assert probe.returncode != 0  # the checkout is out of reach
+    help_text = subprocess.run(
+        [sys.executable, "-m", "datvit", "bench", "--help"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "--train-runs" in help_text and "examples:" in help_text and "--output DIR, --out DIR" in help_text
-    subprocess.run([sys.executable, "-m", "datvit", "bench", "--models", "dat_tiny", "--paths", "fast",
-                    "--no-module", "--no-flops", "--no-chart", "--no-train-memory", *SMOKE_ARGS],
-                   cwd=cwd, env=env, check=True, capture_output=True, text=True, timeout=140)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "datvit",
+            "bench",
+            "--models",
+            "dat_tiny",
+            "--paths",
+            "fast",
+            "--no-module",
+            "--no-flops",
+            "--no-chart",
+            "--no-train-memory",
+            *SMOKE_ARGS,
+        ],
+        cwd=cwd,
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=140,
+    )
     report = json.loads((cwd / "benchmark_results" / "benchmark.json").read_text())
-    assert {(r["label"], r["kind"]) for r in report["results"]} == {("dat_tiny:fast", "inference"),
-                                                                     ("dat_tiny:fast", "train")}
+    assert {(r["label"], r["kind"]) for r in report["results"]} == {
+        ("dat_tiny:fast", "inference"),
+        ("dat_tiny:fast", "train"),
+    }
 
 
 def test_bench_bad_model_is_one_line(capsys):
@@ -102,7 +161,8 @@ def test_bench_bad_model_is_one_line(capsys):
     assert main(["bench", "--models", "no_such_model"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "datvit bench: error: --models: unknown model(s) no_such_model (DAT variants: `datvit models`; or any timm "
-        "model name)"]
+        "model name)"
+    ]
 
 
 def test_onnxruntime_rows():
@@ -114,8 +174,9 @@ def test_onnxruntime_rows():
     from datvit.tools.benchmark import report as rep
 
     torch.manual_seed(0)
-    tiny = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
-                               torch.nn.Linear(4, 2)).eval()
+    tiny = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+    ).eval()
     subject = common.Subject("tiny")
     x = torch.randn(2, 3, 16, 16)
     fns, sessions = {}, {}
@@ -127,8 +188,10 @@ def test_onnxruntime_rows():
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), tiny(x), atol=1e-5, rtol=1e-5)
     fns["tiny:onnxruntime"]()
-    rows = [dict(model="tiny", path="timm", mode="eager", kind="inference", batch=2, images_per_s=10.0),
-            dict(model="tiny", path="onnxruntime", mode="eager", kind="inference", batch=2, images_per_s=15.0)]
+    rows = [
+        dict(model="tiny", path="timm", mode="eager", kind="inference", batch=2, images_per_s=10.0),
+        dict(model="tiny", path="onnxruntime", mode="eager", kind="inference", batch=2, images_per_s=15.0),
+    ]
     assert rep.onnxruntime_ratios(rows)[0]["onnxruntime_over_eager"] == 1.5
 
 
@@ -142,8 +205,13 @@ def test_cli_registers_bench():
     args = build_parser().parse_args(["bench", "--quick", "--models", "dat_tiny", "--no-chart", "--note", "a b"])
     assert args.tool is None and args.quick and args.models == ("dat_tiny",) and callable(args.func)
     config = bench_config(bench_parser(), args)
-    assert config == BenchConfig(quick=True, models=("dat_tiny",), chart=False, notes=("a b",),
-                                 command_line="datvit bench --models dat_tiny --quick --no-chart --note 'a b'")
+    assert config == BenchConfig(
+        quick=True,
+        models=("dat_tiny",),
+        chart=False,
+        notes=("a b",),
+        command_line="datvit bench --models dat_tiny --quick --no-chart --note 'a b'",
+    )
     assert BenchConfig(models="dat_tiny, swin", batch_sizes=[1, 4]).models == ("dat_tiny", "swin")
 
 
@@ -167,7 +235,7 @@ def test_bench_tool_help(tool, capsys):
     args = build_parser().parse_args(["bench", tool])
     assert args.tool == tool
     config = tool_config(tool, args)
-    assert type(config).__name__ == TOOLS[tool].config and config == type(config)()   # the defaults
+    assert type(config).__name__ == TOOLS[tool].config and config == type(config)()  # the defaults
 
 
 def test_bench_help_lists_the_tools(capsys):
@@ -188,13 +256,17 @@ def test_bench_tool_flags(capsys):
     from datvit.cli.main import build_parser, main
 
     parser = build_parser()
-    config = tool_config("profile", parser.parse_args(["bench", "profile", "--models", "dat_tiny", "--batch", "8",
-                                                       "--no-module", "--out", "p"]))
+    config = tool_config(
+        "profile",
+        parser.parse_args(["bench", "profile", "--models", "dat_tiny", "--batch", "8", "--no-module", "--out", "p"]),
+    )
     assert (config.models, config.batch_size, config.module, config.output) == (("dat_tiny",), 8, False, "p")
     config = tool_config("levers", parser.parse_args(["bench", "levers", "adamw", "dwconv", "-b", "4"]))
     assert (config.levers, config.batch_size) == (("adamw", "dwconv"), 4)
-    config = tool_config("export-all", parser.parse_args(["bench", "export-all", "--models", "dat_tiny", "datpp_tiny,"
-                                                          "dat_small", "--formats", "onnx"]))
+    config = tool_config(
+        "export-all",
+        parser.parse_args(["bench", "export-all", "--models", "dat_tiny", "datpp_tiny,dat_small", "--formats", "onnx"]),
+    )
     assert (config.models, config.formats) == (("dat_tiny", "datpp_tiny", "dat_small"), ("onnx",))
     config = tool_config("deploy", parser.parse_args(["bench", "deploy", "--treatments", "fp32 eager, bf16 eager"]))
     assert config.treatments == ("fp32 eager", "bf16 eager")
@@ -217,7 +289,8 @@ def test_deploy_benchmark_times_the_chosen_treatments(capsys):
 
     assert main(["bench", "deploy", "--treatments", "fp64 eager", "--speed-models", ""]) == 2
     assert capsys.readouterr().err.strip() == (
-        f"datvit bench deploy: error: unknown treatments ['fp64 eager']; choose from {', '.join(deploy.TREATMENTS)}")
+        f"datvit bench deploy: error: unknown treatments ['fp64 eager']; choose from {', '.join(deploy.TREATMENTS)}"
+    )
     chosen = ("fp32 eager", "bf16 eager") if cpu_native_bf16() else ("fp32 eager",)
     rows = deploy.speed(["dat_tiny"], batch=1, iters=1, chosen=chosen)["rows"]
     assert set(rows) == {f"dat_tiny {t}" for t in chosen}
@@ -230,8 +303,21 @@ def test_cuda_check_script_runs_on_cpu(tmp_path, capsys):
     session: both families pass fast-vs-reference logits and every gradient, and bf16 autocast."""
     from datvit.cli.main import main
 
-    rc = main(["bench", "cuda-check", "--device", "cpu", "--img-size", "64", "--batch-size", "1", "--no-speed",
-               "--output", str(tmp_path)])
+    rc = main(
+        [
+            "bench",
+            "cuda-check",
+            "--device",
+            "cpu",
+            "--img-size",
+            "64",
+            "--batch-size",
+            "1",
+            "--no-speed",
+            "--output",
+            str(tmp_path),
+        ]
+    )
     report = json.loads((tmp_path / "cuda_check.json").read_text())
     assert rc == 0 and [m["model"] for m in report["models"]] == ["dat_tiny", "datpp_tiny"]
     for row in report["models"]:
@@ -239,7 +325,8 @@ def test_cuda_check_script_runs_on_cpu(tmp_path, capsys):
     assert any(n.endswith("rpb") for n in report["models"][1]["grad_rel_position_biases"])
     assert any(n.endswith("rpe_table") for n in report["models"][0]["grad_rel_position_biases"])
     import torch
-    if not torch.cuda.is_available():          # says so instead of failing somewhere inside
+
+    if not torch.cuda.is_available():  # says so instead of failing somewhere inside
         capsys.readouterr()
         assert main(["bench", "cuda-check", "--device", "cuda", "--no-speed", "--output", str(tmp_path)]) == 2
         assert capsys.readouterr().err.startswith("datvit bench cuda-check: error: no CUDA device here")
@@ -296,15 +383,18 @@ def test_phases_in_process(tmp_path):
     models = run.build_subjects(b)
     fast, ref = models.values()
     assert [s.label for s in models] == ["dat_tiny:fast", "dat_tiny:reference"] and fast is not ref
-    assert all((p.data_ptr() != q.data_ptr()) and bool((p == q).all())
-               for p, q in zip(fast.parameters(), ref.parameters()))
+    assert all(
+        (p.data_ptr() != q.data_ptr()) and bool((p == q).all()) for p, q in zip(fast.parameters(), ref.parameters())
+    )
     run.count_flops(b, models)
     assert b.flops["dat_tiny"]["executed_fast_forward_gflop"] > 0
     run.check_consistency(b, models)
     assert b.report["consistency"]["dat_tiny"]["max_abs_logit_diff"] < 1e-3
     run.time_inference(b, models)
     assert [(r["label"], r["kind"], r["batch"]) for r in b.report["results"]] == [
-        ("dat_tiny:fast", "inference", 1), ("dat_tiny:reference", "inference", 1)]
+        ("dat_tiny:fast", "inference", 1),
+        ("dat_tiny:reference", "inference", 1),
+    ]
     assert all(r["gflops"] > 0 and r["fraction_of_peak"] > 0 for r in b.results)
     assert (tmp_path / "benchmark.partial.json").exists()
 
@@ -315,13 +405,24 @@ def test_compile_batches_and_skips(monkeypatch, tmp_path):
 
     tasks = []
     monkeypatch.setattr(worker, "run_in_subprocess", lambda task, **kw: tasks.append(task) or {"status": "error"})
-    b = _bench({"modes": ["eager", "compile"], "compile_models": ["dat_tiny", "swin"], "compile_kinds":
-                ["inference", "train"], "batch_sizes": [1, 4], "train_batch_sizes": [2], "skip": ["swin_t:train"]},
-               tmp_path)
+    b = _bench(
+        {
+            "modes": ["eager", "compile"],
+            "compile_models": ["dat_tiny", "swin"],
+            "compile_kinds": ["inference", "train"],
+            "batch_sizes": [1, 4],
+            "train_batch_sizes": [2],
+            "skip": ["swin_t:train"],
+        },
+        tmp_path,
+    )
     run.time_compile(b)
     assert [(t["model"], t["path"], t["kind"], t["batch"]) for t in tasks] == [
-        ("dat_tiny", "fast", "inference", 4), ("dat_tiny", "fast", "train", 2),
-        ("swin_tiny_patch4_window7_224", "timm", "inference", 4), ("swin_tiny_patch4_window7_224", "timm", "train", 2)]
+        ("dat_tiny", "fast", "inference", 4),
+        ("dat_tiny", "fast", "train", 2),
+        ("swin_tiny_patch4_window7_224", "timm", "inference", 4),
+        ("swin_tiny_patch4_window7_224", "timm", "train", 2),
+    ]
     assert [c["status"] for c in b.report["compile"]] == ["error"] * 4 and b.results == []
     tasks.clear()
     run.measure_training_memory(b, [common.Subject("dat_tiny", "fast"), common.Subject("swin_tiny_patch4_window7_224")])
@@ -340,8 +441,25 @@ def test_levers_and_profile_tools(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("datvit bench levers: error: unknown lever(s) no_such_lever")
     with pytest.raises(ValueError):
         levers.run(levers.LeversConfig(levers=("no_such_lever",)))
-    assert main(["bench", "profile", "--only-module", "--module-batch", "1", "--rows", "3", "--threads", "1",
-                 "--output", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "profile",
+                "--only-module",
+                "--module-batch",
+                "1",
+                "--rows",
+                "3",
+                "--threads",
+                "1",
+                "--output",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "profile_summary.json").read_text())
-    assert sorted(summary) == sorted(f"deformable_attention_{i}_{p}_b1" for i in ("fast", "reference")
-                                     for p in ("forward", "forward_backward"))
+    assert sorted(summary) == sorted(
+        f"deformable_attention_{i}_{p}_b1" for i in ("fast", "reference") for p in ("forward", "forward_backward")
+    )

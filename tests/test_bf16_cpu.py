@@ -1,6 +1,7 @@
 """bf16 on CPU (bf16 autocast or a bf16 model), the deployment dtype of CPUs with native bf16 kernels:
 attention runs as explicit matmul + softmax (CPU's flash kernel was 1.2–2× slower in bf16), the D block's sampling
 geometry stays float32, and a compiled bf16 model keeps inductor's own ``linear`` (no graph break, no custom op)."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,7 @@ from datvit.models import DAT
 
 
 @pytest.mark.parametrize("bias_batch", [1, 6])
-@pytest.mark.parametrize("keys", [49, 100])      # ≤ 64 keys: the softmax runs with float32 output, then is cast
+@pytest.mark.parametrize("keys", [49, 100])  # ≤ 64 keys: the softmax runs with float32 output, then is cast
 def test_bf16_attention_on_cpu_is_explicit_and_matches_fp32_sdpa(bias_batch, keys):
     torch.manual_seed(0)
     q = torch.randn(6, 3, 49, 16)
@@ -29,7 +30,7 @@ def test_bf16_attention_on_cpu_is_explicit_and_matches_fp32_sdpa(bias_batch, key
     softmax_out = [dtypes for name, dtypes in rec.calls if name == "aten._softmax"]
     assert softmax_out and all(d == (torch.float32 if keys <= 64 else torch.bfloat16,) for d in softmax_out), rec.calls
     torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
-    with torch.no_grad(), RecordOps() as rec:        # float32 inference keeps SDPA's fused kernel
+    with torch.no_grad(), RecordOps() as rec:  # float32 inference keeps SDPA's fused kernel
         biased_attention(q, k, v, bias)
     assert any("scaled_dot_product" in op for op in rec.ops), rec.ops
 
@@ -58,7 +59,7 @@ def test_per_window_bias_is_repeated_over_the_batch(path):
         (grad,) = torch.autograd.grad((got * weights).sum(), bias)
         ref_bias = bias.detach().clone().requires_grad_(True)
         ref_expanded = ref_bias.unsqueeze(0).expand(batch, -1, -1, -1, -1).reshape(batch * windows, 2, 9, 9)
-        ref = torch.softmax(q @ k.transpose(-2, -1) / 8 ** 0.5 + ref_expanded, -1) @ v
+        ref = torch.softmax(q @ k.transpose(-2, -1) / 8**0.5 + ref_expanded, -1) @ v
         (want_grad,) = torch.autograd.grad((ref * weights).sum(), ref_bias)
         torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-5)
 
@@ -67,9 +68,10 @@ def test_eager_inference_layouts_change_no_value(monkeypatch):
     # eager inference scales q into a contiguous tensor and copies k before its transposed view; the values must
     # be exactly those of the plain form (used under torch.compile and with gradients)
     import datvit.layers.attention as attention
+
     torch.manual_seed(0)
     qkv = torch.randn(6, 49, 3, 3, 16).bfloat16()
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                  # strided views, as the window blocks pass them
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # strided views, as the window blocks pass them
     bias = torch.randn(1, 3, 49, 49).bfloat16()
     taken = []
     real = attention._eager_inference
@@ -81,7 +83,7 @@ def test_eager_inference_layouts_change_no_value(monkeypatch):
     assert taken == [True]
     assert torch.equal(fast, plain)
     leaf = bias.float().requires_grad_(True)
-    assert not real(q.float(), k.float(), leaf)                    # recording gradients: the plain form
+    assert not real(q.float(), k.float(), leaf)  # recording gradients: the plain form
 
 
 def test_d_block_samples_in_float32_under_bf16_autocast():
@@ -97,7 +99,9 @@ def test_d_block_samples_in_float32_under_bf16_autocast():
             got, pos, ref = m(x, return_positions=True)
     # the position bias by grid_sample, the keys/values by embedding_bag (table, indices, offsets, weights)
     samples = [dtypes for name, dtypes in rec.calls if "grid_sampler" in name or "embedding_bag" in name]
-    assert samples == [(torch.float32, torch.int64, torch.int64, torch.float32), (torch.float32, torch.float32)], samples
+    assert samples == [(torch.float32, torch.int64, torch.int64, torch.float32), (torch.float32, torch.float32)], (
+        samples
+    )
     assert pos.dtype == ref.dtype == torch.float32
     # the offsets come from bf16 projections; the positions built from them are not rounded to bf16 on top
     assert (pos - want_pos).abs().max() < 0.02

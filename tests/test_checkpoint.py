@@ -1,8 +1,8 @@
 """Loading checkpoints: the authors' .pth (dict with "model" and a pickled config, or bare), through timm's
 pretrained path and datvit.load_checkpoint, strictly; clear errors for wrong variants and corrupt files;
 resizing to other input sizes; dense-prediction norms; heads of another size."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 import timm
@@ -30,6 +30,7 @@ def save_with_yacs_config(obj, path):
     module is gone again before anything loads the file."""
     import sys
     import types
+
     yacs, config = types.ModuleType("yacs"), types.ModuleType("yacs.config")
     config.CfgNode, yacs.config = CfgNode, config
     CfgNode.__module__, CfgNode.__qualname__ = "yacs.config", "CfgNode"
@@ -46,14 +47,22 @@ def authors_pth(tmp_path_factory):
     """The v1 fixture's weights saved as the authors' training checkpoint (with a pickled yacs config)."""
     config, _, state, tensors = load_fixture("dat")
     path = tmp_path_factory.mktemp("ckpt") / "dat_reduced.pth"
-    save_with_yacs_config({"model": state, "epoch": 299, "max_accuracy": 82.0,
-                           "config": CfgNode(MODEL=CfgNode(TYPE="dat"), DATA={"IMG_SIZE": 224})}, path)
+    save_with_yacs_config(
+        {
+            "model": state,
+            "epoch": 299,
+            "max_accuracy": 82.0,
+            "config": CfgNode(MODEL=CfgNode(TYPE="dat"), DATA={"IMG_SIZE": 224}),
+        },
+        path,
+    )
     return path, tensors
 
 
 def test_authors_training_checkpoint_reads_without_running_code(authors_pth):
     """The yacs config comes back as an inert dict with its values; no warning, no weights_only=False."""
     import warnings
+
     path, _ = authors_pth
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -65,8 +74,9 @@ def test_authors_training_checkpoint_reads_without_running_code(authors_pth):
 
 def test_timm_pretrained_path_loads_authors_file(authors_pth):
     path, tensors = authors_pth
-    model = timm.create_model("dat_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)),
-                              **reduced_kwargs("dat"))
+    model = timm.create_model(
+        "dat_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), **reduced_kwargs("dat")
+    )
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(model(tensors["__input__"]), tensors["__logits__"], atol=1e-4, rtol=0)
@@ -91,8 +101,11 @@ def test_wrong_variant_names_keys(authors_pth):
     message = str(e.value)
     assert str(path) in message and "missing keys" in message and "unexpected keys" in message
     assert "DAT v1" in message and "DAT++" in message
-    deeper = DAT(**reduced_kwargs("dat", depths=[2, 2, 4, 2],
-                                  stage_spec=[["L", "S"], ["L", "S"], ["L", "D", "L", "D"], ["L", "D"]]))
+    deeper = DAT(
+        **reduced_kwargs(
+            "dat", depths=[2, 2, 4, 2], stage_spec=[["L", "S"], ["L", "S"], ["L", "D", "L", "D"], ["L", "D"]]
+        )
+    )
     with pytest.raises(CheckpointError, match=r"missing keys \(36\): stages\.2\.layer_norms\.4"):
         datvit.load_checkpoint(deeper, path)
     wider = DAT(**reduced_kwargs("dat", dims=[16, 32, 64, 256], heads=[1, 2, 4, 8]))
@@ -128,14 +141,19 @@ def test_other_resolution_resizes_tables_and_rebuilds_buffers(authors_pth):
     sd = model.state_dict()
     rpe = state["stages.2.attns.1.rpe_table"]
     assert sd["stages.2.attns.1.rpe_table"].shape == (4, 39, 39)
-    torch.testing.assert_close(sd["stages.2.attns.1.rpe_table"],
-                               F.interpolate(rpe[None], size=(39, 39), mode="bicubic", align_corners=False)[0])
+    torch.testing.assert_close(
+        sd["stages.2.attns.1.rpe_table"],
+        F.interpolate(rpe[None], size=(39, 39), mode="bicubic", align_corners=False)[0],
+    )
     table = state["stages.0.attns.0.relative_position_bias_table"]
     assert sd["stages.0.attns.0.relative_position_bias_table"].shape == (19 * 19, table.shape[1])
     assert sd["stages.0.attns.1.attn_mask"].shape == (64, 100, 100)
-    assert torch.equal(sd["stages.0.attns.0.relative_position_index"],
-                       DAT(**reduced_kwargs("dat", img_size=320, window_sizes=[10] * 4)).state_dict()[
-                           "stages.0.attns.0.relative_position_index"])
+    assert torch.equal(
+        sd["stages.0.attns.0.relative_position_index"],
+        DAT(**reduced_kwargs("dat", img_size=320, window_sizes=[10] * 4)).state_dict()[
+            "stages.0.attns.0.relative_position_index"
+        ],
+    )
     assert torch.isfinite(model.eval()(torch.randn(1, 3, 320, 320))).all()
 
 
@@ -145,18 +163,28 @@ def test_head_of_another_size_is_reinitialised(authors_pth):
     with pytest.warns(UserWarning, match="re-initialised"):
         datvit.load_checkpoint(model, path)
     _, _, state, _ = load_fixture("dat")
-    torch.testing.assert_close(model.state_dict()["stages.3.attns.1.proj_q.weight"],
-                               state["stages.3.attns.1.proj_q.weight"])
+    torch.testing.assert_close(
+        model.state_dict()["stages.3.attns.1.proj_q.weight"], state["stages.3.attns.1.proj_q.weight"]
+    )
 
 
 def test_dense_backbone_norms(tmp_path, authors_pth):
     """features_only builds the four per-stage norms; a classification file leaves them at init, a detection
     backbone file (keys prefixed 'backbone.', with norms, without head) fills them."""
     path, _ = authors_pth
-    feats = timm.create_model("dat_tiny", features_only=True, pretrained=True,
-                              pretrained_cfg_overlay=dict(file=str(path)), **reduced_kwargs("dat"))
-    assert torch.equal(feats.state_dict()["model.norms.2.norm.weight"] if "model.norms.2.norm.weight"
-                       in feats.state_dict() else feats.model.norms[2].norm.weight, torch.ones(64))
+    feats = timm.create_model(
+        "dat_tiny",
+        features_only=True,
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path)),
+        **reduced_kwargs("dat"),
+    )
+    assert torch.equal(
+        feats.state_dict()["model.norms.2.norm.weight"]
+        if "model.norms.2.norm.weight" in feats.state_dict()
+        else feats.model.norms[2].norm.weight,
+        torch.ones(64),
+    )
     _, _, state, _ = load_fixture("dat")
     det = {f"backbone.{k}": v for k, v in state.items() if not k.startswith("cls_")}
     for i, d in enumerate([16, 32, 64, 128]):

@@ -7,11 +7,11 @@ zip, a truncated safetensors file, a bad safetensors header, a pickle of a list,
 variant's state_dict, pickles whose reduce calls os.system (zip and legacy formats), a TorchScript archive, a
 directory whose config.json is not JSON. Routes: datvit.load_checkpoint, timm's pretrained_cfg_overlay, datvit.inference.load_model,
 datvit eval / predict / convert / visualize, datvit train --resume and --initial-checkpoint."""
+
 from __future__ import annotations
 
 import fractions
 import os
-import pickle
 import warnings
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from datvit.models import DAT, CheckpointError
 from datvit.models.factory import PRESETS, resolve_model_kwargs
 from train_helpers import make_fashion_mnist
 
-NANO = resolve_model_kwargs("dat_nano", num_classes=10, in_chans=1)   # 2.3M parameters: cheap to build
+NANO = resolve_model_kwargs("dat_nano", num_classes=10, in_chans=1)  # 2.3M parameters: cheap to build
 
 
 class RunsCode:
@@ -60,25 +60,43 @@ def build_corpus(root: Path, marker: Path) -> dict[str, tuple[Path, str]]:
     add("random", "noise.pth", "not a PyTorch checkpoint", lambda p: p.write_bytes(noise))
     whole = root / "whole.pth"
     torch.save({"model": good}, whole)
-    add("truncated zip", "truncated.pth", "corrupt or truncated",
-        lambda p: p.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2]))
+    add(
+        "truncated zip",
+        "truncated.pth",
+        "corrupt or truncated",
+        lambda p: p.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2]),
+    )
     whole_st = root / "whole.safetensors"
     save_file(good, str(whole_st))
-    add("truncated safetensors", "truncated.safetensors", "safetensors",
-        lambda p: p.write_bytes(whole_st.read_bytes()[: whole_st.stat().st_size // 2]))
-    add("bad safetensors header", "header.safetensors", "safetensors",
-        lambda p: p.write_bytes((40).to_bytes(8, "little") + b"{this is not the json header}" + bytes(64)))
+    add(
+        "truncated safetensors",
+        "truncated.safetensors",
+        "safetensors",
+        lambda p: p.write_bytes(whole_st.read_bytes()[: whole_st.stat().st_size // 2]),
+    )
+    add(
+        "bad safetensors header",
+        "header.safetensors",
+        "safetensors",
+        lambda p: p.write_bytes((40).to_bytes(8, "little") + b"{this is not the json header}" + bytes(64)),
+    )
     add("pickle of a list", "list.pth", "no state_dict", lambda p: torch.save([1, 2, 3], p))
     add("dict without tensors", "notes.pth", "no state_dict", lambda p: torch.save({"epoch": 3, "note": "x"}, p))
-    other = DAT(**resolve_model_kwargs("dat_nano", {"generation": "pp", "use_lpus": [True] * 4}, num_classes=10,
-                                       in_chans=1)).state_dict()
+    other = DAT(
+        **resolve_model_kwargs("dat_nano", {"generation": "pp", "use_lpus": [True] * 4}, num_classes=10, in_chans=1)
+    ).state_dict()
     add("another variant", "datpp.pth", "does not match the model", lambda p: torch.save(other, p))
     add("runs code (zip)", "evil.pth", "system", lambda p: torch.save({"model": good, "x": RunsCode(marker)}, p))
-    add("runs code (legacy pickle)", "evil_legacy.pth", "system",
-        lambda p: torch.save({"model": good, "x": RunsCode(marker)}, p, _use_new_zipfile_serialization=False))
+    add(
+        "runs code (legacy pickle)",
+        "evil_legacy.pth",
+        "system",
+        lambda p: torch.save({"model": good, "x": RunsCode(marker)}, p, _use_new_zipfile_serialization=False),
+    )
+
     def scripted(p):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)   # torch.jit.script is deprecated, still written
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated, still written
             torch.jit.script(torch.nn.Linear(2, 2)).save(str(p))
 
     add("torchscript", "scripted.pth", "TorchScript", scripted)
@@ -109,8 +127,9 @@ def _one_line(message: str, path: Path, phrase: str) -> None:
 
 PY_ROUTES = {
     "datvit.load_checkpoint": lambda p: datvit.load_checkpoint(DAT(**NANO), p),
-    "timm pretrained_cfg_overlay": lambda p: timm.create_model("dat_tiny", pretrained=True,
-                                                               pretrained_cfg_overlay=dict(file=str(p)), **NANO),
+    "timm pretrained_cfg_overlay": lambda p: timm.create_model(
+        "dat_tiny", pretrained=True, pretrained_cfg_overlay=dict(file=str(p)), **NANO
+    ),
     "datvit.inference.load_model": lambda p: load_model(p, "dat_nano", in_chans=1),
 }
 
@@ -119,9 +138,9 @@ PY_ROUTES = {
 def test_python_routes(corpus, route):
     for name, (path, phrase) in corpus["files"].items():
         if route != "datvit.inference.load_model" and name == "bad config.json":
-            path, phrase = path / "config.json", "not a PyTorch checkpoint"   # a JSON file given as weights
+            path, phrase = path / "config.json", "not a PyTorch checkpoint"  # a JSON file given as weights
         with warnings.catch_warnings():
-            warnings.simplefilter("error")   # nothing may warn about loading with weights_only=False
+            warnings.simplefilter("error")  # nothing may warn about loading with weights_only=False
             with pytest.raises(CheckpointError) as e:
                 PY_ROUTES[route](path)
         _one_line(str(e.value), path, phrase)
@@ -134,29 +153,69 @@ def test_python_routes(corpus, route):
 
 def _cli_routes(corpus, path: Path) -> dict[str, list[str]]:
     out, data = corpus["root"] / "out", str(corpus["data"])
-    train = ["train", "--dataset", "fashion_mnist", "--data-dir", data, "--model", "dat_nano", "--img-size", "32",
-             "--in-chans", "1", "-b", "8", "--epochs", "1", "--workers", "0", "--no-progress", "--output", str(out)]
+    train = [
+        "train",
+        "--dataset",
+        "fashion_mnist",
+        "--data-dir",
+        data,
+        "--model",
+        "dat_nano",
+        "--img-size",
+        "32",
+        "--in-chans",
+        "1",
+        "-b",
+        "8",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--output",
+        str(out),
+    ]
     return {
-        "eval": ["eval", "--checkpoint", str(path), "--model", "dat_nano", "--data-dir", data, "--no-progress",
-                 "--workers", "0"],
+        "eval": [
+            "eval",
+            "--checkpoint",
+            str(path),
+            "--model",
+            "dat_nano",
+            "--data-dir",
+            data,
+            "--no-progress",
+            "--workers",
+            "0",
+        ],
         "predict": ["predict", str(corpus["image"]), "--checkpoint", str(path), "--model", "dat_nano"],
         "convert": ["convert", str(path), str(corpus["root"] / "converted"), "--model", "dat_nano"],
-        "visualize": ["visualize", "--checkpoint", str(path), "--model", "dat_nano", "--image", str(corpus["image"]),
-                      "--out", str(corpus["root"] / "v.png")],
+        "visualize": [
+            "visualize",
+            "--checkpoint",
+            str(path),
+            "--model",
+            "dat_nano",
+            "--image",
+            str(corpus["image"]),
+            "--out",
+            str(corpus["root"] / "v.png"),
+        ],
         "train --resume": [*train, "--resume", str(path), "--experiment", "r"],
         "train --initial-checkpoint": [*train, "--initial-checkpoint", str(path), "--experiment", "i"],
     }
 
 
-@pytest.mark.parametrize("route", ["eval", "predict", "convert", "visualize", "train --resume",
-                                   "train --initial-checkpoint"])
+@pytest.mark.parametrize(
+    "route", ["eval", "predict", "convert", "visualize", "train --resume", "train --initial-checkpoint"]
+)
 def test_cli_routes(corpus, route, capsys):
     command = route.split()[0]
     for name, (path, phrase) in corpus["files"].items():
         if route.startswith("train") and name == "bad config.json":
             path, phrase = path / "config.json", "not a PyTorch checkpoint"
         if route == "train --resume" and name == "another variant":
-            phrase = "not a datvit training checkpoint"   # resume needs datvit's training state first
+            phrase = "not a datvit training checkpoint"  # resume needs datvit's training state first
         code = main(_cli_routes(corpus, path)[route])
         _, err = capsys.readouterr()
         assert code == 2, (name, err)
@@ -188,9 +247,30 @@ def test_trusted_files_load_with_opt_in_only(tmp_path):
 
 def test_resume_with_another_model_names_what_differs(corpus, capsys, tmp_path):
     out = tmp_path / "out"
-    base = ["train", "--dataset", "fashion_mnist", "--data-dir", str(corpus["data"]), "--model", "dat_nano",
-            "--img-size", "32", "--in-chans", "1", "-b", "8", "--epochs", "1", "--workers", "0", "--no-progress",
-            "--output", str(out), "--experiment", "run"]
+    base = [
+        "train",
+        "--dataset",
+        "fashion_mnist",
+        "--data-dir",
+        str(corpus["data"]),
+        "--model",
+        "dat_nano",
+        "--img-size",
+        "32",
+        "--in-chans",
+        "1",
+        "-b",
+        "8",
+        "--epochs",
+        "1",
+        "--workers",
+        "0",
+        "--no-progress",
+        "--output",
+        str(out),
+        "--experiment",
+        "run",
+    ]
     assert main(base) == 0
     capsys.readouterr()
     last = out / "run" / "last.pth"

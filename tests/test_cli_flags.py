@@ -1,5 +1,6 @@
 """Every subcommand's flags, walked from the one ``datvit`` parser: the same concept has the same flag in every
 command, and whatever a command writes goes to ``--output``."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,11 +12,25 @@ from datvit.cli.main import build_parser
 
 # concept (argparse dest) → the flag every command uses for it
 CANONICAL = {
-    "checkpoint": "--checkpoint", "model": "--model", "img_size": "--img-size", "batch_size": "--batch-size",
-    "device": "--device", "output": "--output", "data_dir": "--data-dir", "num_classes": "--num-classes",
-    "use_ema": "--use-ema", "workers": "--workers", "amp": "--amp", "trust_checkpoint": "--trust-checkpoint",
-    "crop_size": "--crop-size", "eval_mode": "--eval-mode", "eval_stride": "--eval-stride", "seed": "--seed",
-    "epochs": "--epochs", "no_progress": "--no-progress", "in_chans": "--in-chans",
+    "checkpoint": "--checkpoint",
+    "model": "--model",
+    "img_size": "--img-size",
+    "batch_size": "--batch-size",
+    "device": "--device",
+    "output": "--output",
+    "data_dir": "--data-dir",
+    "num_classes": "--num-classes",
+    "use_ema": "--use-ema",
+    "workers": "--workers",
+    "amp": "--amp",
+    "trust_checkpoint": "--trust-checkpoint",
+    "crop_size": "--crop-size",
+    "eval_mode": "--eval-mode",
+    "eval_stride": "--eval-stride",
+    "seed": "--seed",
+    "epochs": "--epochs",
+    "no_progress": "--no-progress",
+    "in_chans": "--in-chans",
 }
 # the same flag in a command where it means something else would mislead: --iters counts optimizer updates
 # (train), a benchmark's timed calls are --bench-iters
@@ -45,9 +60,29 @@ PARSERS = [(" ".join(path), p) for path, p in walk(build_parser()) if path]
 
 def test_every_command_is_walked():
     names = {name for name, _ in PARSERS}
-    assert {"train", "eval", "predict", "convert", "visualize", "export", "bench", "flops", "demo", "demo-dense",
-            "det train", "det eval", "det predict", "seg train", "seg eval", "seg predict", "bench profile",
-            "bench levers", "bench deploy", "bench cuda-check", "bench export-all"} <= names
+    assert {
+        "train",
+        "eval",
+        "predict",
+        "convert",
+        "visualize",
+        "export",
+        "bench",
+        "flops",
+        "demo",
+        "demo-dense",
+        "det train",
+        "det eval",
+        "det predict",
+        "seg train",
+        "seg eval",
+        "seg predict",
+        "bench profile",
+        "bench levers",
+        "bench deploy",
+        "bench cuda-check",
+        "bench export-all",
+    } <= names
 
 
 @pytest.mark.parametrize("name,parser", PARSERS, ids=[n for n, _ in PARSERS])
@@ -55,7 +90,9 @@ def test_one_flag_per_concept(name, parser):
     for action, flag in options(parser):
         assert flag not in RETIRED, f"datvit {name}: {flag} is a retired name ({action.option_strings})"
         if action.dest in CANONICAL:
-            assert flag == CANONICAL[action.dest], f"datvit {name}: {action.dest} is {flag}, not {CANONICAL[action.dest]}"
+            assert flag == CANONICAL[action.dest], (
+                f"datvit {name}: {action.dest} is {flag}, not {CANONICAL[action.dest]}"
+            )
         for canonical_dest, canonical in CANONICAL.items():
             if canonical in action.option_strings:
                 assert action.dest == canonical_dest, f"datvit {name}: {canonical} sets {action.dest}"
@@ -72,9 +109,26 @@ def test_a_flag_means_one_thing_in_every_command():
 
 
 def test_what_a_command_writes_goes_to_output():
-    writers = {"train", "eval", "predict", "convert", "visualize", "export", "bench", "demo", "demo-dense",
-               "det train", "det eval", "det predict", "seg train", "seg eval", "seg predict", "bench profile",
-               "bench deploy", "bench cuda-check"}
+    writers = {
+        "train",
+        "eval",
+        "predict",
+        "convert",
+        "visualize",
+        "export",
+        "bench",
+        "demo",
+        "demo-dense",
+        "det train",
+        "det eval",
+        "det predict",
+        "seg train",
+        "seg eval",
+        "seg predict",
+        "bench profile",
+        "bench deploy",
+        "bench cuda-check",
+    }
     for name, parser in PARSERS:
         if name in writers:
             flags = {flag for _, flag in options(parser)}

@@ -2,13 +2,13 @@
 decompose: its generated loops were ~4x slower), with the same values and gradients as ``F.grid_sample``; eager,
 torch.export (and so ONNX) keep the plain ``aten.grid_sampler_2d``. Window attention's bias is contiguous so
 freezing folds it in a vectorisable layout."""
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
 from compile_helpers import compile_and_record
-
 from datvit.layers import DeformableAttention, LocalAttention
 from datvit.layers.ops import _grid_sample_op, grid_sample_bilinear
 
@@ -16,7 +16,7 @@ from datvit.layers.ops import _grid_sample_op, grid_sample_bilinear
 def _inputs():
     torch.manual_seed(0)
     x = torch.randn(3, 4, 9, 11, requires_grad=True)
-    grid = (torch.rand(3, 5, 7, 2) * 2.4 - 1.2).requires_grad_(True)   # some samples outside: zeros padding
+    grid = (torch.rand(3, 5, 7, 2) * 2.4 - 1.2).requires_grad_(True)  # some samples outside: zeros padding
     return x, grid
 
 
@@ -30,7 +30,7 @@ def test_custom_op_is_grid_sample_values_and_gradients():
     have = torch.autograd.grad(_grid_sample_op(x, grid), (x, grid), g)
     for a, b in zip(have, want):
         assert torch.equal(a, b)
-    only_grid = torch.autograd.grad(_grid_sample_op(x.detach(), grid), grid, g)[0]   # no input gradient wanted
+    only_grid = torch.autograd.grad(_grid_sample_op(x.detach(), grid), grid, g)[0]  # no input gradient wanted
     assert torch.equal(only_grid, want[1])
     torch.library.opcheck(_grid_sample_op, (x, grid))
 
@@ -77,21 +77,25 @@ def test_compiled_inference_gathers_the_sampled_features():
         torch._dynamo.reset()
         graphs.clear()
         result = torch.compile(m, backend=recording_backend, fullgraph=True)(x, **kwargs)
-        return result, [str(n.target) for g in graphs for n in g.graph.nodes
-                         if n.op == "call_function" and "grid_sample" in str(n.target)]
+        return result, [
+            str(n.target)
+            for g in graphs
+            for n in g.graph.nodes
+            if n.op == "call_function" and "grid_sample" in str(n.target)
+        ]
 
     with torch.no_grad():
         out, calls = grid_sample_calls()
         _, positions, _ = m(x, return_positions=True)
         expected = m(x)
-    assert (positions.abs() > 1).any()                       # some samples fall outside: zeros padding
-    assert calls == ["datvit.grid_sample_bilinear.default"], calls     # the bias only
+    assert (positions.abs() > 1).any()  # some samples fall outside: zeros padding
+    assert calls == ["datvit.grid_sample_bilinear.default"], calls  # the bias only
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    _, calls = grid_sample_calls()       # gradients recorded (the offsets need them): grid_sample for the features
+    _, calls = grid_sample_calls()  # gradients recorded (the offsets need them): grid_sample for the features
     assert calls == ["datvit.grid_sample_bilinear.default"] * 2, calls
     with torch.no_grad():
         torch._dynamo.reset()
-        compiled = torch.compile(m, fullgraph=True)          # inductor: the generated gather kernel
+        compiled = torch.compile(m, fullgraph=True)  # inductor: the generated gather kernel
         torch.testing.assert_close(compiled(x), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -102,8 +106,10 @@ def test_export_and_eager_see_plain_grid_sample():
     targets = {str(n.target) for n in exported.graph.nodes if n.op == "call_function"}
     assert any("grid_sampler" in t for t in targets) and not any("datvit" in t for t in targets), targets
     xs, grid = _inputs()
-    assert torch.equal(grid_sample_bilinear(xs, grid),
-                       F.grid_sample(xs, grid, mode="bilinear", padding_mode="zeros", align_corners=True))
+    assert torch.equal(
+        grid_sample_bilinear(xs, grid),
+        F.grid_sample(xs, grid, mode="bilinear", padding_mode="zeros", align_corners=True),
+    )
 
 
 def test_window_bias_is_contiguous():
@@ -134,9 +140,14 @@ def test_linear_projections_keep_the_fast_path_and_refuse_the_reference():
         converted = [m for m in model.modules() if isinstance(m, (DeformableAttention, ConvMlp))]
         assert converted
         for m in converted:
-            assert all(isinstance(l, torch.nn.Linear) for l in
-                       ([m.proj_q, m.proj_k, m.proj_v, m.proj_out] if isinstance(m, DeformableAttention)
-                        else [m.linear1[0], m.linear2[0]]))
+            assert all(
+                isinstance(layer, torch.nn.Linear)
+                for layer in (
+                    [m.proj_q, m.proj_k, m.proj_v, m.proj_out]
+                    if isinstance(m, DeformableAttention)
+                    else [m.linear1[0], m.linear2[0]]
+                )
+            )
         model.set_reference(True)
         with pytest.raises(RuntimeError, match="use_linear_projections"):
             model(x)

@@ -2,6 +2,7 @@
 both model families (the dtype handling of the position biases and masks that CUDA's bf16 runs take), finite and
 close to fp32, with finite gradients for every parameter, the learnable biases included. (flex_attention's
 neighborhood path against the reference on CPU: tests/test_layers_neighborhood.py.)"""
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,7 @@ from datvit.models import DAT
 def test_bf16_autocast_is_finite_and_close_to_fp32(family):
     torch.manual_seed(0)
     model = DAT(**reduced_kwargs(family, num_classes=10)).train()
-    for m in model.modules():          # no stochastic depth: both passes see the same network
+    for m in model.modules():  # no stochastic depth: both passes see the same network
         if hasattr(m, "drop_prob"):
             m.drop_prob = 0.0
     x = torch.randn(2, 3, 64, 64)

@@ -1,4 +1,5 @@
 """Fashion-MNIST read offline from IDX files: parsing, locating, and clear errors when the files are missing."""
+
 from __future__ import annotations
 
 import gzip
@@ -8,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from datvit.cli.main import main
 from datvit.data import fashion_mnist as fm
 from datvit.data.fashion_mnist import DatasetCorruptError, DatasetNotFoundError, FashionMNIST, read_idx
-from datvit.cli.main import main
 from train_helpers import make_fashion_mnist, write_idx
 
 
@@ -68,8 +69,20 @@ def test_missing_files_say_how_to_get_them(tmp_path, monkeypatch):
 
 
 def test_cli_reports_missing_dataset_without_traceback(tmp_path, capsys):
-    code = main(["train", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path), "--output",
-                 str(tmp_path / "out"), "--epochs", "1", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "fashion_mnist",
+            "--data-dir",
+            str(tmp_path),
+            "--output",
+            str(tmp_path / "out"),
+            "--epochs",
+            "1",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert "apt-get install dataset-fashion-mnist" in err and "Traceback" not in err
@@ -82,8 +95,10 @@ def test_unknown_split_is_a_clear_error(tmp_path):
         FashionMNIST(root, "holdout")
 
 
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
-                    reason="the Debian package dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+    reason="the Debian package dataset-fashion-mnist is not installed",
+)
 def test_installed_package_has_the_real_dataset():
     test = FashionMNIST(split="test")
     assert len(test) == 10_000

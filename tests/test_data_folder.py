@@ -1,4 +1,5 @@
 """Image folders with a corrupt file, the resumable sampler, and per-sample seeded augmentation."""
+
 from __future__ import annotations
 
 import random
@@ -6,8 +7,16 @@ import random
 import pytest
 import torch
 
-from datvit.data import (CorruptSample, EpochSampler, ImageFolderDataset, collate_skip_corrupt, create_dataset,
-                         create_loader, resolve_dataset_kind, train_transform)
+from datvit.data import (
+    CorruptSample,
+    EpochSampler,
+    ImageFolderDataset,
+    collate_skip_corrupt,
+    create_dataset,
+    create_loader,
+    resolve_dataset_kind,
+    train_transform,
+)
 from train_helpers import CLASSES, make_fashion_mnist, make_image_folder
 
 
@@ -24,8 +33,9 @@ def test_folder_classes_labels_and_corrupt_file(tmp_path):
 
 
 def test_collate_drops_unreadable_samples(tmp_path):
-    batch = collate_skip_corrupt([(torch.zeros(1, 2, 2), 0), CorruptSample("x.jpg", "OSError"),
-                                  (torch.ones(1, 2, 2), 1)])
+    batch = collate_skip_corrupt(
+        [(torch.zeros(1, 2, 2), 0), CorruptSample("x.jpg", "OSError"), (torch.ones(1, 2, 2), 1)]
+    )
     assert batch.images.shape == (2, 1, 2, 2) and batch.targets.tolist() == [0, 1]
     assert [c.path for c in batch.corrupt] == ["x.jpg"]
     empty = collate_skip_corrupt([CorruptSample("y.jpg", "OSError")])
@@ -59,14 +69,14 @@ def test_sampler_shards_cover_the_epoch_and_resume_mid_epoch():
         s = EpochSampler(10, num_replicas=3, rank=rank, shuffle=True, seed=5)
         s.set_epoch(3)
         shards.append(list(s))
-    assert all(len(sh) == 4 for sh in shards)           # padded to 12 so every rank steps equally often
+    assert all(len(sh) == 4 for sh in shards)  # padded to 12 so every rank steps equally often
     assert set().union(*shards) == set(range(10))
     interleaved = [shards[r][i] for i in range(4) for r in range(3)]
-    assert interleaved[:10] == order                    # rank r takes every 3rd index of the same permutation
+    assert interleaved[:10] == order  # rank r takes every 3rd index of the same permutation
     full.set_epoch(3, start=6)
-    assert list(full) == order[6:] and len(full) == 4   # a resumed epoch continues with the same indices
+    assert list(full) == order[6:] and len(full) == 4  # a resumed epoch continues with the same indices
     full.set_epoch(4)
-    assert list(full) != order                          # a new permutation each epoch
+    assert list(full) != order  # a new permutation each epoch
 
 
 def test_eval_sampler_is_not_padded():

@@ -1,6 +1,7 @@
 """`datvit det|seg train|eval|predict` on a tiny generated scenes dataset: what train leaves behind, what eval
 prints (and that it agrees with the run's own evaluation), predictions drawn as PNGs and written as JSON, and
 one-line errors for what a user gets wrong."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,22 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("dense_cli")
     data = make_scenes(root, n_train=4, n_val=2)
     out = root / "out"
-    common = ["--data-dir", str(data), "-b", "2", "--epochs", "1", "--warmup-iters", "1", "--workers", "0",
-              "--output", str(out), "--log-interval", "1"]
+    common = [
+        "--data-dir",
+        str(data),
+        "-b",
+        "2",
+        "--epochs",
+        "1",
+        "--warmup-iters",
+        "1",
+        "--workers",
+        "0",
+        "--output",
+        str(out),
+        "--log-interval",
+        "1",
+    ]
     assert main(["det", "train", *TINY_DETECTOR, *common, "--experiment", "det"]) == 0
     assert main(["seg", "train", *TINY_SEGMENTER, *common, "--experiment", "seg"]) == 0
     return data, out / "det", out / "seg"
@@ -35,10 +50,17 @@ def _one_line_error(err: str, command: str) -> str:
 
 def test_train_leaves_checkpoints_summary_and_curves(runs):
     _, det, seg = runs
-    for run, plot, header in ((det, "map.png", "epoch,train_loss,eval_bbox_mAP,eval_bbox_mAP50,eval_segm_mAP,"
-                                               "eval_segm_mAP50,lr,images/s,seconds"),
-                              (seg, "miou.png", "epoch,train_loss,eval_loss,eval_mIoU,eval_aAcc,lr,images/s,seconds")):
-        assert {"last.pth", "best.pth", "checkpoint-1.pth", "args.yaml", "summary.csv"} <= {p.name for p in run.iterdir()}
+    for run, plot, header in (
+        (
+            det,
+            "map.png",
+            "epoch,train_loss,eval_bbox_mAP,eval_bbox_mAP50,eval_segm_mAP,eval_segm_mAP50,lr,images/s,seconds",
+        ),
+        (seg, "miou.png", "epoch,train_loss,eval_loss,eval_mIoU,eval_aAcc,lr,images/s,seconds"),
+    ):
+        assert {"last.pth", "best.pth", "checkpoint-1.pth", "args.yaml", "summary.csv"} <= {
+            p.name for p in run.iterdir()
+        }
         assert (run / "summary.csv").read_text().splitlines()[0] == header
         for name in ("loss.png", plot, "lr.png"):
             with Image.open(run / name) as img:
@@ -54,8 +76,22 @@ def test_train_leaves_checkpoints_summary_and_curves(runs):
 def test_det_eval_prints_coco_metrics_per_class_and_matches_the_run(runs, tmp_path, capsys):
     data, det, _ = runs
     results = tmp_path / "det.json"
-    assert main(["det", "eval", "--checkpoint", str(det / "last.pth"), "--workers", "0", "--no-progress",
-                 "--results-file", str(results)]) == 0
+    assert (
+        main(
+            [
+                "det",
+                "eval",
+                "--checkpoint",
+                str(det / "last.pth"),
+                "--workers",
+                "0",
+                "--no-progress",
+                "--results-file",
+                str(results),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "box  mAP" in out and "mask mAP" in out and "T-shirt/top" in out and "box AP" in out
     record = json.loads(results.read_text())
@@ -78,9 +114,23 @@ def test_predict_draws_pngs_writes_json_and_reports_bad_files(runs, tmp_path, ca
     images = sorted((data / "val").glob("*.jpg"))
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    code = main(["det", "predict", *map(str, images), str(broken), "--checkpoint", str(det / "last.pth"),
-                 "--output", str(tmp_path / "det"), "--json", str(tmp_path / "det.json"), "--score-thresh", "0",
-                 "--no-progress"])
+    code = main(
+        [
+            "det",
+            "predict",
+            *map(str, images),
+            str(broken),
+            "--checkpoint",
+            str(det / "last.pth"),
+            "--output",
+            str(tmp_path / "det"),
+            "--json",
+            str(tmp_path / "det.json"),
+            "--score-thresh",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 1  # one file failed, the others were predicted
     err = capsys.readouterr().err
     assert "broken.jpg: cannot read the image" in err and "Traceback" not in err
@@ -90,8 +140,23 @@ def test_predict_draws_pngs_writes_json_and_reports_bad_files(runs, tmp_path, ca
     for r in records:
         with Image.open(r["output"]) as img:
             assert img.format == "PNG"
-    assert main(["seg", "predict", str(data / "val"), "--checkpoint", str(seg / "last.pth"), "--output",
-                 str(tmp_path / "seg"), "--json", str(tmp_path / "seg.json"), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "seg",
+                "predict",
+                str(data / "val"),
+                "--checkpoint",
+                str(seg / "last.pth"),
+                "--output",
+                str(tmp_path / "seg"),
+                "--json",
+                str(tmp_path / "seg.json"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     records = json.loads((tmp_path / "seg.json").read_text())
     assert len(records) == 2 and all(sum(r["pixels"].values()) == 64 * 64 for r in records)
     assert {p.name for p in (tmp_path / "seg").iterdir()} == {p.stem + ".png" for p in images}
@@ -114,12 +179,15 @@ def test_one_line_errors(runs, tmp_path, capsys):
 
 
 def test_labels_the_model_cannot_hold_stop_the_run_before_it_starts(tmp_path, capsys):
-    data = make_scenes(tmp_path, n_train=2, n_val=1)   # maps label the background 0 and the garments 1..10
+    data = make_scenes(tmp_path, n_train=2, n_val=1)  # maps label the background 0 and the garments 1..10
     assert main(["seg", "train", "--data-dir", str(data), "--num-classes", "10", "--epochs", "1"]) == 2
     line = _one_line_error(capsys.readouterr().err, "seg train")
-    assert f"{data / 'annotations' / 'train' / '000001.png'}: label 10 is outside the labels 0..9 (255 ignored) " \
-           "of --num-classes 10" in line and line.endswith("pass --reduce-zero-label to ignore 0 and count the "
-                                                          "classes from 1")
+    assert (
+        f"{data / 'annotations' / 'train' / '000001.png'}: label 10 is outside the labels 0..9 (255 ignored) "
+        "of --num-classes 10"
+        in line
+        and line.endswith("pass --reduce-zero-label to ignore 0 and count the classes from 1")
+    )
     assert main(["det", "train", "--data-dir", str(data), "--num-classes", "5", "--epochs", "1"]) == 2
     line = _one_line_error(capsys.readouterr().err, "det train")
     assert f"{data / 'annotations' / 'instances_train.json'}: 10 categories" in line and "--num-classes 5" in line
@@ -148,6 +216,7 @@ def test_demo_dense_starts_from_clean_run_directories(tmp_path, monkeypatch):
     (runs / "det_dat").mkdir()
     monkeypatch.setattr(demo_dense, "_train", fake_train)
     import datvit.dense as dense_pkg
+
     monkeypatch.setattr(dense_pkg, "make_fashion_scenes", lambda *a, **k: {})
     with pytest.raises(SystemExit):
         main(["demo-dense", "--output", str(tmp_path), "--tasks", "det"])

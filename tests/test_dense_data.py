@@ -1,4 +1,5 @@
 """datvit.dense data: the scenes generator, COCO and ADE-layout datasets (incl. bad input), transforms, collate."""
+
 from __future__ import annotations
 
 import hashlib
@@ -8,13 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from dense_helpers import tiny_detector
 from PIL import Image
-from train_helpers import make_fashion_mnist
 
 from datvit.data import CorruptSample
-from datvit.dense import (CocoDetection, SegmentationFolder, build_detector, collate_detection,
-                          collate_segmentation, detection_transforms, make_fashion_scenes, segmentation_transforms)
+from datvit.dense import (
+    CocoDetection,
+    SegmentationFolder,
+    build_detector,
+    collate_detection,
+    collate_segmentation,
+    detection_transforms,
+    make_fashion_scenes,
+    segmentation_transforms,
+)
+from dense_helpers import tiny_detector
+from train_helpers import make_fashion_mnist
 
 
 @pytest.fixture(scope="module")
@@ -72,24 +81,42 @@ def _write_bad_coco(root: Path) -> None:
     (root / "annotations").mkdir()
     for name, size in (("ok.jpg", (40, 30)), ("empty.jpg", (40, 30)), ("wrong_size.jpg", (50, 30))):
         Image.fromarray(np.full((size[1], size[0], 3), 128, np.uint8)).save(root / "val" / name)
-    images = [dict(id=1, file_name="ok.jpg", width=40, height=30), dict(id=2, file_name="empty.jpg", width=40,
-              height=30), dict(id=3, file_name="missing.jpg", width=40, height=30),
-              dict(id=4, file_name="wrong_size.jpg", width=40, height=30)]
+    images = [
+        dict(id=1, file_name="ok.jpg", width=40, height=30),
+        dict(id=2, file_name="empty.jpg", width=40, height=30),
+        dict(id=3, file_name="missing.jpg", width=40, height=30),
+        dict(id=4, file_name="wrong_size.jpg", width=40, height=30),
+    ]
     poly = [[2, 2, 20, 2, 20, 20, 2, 20]]
     anns = [
         dict(id=1, image_id=1, category_id=7, bbox=[2, 2, 18, 18], segmentation=poly, iscrowd=0),
-        dict(id=2, image_id=1, category_id=3, bbox=[5, 5, 0, 10], segmentation=poly, iscrowd=0),      # degenerate
-        dict(id=4, image_id=1, category_id=3, bbox=[2, 2, 10, 10], iscrowd=0,
-             segmentation=dict(size=[60, 80], counts="PPYo0")),                                     # mask size
-        dict(id=5, image_id=1, category_id=3, bbox=[2, 2, 10, 10], segmentation=[], iscrowd=0),       # empty list
+        dict(id=2, image_id=1, category_id=3, bbox=[5, 5, 0, 10], segmentation=poly, iscrowd=0),  # degenerate
+        dict(
+            id=4,
+            image_id=1,
+            category_id=3,
+            bbox=[2, 2, 10, 10],
+            iscrowd=0,
+            segmentation=dict(size=[60, 80], counts="PPYo0"),
+        ),  # mask size
+        dict(id=5, image_id=1, category_id=3, bbox=[2, 2, 10, 10], segmentation=[], iscrowd=0),  # empty list
         dict(id=6, image_id=4, category_id=3, bbox=[2, 2, 10, 10], segmentation=poly, iscrowd=0),
-        dict(id=7, image_id=1, category_id=3, bbox=[22, 2, 10, 20], iscrowd=1,
-             segmentation=dict(size=[30, 40], counts=[662, 20, 10, 20, 10, 20, 10, 20, 10, 20, 10, 20, 10, 20, 10,
-                                                      20, 10, 20, 10, 20, 248])),                   # crowd RLE
+        dict(
+            id=7,
+            image_id=1,
+            category_id=3,
+            bbox=[22, 2, 10, 20],
+            iscrowd=1,
+            segmentation=dict(
+                size=[30, 40],
+                counts=[662, 20, 10, 20, 10, 20, 10, 20, 10, 20, 10, 20, 10, 20, 10, 20, 10, 20, 10, 20, 248],
+            ),
+        ),  # crowd RLE
     ]
     cats = [dict(id=3, name="cat"), dict(id=7, name="dog")]
-    (root / "annotations" / "instances_val.json").write_text(json.dumps(dict(images=images, annotations=anns,
-                                                                             categories=cats)))
+    (root / "annotations" / "instances_val.json").write_text(
+        json.dumps(dict(images=images, annotations=anns, categories=cats))
+    )
 
 
 def test_coco_bad_input_is_skipped_and_counted(tmp_path):
@@ -97,8 +124,13 @@ def test_coco_bad_input_is_skipped_and_counted(tmp_path):
     ds = CocoDetection(tmp_path, "val")
     assert ds.categories == ["cat", "dog"]
     reasons = dict(ds.skipped)
-    assert reasons == {"degenerate box (under 1 pixel inside the image)": 1, "mask size differs from its image": 1, "empty or malformed polygon list": 1,
-                       "missing image file": 1, "crowd annotation": 1}
+    assert reasons == {
+        "degenerate box (under 1 pixel inside the image)": 1,
+        "mask size differs from its image": 1,
+        "empty or malformed polygon list": 1,
+        "missing image file": 1,
+        "crowd annotation": 1,
+    }
     assert "missing.jpg" in ds.skip_examples["missing image file"] and "annotation 4 of ok.jpg" in ds.skip_summary()
     assert len(ds) == 3 and ds.empty_images == 1
     image, target = ds[0]
@@ -109,8 +141,11 @@ def test_coco_bad_input_is_skipped_and_counted(tmp_path):
     assert len(CocoDetection(tmp_path, "val", skip_empty=True)) == 2
     crowd = CocoDetection(tmp_path, "val", include_crowd=True)
     _, target = crowd[0]
-    assert target["iscrowd"].tolist() == [0, 1] and target["masks"][1].sum() == 200 and "crowd annotation" not in \
-        crowd.skipped
+    assert (
+        target["iscrowd"].tolist() == [0, 1]
+        and target["masks"][1].sum() == 200
+        and "crowd annotation" not in crowd.skipped
+    )
 
     # what survives goes through a detector without trouble (one image without objects, one corrupt dropped)
     batch = collate_detection([ds[i] for i in range(len(ds))])
@@ -138,9 +173,11 @@ def test_segmentation_folder_bad_maps_and_label_conventions(tmp_path):
     Image.fromarray(np.stack([labels] * 3, -1), mode="RGB").save(ann_dir / "rgb.png")
     Image.fromarray(labels, mode="L").save(ann_dir / "small.png")
     ds = SegmentationFolder(tmp_path, "training", reduce_zero_label=True, num_classes=151)
-    assert len(ds) == 1 and dict(ds.skipped) == {"annotation map is not an index image (mode RGB)": 1,
-                                                 "annotation map size differs from its image": 1,
-                                                 "image without annotation map": 1}
+    assert len(ds) == 1 and dict(ds.skipped) == {
+        "annotation map is not an index image (mode RGB)": 1,
+        "annotation map size differs from its image": 1,
+        "image without annotation map": 1,
+    }
     assert ds.skip_examples["annotation map is not an index image (mode RGB)"].endswith("rgb.png")
     _, mask = ds[0]
     # reduce_zero_label: 0 → 255, k → k − 1 (255 stays)
@@ -167,8 +204,10 @@ def test_segmentation_labels_outside_num_classes_are_named_when_the_dataset_is_b
     with pytest.raises(ValueError) as e:
         SegmentationFolder(tmp_path / "one", "training", num_classes=4)
     message = str(e.value)
-    assert message == (f"{tmp_path / 'one' / 'annotations' / 'training' / 'b.png'}: label 7 is outside the labels "
-                       "0..3 (255 ignored) of --num-classes 4")
+    assert message == (
+        f"{tmp_path / 'one' / 'annotations' / 'training' / 'b.png'}: label 7 is outside the labels "
+        "0..3 (255 ignored) of --num-classes 4"
+    )
     assert len(SegmentationFolder(tmp_path / "one", "training", num_classes=8)) == 3
     # with reduce_zero_label the maps hold 1..num_classes: 7 is class 6
     with pytest.raises(ValueError, match="label 7 is outside the labels 1..4 \\(0 and 255 ignored\\)"):
@@ -181,10 +220,15 @@ def test_segmentation_labels_outside_num_classes_are_named_when_the_dataset_is_b
     with pytest.raises(ValueError) as e:
         SegmentationFolder(tmp_path / "ade", "training")
     message = str(e.value)
-    assert "\n" not in message and "a.png: label 3 is outside the labels 0..2 (255 ignored) of the 3 classes of" in \
-        message and "classes.txt (also in 1 more of the 2 maps)" in message
-    assert message.endswith("the labels run 0..3, as ADE20K's do where 0 is 'other': pass --reduce-zero-label to "
-                            "ignore 0 and count the classes from 1")
+    assert (
+        "\n" not in message
+        and "a.png: label 3 is outside the labels 0..2 (255 ignored) of the 3 classes of" in message
+        and "classes.txt (also in 1 more of the 2 maps)" in message
+    )
+    assert message.endswith(
+        "the labels run 0..3, as ADE20K's do where 0 is 'other': pass --reduce-zero-label to "
+        "ignore 0 and count the classes from 1"
+    )
     # classes.txt lists label 0 too under reduce_zero_label: 2 classes, labels 1..2 — 3 is still outside
     with pytest.raises(ValueError, match="label 3 is outside the labels 1..2 .* of the 2 classes of"):
         SegmentationFolder(tmp_path / "ade", "training", reduce_zero_label=True)
@@ -195,23 +239,34 @@ def test_coco_category_ids_the_model_cannot_hold_are_named(tmp_path):
     _write_bad_coco(tmp_path)
     ann_file = tmp_path / "annotations" / "instances_val.json"
     data = json.loads(ann_file.read_text())
-    data["annotations"] += [dict(id=11, image_id=1, category_id=99, bbox=[2, 2, 10, 10], iscrowd=0,
-                                 segmentation=[[2, 2, 20, 2, 20, 20, 2, 20]]),
-                            dict(id=12, image_id=2, category_id=0, bbox=[2, 2, 10, 10], iscrowd=0)]
+    data["annotations"] += [
+        dict(
+            id=11,
+            image_id=1,
+            category_id=99,
+            bbox=[2, 2, 10, 10],
+            iscrowd=0,
+            segmentation=[[2, 2, 20, 2, 20, 20, 2, 20]],
+        ),
+        dict(id=12, image_id=2, category_id=0, bbox=[2, 2, 10, 10], iscrowd=0),
+    ]
     ann_file.write_text(json.dumps(data))
     with pytest.raises(ValueError) as e:
         CocoDetection(tmp_path, "val", num_classes=2)
-    assert str(e.value) == (f"{ann_file}: annotation 11 (image 1) has category_id 99, which is not one of the 2 "
-                            "category ids (3, 7) that --num-classes 2 holds as labels 1..2 (also 1 more annotations, "
-                            "ids 0)")
+    assert str(e.value) == (
+        f"{ann_file}: annotation 11 (image 1) has category_id 99, which is not one of the 2 "
+        "category ids (3, 7) that --num-classes 2 holds as labels 1..2 (also 1 more annotations, "
+        "ids 0)"
+    )
     with pytest.raises(ValueError, match="category_id 99, .* that --num-classes \\(default 2\\) holds"):
         CocoDetection(tmp_path, "val")
     data["annotations"] = data["annotations"][:-2]
     ann_file.write_text(json.dumps(data))
     with pytest.raises(ValueError) as e:
         CocoDetection(tmp_path, "val", num_classes=1)
-    assert str(e.value) == (f"{ann_file}: 2 categories (ids 3, 7) but --num-classes 1: category 7 would be label 2; "
-                            "give --num-classes 2")
+    assert str(e.value) == (
+        f"{ann_file}: 2 categories (ids 3, 7) but --num-classes 1: category 7 would be label 2; give --num-classes 2"
+    )
 
 
 def test_transforms_keep_boxes_masks_and_labels_together(scenes):
@@ -231,12 +286,13 @@ def test_transforms_keep_boxes_masks_and_labels_together(scenes):
         if target["boxes"].numel():
             assert (target["boxes"][:, 2:] > target["boxes"][:, :2]).all()
 
-    seg = SegmentationFolder(scenes, "train", transforms=segmentation_transforms(True, crop=96, scale=(64, 64),
-                                                                                 ratio_range=(1.0, 1.0)))
+    seg = SegmentationFolder(
+        scenes, "train", transforms=segmentation_transforms(True, crop=96, scale=(64, 64), ratio_range=(1.0, 1.0))
+    )
     batch = collate_segmentation([seg[i] for i in range(3)])
     assert batch.images.shape == (3, 3, 96, 96) and batch.images.dtype == torch.float32
     assert batch.targets.dtype == torch.int64
     assert ((batch.targets != 255).sum((1, 2)) <= 64 * 64).all() and (batch.targets == 255).any()  # padding: ignore
     val = SegmentationFolder(scenes, "val", transforms=segmentation_transforms(False, scale=(128, 128)))
     image, mask = val[0]
-    assert image.shape == (3, 128, 128) and mask.shape == (64, 64)     # the label stays at full size
+    assert image.shape == (3, 128, 128) and mask.shape == (64, 64)  # the label stays at full size

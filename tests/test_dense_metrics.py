@@ -1,4 +1,5 @@
 """datvit.dense metrics (COCO mAP, mIoU) on hand-computed cases, and segment() (padding, sliding windows)."""
+
 from __future__ import annotations
 
 import math
@@ -6,10 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from dense_helpers import tiny_segmenter
 from torch import nn
 
 from datvit.dense import CocoMetric, SegMetric, build_segmenter, segment
+from dense_helpers import tiny_segmenter
 
 
 def _box_mask(box, h=40, w=50):
@@ -22,27 +23,44 @@ def _box_mask(box, h=40, w=50):
 def _targets():
     boxes = [torch.tensor([[2.0, 3.0, 20.0, 25.0], [25.0, 5.0, 45.0, 30.0]]), torch.tensor([[10.0, 10.0, 30.0, 35.0]])]
     labels = [torch.tensor([1, 2]), torch.tensor([1])]
-    return [dict(boxes=b, labels=l, masks=torch.stack([_box_mask(x) for x in b])) for b, l in zip(boxes, labels)]
+    return [dict(boxes=b, labels=lab, masks=torch.stack([_box_mask(x) for x in b])) for b, lab in zip(boxes, labels)]
 
 
 def test_coco_metric_perfect_predictions_and_a_hand_computed_recall():
     targets = _targets()
-    preds = [dict(boxes=t["boxes"], labels=t["labels"], scores=torch.linspace(1.0, 0.8, len(t["labels"])),
-                  masks=t["masks"][:, None].float()) for t in targets]
+    preds = [
+        dict(
+            boxes=t["boxes"],
+            labels=t["labels"],
+            scores=torch.linspace(1.0, 0.8, len(t["labels"])),
+            masks=t["masks"][:, None].float(),
+        )
+        for t in targets
+    ]
     metric = CocoMetric(["shirt", "bag", "shoe"])
     metric.update(preds, targets)
     out = metric.compute()
     assert out["bbox_mAP"] == pytest.approx(1.0) and out["bbox_mAP50"] == pytest.approx(1.0)
     assert out["segm_mAP"] == pytest.approx(1.0) and out["segm_mAP50"] == pytest.approx(1.0)
     assert out["per_class"]["shirt"]["bbox_AP"] == pytest.approx(1.0)
-    assert math.isnan(out["per_class"]["shoe"]["bbox_AP"])          # no ground truth of that class
+    assert math.isnan(out["per_class"]["shoe"]["bbox_AP"])  # no ground truth of that class
 
     # class 1 has two objects; only one is found, the other class is found exactly. COCO interpolates precision
     # at 101 recall points: precision 1 up to recall 0.5 → 51/101 for class 1, 1.0 for class 2.
-    half = [dict(boxes=targets[0]["boxes"], labels=targets[0]["labels"], scores=torch.tensor([0.9, 0.8]),
-                 masks=targets[0]["masks"][:, None].float()),
-            dict(boxes=torch.zeros(0, 4), labels=torch.zeros(0, dtype=torch.int64), scores=torch.zeros(0),
-                 masks=torch.zeros(0, 1, 40, 50))]
+    half = [
+        dict(
+            boxes=targets[0]["boxes"],
+            labels=targets[0]["labels"],
+            scores=torch.tensor([0.9, 0.8]),
+            masks=targets[0]["masks"][:, None].float(),
+        ),
+        dict(
+            boxes=torch.zeros(0, 4),
+            labels=torch.zeros(0, dtype=torch.int64),
+            scores=torch.zeros(0),
+            masks=torch.zeros(0, 1, 40, 50),
+        ),
+    ]
     metric = CocoMetric(["shirt", "bag"])
     metric.update(half, targets)
     out = metric.compute()
@@ -57,20 +75,34 @@ def test_coco_metric_perfect_predictions_and_a_hand_computed_recall():
     assert merged["bbox_mAP"] == pytest.approx(out["bbox_mAP"]) and merged["segm_mAP"] == pytest.approx(out["segm_mAP"])
 
     # a confident detection on a crowd region is ignored (COCO's rule), not counted as a false positive
-    crowd_target = dict(targets[1], boxes=torch.tensor([[10.0, 10.0, 30.0, 35.0], [32.0, 2.0, 48.0, 38.0]]),
-                        labels=torch.tensor([1, 1]), iscrowd=torch.tensor([0, 1]))
+    crowd_target = dict(
+        targets[1],
+        boxes=torch.tensor([[10.0, 10.0, 30.0, 35.0], [32.0, 2.0, 48.0, 38.0]]),
+        labels=torch.tensor([1, 1]),
+        iscrowd=torch.tensor([0, 1]),
+    )
     crowd_target["masks"] = torch.stack([_box_mask(b) for b in crowd_target["boxes"]])
     pred = dict(boxes=crowd_target["boxes"].flip(0), labels=torch.tensor([1, 1]), scores=torch.tensor([1.0, 0.5]))
     for crowd, expected in ((True, 1.0), (False, 0.5)):
         metric = CocoMetric(["shirt"])
-        t = crowd_target if crowd else dict(crowd_target, boxes=crowd_target["boxes"][:1],
-                                            labels=crowd_target["labels"][:1], iscrowd=torch.tensor([0]))
+        t = (
+            crowd_target
+            if crowd
+            else dict(
+                crowd_target,
+                boxes=crowd_target["boxes"][:1],
+                labels=crowd_target["labels"][:1],
+                iscrowd=torch.tensor([0]),
+            )
+        )
         metric.update([pred], [{k: v for k, v in t.items() if k != "masks"}])
         assert metric.compute()["bbox_mAP"] == pytest.approx(expected, abs=0.01)
 
     boxes_only = CocoMetric(["shirt", "bag"])
-    boxes_only.update([{k: v for k, v in p.items() if k != "masks"} for p in half],
-                      [{k: v for k, v in t.items() if k != "masks"} for t in targets])
+    boxes_only.update(
+        [{k: v for k, v in p.items() if k != "masks"} for p in half],
+        [{k: v for k, v in t.items() if k != "masks"} for t in targets],
+    )
     res = boxes_only.compute()
     assert res["bbox_mAP"] == pytest.approx(out["bbox_mAP"]) and math.isnan(res["segm_mAP"])
 

@@ -1,21 +1,33 @@
 """datvit.dense models: DenseBackbone, the three torchvision detectors and the two smp segmenters."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
+
+from datvit.dense import (
+    DENSE_PRESETS,
+    BackboneConfig,
+    DenseBackbone,
+    DetectorConfig,
+    SegmenterConfig,
+    build_detector,
+    build_segmenter,
+    dense_preset,
+    segmentation_loss,
+)
 from dense_helpers import TINY_PP, detection_batch, tiny_backbone, tiny_detector, tiny_segmenter
 
-from datvit.dense import (DENSE_PRESETS, BackboneConfig, DenseBackbone, DetectorConfig, SegmenterConfig,
-                          build_detector, build_segmenter, dense_preset, segmentation_loss)
 
-
-@pytest.mark.parametrize("kind,model", [("mask_rcnn", "dat_tiny"), ("faster_rcnn", "datpp_tiny"),
-                                        ("retinanet", "dat_tiny"), ("mask_rcnn", "datpp_tiny")])
+@pytest.mark.parametrize(
+    "kind,model",
+    [("mask_rcnn", "dat_tiny"), ("faster_rcnn", "datpp_tiny"), ("retinanet", "dat_tiny"), ("mask_rcnn", "datpp_tiny")],
+)
 def test_detector_train_and_eval_on_mixed_size_batch(kind, model):
     torch.manual_seed(0)
     net = build_detector(tiny_detector(kind, model))
-    images, targets = detection_batch(((61, 83), (50, 45)))   # odd sizes, one image without objects
+    images, targets = detection_batch(((61, 83), (50, 45)))  # odd sizes, one image without objects
     net.train()
     losses = net(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
@@ -39,7 +51,7 @@ def test_mask_rcnn_fpn_has_conv_p6_on_c5_and_retinanet_p3_to_p7_without_relu():
     feats = mask.backbone(x)
     assert list(feats) == ["0", "1", "2", "3", "p6"]
     c = mask.backbone.body(x)
-    expected_p6 = mask.backbone.fpn.extra_blocks.convs[0](c["3"])      # conv on C5, not a max-pool of P5
+    expected_p6 = mask.backbone.fpn.extra_blocks.convs[0](c["3"])  # conv on C5, not a max-pool of P5
     torch.testing.assert_close(feats["p6"], expected_p6)
     assert [f.shape[-1] for f in feats.values()] == [24, 12, 6, 3, 2]
 
@@ -47,15 +59,16 @@ def test_mask_rcnn_fpn_has_conv_p6_on_c5_and_retinanet_p3_to_p7_without_relu():
     feats = retina.backbone(x)
     assert [f.shape[-1] for f in feats.values()] == [12, 6, 3, 2, 1]  # strides 8..128
     p7 = retina.backbone.fpn.extra_blocks.convs[1](feats["p6"])
-    torch.testing.assert_close(feats["p7"], p7)                       # no ReLU before P7 (mmdet)
-    assert retina.anchor_generator.sizes[0] == (32, 40, 51)          # 4 × stride 8 × 2^(k/3)
+    torch.testing.assert_close(feats["p7"], p7)  # no ReLU before P7 (mmdet)
+    assert retina.anchor_generator.sizes[0] == (32, 40, 51)  # 4 × stride 8 × 2^(k/3)
 
 
 def test_backbone_out_indices_norms_frozen_stages_and_checkpointing():
     bb = DenseBackbone(tiny_backbone("datpp_tiny", out_indices=(1, 2, 3)))
     keys = bb.dat.state_dict().keys()
-    assert {k for k in keys if k.startswith("norms.")} == {f"norms.{i}.norm.{p}" for i in (1, 2, 3)
-                                                            for p in ("weight", "bias")}   # as the authors' RetinaNet
+    assert {k for k in keys if k.startswith("norms.")} == {
+        f"norms.{i}.norm.{p}" for i in (1, 2, 3) for p in ("weight", "bias")
+    }  # as the authors' RetinaNet
     assert bb.out_channels == TINY_PP["dims"][1:] and bb.strides == [8, 16, 32]
     assert [m.shape[1] for m in bb(torch.randn(1, 3, 64, 64)).values()] == TINY_PP["dims"][1:]
 
@@ -81,8 +94,11 @@ def test_backbone_out_indices_norms_frozen_stages_and_checkpointing():
     for net in (plain, ckpt):
         net.train()
         sum(m.square().mean() for m in net(x).values()).backward()
-        grads.append(net.dat.stages[2].mlps[0].fc1.weight.grad if hasattr(net.dat.stages[2].mlps[0], "fc1")
-                     else next(net.dat.stages[2].mlps[0].parameters()).grad)
+        grads.append(
+            net.dat.stages[2].mlps[0].fc1.weight.grad
+            if hasattr(net.dat.stages[2].mlps[0], "fc1")
+            else next(net.dat.stages[2].mlps[0].parameters()).grad
+        )
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
 
 
@@ -128,27 +144,37 @@ def test_upernet_normalises_dat_features_once():
     assert sum(k.startswith("norms.") for k in dat.dat.state_dict()) == 8
     cnn = build_segmenter(tiny_segmenter("upernet", "resnet18"))
     assert all(isinstance(n, torch.nn.LayerNorm) for n in cnn.net.decoder.feature_norms)
-    assert dat.aux_head.conv[0].in_channels == 64           # stage 3 of the tiny config (dims[2])
+    assert dat.aux_head.conv[0].in_channels == 64  # stage 3 of the tiny config (dims[2])
     # what the decoder sees is exactly the backbone's normalised stage output
     x = torch.randn(1, 3, 64, 64)
     dat.eval()
     _, maps = dat.dat.forward_intermediates(x)
     feats = dat.net.encoder(x)
     torch.testing.assert_close(feats[2], maps[0])
-    torch.testing.assert_close(F.layer_norm(maps[3].permute(0, 2, 3, 1), (128,)).mean(), torch.tensor(0.0),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        F.layer_norm(maps[3].permute(0, 2, 3, 1), (128,)).mean(), torch.tensor(0.0), atol=1e-5, rtol=0
+    )
 
 
 def test_presets_follow_the_authors_configs():
     mask = DENSE_PRESETS["mask_rcnn_datpp_tiny_3x"]
-    assert (mask.kind, mask.backbone.model, mask.backbone.drop_path_rate, mask.fpn_channels) == \
-        ("mask_rcnn", "datpp_tiny", 0.3, 256)
+    assert (mask.kind, mask.backbone.model, mask.backbone.drop_path_rate, mask.fpn_channels) == (
+        "mask_rcnn",
+        "datpp_tiny",
+        0.3,
+        256,
+    )
     assert mask.rpn_post_nms_top_n_train == 1000 and mask.backbone.grad_checkpointing
     retina = DENSE_PRESETS["retinanet_datpp_tiny_1x"]
     assert retina.backbone.out_indices == (1, 2, 3) and retina.resolved().anchor_scale == 4.0
     up = DENSE_PRESETS["upernet_datpp_tiny_160k"].resolved()
-    assert (up.decoder_channels, up.aux_head, up.aux_weight, up.num_classes, up.backbone.drop_path_rate) == \
-        (512, True, 0.4, 150, 0.3)
+    assert (up.decoder_channels, up.aux_head, up.aux_weight, up.num_classes, up.backbone.drop_path_rate) == (
+        512,
+        True,
+        0.4,
+        150,
+        0.3,
+    )
     fpn = DENSE_PRESETS["fpn_datpp_tiny_80k"].resolved()
     assert (fpn.decoder_channels, fpn.aux_head, fpn.backbone.drop_path_rate) == (128, False, 0.4)
     demo = dense_preset("mask_rcnn_dat_nano_scenes", backbone={"frozen_stages": 0})
@@ -164,4 +190,4 @@ def test_presets_follow_the_authors_configs():
 def test_demo_dat_backbone_has_dat_nano_size():
     bb = DenseBackbone(DENSE_PRESETS["mask_rcnn_dat_nano_scenes"].backbone)
     n = sum(p.numel() for p in bb.parameters())
-    assert 2.0e6 < n < 2.6e6, n   # dat_nano's 2.3M without the classifier, plus the four output norms
+    assert 2.0e6 < n < 2.6e6, n  # dat_nano's 2.3M without the classifier, plus the four output norms

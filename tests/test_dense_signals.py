@@ -7,6 +7,7 @@ The signal is sent when the training loop asks the loader for its next batch, th
 signal would fail the run. The interrupted run is a fresh interpreter in its own session (as a job step is); the
 reference and the resumed runs are in this process, without workers (augmentation is seeded per sample).
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,26 @@ def data(tmp_path_factory):
 
 
 def _argv(command: str, data, out) -> list[str]:
-    return [command, "train", "--data-dir", str(data), *COMMANDS[command], "-b", "2", "--epochs", "2",
-            "--warmup-iters", "1", "--drop-path", "0.1", "--no-progress", "--seed", "3", "--output", str(out)]
+    return [
+        command,
+        "train",
+        "--data-dir",
+        str(data),
+        *COMMANDS[command],
+        "-b",
+        "2",
+        "--epochs",
+        "2",
+        "--warmup-iters",
+        "1",
+        "--drop-path",
+        "0.1",
+        "--no-progress",
+        "--seed",
+        "3",
+        "--output",
+        str(out),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +102,7 @@ def references(data):
             assert main([*_argv(command, data, out), "--workers", "0", "--experiment", command]) == 0
             made[command] = out / command / "last.pth"
         return made[command]
+
     return reference
 
 
@@ -97,17 +117,25 @@ def _group_is_gone(pgid: int, timeout: float = 15.0) -> bool:
     return False
 
 
-@pytest.mark.parametrize("command, sig", [("det", signal.SIGTERM), ("seg", signal.SIGINT),
-                                          ("det", signal.SIGINT), ("seg", signal.SIGTERM)])
-def test_signal_to_the_process_group_with_workers_stops_cleanly_and_resumes_exactly(data, references, tmp_path,
-                                                                                    command, sig):
+@pytest.mark.parametrize(
+    "command, sig", [("det", signal.SIGTERM), ("seg", signal.SIGINT), ("det", signal.SIGINT), ("seg", signal.SIGTERM)]
+)
+def test_signal_to_the_process_group_with_workers_stops_cleanly_and_resumes_exactly(
+    data, references, tmp_path, command, sig
+):
     out = tmp_path / "out"
     argv = [*_argv(command, data, out), "--experiment", "run"]
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER)
     env = dict(subprocess_env(), FAULT_FETCH=str(AT_FETCH), FAULT_SIGNAL=sig.name)
-    proc = subprocess.Popen([sys.executable, str(driver), *argv, "--workers", "2"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), *argv, "--workers", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         _, err = proc.communicate(timeout=240)
     finally:

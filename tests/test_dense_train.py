@@ -1,5 +1,6 @@
 """Detection and segmentation through the one training engine: the authors' recipes as configs, their
 weight-decay rules, iteration-based schedules, and exact resume of a segmentation run killed with SIGKILL."""
+
 from __future__ import annotations
 
 import signal
@@ -33,18 +34,45 @@ def _parse(argv: list[str]):
 
 def test_shipped_configs_reproduce_the_authors_recipes():
     args = _parse(["det", "train", "-c", "mask_rcnn_datpp_tiny_1x"])
-    assert (args.preset, args.opt, args.lr_base, args.lr_base_size, args.weight_decay) == \
-        ("mask_rcnn_datpp_tiny_1x", "adamw", 4e-4, 64, 0.05)
+    assert (args.preset, args.opt, args.lr_base, args.lr_base_size, args.weight_decay) == (
+        "mask_rcnn_datpp_tiny_1x",
+        "adamw",
+        4e-4,
+        64,
+        0.05,
+    )
     assert (args.sched, args.decay_milestones, args.decay_rate, args.epochs) == ("multistep", [8, 11], 0.1, 12)
-    assert (args.warmup_iters, args.warmup_ratio, args.train_split, args.val_split) == (500, 1e-3, "train2017", "val2017")
+    assert (args.warmup_iters, args.warmup_ratio, args.train_split, args.val_split) == (
+        500,
+        1e-3,
+        "train2017",
+        "val2017",
+    )
     args = _parse(["seg", "train", "-c", "upernet_datpp_tiny_160k.yaml"])
-    assert (args.iters, args.epochs, args.lr_base, args.lr_base_size, args.weight_decay) == (160_000, None, 6e-5, 16, 0.01)
-    assert (args.sched, args.decay_rate, args.warmup_iters, args.crop_size, args.reduce_zero_label) == \
-        ("poly", 1.0, 1500, 512, True)
+    assert (args.iters, args.epochs, args.lr_base, args.lr_base_size, args.weight_decay) == (
+        160_000,
+        None,
+        6e-5,
+        16,
+        0.01,
+    )
+    assert (args.sched, args.decay_rate, args.warmup_iters, args.crop_size, args.reduce_zero_label) == (
+        "poly",
+        1.0,
+        1500,
+        512,
+        True,
+    )
     args = _parse(["seg", "train", "-c", "upernet_datpp_tiny_160k", "--epochs", "2"])
     assert (args.epochs, args.iters) == (2, None)  # the command line's unit replaces the config's
     args = _parse(["seg", "train", "-c", "fpn_datpp_tiny_80k"])
-    assert (args.preset, args.iters, args.batch_size, args.decay_rate, args.amp) == ("fpn_datpp_tiny_80k", 40_000, 4, 0.9, False)
+    assert (args.preset, args.iters, args.batch_size, args.decay_rate, args.amp) == (
+        "fpn_datpp_tiny_80k",
+        40_000,
+        4,
+        0.9,
+        False,
+    )
     args = _parse(["det", "train", "-c", "retinanet_datpp_tiny_1x"])
     assert (args.preset, args.lr_base) == ("retinanet_datpp_tiny_1x", 2e-4)
     # a config in epochs replaces the seg parser's default of 160000 iterations (the demo's config)
@@ -58,9 +86,28 @@ def test_dense_config_from_flags_and_the_authors_weight_decay_rule():
     from datvit.dense import DetectorConfig, build_detector
     from datvit.dense.tasks import config_from_dict, config_to_dict, dense_param_groups, resolve_dense_config
 
-    args = _parse(["det", "train", "--preset", "retinanet_datpp_tiny_1x", "--detector", "mask_rcnn", "--num-classes",
-                   "3", "--model-kwargs", "depths=[1,1,2,1]", "dims=[16,32,64,128]", "dim_stem=16",
-                   "heads=[1,2,4,8]", "groups=[1,1,2,2]", "--drop-path", "0.1", "--head-kwargs", "fpn_channels=32"])
+    args = _parse(
+        [
+            "det",
+            "train",
+            "--preset",
+            "retinanet_datpp_tiny_1x",
+            "--detector",
+            "mask_rcnn",
+            "--num-classes",
+            "3",
+            "--model-kwargs",
+            "depths=[1,1,2,1]",
+            "dims=[16,32,64,128]",
+            "dim_stem=16",
+            "heads=[1,2,4,8]",
+            "groups=[1,1,2,2]",
+            "--drop-path",
+            "0.1",
+            "--head-kwargs",
+            "fpn_channels=32",
+        ]
+    )
     cfg = resolve_dense_config(args, DetectorConfig, "mask_rcnn")
     assert (cfg.kind, cfg.num_classes, cfg.fpn_channels) == ("mask_rcnn", 3, 32)
     bb = cfg.backbone
@@ -69,8 +116,11 @@ def test_dense_config_from_flags_and_the_authors_weight_decay_rule():
     assert bb.model_kwargs["stage_spec"] == [["N"], ["N"], ["N", "D"], ["D"]]
     assert config_from_dict(DetectorConfig, config_to_dict(cfg)) == cfg
     with pytest.raises(ValueError, match="did you mean 'fpn_channels'"):
-        resolve_dense_config(_parse(["det", "train", "--num-classes", "3", "--head-kwargs", "fpn_channel=3"]),
-                             DetectorConfig, "mask_rcnn")
+        resolve_dense_config(
+            _parse(["det", "train", "--num-classes", "3", "--head-kwargs", "fpn_channel=3"]),
+            DetectorConfig,
+            "mask_rcnn",
+        )
 
     model = build_detector(cfg)
     groups = dense_param_groups(model, 0.05, exempt_norm_layers=True)
@@ -93,9 +143,32 @@ def test_segmentation_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_pa
     a run killed mid-epoch and resumed reaches the weights of the uninterrupted one."""
     data = make_scenes(tmp_path, n_train=8, n_val=2)
     out = tmp_path / "out"
-    common = ["seg", "train", "--data-dir", str(data), *TINY_SEGMENTER, "--drop-path", "0.1", "-b", "2",
-              "--epochs", "2", "--warmup-iters", "2", "--workers", "0", "--checkpoint-interval", "2",
-              "--output", str(out), "--no-progress", "--seed", "5", "--aug-kwargs", "ratio_range=[0.75,1.5]"]
+    common = [
+        "seg",
+        "train",
+        "--data-dir",
+        str(data),
+        *TINY_SEGMENTER,
+        "--drop-path",
+        "0.1",
+        "-b",
+        "2",
+        "--epochs",
+        "2",
+        "--warmup-iters",
+        "2",
+        "--workers",
+        "0",
+        "--checkpoint-interval",
+        "2",
+        "--output",
+        str(out),
+        "--no-progress",
+        "--seed",
+        "5",
+        "--aug-kwargs",
+        "ratio_range=[0.75,1.5]",
+    ]
     full = run_datvit(common + ["--experiment", "full"])
     assert full.returncode == 0, full.stderr
 

@@ -1,14 +1,15 @@
 """load_backbone_weights: classification checkpoints and the authors' dense (mmdet/mmseg) layout, strict keys."""
+
 from __future__ import annotations
 
-import timm
 import pytest
+import timm
 import torch
-from dense_helpers import TINY_PP, TINY_V1, tiny_backbone, tiny_detector, tiny_segmenter
 
 import datvit
 from datvit.dense import BackboneConfig, DenseBackbone, build_detector, build_segmenter, load_backbone_weights
 from datvit.models import DAT
+from dense_helpers import TINY_PP, TINY_V1, tiny_backbone, tiny_detector, tiny_segmenter
 
 
 def _classification_state(generation_kwargs: dict, model: str, **overrides) -> dict[str, torch.Tensor]:
@@ -33,7 +34,11 @@ def _same(a: dict, b: dict, keys) -> bool:
 
 def test_classification_checkpoint_loads_into_backbone(tmp_path):
     state = _classification_state(TINY_PP, "datpp_tiny")
-    assert "cls_head.weight" in state and "cls_norm.norm.weight" in state and not any(k.startswith("norms.") for k in state)
+    assert (
+        "cls_head.weight" in state
+        and "cls_norm.norm.weight" in state
+        and not any(k.startswith("norms.") for k in state)
+    )
     path = tmp_path / "authors_cls.pth"
     torch.save({"model": state, "epoch": 300}, path)
     bb = DenseBackbone(tiny_backbone("datpp_tiny"))
@@ -42,8 +47,12 @@ def test_classification_checkpoint_loads_into_backbone(tmp_path):
     own = bb.dat.state_dict()
     shared = [k for k in own if not k.startswith("norms.")]
     assert _same(own, state, shared) and torch.equal(own["norms.2.norm.weight"], init_norm)
-    assert report.layout == "classification" and set(report.ignored) == {"cls_head.weight", "cls_head.bias",
-                                                                          "cls_norm.norm.weight", "cls_norm.norm.bias"}
+    assert report.layout == "classification" and set(report.ignored) == {
+        "cls_head.weight",
+        "cls_head.bias",
+        "cls_norm.norm.weight",
+        "cls_norm.norm.bias",
+    }
     assert len(report.kept_init) == 8 and report.loaded == len(shared)
     # the same file given in the config is loaded at build time
     built = DenseBackbone(tiny_backbone("datpp_tiny", weights=str(path)))
@@ -54,7 +63,7 @@ def test_v1_tables_are_resized_to_another_input_size(tmp_path):
     state = _classification_state(TINY_V1, "dat_tiny", img_size=64)
     path = tmp_path / "v1_64.pth"
     torch.save({"model": state}, path)
-    bb = DenseBackbone(tiny_backbone("dat_tiny"))            # built at img_size 32
+    bb = DenseBackbone(tiny_backbone("dat_tiny"))  # built at img_size 32
     report = load_backbone_weights(bb, path)
     assert report.resized and all(k.endswith(("rpe_table", "relative_position_bias_table")) for k in report.resized)
 
@@ -69,7 +78,7 @@ def test_authors_dense_checkpoints_load_strictly(tmp_path):
     retina = build_detector(tiny_detector("retinanet", "datpp_tiny"))
     report = load_backbone_weights(retina, path)
     own = retina.backbone.body.dat.state_dict()
-    assert _same(own, {k[len("backbone."):]: v for k, v in state.items() if k.startswith("backbone.")}, own)
+    assert _same(own, {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}, own)
     assert report.layout == "dense (mmdet/mmseg)" and not report.kept_init
     assert set(report.ignored) == {"neck.lateral_convs.0.conv.weight", "bbox_head.retina_cls.weight"}
 
@@ -98,7 +107,7 @@ def test_mismatching_files_raise_one_line_naming_the_keys(tmp_path):
         load_backbone_weights(DenseBackbone(tiny_backbone("datpp_tiny")), path)
     message = str(info.value)
     assert "\n" not in message and str(path) in message and "shape mismatches" in message
-    assert "dims [16, 32, 64, 96]" in message            # what the file holds
+    assert "dims [16, 32, 64, 96]" in message  # what the file holds
 
     v1 = tmp_path / "v1.pth"
     torch.save({"model": _classification_state(TINY_V1, "dat_tiny")}, v1)

@@ -1,5 +1,6 @@
 """``datvit.optimize_for_inference``: torch.compile with inductor freezing gives eager's outputs (1e-4) on a tiny DAT
 (one L and one D block per stage); the options are validated; the CLI flag helper."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ def test_compiled_with_freezing_matches_eager():
     torch.manual_seed(0)
     kwargs = dict(TINY_MODEL_KWARGS, depths=[1, 1, 1, 1], stage_spec=[["L"], ["L"], ["D"], ["D"]])
     model = timm.create_model("dat_tiny", num_classes=5, **kwargs)
-    with torch.no_grad():    # offsets that move: the deformable sampling is exercised
+    with torch.no_grad():  # offsets that move: the deformable sampling is exercised
         for m in model.modules():
             if isinstance(m, datvit.layers.DeformableAttention):
                 m.conv_offset[3].weight.normal_(0, 0.5)
@@ -65,12 +66,13 @@ def test_int8_quantizes_every_linear_and_stays_close():
         expected = model(x)
     int8 = optimize_for_inference(model, compile=False, freezing=False, quantize="int8")
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    assert linears and all(type(m.weight).__name__ != "Parameter" or type(m.weight.data) is not torch.Tensor
-                           for m in linears)
+    assert linears and all(
+        type(m.weight).__name__ != "Parameter" or type(m.weight.data) is not torch.Tensor for m in linears
+    )
     got = int8(x)
     scale = expected.abs().max()
     assert (got - expected).abs().max() < 0.05 * scale
-    assert not torch.equal(got, expected)          # it did quantize
+    assert not torch.equal(got, expected)  # it did quantize
 
 
 def test_int8_options_and_flag():
@@ -95,13 +97,15 @@ def test_bf16_inference_runs_under_autocast_and_returns_float32():
     with torch.no_grad():
         expected = model(x)
     seen = []
-    model.get_classifier().register_forward_hook(lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o.dtype)))
+    model.get_classifier().register_forward_hook(
+        lambda m, i, o: seen.append((torch.is_autocast_enabled("cpu"), o.dtype))
+    )
     fast = optimize_for_inference(model, compile=False, freezing=False, dtype="bfloat16")
     got = fast(x)
-    assert seen == [(True, torch.bfloat16)]            # the model ran under bf16 autocast
+    assert seen == [(True, torch.bfloat16)]  # the model ran under bf16 autocast
     assert got.dtype == torch.float32 and not torch.equal(got, expected)
     assert (got - expected).abs().max() < 0.05 * expected.abs().max() + 0.05
-    assert all(p.dtype == torch.float32 for p in model.parameters())      # the weights are not converted
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the weights are not converted
 
 
 def test_bf16_options_flag_and_refusal(monkeypatch):
@@ -113,10 +117,13 @@ def test_bf16_options_flag_and_refusal(monkeypatch):
     add_inference_optimization_arguments(p)
     assert p.parse_args(["--amp"]).amp and not p.parse_args([]).amp
     calls = []
-    monkeypatch.setattr(datvit.cli._deploy_args, "optimize_for_inference", lambda model, opt: calls.append(opt) or model)
+    monkeypatch.setattr(
+        datvit.cli._deploy_args, "optimize_for_inference", lambda model, opt: calls.append(opt) or model
+    )
     optimize_from_args(torch.nn.Linear(2, 2), p.parse_args(["--amp"]))
-    assert calls == [InferenceOptimization(compile=False, freezing=False, mode="default", quantize=None,
-                                           dtype="bfloat16")]
+    assert calls == [
+        InferenceOptimization(compile=False, freezing=False, mode="default", quantize=None, dtype="bfloat16")
+    ]
     monkeypatch.undo()
     monkeypatch.setattr(datvit.deploy, "cpu_native_bf16", lambda: False)
     with pytest.raises(ValueError, match="native bf16"):

@@ -1,4 +1,5 @@
 """The documentation: the mkdocs site builds without a warning, and the README stays a user's page."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -37,16 +38,37 @@ def test_site_builds_strict(tmp_path):
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1", PYTHONWARNINGS="ignore::DeprecationWarning")
     # paths in mkdocs.yml (snippets' base path, the griffe extension) are relative to the repository root
     proc = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(ROOT / "mkdocs.yml"),
-         "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "mkdocs",
+            "build",
+            "--strict",
+            "--config-file",
+            str(ROOT / "mkdocs.yml"),
+            "--site-dir",
+            str(tmp_path / "site"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"mkdocs build --strict failed:\n{log[-6000:]}"
     warnings = [line for line in log.splitlines() if re.match(r"\s*(WARNING|ERROR)\b", line)]
     assert not warnings, "mkdocs warned:\n" + "\n".join(warnings)
     site = tmp_path / "site"
-    for page in ("index.html", "api/datvit/index.html", "api/models/index.html", "api/inference/index.html",
-                 "api/dense/index.html", "api/tools/index.html", "api/deploy/index.html"):
+    for page in (
+        "index.html",
+        "api/datvit/index.html",
+        "api/models/index.html",
+        "api/inference/index.html",
+        "api/dense/index.html",
+        "api/tools/index.html",
+        "api/deploy/index.html",
+    ):
         assert (site / page).is_file(), page
     # the API pages are generated from the docstrings, not empty shells
     assert 'id="datvit.models.DAT"' in (site / "api/models/index.html").read_text(encoding="utf-8")

@@ -1,10 +1,10 @@
 """User mistakes end in one line ``datvit <command>: error: ...`` naming the file or argument, with exit status 2
 (usage) or 1 (runtime failure); ``datvit --debug`` / ``DATVIT_DEBUG=1`` show the traceback instead."""
+
 from __future__ import annotations
 
-import os
-
 import errno
+import os
 
 import pytest
 import timm
@@ -20,8 +20,8 @@ from train_helpers import TINY_MODEL_ARGS, TINY_MODEL_KWARGS, make_fashion_mnist
 
 @pytest.fixture(autouse=True)
 def plain_environment(monkeypatch):
-    monkeypatch.setenv("DATVIT_CPU_ALLOCATOR", "system")   # main() would tune the allocator of pytest itself
-    monkeypatch.setenv("DATVIT_DEBUG", "")   # recorded, so the DATVIT_DEBUG that `main --debug` sets is undone
+    monkeypatch.setenv("DATVIT_CPU_ALLOCATOR", "system")  # main() would tune the allocator of pytest itself
+    monkeypatch.setenv("DATVIT_DEBUG", "")  # recorded, so the DATVIT_DEBUG that `main --debug` sets is undone
     monkeypatch.delenv("DATVIT_DEBUG")
 
 
@@ -53,8 +53,10 @@ def test_eval_img_size_below_minimum(tmp_path, capsys):
     data = make_image_folder(tmp_path / "data", per_class=2, val_per_class=1, corrupt=False)
     model = timm.create_model("dat_tiny", num_classes=3, **TINY_MODEL_KWARGS)
     path = tmp_path / "ckpt.pth"
-    torch.save({"model": model.state_dict(), "arch": {"name": "dat_tiny", "kwargs": dict(TINY_MODEL_KWARGS,
-                                                                                         num_classes=3)}}, path)
+    torch.save(
+        {"model": model.state_dict(), "arch": {"name": "dat_tiny", "kwargs": dict(TINY_MODEL_KWARGS, num_classes=3)}},
+        path,
+    )
     assert main(["eval", "--checkpoint", str(path), "--data-dir", str(data), "--img-size", "8"]) == 2
     assert "img_size 8 is too small" in one_line(capsys, "eval")
 
@@ -65,9 +67,13 @@ def test_data_dir_that_does_not_exist(tmp_path, capsys, command):
     extra = ["--checkpoint", str(tmp_path / "x.pth")] if command == "eval" else []
     if command == "eval":  # eval reads the checkpoint first: give it one
         model = timm.create_model("dat_tiny", num_classes=3, **TINY_MODEL_KWARGS)
-        torch.save({"model": model.state_dict(), "arch": {"name": "dat_tiny", "kwargs": dict(TINY_MODEL_KWARGS,
-                                                                                             num_classes=3)}},
-                   tmp_path / "x.pth")
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "arch": {"name": "dat_tiny", "kwargs": dict(TINY_MODEL_KWARGS, num_classes=3)},
+            },
+            tmp_path / "x.pth",
+        )
     assert main([command, "--data-dir", str(missing), *extra]) == 2
     assert one_line(capsys, command).endswith(f"data directory {missing} does not exist")
 
@@ -85,11 +91,14 @@ def test_model_kwargs_typo_suggests_the_argument(tmp_path, capsys):
     assert one_line(capsys, "train").endswith("unknown model argument 'depth' (did you mean 'depths'?)")
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("-b", "0", "argument -b/--batch-size: must be a positive integer, got 0"),
-    ("--lr", "-1", "argument --lr: must be a finite number >= 0, got -1"),
-    ("--workers", "x", "argument --workers/-j: expected an integer >= 0, got 'x'"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("-b", "0", "argument -b/--batch-size: must be a positive integer, got 0"),
+        ("--lr", "-1", "argument --lr: must be a finite number >= 0, got -1"),
+        ("--workers", "x", "argument --workers/-j: expected an integer >= 0, got 'x'"),
+    ],
+)
 def test_bad_numbers_are_usage_errors(capsys, flag, value, message):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", flag, value])
@@ -100,8 +109,10 @@ def test_bad_numbers_are_usage_errors(capsys, flag, value, message):
 def test_visualize_missing_and_unreadable_image(tmp_path, capsys):
     model = timm.create_model("dat_tiny", num_classes=3, **TINY_MODEL_KWARGS)
     ckpt = tmp_path / "x.pth"
-    torch.save({"model": model.state_dict(), "arch": {"name": "dat_tiny", "kwargs": dict(TINY_MODEL_KWARGS,
-                                                                                         num_classes=3)}}, ckpt)
+    torch.save(
+        {"model": model.state_dict(), "arch": {"name": "dat_tiny", "kwargs": dict(TINY_MODEL_KWARGS, num_classes=3)}},
+        ckpt,
+    )
     assert main(["visualize", "--checkpoint", str(ckpt), "--image", str(tmp_path / "no.png")]) == 2
     assert "image file not found" in one_line(capsys, "visualize")
     text = tmp_path / "text.png"
@@ -137,4 +148,3 @@ def test_debug_flag_and_environment_show_the_traceback(tmp_path, monkeypatch):
     monkeypatch.setenv("DATVIT_DEBUG", "1")
     with pytest.raises(KeyError):
         run_with_user_errors("eval", lambda: {}["missing"])
-

@@ -1,4 +1,5 @@
 """``datvit eval``: our checkpoints without --model, the authors'-style files with --model, other resolutions."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,30 @@ from train_helpers import TINY_MODEL_ARGS, TINY_MODEL_KWARGS, make_image_folder
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("evalrun")
     data = make_image_folder(root / "data", per_class=6, val_per_class=3)
-    assert main(["train", "--data-dir", str(data), *TINY_MODEL_ARGS, "-b", "4", "--epochs", "1", "--workers", "0",
-                 "--output", str(root / "out"), "--experiment", "e", "--no-progress", "--lr", "3e-3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data-dir",
+                str(data),
+                *TINY_MODEL_ARGS,
+                "-b",
+                "4",
+                "--epochs",
+                "1",
+                "--workers",
+                "0",
+                "--output",
+                str(root / "out"),
+                "--experiment",
+                "e",
+                "--no-progress",
+                "--lr",
+                "3e-3",
+            ]
+        )
+        == 0
+    )
     return root / "out" / "e", data
 
 
@@ -41,9 +64,24 @@ def test_eval_our_checkpoint_matches_training_eval(run, capsys, tmp_path):
 def test_eval_at_another_resolution_and_crop(run, capsys, tmp_path):
     run_dir, data = run
     results = tmp_path / "r.json"
-    code, _, _ = _eval(capsys, ["--checkpoint", str(run_dir / "best.pth"), "--data-dir", str(data / "val"),
-                                "--img-size", "48", "--crop-pct", "1.0", "--interpolation", "bilinear",
-                                "--use-ema", "--output", str(results)])
+    code, _, _ = _eval(
+        capsys,
+        [
+            "--checkpoint",
+            str(run_dir / "best.pth"),
+            "--data-dir",
+            str(data / "val"),
+            "--img-size",
+            "48",
+            "--crop-pct",
+            "1.0",
+            "--interpolation",
+            "bilinear",
+            "--use-ema",
+            "--output",
+            str(results),
+        ],
+    )
     assert code == 0
     r = json.loads(results.read_text())
     assert (r["img_size"], r["crop_pct"], r["interpolation"], r["ema"]) == (48, 1.0, "bilinear", True)
@@ -60,8 +98,9 @@ def test_eval_authors_style_state_dict_needs_model(run, capsys, tmp_path):
     code, _, err = _eval(capsys, ["--checkpoint", str(bare), "--data-dir", str(data)])
     assert code == 2 and "pass --model" in err
     # a registered variant whose layout differs: a clear mismatch error naming the keys, not a traceback
-    code, _, err = _eval(capsys, ["--checkpoint", str(bare), "--data-dir", str(data), "--model", "dat_tiny",
-                                  "--img-size", "32"])
+    code, _, err = _eval(
+        capsys, ["--checkpoint", str(bare), "--data-dir", str(data), "--model", "dat_tiny", "--img-size", "32"]
+    )
     assert code == 2 and "does not match the model" in err and "Traceback" not in err
 
 
@@ -85,8 +124,23 @@ def test_eval_authors_checkpoint_of_a_registered_variant(run, capsys, tmp_path):
     authors = tmp_path / "dat_tiny_3cls.pth"
     torch.save({"model": timm.create_model("dat_tiny", num_classes=3).state_dict()}, authors)
     results = tmp_path / "r.json"
-    code, out, err = _eval(capsys, ["--model", "dat_tiny", "--checkpoint", str(authors), "--data-dir", str(data),
-                                    "--img-size", "64", "--results-file", str(results), "-b", "16"])
+    code, out, err = _eval(
+        capsys,
+        [
+            "--model",
+            "dat_tiny",
+            "--checkpoint",
+            str(authors),
+            "--data-dir",
+            str(data),
+            "--img-size",
+            "64",
+            "--results-file",
+            str(results),
+            "-b",
+            "16",
+        ],
+    )
     assert code == 0, err
     r = json.loads(results.read_text())
     assert (r["model"], r["images"], r["img_size"], r["crop_pct"]) == ("dat_tiny", 9, 64, 0.875)

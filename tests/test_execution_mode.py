@@ -3,6 +3,7 @@ another device, torch.compile, torch.fx or torch.jit tracing, TorchScript, torch
 switches that read it (the oneDNN projection, the fused GELU, the D block's sampling, the explicit attention
 layouts, flex_attention), each checked against the mode it is told and, for the two CPU fast paths, under the real
 tracer."""
+
 from __future__ import annotations
 
 import warnings
@@ -10,10 +11,10 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-from compile_helpers import compile_and_record
-from conftest import RecordOps
 from torch import nn
 
+from compile_helpers import compile_and_record
+from conftest import RecordOps
 from datvit.layers import NeighborhoodAttention2D, attention, ops
 from datvit.layers.tracing import ExecutionMode, execution_mode
 
@@ -31,7 +32,7 @@ class Probe(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = execution_mode(x)
-        if not torch.compiler.is_compiling():   # dynamo would replay the append after its graph
+        if not torch.compiler.is_compiling():  # dynamo would replay the append after its graph
             self.seen.append(mode)
         return x + CODES[mode]
 
@@ -42,7 +43,7 @@ def _code(out: torch.Tensor) -> ExecutionMode:
 
 def test_eager_cpu_and_other_devices():
     assert execution_mode(torch.zeros(2)) is ExecutionMode.EAGER_CPU
-    assert execution_mode() is ExecutionMode.EAGER_CPU                  # the default device
+    assert execution_mode() is ExecutionMode.EAGER_CPU  # the default device
     assert execution_mode(torch.zeros(2, device="meta")) is ExecutionMode.EAGER_OTHER
     with torch.device("meta"):
         assert execution_mode() is ExecutionMode.EAGER_OTHER
@@ -67,7 +68,7 @@ def test_fx_symbolic_trace():
 def test_jit_trace():
     probe = Probe()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")      # deprecated upstream; and its check run is eager, so it differs
+        warnings.simplefilter("ignore")  # deprecated upstream; and its check run is eager, so it differs
         traced = torch.jit.trace(probe, (torch.zeros(2),), check_trace=False)
     assert probe.seen == [ExecutionMode.JIT_TRACING]
     assert _code(traced(torch.zeros(2))) is ExecutionMode.JIT_TRACING
@@ -128,8 +129,10 @@ def test_sampling_and_grid_sample_follow_the_mode(mode, monkeypatch):
     x, pos = torch.randn(2, 6, 7, 8), torch.rand(4, 3, 3, 2) * 2 - 1
     with torch.no_grad():
         got = ops.sample_channels_last(x, pos, 2)
-    expected = {ExecutionMode.EAGER_CPU: ["_embedding_bag_channels_last"],
-                ExecutionMode.COMPILED: ["_gather_channels_last"]}.get(mode, [])
+    expected = {
+        ExecutionMode.EAGER_CPU: ["_embedding_bag_channels_last"],
+        ExecutionMode.COMPILED: ["_gather_channels_last"],
+    }.get(mode, [])
     assert taken == expected
     want = F.grid_sample(x.permute(0, 3, 1, 2).reshape(4, 4, 6, 7), pos.flip(-1), align_corners=True)
     torch.testing.assert_close(got, want.reshape(2, 8, 9).transpose(1, 2), rtol=1e-6, atol=1e-6)
@@ -148,7 +151,7 @@ def test_attention_layouts_and_flex_attention_follow_the_mode(mode, monkeypatch)
     with torch.no_grad():
         assert attention._eager_inference(q, k, torch.zeros(9, 9)) == mode.is_eager
     m = NeighborhoodAttention2D(24, 3, 3).eval()
-    m.use_flex = True                                  # where it may run: flex_attention on CPU serves inference
+    m.use_flex = True  # where it may run: flex_attention on CPU serves inference
     with torch.no_grad():
         allowed = m._flex_enabled(torch.zeros(1, 4, 4, 24))
     has_flex = na._flex_attention() is not None

@@ -1,8 +1,7 @@
 """tools/export.py and `datvit export`: ONNX run by onnxruntime, torch.export programs, atomic writes, and the
 one-line errors of the command."""
-from __future__ import annotations
 
-import os
+from __future__ import annotations
 
 import numpy as np
 import onnx
@@ -12,8 +11,15 @@ import torch
 from datvit.cli.main import main
 from datvit.inference import build_checkpoint
 from datvit.models.factory import arch_record, build_model, resolve_model_kwargs
-from datvit.tools.export import (ExportError, check_export, example_batch, export_onnx, export_torch, load_exported,
-                                 resolve_input_size)
+from datvit.tools.export import (
+    ExportError,
+    check_export,
+    example_batch,
+    export_onnx,
+    export_torch,
+    load_exported,
+    resolve_input_size,
+)
 from test_tracing import small
 from train_helpers import TINY_MODEL_KWARGS
 
@@ -62,6 +68,7 @@ def test_torch_export_file_and_atomic_replace(tmp_path):
 def test_cli_constants_match_the_tools():
     import datvit.cli.export as cli
     import datvit.tools.export as tools
+
     assert cli.FORMATS == tools.FORMATS and cli.DEFAULT_OPSET == tools.DEFAULT_OPSET
 
 
@@ -79,17 +86,30 @@ def tiny_checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("dat_tiny", kwargs).eval()
     path = tmp_path_factory.mktemp("export") / "tiny.pth"
-    torch.save(build_checkpoint(model.state_dict(), arch=arch_record("dat_tiny", kwargs),
-                                data_config={"input_size": [3, 32, 32], "mean": [0.5] * 3, "std": [0.25] * 3,
-                                             "crop_pct": 0.9, "interpolation": "bicubic"}), path)
+    torch.save(
+        build_checkpoint(
+            model.state_dict(),
+            arch=arch_record("dat_tiny", kwargs),
+            data_config={
+                "input_size": [3, 32, 32],
+                "mean": [0.5] * 3,
+                "std": [0.25] * 3,
+                "crop_pct": 0.9,
+                "interpolation": "bicubic",
+            },
+        ),
+        path,
+    )
     return path, model
 
 
 def test_cli_export_onnx_and_check(tiny_checkpoint, tmp_path, capsys):
     path, model = tiny_checkpoint
     out = tmp_path / "sub" / "tiny.onnx"
-    assert main(["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(out),
-                 "--img-size", "48", "40"]) == 0
+    assert (
+        main(["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(out), "--img-size", "48", "40"])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "3×48×40, dynamic batch" in text and "onnxruntime (CPU) vs eager" in text and "max |Δ|" in text
     diff = float(text.split("max |Δ| = ")[1].split()[0])
@@ -99,11 +119,14 @@ def test_cli_export_onnx_and_check(tiny_checkpoint, tmp_path, capsys):
         np.testing.assert_allclose(load_exported(out, "onnx")(x).numpy(), model(x).numpy(), atol=1e-4)
 
 
-@pytest.mark.parametrize("argv,message,code", [
-    (["--format", "onnx", "--img-size", "16"], "--img-size 16×16 is below this model's minimum input of 32×32", 2),
-    (["--format", "onnx", "--opset", "13"], "--opset 13 is too old", 2),
-    (["--format", "onnx", "--img-size", "1", "2", "3"], "--img-size takes H or H W", 2),
-])
+@pytest.mark.parametrize(
+    "argv,message,code",
+    [
+        (["--format", "onnx", "--img-size", "16"], "--img-size 16×16 is below this model's minimum input of 32×32", 2),
+        (["--format", "onnx", "--opset", "13"], "--opset 13 is too old", 2),
+        (["--format", "onnx", "--img-size", "1", "2", "3"], "--img-size takes H or H W", 2),
+    ],
+)
 def test_cli_export_bad_arguments_one_line(tiny_checkpoint, tmp_path, capsys, argv, message, code):
     path, _ = tiny_checkpoint
     out = tmp_path / "x.onnx"
@@ -128,6 +151,7 @@ def test_cli_export_unwritable_output_and_unknown_format(tiny_checkpoint, tmp_pa
 
 def test_missing_onnxruntime_is_an_export_error(tmp_path, monkeypatch):
     import sys
+
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime → ImportError
     with pytest.raises(ExportError, match="needs onnxruntime"):
         load_exported(tmp_path / "m.onnx", "onnx")

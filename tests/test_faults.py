@@ -5,6 +5,7 @@ tmpfs), a read-only output, a write killed mid-way, non-finite losses and weight
 Each interrupted run is resumed with ``--resume auto`` and must end with exactly (max |Δ| = 0) the weights, EMA and
 optimizer state of the uninterrupted run. Runs are in-process where possible (a fresh interpreter costs ~5 s).
 """
+
 from __future__ import annotations
 
 import errno
@@ -26,8 +27,27 @@ from datvit.cli.train import train_layers
 from train_helpers import TINY_MODEL_ARGS, free_port, make_image_folder, max_abs_diff, subprocess_env
 
 # 13 images (one corrupt) in batches of 4: 3 steps per epoch, 6 in all
-COMMON = [*TINY_MODEL_ARGS, "-b", "4", "--epochs", "2", "--warmup-epochs", "1", "--lr", "1e-3", "--drop-path", "0.2",
-          "--model-ema", "--model-ema-decay", "0.9", "--workers", "0", "--no-progress", "--seed", "7"]
+COMMON = [
+    *TINY_MODEL_ARGS,
+    "-b",
+    "4",
+    "--epochs",
+    "2",
+    "--warmup-epochs",
+    "1",
+    "--lr",
+    "1e-3",
+    "--drop-path",
+    "0.2",
+    "--model-ema",
+    "--model-ema-decay",
+    "0.9",
+    "--workers",
+    "0",
+    "--no-progress",
+    "--seed",
+    "7",
+]
 # DATVIT_FAULT_SEED varies the random steps/points locally; CI uses the fixed default.
 RNG = random.Random(int(os.environ.get("DATVIT_FAULT_SEED", "8")))
 
@@ -103,10 +123,14 @@ def signal_at(monkeypatch, plan: dict[int, list[int]], before: bool = True) -> N
 
 # -- signals ------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sig, at_step", [
-    (signal.SIGTERM, RNG.choice([1, 2, 4, 5])),   # mid-epoch
-    (signal.SIGUSR1, 3),                          # the last batch of epoch 1: the resumed run starts with its eval
-])
+
+@pytest.mark.parametrize(
+    "sig, at_step",
+    [
+        (signal.SIGTERM, RNG.choice([1, 2, 4, 5])),  # mid-epoch
+        (signal.SIGUSR1, 3),  # the last batch of epoch 1: the resumed run starts with its eval
+    ],
+)
 def test_signal_writes_checkpoint_and_resume_is_exact(data, reference, tmp_path, monkeypatch, capsys, sig, at_step):
     out = tmp_path / "out"
     argv = ["--data-dir", str(data), *COMMON, "--output", str(out), "--experiment", "run"]
@@ -128,7 +152,7 @@ def test_signal_writes_checkpoint_and_resume_is_exact(data, reference, tmp_path,
 def test_signal_during_evaluation_stops_after_the_epoch_checkpoint(data, reference, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     argv = ["--data-dir", str(data), *COMMON, "--output", str(out), "--experiment", "run"]
-    evaluate = classification.evaluate   # what ClassificationTask.evaluate runs
+    evaluate = classification.evaluate  # what ClassificationTask.evaluate runs
 
     def evaluate_then_signal(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -147,7 +171,7 @@ def test_second_ctrl_c_exits_at_once_without_checkpoint(data, tmp_path, monkeypa
     signal_at(monkeypatch, {2: [signal.SIGINT, signal.SIGINT]})
     assert train_cli(["--data-dir", str(data), *COMMON, "--output", str(out), "--experiment", "run"]) == 130
     assert "interrupted" in capsys.readouterr().err
-    assert not (out / "run" / "last.pth").exists()   # no epoch had ended, and the step was not saved
+    assert not (out / "run" / "last.pth").exists()  # no epoch had ended, and the step was not saved
     assert not list((out / "run").glob(".*.tmp"))
 
 
@@ -179,8 +203,14 @@ def test_ctrl_c_to_the_process_group_with_dataloader_workers(data, reference, tm
     driver.write_text(DRIVER)
     at = RNG.choice([2, 4, 5])
     env = dict(subprocess_env(), FAULT_STEP=str(at), FAULT_SIGNAL="SIGINT", FAULT_GROUP="1")
-    proc = subprocess.run([sys.executable, str(driver), "train", *argv, "--workers", "2"], capture_output=True,
-                          text=True, timeout=240, env=env, start_new_session=True)
+    proc = subprocess.run(
+        [sys.executable, str(driver), "train", *argv, "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        start_new_session=True,
+    )
     assert proc.returncode == 130, proc.stderr
     assert f"stopped on SIGINT after step {at}" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -200,17 +230,30 @@ def test_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_step(data, tmp
     driver.write_text(DRIVER)
 
     def torchrun(extra: list[str], **fault: str) -> subprocess.CompletedProcess:
-        launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                    "--master_port", str(free_port())]
-        return subprocess.run([sys.executable, *launcher, str(driver), *argv, *extra], capture_output=True,
-                              text=True, timeout=240, env={**subprocess_env(), "FAULT_STEP": "0", **fault})
+        launcher = [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+        ]
+        return subprocess.run(
+            [sys.executable, *launcher, str(driver), *argv, *extra],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            env={**subprocess_env(), "FAULT_STEP": "0", **fault},
+        )
 
     proc = torchrun(["--experiment", "run"], FAULT_STEP="2", FAULT_SIGNAL="SIGUSR1", FAULT_RANK="1")
     assert proc.returncode != 0
     assert "stopped on SIGUSR1 after step 2" in proc.stderr, proc.stderr
     c = ckpt(out / "run" / "last.pth")
     assert (c["epoch"], c["batch_in_epoch"], c["step"], c["data_state"]["world_size"]) == (0, 2, 2, 2)
-    assert len(c["rng_per_rank"]) == 2   # rank 0 gathered both ranks' state at the same step
+    assert len(c["rng_per_rank"]) == 2  # rank 0 gathered both ranks' state at the same step
     if not os.environ.get("DATVIT_SLOW_TESTS"):
         return
     resumed = torchrun(["--experiment", "run", "--resume", "auto"], FAULT_SIGNAL="SIGUSR1")
@@ -222,8 +265,8 @@ def test_signal_to_one_torchrun_rank_stops_every_rank_at_the_same_step(data, tmp
 
 # -- files: disk full, read-only output, killed writes ------------------------------------------------------------
 
-def test_disk_full_while_saving_names_the_path_and_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch,
-                                                                                 capsys):
+
+def test_disk_full_while_saving_names_the_path_and_keeps_the_previous_checkpoint(data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     save, calls = torch.save, []
 
@@ -235,13 +278,15 @@ def test_disk_full_while_saving_names_the_path_and_keeps_the_previous_checkpoint
         return save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_then_fill_the_disk)
-    code = train_cli(["--data-dir", str(data), *COMMON, "--output", str(out), "--experiment", "run",
-                      "--checkpoint-interval", "1"])
+    code = train_cli(
+        ["--data-dir", str(data), *COMMON, "--output", str(out), "--experiment", "run", "--checkpoint-interval", "1"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     last = out / "run" / "last.pth"
-    assert err[-1] == (f"datvit train: error: cannot write {last}: no space left on the device (the previous file "
-                       "there is unchanged)")
+    assert err[-1] == (
+        f"datvit train: error: cannot write {last}: no space left on the device (the previous file there is unchanged)"
+    )
     assert position(last) == (0, 1, 1)
     assert not list((out / "run").glob(".*.tmp"))
 
@@ -252,20 +297,37 @@ def small_tmpfs(tmp_path):
     where mounting is not allowed (not root, no CAP_SYS_ADMIN)."""
     mnt = tmp_path / "tmpfs"
     mnt.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=9m", "tmpfs", str(mnt)],
-                                                       capture_output=True).returncode:
+    if (
+        shutil.which("mount") is None
+        or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=9m", "tmpfs", str(mnt)], capture_output=True).returncode
+    ):
         pytest.skip("cannot mount a tmpfs here")
     yield mnt
     subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def test_disk_full_on_a_real_small_filesystem(data, small_tmpfs, capsys):
-    code = train_cli(["--data-dir", str(data), *COMMON, "--output", str(small_tmpfs), "--experiment", "run",
-                      "--checkpoint-interval", "1"])
+    code = train_cli(
+        [
+            "--data-dir",
+            str(data),
+            *COMMON,
+            "--output",
+            str(small_tmpfs),
+            "--experiment",
+            "run",
+            "--checkpoint-interval",
+            "1",
+        ]
+    )
     last = small_tmpfs / "run" / "last.pth"
     assert code == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
-        f"datvit train: error: cannot write {last}: no space left on the device")
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith(f"datvit train: error: cannot write {last}: no space left on the device")
+    )
     assert position(last) == (0, 1, 1)
     assert not list((small_tmpfs / "run").glob(".*.tmp"))
 
@@ -275,12 +337,15 @@ def test_read_only_output_is_one_line(data, tmp_path, monkeypatch, capsys, how):
     out = tmp_path / "ro"
     out.mkdir()
     if how == "mount":  # tests run as root, for whom chmod does not stop writes: a read-only mount does
-        if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(out)],
-                          capture_output=True).returncode:
+        if subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(out)], capture_output=True
+        ).returncode:
             pytest.skip("cannot mount a tmpfs here")
     else:
+
         def read_only(*args, **kwargs):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
         monkeypatch.setattr("datvit.utils.files.tempfile.mkstemp", read_only)
         monkeypatch.setattr("datvit.utils.files.os.makedirs", read_only)
     try:
@@ -290,7 +355,8 @@ def test_read_only_output_is_one_line(data, tmp_path, monkeypatch, capsys, how):
             subprocess.run(["umount", "-l", str(out)], capture_output=True)
     assert code == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"datvit train: error: cannot write {out / 'run' / 'args.yaml'}: the file system is read-only")
+        f"datvit train: error: cannot write {out / 'run' / 'args.yaml'}: the file system is read-only"
+    )
 
 
 KILLED_WRITER = """
@@ -305,32 +371,50 @@ atomic_save({"model": Slow()}, sys.argv[1])
 """
 
 
-def test_write_killed_mid_way_keeps_the_old_file_and_the_next_start_removes_the_temp(data, reference, tmp_path,
-                                                                                      capsys):
+def test_write_killed_mid_way_keeps_the_old_file_and_the_next_start_removes_the_temp(data, reference, tmp_path, capsys):
     run = tmp_path / "out" / "full"
     shutil.copytree(reference.parent, run)
-    writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(run / "last.pth")], stdout=subprocess.PIPE,
-                              text=True, env=subprocess_env())
+    writer = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, str(run / "last.pth")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
     assert writer.stdout.readline().strip() == "writing"
     writer.kill()
     writer.wait(timeout=30)
     temps = list(run.glob(".last.pth.*.tmp"))
     assert len(temps) == 1
-    assert position(run / "last.pth") == (2, 0, 6)   # the old file is whole
-    assert train_cli(["--data-dir", str(data), *COMMON, "--output", str(tmp_path / "out"), "--experiment", "full",
-                      "--resume", "auto"]) == 0
+    assert position(run / "last.pth") == (2, 0, 6)  # the old file is whole
+    assert (
+        train_cli(
+            [
+                "--data-dir",
+                str(data),
+                *COMMON,
+                "--output",
+                str(tmp_path / "out"),
+                "--experiment",
+                "full",
+                "--resume",
+                "auto",
+            ]
+        )
+        == 0
+    )
     assert not temps[0].exists()
     assert f"removed {temps[0]}" in capsys.readouterr().err
 
 
 # -- numerics -----------------------------------------------------------------------------------------------------
 
+
 def nan_loss_at(monkeypatch, steps: set[int]) -> None:
     """Make the loss NaN at the given (1-based) steps."""
     original = engine.Trainer._train_step
 
     def step(self, *args, **kwargs):
-        task = self.task   # the loss is the training task's (datvit.train.classification.ClassificationTask)
+        task = self.task  # the loss is the training task's (datvit.train.classification.ClassificationTask)
         criterion = task.criterion
         if self.step + 1 in steps:
             task.criterion = lambda logits, targets: criterion(logits, targets) * float("nan")
@@ -349,15 +433,28 @@ def test_an_isolated_non_finite_loss_is_skipped_and_counted(data, tmp_path, monk
     c = ckpt(out / "run" / "last.pth")
     assert c["history"]["skipped"] == {"nonfinite_loss": 1, "amp_overflow": 0}
     assert all(torch.isfinite(v).all() for v in c["model"].values() if v.is_floating_point())
-    assert all(r["train_loss"] == r["train_loss"] for r in c["history"]["epochs"])   # not NaN
+    assert all(r["train_loss"] == r["train_loss"] for r in c["history"]["epochs"])  # not NaN
     assert "1 with a non-finite loss" in capsys.readouterr().err
 
 
 def test_consecutive_non_finite_losses_stop_and_keep_the_last_good_checkpoint(data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     nan_loss_at(monkeypatch, {5, 6})
-    code = train_cli(["--data-dir", str(data), *COMMON, "--output", str(out), "--experiment", "run",
-                      "--checkpoint-interval", "1", "--max-bad-steps", "2"])
+    code = train_cli(
+        [
+            "--data-dir",
+            str(data),
+            *COMMON,
+            "--output",
+            str(out),
+            "--experiment",
+            "run",
+            "--checkpoint-interval",
+            "1",
+            "--max-bad-steps",
+            "2",
+        ]
+    )
     last = out / "run" / "last.pth"
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -378,8 +475,9 @@ def test_non_finite_weights_are_never_saved(data, tmp_path, monkeypatch, capsys)
         return result
 
     monkeypatch.setattr(engine.Trainer, "_train_step", step)
-    code = train_cli(["--data-dir", str(data), *COMMON, "--output", str(out), "--experiment", "run",
-                      "--checkpoint-interval", "1"])
+    code = train_cli(
+        ["--data-dir", str(data), *COMMON, "--output", str(out), "--experiment", "run", "--checkpoint-interval", "1"]
+    )
     assert code == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "is not finite at step 2" in err and "(step 1)" in err
@@ -388,14 +486,17 @@ def test_non_finite_weights_are_never_saved(data, tmp_path, monkeypatch, capsys)
 
 def test_grad_scaler_skipped_steps_are_counted(data, tmp_path, capsys):
     """GradScaler works on CPU: an inf gradient at step 2 makes it skip that step and halve the scale."""
-    trainer = engine.Trainer(train_layers(["--data-dir", str(data), *COMMON, "--output", str(tmp_path),
-                                           "--experiment", "run", "--max-bad-steps", "1"]))
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
+    trainer = engine.Trainer(
+        train_layers(
+            ["--data-dir", str(data), *COMMON, "--output", str(tmp_path), "--experiment", "run", "--max-bad-steps", "1"]
+        )
+    )
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
     param = next(trainer.model.parameters())
     param.register_hook(lambda g: g * float("inf") if trainer.step == 1 else g)
     summary = trainer.fit()
     assert summary["skipped_amp_overflow_steps"] == 1 and summary["skipped_nonfinite_steps"] == 0
-    assert trainer.scaler.get_scale() == 2.0 ** 7
+    assert trainer.scaler.get_scale() == 2.0**7
     assert "1 fp16 overflows (GradScaler)" in capsys.readouterr().err
 
 
@@ -425,8 +526,18 @@ sys.exit(code)
 
 
 @pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the resident set size from /proc")
-@pytest.mark.parametrize("leak", [False, pytest.param(True, marks=pytest.mark.skipif(
-    not os.environ.get("DATVIT_SLOW_TESTS"), reason="the check's own check; DATVIT_SLOW_TESTS=1 runs it"))])
+@pytest.mark.parametrize(
+    "leak",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.skipif(
+                not os.environ.get("DATVIT_SLOW_TESTS"), reason="the check's own check; DATVIT_SLOW_TESTS=1 runs it"
+            ),
+        ),
+    ],
+)
 def test_memory_stays_flat_over_many_epochs_with_the_tuned_allocator(tmp_path, leak):
     """40 epochs of 3 steps (each with evaluation and an epoch checkpoint): after 5 epochs of warm-up the resident
     set may not grow by more than 16 MB. Measured: +0.2 MB over epochs 5-40 (995 MB resident, mostly torch's
@@ -438,10 +549,33 @@ def test_memory_stays_flat_over_many_epochs_with_the_tuned_allocator(tmp_path, l
     driver.write_text(MEMORY_DRIVER)
     env = {**subprocess_env(), **({"LEAK": "1"} if leak else {})}
     env.pop("DATVIT_CPU_ALLOCATOR", None)
-    proc = subprocess.run([sys.executable, str(driver), "train", "--data-dir", str(data), *TINY_MODEL_ARGS, "-b", "3",
-                           "--epochs", "40", "--workers", "0", "--no-progress", "--output", str(tmp_path / "out"),
-                           "--checkpoint-hist", "2", "--lr", "1e-3"], capture_output=True, text=True, timeout=240,
-                          env=env)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(driver),
+            "train",
+            "--data-dir",
+            str(data),
+            *TINY_MODEL_ARGS,
+            "-b",
+            "3",
+            "--epochs",
+            "40",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--output",
+            str(tmp_path / "out"),
+            "--checkpoint-hist",
+            "2",
+            "--lr",
+            "1e-3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if line.startswith(("TUNED", "RSS")))
     assert lines["TUNED"] == "True"
@@ -449,15 +583,19 @@ def test_memory_stays_flat_over_many_epochs_with_the_tuned_allocator(tmp_path, l
     assert len(rss) == 40
     growth = max(rss[5:]) - rss[5]
     if leak:
-        assert growth > 16 * 2 ** 20
+        assert growth > 16 * 2**20
     else:
-        assert growth <= 16 * 2 ** 20, f"resident set grew by {growth / 2 ** 20:.1f} MB after warm-up"
+        assert growth <= 16 * 2**20, f"resident set grew by {growth / 2**20:.1f} MB after warm-up"
 
 
 def test_mixup_batch_with_a_single_readable_image_is_a_zero_weight_step(data, tmp_path, capsys):
     """Batches of 2 under Mixup: the one holding the corrupt file keeps a single image, which Mixup cannot pair
     (it used to be trimmed to an empty batch and crash the forward pass)."""
     out = tmp_path / "out"
-    assert train_cli(["--data-dir", str(data), *COMMON, "-b", "2", "--epochs", "1", "--output", str(out),
-                      "--experiment", "run"]) == 0
+    assert (
+        train_cli(
+            ["--data-dir", str(data), *COMMON, "-b", "2", "--epochs", "1", "--output", str(out), "--experiment", "run"]
+        )
+        == 0
+    )
     assert ckpt(out / "run" / "last.pth")["step"] == 6

@@ -1,4 +1,5 @@
 """datvit.tools.flops and ``datvit flops``: the papers' FLOPs (fvcore convention) from a trace of the model."""
+
 from __future__ import annotations
 
 import json
@@ -8,10 +9,9 @@ import pytest
 import torch
 
 import datvit
-from datvit.cli.main import main
-from datvit.tools.flops import (ABLATION, PUBLISHED, build_on_meta, count_ablation, count_flops, count_variant_flops)
-
 from conftest import load_manifest
+from datvit.cli.main import main
+from datvit.tools.flops import ABLATION, PUBLISHED, build_on_meta, count_ablation, count_flops, count_variant_flops
 
 
 @pytest.mark.parametrize("name", sorted(PUBLISHED))
@@ -34,11 +34,26 @@ def test_ablation_reproduces_the_authors_code_to_the_third_decimal():
 
 
 def _tiny_neighborhood_model():
-    return dict(generation="pp", img_size=64, dim_stem=16, dims=[16, 32, 64, 128], depths=[2, 2, 2, 2],
-                heads=[1, 2, 4, 8], stage_spec=[["N", "D"]] * 3 + [["D", "D"]], groups=[1, 2, 2, 4],
-                strides=[8, 4, 2, 1], offset_range_factor=[-1] * 4, use_pes=[True] * 4, ksizes=[9, 7, 5, 3],
-                nat_ksizes=[7] * 4, use_conv_patches=True, use_dwc_mlps=[True] * 4, use_lpus=[True] * 4,
-                window_sizes=[7] * 4, num_classes=10)
+    return dict(
+        generation="pp",
+        img_size=64,
+        dim_stem=16,
+        dims=[16, 32, 64, 128],
+        depths=[2, 2, 2, 2],
+        heads=[1, 2, 4, 8],
+        stage_spec=[["N", "D"]] * 3 + [["D", "D"]],
+        groups=[1, 2, 2, 4],
+        strides=[8, 4, 2, 1],
+        offset_range_factor=[-1] * 4,
+        use_pes=[True] * 4,
+        ksizes=[9, 7, 5, 3],
+        nat_ksizes=[7] * 4,
+        use_conv_patches=True,
+        use_dwc_mlps=[True] * 4,
+        use_lpus=[True] * 4,
+        window_sizes=[7] * 4,
+        num_classes=10,
+    )
 
 
 def test_counts_by_hand_for_one_deformable_block_and_neighborhood_attention_at_k_squared():
@@ -50,16 +65,18 @@ def test_counts_by_hand_for_one_deformable_block_and_neighborhood_attention_at_k
     C, H, W, heads, G, k = 128, 2, 2, 8, 4, 3
     HW, Ns, cg = H * W, H * W, C // G
     per_block = (
-        4 * HW * C * C                        # proj_q, proj_k, proj_v, proj_out (1×1 convs)
-        + 2 * HW * Ns * C                     # q·kᵀ and attn·v
+        4 * HW * C * C  # proj_q, proj_k, proj_v, proj_out (1×1 convs)
+        + 2 * HW * Ns * C  # q·kᵀ and attn·v
         + G * (Ns * cg * k * k + Ns * cg * 2)  # offset network: depthwise k×k and 1×1 conv to 2 channels
-        + 5 * G * Ns * cg                     # its LayerNorm
-        + 4 * C * Ns + 4 * heads * HW * Ns    # bilinear sampling of x and of the position bias
-        + 2 * 5 * HW * C                      # the block's two LayerNorms
-        + 2 * HW * C * 4 * C + HW * 4 * C * 9 # MLP: two 1×1 convs and its 3×3 depthwise conv
-        + HW * C * 9                          # local perception unit
+        + 5 * G * Ns * cg  # its LayerNorm
+        + 4 * C * Ns
+        + 4 * heads * HW * Ns  # bilinear sampling of x and of the position bias
+        + 2 * 5 * HW * C  # the block's two LayerNorms
+        + 2 * HW * C * 4 * C
+        + HW * 4 * C * 9  # MLP: two 1×1 convs and its 3×3 depthwise conv
+        + HW * C * 9  # local perception unit
     )
-    down = HW * 64 * C * 9 + 5 * HW * C       # 3×3 stride-2 conv into stage 4 and its LayerNorm
+    down = HW * 64 * C * 9 + 5 * HW * C  # 3×3 stride-2 conv into stage 4 and its LayerNorm
     assert stage4.macs == 2 * per_block + down, (stage4.macs, 2 * per_block + down)
     assert stage4.detail == "2×2 D×2"
 
@@ -68,7 +85,7 @@ def test_counts_by_hand_for_one_deformable_block_and_neighborhood_attention_at_k
     # Fast path: 3×3 tiles of 7×7 queries (padded to 21×21), each against a (7 + 6)² = 169-key halo.
     reference_attention, tiled_attention = 2 * 16 * 16 * 49 * 16, 2 * 21 * 21 * 169 * 16
     assert fast.rows[1].macs - report.rows[1].macs == tiled_attention - reference_attention
-    assert fast.rows[4].macs == stage4.macs            # deformable attention: same on both paths
+    assert fast.rows[4].macs == stage4.macs  # deformable attention: same on both paths
 
 
 def test_real_model_untouched_and_same_count_as_meta():
@@ -85,13 +102,14 @@ def test_real_model_untouched_and_same_count_as_meta():
 
 def test_other_models_are_counted_too():
     import timm
+
     model = timm.create_model("resnet18", num_classes=10)
     report = count_flops(model, (3, 64, 64))
     # resnet18 at 64×64: 1.82G at 224 scales by (64/224)²; fvcore counts its batch norms 1 per element
     assert math.isclose(report.gflops, 1.82 * (64 / 224) ** 2, rel_tol=0.03)
     assert report.params == sum(p.numel() for p in model.parameters())
 
-    class ReadsValues(torch.nn.Module):          # .item() cannot run on meta: traced for real instead
+    class ReadsValues(torch.nn.Module):  # .item() cannot run on meta: traced for real instead
         def __init__(self):
             super().__init__()
             self.fc = torch.nn.Linear(8, 4)

@@ -1,5 +1,6 @@
 """``read_image`` decodes every image mode to what the picture looks like: one test per mode, each with a
 pixel value that the naive ``convert('RGB')`` gets wrong where it does."""
+
 from __future__ import annotations
 
 import io
@@ -17,7 +18,7 @@ def pixel(img: Image.Image, xy=(0, 0)):
 
 
 def test_16_bit_grayscale_png_is_scaled_not_clipped(tmp_path):
-    values = np.array([[0, 32896, 65535]], dtype=np.uint16)   # black, 50% grey, white
+    values = np.array([[0, 32896, 65535]], dtype=np.uint16)  # black, 50% grey, white
     path = tmp_path / "grey16.png"
     Image.fromarray(values).save(path)
     assert Image.open(path).mode.startswith("I")
@@ -45,7 +46,7 @@ def test_palette_with_transparency_is_composited_on_white(tmp_path):
     img.putpalette([0, 0, 0, 10, 120, 40] + [0] * 762)
     img.putdata([0, 1])
     path = tmp_path / "palette_t.png"
-    img.save(path, transparency=0)                           # index 0 (stored black) is transparent
+    img.save(path, transparency=0)  # index 0 (stored black) is transparent
     rgb = read_image(path, "RGB")
     assert pixel(rgb, (0, 0)) == (255, 255, 255) and pixel(rgb, (1, 0)) == (10, 120, 40)
 
@@ -74,14 +75,14 @@ def test_transparent_pixels_are_white_half_transparent_are_blended(tmp_path, mod
 
 def test_exif_rotated_jpeg_comes_out_upright(tmp_path):
     img = Image.new("RGB", (40, 20), (0, 0, 255))
-    img.paste((255, 0, 0), (0, 0, 10, 20))                   # a red band on the left of the stored pixels
+    img.paste((255, 0, 0), (0, 0, 10, 20))  # a red band on the left of the stored pixels
     exif = Image.Exif()
-    exif[0x0112] = 6                                        # "rotate 90° clockwise to display"
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
     path = tmp_path / "rotated.jpg"
     img.save(path, exif=exif, quality=100)
     upright = read_image(path, "RGB")
     assert upright.size == (20, 40)
-    r, g, b = pixel(upright, (10, 2))                        # the band is now at the top
+    r, g, b = pixel(upright, (10, 2))  # the band is now at the top
     assert r > 200 and b < 60
 
 
@@ -89,9 +90,9 @@ def test_large_jpeg_is_drafted_and_too_large_is_refused(tmp_path, monkeypatch):
     path = tmp_path / "large.jpg"
     Image.new("RGB", (800, 600), (120, 60, 30)).save(path)
     assert read_image(path, "RGB").size == (800, 600)
-    monkeypatch.setattr(images, "DRAFT_PIXELS", 200 * 150)   # as if 800×600 were above 8192²
+    monkeypatch.setattr(images, "DRAFT_PIXELS", 200 * 150)  # as if 800×600 were above 8192²
     drafted = read_image(path, "RGB")
-    assert drafted.size == (200, 150)                        # decoded at 1/4 scale
+    assert drafted.size == (200, 150)  # decoded at 1/4 scale
     assert all(abs(a - b) <= 2 for a, b in zip(pixel(drafted, (100, 75)), (120, 60, 30)))
     monkeypatch.setattr(images, "MAX_PIXELS", 1000)
     with pytest.raises(ImageTooLargeError, match="800×600 pixels"):
@@ -102,11 +103,11 @@ def test_large_jpeg_is_drafted_and_too_large_is_refused(tmp_path, monkeypatch):
 def test_above_pils_bomb_limit_but_below_ours_is_read(tmp_path, monkeypatch):
     path = tmp_path / "wide.png"
     Image.new("L", (300, 10), 7).save(path)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)     # PIL would raise DecompressionBombError at 2×
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL would raise DecompressionBombError at 2×
     with pytest.raises(Image.DecompressionBombError):
         Image.open(path)
     assert pixel(read_image(path, "L")) == 7
-    assert Image.MAX_IMAGE_PIXELS == 1000                    # PIL's global is left as it was
+    assert Image.MAX_IMAGE_PIXELS == 1000  # PIL's global is left as it was
 
 
 def test_truncated_file_raises_an_image_error(tmp_path):

@@ -1,6 +1,7 @@
 """The inference layer: load_model from every kind of file (datvit's, older datvit files, the authors', a
 convert directory), the checkpoint format, datvit predict and datvit convert (logits identical through timm and
 through datvit), and the layering (inference never imports train)."""
+
 from __future__ import annotations
 
 import json
@@ -12,15 +13,20 @@ import torch
 from PIL import Image
 
 from datvit.cli.main import main
-from datvit.layers.ops import cpu_native_bf16
 from datvit.inference import FORMAT_VERSION, build_checkpoint, eval_transform, load_model, read_datvit_checkpoint
+from datvit.layers.ops import cpu_native_bf16
 from datvit.models import CheckpointError
 from datvit.models.factory import arch_record, build_model, resolve_model_kwargs
 from train_helpers import TINY_MODEL_KWARGS
 
 CLASSES = ["cat", "dog", "fish"]
-DATA_CONFIG = {"input_size": [3, 32, 32], "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3], "crop_pct": 0.9,
-               "interpolation": "bilinear"}
+DATA_CONFIG = {
+    "input_size": [3, 32, 32],
+    "mean": [0.5, 0.4, 0.3],
+    "std": [0.25, 0.2, 0.3],
+    "crop_pct": 0.9,
+    "interpolation": "bilinear",
+}
 
 
 def tiny(num_classes=3, seed=0, **overrides):
@@ -35,8 +41,17 @@ def files(tmp_path_factory):
     model, kwargs = tiny()
     ours = root / "ours.pth"
     ema = {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    torch.save(build_checkpoint(model.state_dict(), arch=arch_record("dat_tiny", kwargs), data_config=DATA_CONFIG,
-                                class_names=CLASSES, model_ema=ema, training={"epoch": 3, "step": 30}), ours)
+    torch.save(
+        build_checkpoint(
+            model.state_dict(),
+            arch=arch_record("dat_tiny", kwargs),
+            data_config=DATA_CONFIG,
+            class_names=CLASSES,
+            model_ema=ema,
+            training={"epoch": 3, "step": 30},
+        ),
+        ours,
+    )
     authors = root / "authors.pth"
     torch.save({"model": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 299}, authors)
     images = root / "images"
@@ -62,8 +77,10 @@ def test_load_model_from_a_datvit_checkpoint_needs_no_model_name(files):
     torch.testing.assert_close(logits(loaded.model, x), logits(files["model"], x), rtol=0, atol=0)
     ema = load_model(files["ours"], use_ema=True).model
     assert torch.equal(ema.state_dict()["cls_head.bias"], files["model"].state_dict()["cls_head.bias"] + 1)
-    bigger = load_model(files["ours"], img_size=48)   # position tables resized, preprocessing follows
-    assert bigger.data_config["input_size"] == (3, 48, 48) and logits(bigger.model, torch.randn(1, 3, 48, 48)).shape == (1, 3)
+    bigger = load_model(files["ours"], img_size=48)  # position tables resized, preprocessing follows
+    assert bigger.data_config["input_size"] == (3, 48, 48) and logits(
+        bigger.model, torch.randn(1, 3, 48, 48)
+    ).shape == (1, 3)
 
 
 def test_files_written_before_format_version_still_read(files, tmp_path):
@@ -92,7 +109,7 @@ def test_authors_file_needs_the_variant_and_reads_classes_from_the_weights(files
     x = torch.randn(1, 3, 32, 32)
     torch.testing.assert_close(logits(loaded.model, x), logits(files["model"], x), rtol=0, atol=0)
     with pytest.raises(CheckpointError, match="does not match the model"):
-        load_model(files["authors"], "dat_tiny")   # the full dat_tiny is another architecture
+        load_model(files["authors"], "dat_tiny")  # the full dat_tiny is another architecture
 
 
 def test_unknown_model_argument_names_the_closest():
@@ -106,8 +123,9 @@ def test_eval_transform_is_timms(files):
     loaded = load_model(files["ours"])
     image = Image.open(files["images"] / "1.png")
     x = eval_transform(loaded.data_config)(image)
-    ref = timm.data.create_transform(32, interpolation="bilinear", mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3),
-                                     crop_pct=0.9)(image)
+    ref = timm.data.create_transform(
+        32, interpolation="bilinear", mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.3), crop_pct=0.9
+    )(image)
     assert x.shape == (3, 32, 32) and torch.equal(x, ref)
 
 
@@ -115,8 +133,23 @@ def test_predict_prints_topk_and_keeps_going_past_bad_files(files, capsys, tmp_p
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out_file = tmp_path / "p.json"
-    code = main(["predict", str(files["images"]), str(bad), str(tmp_path / "missing.png"), "--checkpoint",
-                 str(files["ours"]), "--topk", "2", "-b", "2", "--json", "--output", str(out_file)])
+    code = main(
+        [
+            "predict",
+            str(files["images"]),
+            str(bad),
+            str(tmp_path / "missing.png"),
+            "--checkpoint",
+            str(files["ours"]),
+            "--topk",
+            "2",
+            "-b",
+            "2",
+            "--json",
+            "--output",
+            str(out_file),
+        ]
+    )
     _, err = capsys.readouterr()
     assert code == 1
     assert "broken.jpg" in err and "missing.png" in err and "Traceback" not in err
@@ -147,8 +180,17 @@ def test_predict_compile_flag_runs_through_optimize_for_inference(files, capsys,
         return model
 
     monkeypatch.setattr(datvit.cli._deploy_args, "optimize_for_inference", fake_optimize)
-    code = main(["predict", str(files["images"] / "0.png"), "--checkpoint", str(files["ours"]), "--compile",
-                 "--compile-mode", "max-autotune"])
+    code = main(
+        [
+            "predict",
+            str(files["images"] / "0.png"),
+            "--checkpoint",
+            str(files["ours"]),
+            "--compile",
+            "--compile-mode",
+            "max-autotune",
+        ]
+    )
     capsys.readouterr()
     assert code == 0 and seen == [InferenceOptimization(compile=True, freezing=True, mode="max-autotune")]
 
@@ -162,8 +204,9 @@ def _predicted_probabilities_close(files, capsys, flag: str) -> None:
     for extra in ([], [flag]):
         assert main(["predict", *images, "--checkpoint", str(files["ours"]), "--topk", str(k), "--json", *extra]) == 0
         out = json.loads(capsys.readouterr().out)["results"]
-        probs.append(torch.tensor([[{p["index"]: p["probability"] for p in r["predictions"]}[i] for i in range(k)]
-                                   for r in out]))
+        probs.append(
+            torch.tensor([[{p["index"]: p["probability"] for p in r["predictions"]}[i] for i in range(k)] for r in out])
+        )
     assert probs[0].shape == (len(images), k)
     assert (probs[0] - probs[1]).abs().max() < 0.05 and not torch.equal(probs[0], probs[1])
 
@@ -185,8 +228,9 @@ def test_predict_names_imagenet_classes_for_a_1000_class_head(tmp_path, files, c
     model, _ = tiny(num_classes=1000)
     path = tmp_path / "in1k.pth"
     kwargs = resolve_model_kwargs("dat_tiny", None, TINY_MODEL_KWARGS, num_classes=1000)
-    torch.save(build_checkpoint(model.state_dict(), arch=arch_record("dat_tiny", kwargs), data_config=DATA_CONFIG),
-               path)
+    torch.save(
+        build_checkpoint(model.state_dict(), arch=arch_record("dat_tiny", kwargs), data_config=DATA_CONFIG), path
+    )
     code = main(["predict", str(files["images"] / "0.png"), "--checkpoint", str(path), "--json", "--topk", "3"])
     out, _ = capsys.readouterr()
     labels = [p["label"] for p in json.loads(out)["results"][0]["predictions"]]
@@ -199,17 +243,23 @@ def test_predict_names_imagenet_classes_for_a_1000_class_head(tmp_path, files, c
 def test_convert_round_trip_through_timm_and_datvit(tmp_path, files, name, capsys):
     if name == "dat_tiny":
         model, kwargs, src = files["model"], files["kwargs"], files["ours"]
-    else:   # a preset (not a timm name): config.json names dat_tiny, model_args rebuild the same network
+    else:  # a preset (not a timm name): config.json names dat_tiny, model_args rebuild the same network
         kwargs = resolve_model_kwargs("dat_nano", num_classes=5, in_chans=1)
         torch.manual_seed(1)
         model = build_model("dat_nano", kwargs).eval()
         src = tmp_path / "nano.pth"
-        torch.save(build_checkpoint(model.state_dict(), arch=arch_record("dat_nano", kwargs),
-                                    data_config={**DATA_CONFIG, "input_size": [1, 32, 32], "mean": [0.3],
-                                                 "std": [0.3]}, class_names=list("abcde")), src)
+        torch.save(
+            build_checkpoint(
+                model.state_dict(),
+                arch=arch_record("dat_nano", kwargs),
+                data_config={**DATA_CONFIG, "input_size": [1, 32, 32], "mean": [0.3], "std": [0.3]},
+                class_names=list("abcde"),
+            ),
+            src,
+        )
     dst = tmp_path / "hub"
     assert main(["convert", str(src), str(dst)]) == 0
-    assert main(["convert", str(src), str(dst)]) == 2        # nothing is overwritten without --overwrite
+    assert main(["convert", str(src), str(dst)]) == 2  # nothing is overwritten without --overwrite
     assert "--overwrite" in capsys.readouterr().err
     config = json.loads((dst / "config.json").read_text())
     assert config["architecture"] == "dat_tiny" and config["num_classes"] == model.num_classes
@@ -219,9 +269,12 @@ def test_convert_round_trip_through_timm_and_datvit(tmp_path, files, name, capsy
     assert cfg["input_size"][1:] == [32, 32] and cfg["crop_pct"] == 0.9 and cfg["interpolation"] == "bilinear"
     assert config["label_names"] == (CLASSES if name == "dat_tiny" else list("abcde"))
     x = torch.randn(2, model.in_chans, 32, 32)
-    through_timm = timm.create_model(config["architecture"], pretrained=True,
-                                     pretrained_cfg_overlay=dict(file=str(dst / "model.safetensors")),
-                                     **config["model_args"]).eval()
+    through_timm = timm.create_model(
+        config["architecture"],
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(dst / "model.safetensors")),
+        **config["model_args"],
+    ).eval()
     through_datvit = load_model(dst)
     assert through_datvit.arch["name"] == name and through_datvit.class_names == config["label_names"]
     assert through_datvit.data_config["input_size"][0] == model.in_chans
@@ -237,7 +290,7 @@ def test_convert_an_authors_file_with_the_variant(tmp_path):
     dst, src = tmp_path / "authors_hub", tmp_path / "a.pth"
     model = build_model("dat_nano", resolve_model_kwargs("dat_nano", num_classes=4)).eval()
     torch.save({"model": model.state_dict()}, src)
-    assert main(["convert", str(src), str(dst)]) == 2       # the authors' files do not say which variant
+    assert main(["convert", str(src), str(dst)]) == 2  # the authors' files do not say which variant
     assert main(["convert", str(src), str(dst), "--model", "dat_nano"]) == 0
     config = json.loads((dst / "config.json").read_text())
     assert config["architecture"] == "dat_tiny" and config["num_classes"] == 4 and "label_names" not in config
@@ -251,8 +304,8 @@ def test_predict_amp_on_a_cpu_without_native_bf16_is_one_line(files, capsys, mon
     import datvit.deploy
 
     monkeypatch.setattr(datvit.deploy, "cpu_native_bf16", lambda: False)
-    code = main(["predict", str(files["images"] / "0.png"), "--checkpoint", str(files["ours"]), "--amp",
-                 "--device", "cpu"])
+    code = main(
+        ["predict", str(files["images"] / "0.png"), "--checkpoint", str(files["ours"]), "--amp", "--device", "cpu"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "native bf16" in err[0] and "Traceback" not in err[0], err
-

@@ -1,6 +1,7 @@
 """Deformable attention: fast path vs the authors' algorithm (forward 1e-5, gradients 1e-4) across both
 generations, strides, groups, odd and non-square sizes and collapsed key grids; the 4-corner bias gather vs
 grid_sample; the reference-point conventions."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,7 +15,7 @@ from datvit.layers import DeformableAttention, deformable_position_bias, query_g
 def make(generation="v1", dim=32, heads=4, groups=2, fmap=14, stride=1, ksize=5, factor=2.0, **kw):
     torch.manual_seed(0)
     m = DeformableAttention(dim, heads, groups, fmap, stride, ksize, factor, generation=generation, **kw)
-    with torch.no_grad():                # non-trivial weights: large offsets, strong position bias
+    with torch.no_grad():  # non-trivial weights: large offsets, strong position bias
         for p in m.conv_offset.parameters():
             p.normal_(0, 0.5)
         if isinstance(m.rpe_table, torch.nn.Parameter):
@@ -24,19 +25,31 @@ def make(generation="v1", dim=32, heads=4, groups=2, fmap=14, stride=1, ksize=5,
 
 def check_paths(m, shape, batch=2):
     _, (pos_f, ref_f), (pos_r, ref_r) = assert_fast_matches_reference(
-        m, torch.randn(batch, *shape, m.dim), return_positions=True)
+        m, torch.randn(batch, *shape, m.dim), return_positions=True
+    )
     torch.testing.assert_close(pos_f, pos_r, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(ref_f, ref_r)
     return pos_f
 
 
 V1_CASES = [  # (shape, stride, ksize, factor, groups)
-    ((14, 14), 1, 5, 2.0, 2), ((7, 7), 1, 3, 2.0, 4), ((13, 9), 1, 5, 2.0, 2), ((28, 28), 2, 7, 2.0, 1),
-    ((56, 40), 4, 9, 1.0, 1), ((14, 14), 1, 5, -1.0, 2), ((1, 1), 1, 3, 2.0, 2),
+    ((14, 14), 1, 5, 2.0, 2),
+    ((7, 7), 1, 3, 2.0, 4),
+    ((13, 9), 1, 5, 2.0, 2),
+    ((28, 28), 2, 7, 2.0, 1),
+    ((56, 40), 4, 9, 1.0, 1),
+    ((14, 14), 1, 5, -1.0, 2),
+    ((1, 1), 1, 3, 2.0, 2),
 ]
 PP_CASES = [
-    ((56, 56), 8, 9, -1.0, 1), ((28, 28), 4, 7, -1.0, 2), ((14, 14), 2, 5, -1.0, 4), ((7, 7), 1, 3, -1.0, 2),
-    ((23, 31), 4, 7, -1.0, 2), ((7, 7), 8, 9, -1.0, 1), ((2, 9), 2, 5, -1.0, 2), ((14, 14), 2, 5, 3.0, 2),
+    ((56, 56), 8, 9, -1.0, 1),
+    ((28, 28), 4, 7, -1.0, 2),
+    ((14, 14), 2, 5, -1.0, 4),
+    ((7, 7), 1, 3, -1.0, 2),
+    ((23, 31), 4, 7, -1.0, 2),
+    ((7, 7), 8, 9, -1.0, 1),
+    ((2, 9), 2, 5, -1.0, 2),
+    ((14, 14), 2, 5, 3.0, 2),
     ((1, 1), 1, 3, -1.0, 2),
 ]
 
@@ -80,17 +93,22 @@ def test_position_bias_gather_matches_grid_sample():
     torch.manual_seed(0)
     B, G, hg, H, W = 2, 3, 2, 6, 9
     table = torch.randn(G * hg, 11, 17)
-    pos = torch.rand(B, G, 20, 2) * 2.6 - 1.3          # some positions outside [−1, 1] (v1 is not clamped)
+    pos = torch.rand(B, G, 20, 2) * 2.6 - 1.3  # some positions outside [−1, 1] (v1 is not clamped)
     grid = query_grid(H, W, "v1")
     ours = deformable_position_bias(table, pos, grid)
     disp = (grid.reshape(1, H * W, 1, 2) - pos.reshape(B * G, 1, 20, 2)) * 0.5
-    expected = F.grid_sample(table[None].expand(B, -1, -1, -1).reshape(B * G, hg, 11, 17), disp[..., (1, 0)],
-                             mode="bilinear", align_corners=True).reshape(B, G * hg, H * W, 20)
+    expected = F.grid_sample(
+        table[None].expand(B, -1, -1, -1).reshape(B * G, hg, 11, 17),
+        disp[..., (1, 0)],
+        mode="bilinear",
+        align_corners=True,
+    ).reshape(B, G * hg, H * W, 20)
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("groups,hg,H,W,ns,t", [(3, 2, 6, 9, 20, (11, 17)), (1, 2, 12, 12, 9, (23, 23)),
-                                                 (4, 1, 1, 5, 1, (3, 9))])
+@pytest.mark.parametrize(
+    "groups,hg,H,W,ns,t", [(3, 2, 6, 9, 20, (11, 17)), (1, 2, 12, 12, 9, (23, 23)), (4, 1, 1, 5, 1, (3, 9))]
+)
 def test_position_bias_gradients_match_grid_sample(groups, hg, H, W, ns, t):
     torch.manual_seed(1)
     B = 2
@@ -98,13 +116,18 @@ def test_position_bias_gradients_match_grid_sample(groups, hg, H, W, ns, t):
     pos = (torch.rand(B, groups, ns, 2) * 2.6 - 1.3).requires_grad_()
     grid = query_grid(H, W, "pp")
     disp = (grid.reshape(1, H * W, 1, 2) - pos.reshape(B * groups, 1, ns, 2)) * 0.5
-    expected = F.grid_sample(table[None].expand(B, -1, -1, -1).reshape(B * groups, hg, *t), disp[..., (1, 0)],
-                             mode="bilinear", align_corners=True).reshape(B, groups * hg, H * W, ns)
+    expected = F.grid_sample(
+        table[None].expand(B, -1, -1, -1).reshape(B * groups, hg, *t),
+        disp[..., (1, 0)],
+        mode="bilinear",
+        align_corners=True,
+    ).reshape(B, groups * hg, H * W, ns)
     ours = deformable_position_bias(table, pos, grid)
     torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-6)
     g = torch.randn_like(ours)
-    for a, b, name in zip(torch.autograd.grad(ours, [table, pos], g), torch.autograd.grad(expected, [table, pos], g),
-                          ["table", "pos"]):
+    for a, b, name in zip(
+        torch.autograd.grad(ours, [table, pos], g), torch.autograd.grad(expected, [table, pos], g), ["table", "pos"]
+    ):
         assert_close_scaled(a, b, 1e-5, name)
 
 
@@ -114,7 +137,7 @@ def test_reference_point_conventions():
     torch.testing.assert_close(v1[0, :, 1], torch.tensor([-0.5, 0.5]))
     pp = reference_points(3, 1, "pp")[0]
     torch.testing.assert_close(pp[:, 0, 0], torch.tensor([0.5 / 2 * 2 - 1, 1.5 / 2 * 2 - 1, 2.5 / 2 * 2 - 1]))
-    assert torch.equal(pp[:, 0, 1], torch.zeros(3))                     # size 1 → 0, not NaN
+    assert torch.equal(pp[:, 0, 1], torch.zeros(3))  # size 1 → 0, not NaN
     qg = query_grid(3, 1, "pp")
     torch.testing.assert_close(qg[:, 0, 0], torch.tensor([-1.0, 0.0, 1.0]))
     assert torch.equal(qg[:, 0, 1], torch.zeros(3))
@@ -141,9 +164,9 @@ def test_keys_sampled_by_embedding_bag_equal_grid_sample(dtype):
     torch.manual_seed(0)
     B, H, W, C, G = 3, 9, 11, 24, 3
     x = torch.randn(B, H, W, C).to(dtype).requires_grad_(True)
-    pos = (torch.rand(B * G, 5, 4, 2) * 2.6 - 1.3)
+    pos = torch.rand(B * G, 5, 4, 2) * 2.6 - 1.3
     pos[0, 0, 0] = torch.tensor([0.0, 0.0])
-    pos[0, 0, 1] = torch.tensor([-1.0, 1.0])            # corners of the map: integer pixel coordinates
+    pos[0, 0, 1] = torch.tensor([-1.0, 1.0])  # corners of the map: integer pixel coordinates
     pos.requires_grad_(True)
     assert (pos.abs() > 1).any()
 

@@ -1,5 +1,6 @@
 """Neighborhood attention in pure PyTorch against a brute-force masked full attention with NATTEN's semantics
 (window clamped inside the map, bias indexed by key − query, maps smaller than the kernel zero-padded)."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,12 @@ def brute_force(q, k, v, rpb, ks):
     iy, ix = iy.flatten(), ix.flatten()
     sy = (iy - ks // 2).clamp(0, H - ks)
     sx = (ix - ks // 2).clamp(0, W - ks)
-    inside = ((iy[None, :] >= sy[:, None]) & (iy[None, :] < sy[:, None] + ks)
-              & (ix[None, :] >= sx[:, None]) & (ix[None, :] < sx[:, None] + ks))
+    inside = (
+        (iy[None, :] >= sy[:, None])
+        & (iy[None, :] < sy[:, None] + ks)
+        & (ix[None, :] >= sx[:, None])
+        & (ix[None, :] < sx[:, None] + ks)
+    )
     dy = (iy[None, :] - iy[:, None] + ks - 1).clamp(0, 2 * ks - 2)
     dx = (ix[None, :] - ix[:, None] + ks - 1).clamp(0, 2 * ks - 2)
     bias = rpb[:, dy, dx]
@@ -36,13 +41,14 @@ def test_tiled_and_gather_match_brute_force(shape, ks, tile):
     B, h, c = 2, 2, 8
     q, k, v = (torch.randn(B, h, *shape, c) for _ in range(3))
     rpb = torch.randn(h, 2 * ks - 1, 2 * ks - 1)
-    expected = brute_force(q * c ** -0.5, k, v, rpb, ks)
-    got_gather = neighborhood_attention_gather(q * c ** -0.5, k, v, rpb, ks)
+    expected = brute_force(q * c**-0.5, k, v, rpb, ks)
+    got_gather = neighborhood_attention_gather(q * c**-0.5, k, v, rpb, ks)
     torch.testing.assert_close(got_gather, expected, atol=1e-5, rtol=1e-5)
-    qkv = torch.stack([q, k, v]).permute(1, 3, 4, 0, 2, 5)          # B×H×W×3×heads×c
+    qkv = torch.stack([q, k, v]).permute(1, 3, 4, 0, 2, 5)  # B×H×W×3×heads×c
     got_tiled = neighborhood_attention_tiled(qkv, rpb, ks, tile)
-    torch.testing.assert_close(got_tiled, expected.permute(0, 2, 3, 1, 4).reshape(B, *shape, h * c),
-                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(
+        got_tiled, expected.permute(0, 2, 3, 1, 4).reshape(B, *shape, h * c), atol=1e-5, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("shape", [(14, 14), (9, 13), (3, 5), (7, 7), (6, 12)])

@@ -1,5 +1,6 @@
 """Local / shifted window attention: the fast path against the authors' algorithm and against a brute-force
 full attention with an explicit "same window, same region, real key" mask, on sizes that need padding."""
+
 from __future__ import annotations
 
 import math
@@ -29,17 +30,16 @@ def brute_force(m: LocalAttention, x: torch.Tensor) -> torch.Tensor:
     w, s, heads, hc = m.window_size, m.shift_size, m.heads, m.head_dim
     Hp, Wp = H + (-H) % w, W + (-W) % w
     ys, xs = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
-    ry, rx = (ys - s) % Hp, (xs - s) % Wp                       # position after rolling by −s
+    ry, rx = (ys - s) % Hp, (xs - s) % Wp  # position after rolling by −s
     win = (ry // w) * (Wp // w) + (rx // w)
     if s:
-        region = (((ry >= Hp - w).long() + (ry >= Hp - s).long()) * 3
-                  + ((rx >= Wp - w).long() + (rx >= Wp - s).long()))
+        region = ((ry >= Hp - w).long() + (ry >= Hp - s).long()) * 3 + ((rx >= Wp - w).long() + (rx >= Wp - s).long())
     else:
         region = torch.zeros_like(ry)
     win, region, ly, lx = win.flatten(), region.flatten(), (ry % w).flatten(), (rx % w).flatten()
     allowed = (win[:, None] == win[None, :]) & (region[:, None] == region[None, :])
     idx = (ly[:, None] - ly[None, :] + w - 1) * (2 * w - 1) + (lx[:, None] - lx[None, :] + w - 1)
-    bias = m.relative_position_bias_table[idx].permute(2, 0, 1)          # heads × N × N
+    bias = m.relative_position_bias_table[idx].permute(2, 0, 1)  # heads × N × N
     q, k, v = m.proj_qkv(x).reshape(B, H * W, 3, heads, hc).permute(2, 0, 3, 1, 4)
     attn = (q * m.scale) @ k.transpose(-1, -2) + bias
     attn = attn.masked_fill(~allowed, float("-inf")).softmax(-1)
@@ -56,9 +56,13 @@ def test_cached_layout_is_the_computed_one(kind, fmap):
     """The token orders and mask built once for ``fmap_size`` (constants for torch.compile's freezing) are what
     the forward computes for that size, padded or not; other sizes compute their own; the state_dict is unchanged."""
     m = make(kind, fmap=fmap).eval()
-    assert m.layout_gather.numel() == (math.ceil(fmap / 7) * 7) ** 2 and m.layout_scatter.numel() == fmap * fmap and set(m.state_dict()) == set(make(kind, fmap=0).state_dict())
+    assert (
+        m.layout_gather.numel() == (math.ceil(fmap / 7) * 7) ** 2
+        and m.layout_scatter.numel() == fmap * fmap
+        and set(m.state_dict()) == set(make(kind, fmap=0).state_dict())
+    )
     uncached = make(kind, fmap=fmap).eval()
-    uncached.fmap_size = 0                              # the forward then computes the layout every call
+    uncached.fmap_size = 0  # the forward then computes the layout every call
     for size in {fmap, fmap + 3}:
         x = torch.randn(2, size, size, 24)
         torch.testing.assert_close(m(x), uncached(x), atol=0, rtol=0)
@@ -90,7 +94,7 @@ def test_padding_content_does_not_leak():
     x = torch.randn(1, 10, 10, 24)
     y = m(x)
     x2 = x.clone()
-    x2[:, 7:, 7:] += 5.0                     # only the bottom-right window (partly padding) changes
+    x2[:, 7:, 7:] += 5.0  # only the bottom-right window (partly padding) changes
     y2 = m(x2)
     torch.testing.assert_close(y[:, :7], y2[:, :7])
     torch.testing.assert_close(y[:, :, :7], y2[:, :, :7])

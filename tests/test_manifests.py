@@ -1,5 +1,6 @@
 """Every released variant has exactly the keys, shapes, dtypes and kinds of the authors' state_dict (the
 manifests), built from our registry and from the authors' own constructor arguments."""
+
 from __future__ import annotations
 
 import pytest
@@ -43,12 +44,26 @@ def test_authors_config_matches_manifest(variant):
     assert_matches_manifest(model, manifest)
     ours = datvit.model_config(variant)
     assert model.generation == ours["generation"]
+
     # our registry and the authors' arguments agree on everything that shapes the model
     def plain(v):
         return [plain(i) for i in v] if isinstance(v, (list, tuple)) else v
 
-    for key in ("dims", "depths", "heads", "groups", "strides", "stage_spec", "window_sizes", "img_size",
-                "offset_range_factor", "use_pes", "use_dwc_mlps", "use_conv_patches", "drop_path_rate"):
+    for key in (
+        "dims",
+        "depths",
+        "heads",
+        "groups",
+        "strides",
+        "stage_spec",
+        "window_sizes",
+        "img_size",
+        "offset_range_factor",
+        "use_pes",
+        "use_dwc_mlps",
+        "use_conv_patches",
+        "drop_path_rate",
+    ):
         assert plain(ours[key]) == plain(manifest["config"][key]), key
 
 

@@ -1,4 +1,5 @@
 """timm model API, input sizes and input validation, forward/backward of every variant, torch.compile."""
+
 from __future__ import annotations
 
 import pytest
@@ -149,11 +150,13 @@ def test_grad_checkpointing_same_gradients():
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("family,spec", [("dat", [["S"], ["L"], ["D"], ["D"]]), ("datpp", [["N"], ["D"], ["N"], ["D"]])])
+@pytest.mark.parametrize(
+    "family,spec", [("dat", [["S"], ["L"], ["D"], ["D"]]), ("datpp", [["N"], ["D"], ["N"], ["D"]])]
+)
 def test_torch_compile_fullgraph_matches_eager(family, spec):
     torch._dynamo.reset()
     m = DAT(**reduced_kwargs(family, num_classes=10, depths=[1, 1, 1, 1], stage_spec=spec)).eval()
     x = torch.randn(2, 3, 64, 96)
-    compiled = torch.compile(m, fullgraph=True)     # fullgraph: any graph break is an error
+    compiled = torch.compile(m, fullgraph=True)  # fullgraph: any graph break is an error
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), m(x), atol=1e-5, rtol=1e-5)

@@ -3,6 +3,7 @@ channels-last view (oneDNN, about twice MKL's sgemm on the EPYC machines); value
 to float rounding; so in bf16 (a bf16 model or bf16 autocast) on CPUs with native bf16, eagerly; everywhere else
 (export, tracing, TorchScript, fp16, tensor subclasses, bf16 under torch.compile) it *is* ``F.linear``, so exported
 graphs and int8 keep their ``linear``."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,9 +13,8 @@ from torch import nn
 
 from compile_helpers import compile_and_record
 from conftest import RecordOps
-from datvit.layers import LocalAttention, NeighborhoodAttention2D
+from datvit.layers import LocalAttention, NeighborhoodAttention2D, ops
 from datvit.layers.mlp import ConvMlp, Mlp
-from datvit.layers import ops
 from datvit.layers.ops import _onednn_linear_backward_op, _onednn_linear_op, dense, dense_gelu, residual_depthwise_conv
 
 
@@ -82,13 +82,14 @@ def test_gelu_fused_into_the_residual_depthwise_conv():
         got = residual_depthwise_conv(h, w, b, gelu=True)
     assert _FUSED in rec.ops and "aten.gelu" not in rec.ops, rec.ops
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(residual_depthwise_conv(h, w.requires_grad_(), b, gelu=True).detach(), want,
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        residual_depthwise_conv(h, w.requires_grad_(), b, gelu=True).detach(), want, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_dense_takes_non_contiguous_tokens():
     x, w, b = _case((2, 7, 5, 24))
-    xt = x.transpose(1, 2)                                   # a strided view
+    xt = x.transpose(1, 2)  # a strided view
     torch.testing.assert_close(dense(xt, w, b), F.linear(xt, w, b), rtol=1e-5, atol=1e-5)
     empty = torch.randn(0, 24)
     assert dense(empty, w, b).shape == (0, 40)
@@ -117,7 +118,7 @@ def test_dense_in_bf16_follows_the_cpu(autocast, monkeypatch):
             want = F.linear(*args)
         return got, want, rec.ops
 
-    for native in ((True, False) if ops._NATIVE_BF16 else (False,)):
+    for native in (True, False) if ops._NATIVE_BF16 else (False,):
         monkeypatch.setattr(ops, "_NATIVE_BF16", native)
         got, want, seen = run()
         assert got.dtype == torch.bfloat16 and got.shape == want.shape
@@ -144,8 +145,12 @@ def test_exported_and_traced_graphs_keep_linear():
 @pytest.mark.parametrize("module", ["mlp", "conv_mlp", "window", "neighborhood"])
 def test_fast_paths_use_dense_and_match_their_reference(module):
     torch.manual_seed(0)
-    m = {"mlp": lambda: Mlp(24, 2), "conv_mlp": lambda: ConvMlp(24, 2),
-         "window": lambda: LocalAttention(24, 3, 4), "neighborhood": lambda: NeighborhoodAttention2D(24, 3, 3)}[module]()
+    m = {
+        "mlp": lambda: Mlp(24, 2),
+        "conv_mlp": lambda: ConvMlp(24, 2),
+        "window": lambda: LocalAttention(24, 3, 4),
+        "neighborhood": lambda: NeighborhoodAttention2D(24, 3, 3),
+    }[module]()
     x = torch.randn(2, 8, 8, 24, requires_grad=True)
     with RecordOps() as rec:
         out = m(x)

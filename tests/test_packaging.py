@@ -1,6 +1,7 @@
 """A wheel built from the repository works from any directory: ``datvit --help``, the demo config shipped as
 package data (read by name, not relative to the working directory), ``datvit predict`` — and the installed
 inference layer imports nothing of ``train`` or ``cli``."""
+
 from __future__ import annotations
 
 import json
@@ -30,7 +31,7 @@ def _run(cmd, cwd, env, timeout=240):
 
 @pytest.mark.slow
 def test_wheel_installs_and_runs_from_another_directory(tmp_path):
-    source = tmp_path / "source"   # build from a copy: nothing (build/, egg-info) lands in the checkout
+    source = tmp_path / "source"  # build from a copy: nothing (build/, egg-info) lands in the checkout
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
@@ -38,15 +39,32 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(OMP_NUM_THREADS="1", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
     wheels = tmp_path / "wheels"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source), "-w",
-          str(wheels)], cwd=tmp_path, env=env)
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            str(source),
+            "-w",
+            str(wheels),
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
     (wheel,) = wheels.glob("datvit-*.whl")
     assert "datvit/configs/demo_fashion_mnist.yaml" in zipfile.ZipFile(wheel).namelist()
     target = tmp_path / "site"
-    _run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-         cwd=tmp_path, env=env)
+    _run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        cwd=tmp_path,
+        env=env,
+    )
 
-    elsewhere = tmp_path / "elsewhere"   # no configs/ or src/ here
+    elsewhere = tmp_path / "elsewhere"  # no configs/ or src/ here
     elsewhere.mkdir()
     env["PYTHONPATH"] = str(target)
     out = _run([sys.executable, "-m", "datvit", "--help"], cwd=elsewhere, env=env).stdout
@@ -59,16 +77,32 @@ def test_wheel_installs_and_runs_from_another_directory(tmp_path):
         "from datvit.cli.train import train_layers\n"
         "(where, shipped), _ = train_layers(['-c', 'demo_fashion_mnist'])\n"
         "assert (shipped['model'], shipped['in_chans'], shipped['img_size']) == ('dat_nano', 1, 32), shipped\n"
-        "print('ok')\n")
+        "print('ok')\n"
+    )
     assert _run([sys.executable, "-c", check], cwd=elsewhere, env=env).stdout.strip() == "ok"
 
     kwargs = resolve_model_kwargs("dat_nano", num_classes=3, in_chans=1)
     model = build_model("dat_nano", kwargs)
-    torch.save(build_checkpoint(model.state_dict(), arch=arch_record("dat_nano", kwargs), class_names=["a", "b", "c"],
-                                data_config={"input_size": [1, 32, 32], "mean": [0.5], "std": [0.25],
-                                             "crop_pct": 1.0, "interpolation": "bilinear"}), elsewhere / "m.pth")
+    torch.save(
+        build_checkpoint(
+            model.state_dict(),
+            arch=arch_record("dat_nano", kwargs),
+            class_names=["a", "b", "c"],
+            data_config={
+                "input_size": [1, 32, 32],
+                "mean": [0.5],
+                "std": [0.25],
+                "crop_pct": 1.0,
+                "interpolation": "bilinear",
+            },
+        ),
+        elsewhere / "m.pth",
+    )
     Image.fromarray((np.random.default_rng(0).random((28, 28)) * 255).astype(np.uint8)).save(elsewhere / "x.png")
-    out = _run([sys.executable, "-m", "datvit", "predict", "x.png", "--checkpoint", "m.pth", "--json", "--topk", "2"],
-               cwd=elsewhere, env=env).stdout
+    out = _run(
+        [sys.executable, "-m", "datvit", "predict", "x.png", "--checkpoint", "m.pth", "--json", "--topk", "2"],
+        cwd=elsewhere,
+        env=env,
+    ).stdout
     predictions = json.loads(out)["results"][0]["predictions"]
     assert len(predictions) == 2 and {p["label"] for p in predictions} <= {"a", "b", "c"}

@@ -7,6 +7,7 @@ dtypes, the fast path equals the reference path and a batch equals its images ru
 Examples are derandomized (the same in every run) and few, with no deadline, so the file stays fast and
 deterministic; ``HYPOTHESIS_PROFILE=thorough`` runs more.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,8 +23,13 @@ from datvit.models import DAT
 
 # applied per test (a loaded profile would change other files' hypothesis tests too)
 THOROUGH = os.environ.get("HYPOTHESIS_PROFILE") == "thorough"
-SETTINGS = settings(max_examples=60 if THOROUGH else 4, deadline=None, derandomize=not THOROUGH, database=None,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=60 if THOROUGH else 4,
+    deadline=None,
+    derandomize=not THOROUGH,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 TOLERANCE = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -35,8 +41,11 @@ STAGES = {"dat": [["L"], ["S"], ["L"], ["D"]], "datpp": [["N"], ["D"], ["N"], ["
 @lru_cache(maxsize=None)
 def model(family: str) -> DAT:
     torch.manual_seed(0)
-    return DAT(**reduced_kwargs(family, img_size=48, num_classes=5, drop_path_rate=0.0, depths=[1, 1, 1, 1],
-                                stage_spec=STAGES[family])).eval()
+    return DAT(
+        **reduced_kwargs(
+            family, img_size=48, num_classes=5, drop_path_rate=0.0, depths=[1, 1, 1, 1], stage_spec=STAGES[family]
+        )
+    ).eval()
 
 
 def sizes(min_size: int = 32, max_size: int = 52):
@@ -56,8 +65,12 @@ def run(m: DAT, x: torch.Tensor, reference: bool) -> torch.Tensor:
 
 @pytest.mark.parametrize("family", ["dat", "datpp"])
 @SETTINGS
-@given(hw=sizes(), batch=st.integers(1, 2), dtype=st.sampled_from([torch.float32, torch.float64]),
-       seed=st.integers(0, 2 ** 16))
+@given(
+    hw=sizes(),
+    batch=st.integers(1, 2),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    seed=st.integers(0, 2**16),
+)
 def test_fast_path_equals_reference_and_batch_equals_single(family, hw, batch, dtype, seed):
     m = model(family).to(dtype)
     try:
@@ -67,8 +80,9 @@ def test_fast_path_equals_reference_and_batch_equals_single(family, hw, batch, d
         tol = TOLERANCE[dtype]
         assert_close_scaled(fast, run(m, x, reference=True), tol, f"{family} fast vs reference {hw} {dtype}")
         for i in range(batch):
-            assert_close_scaled(fast[i:i + 1], run(m, x[i:i + 1], reference=False), tol,
-                                f"{family} batch vs single, image {i}")
+            assert_close_scaled(
+                fast[i : i + 1], run(m, x[i : i + 1], reference=False), tol, f"{family} batch vs single, image {i}"
+            )
     finally:
         m.float()
 

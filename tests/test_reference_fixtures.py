@@ -1,5 +1,6 @@
 """The authors' outputs on seeded weights (tests/reference/fixture_*): every stage and the logits, on the plain
 reference path (~1e-5) and the fast path (1e-4), float32. A mismatch names the stage."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,7 +33,7 @@ def test_fixture_stages_and_logits(family, reference):
 @pytest.mark.parametrize("family", ["dat", "datpp"])
 def test_fast_path_matches_reference_path_gradients(family):
     config, _, state, tensors = load_fixture(family)
-    x = tensors["__input__"][:1, :, :96, :128]               # a non-square crop keeps this quick
+    x = tensors["__input__"][:1, :, :96, :128]  # a non-square crop keeps this quick
     grads = []
     for reference in (True, False):
         model = datvit.from_authors_config(config, reference=reference)

@@ -1,4 +1,5 @@
 """datvit.tune_cpu_allocator: freed tensor memory is reused instead of being faulted in again."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,9 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                                reason="the tuning is for glibc's malloc")
+pytestmark = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="the tuning is for glibc's malloc"
+)
 
 # Allocate, touch and free 256 MB seven times; print whether the tuning is on and the minor page faults of the last
 # four (the first ones grow the heap: an aligned request does not fit exactly into the block the first one freed).
@@ -37,8 +39,9 @@ def _probe(choice: str, env_choice: str | None = None) -> tuple[bool, int]:
     env.pop("DATVIT_CPU_ALLOCATOR", None)
     if env_choice:
         env["DATVIT_CPU_ALLOCATOR"] = env_choice
-    out = subprocess.run([sys.executable, "-c", PROBE, choice], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, choice], env=env, capture_output=True, text=True, check=True
+    ).stdout.split()
     return out[0] == "True", int(out[1])
 
 

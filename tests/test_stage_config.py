@@ -1,5 +1,6 @@
 """``StageConfig``: the per-stage configuration ``DAT`` builds once from the authors' flat per-stage lists and hands
 to each ``DATStage``; ``stage_spec_for``, the one builder of the papers' block patterns."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,10 +8,10 @@ import inspect
 
 import pytest
 import torch
-from conftest import VARIANTS, reduced_kwargs
 from timm.layers import DropPath
 from torch import nn
 
+from conftest import VARIANTS, reduced_kwargs
 from datvit.layers import (
     ConvMlp,
     DeformableAttention,
@@ -36,7 +37,7 @@ KINDS = {"L": LocalAttention, "S": ShiftWindowAttention, "D": DeformableAttentio
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_stage_configs_are_the_flat_arguments(variant):
     args = {**DEFAULTS, **model_config(variant)}
-    with torch.device("meta"):                       # no memory, no init: only the structure is looked at
+    with torch.device("meta"):  # no memory, no init: only the structure is looked at
         model = DAT(**model_config(variant))
     depths = args["depths"]
     rates = torch.linspace(0, args["drop_path_rate"], sum(depths)).tolist()
@@ -48,9 +49,9 @@ def test_stage_configs_are_the_flat_arguments(variant):
             want = args[name][i]
             assert getattr(cfg, field) == (tuple(want) if name == "stage_spec" else want), (i, name)
         assert cfg.dim == args["dims"][i] and cfg.dim_in == (args["dim_stem"] if i == 0 else args["dims"][i])
-        assert cfg.fmap_size == args["img_size"] // args["patch_size"] // 2 ** i
+        assert cfg.fmap_size == args["img_size"] // args["patch_size"] // 2**i
         assert cfg.generation == args["generation"] and cfg.expansion == args["expansion"]
-        assert cfg.drop_path == pytest.approx(rates[sum(depths[:i]):sum(depths[:i + 1])])
+        assert cfg.drop_path == pytest.approx(rates[sum(depths[:i]) : sum(depths[: i + 1])])
 
         # what the stage's modules were built with
         assert stage.depth == cfg.depth and stage.stage_spec == list(cfg.stage_spec)
@@ -89,7 +90,7 @@ def test_stage_config_checks_itself_and_is_frozen():
     with pytest.raises(ValueError, match="unknown block kind 'X'"):
         dataclasses.replace(cfg, stage_spec=("X",) * cfg.depth)
     torch.manual_seed(0)
-    stage = DATStage(config=cfg)                 # a stage alone, from its config
+    stage = DATStage(config=cfg)  # a stage alone, from its config
     assert stage.config is cfg and len(stage.attns) == cfg.depth
 
 
@@ -100,7 +101,11 @@ def test_stage_spec_for_is_the_papers_pattern():
         cfg = model_config(variant)
         assert cfg["stage_spec"] == stage_spec_for(cfg["depths"], cfg["generation"])
     # the authors' arguments without a stage_spec get the same pattern
-    assert translate_authors_config({"depths": [1, 1, 3, 1], "nat_ksizes": [7] * 4})["stage_spec"] == \
-        [["N"], ["N"], ["N", "D", "N"], ["D"]]
+    assert translate_authors_config({"depths": [1, 1, 3, 1], "nat_ksizes": [7] * 4})["stage_spec"] == [
+        ["N"],
+        ["N"],
+        ["N", "D", "N"],
+        ["D"],
+    ]
     with pytest.raises(ValueError, match="generation must be"):
         stage_spec_for([2, 2, 2, 2], "v2")

@@ -1,6 +1,7 @@
 """The timm / torchvision tracing conventions: torch.fx symbolic tracing (plain, timm's features_only with
 feature_cls='fx', torchvision's create_feature_extractor), torch.jit.script and torch.export with a dynamic batch,
 for both families; every traced graph is run and compared with eager."""
+
 from __future__ import annotations
 
 import warnings
@@ -53,8 +54,9 @@ def test_fx_feature_extractors_match_stage_outputs(family):
     torch.manual_seed(0)
     fx_net = timm.create_model(name, features_only=True, feature_cls="fx", **kwargs).eval()
     plain = small(family)
-    plain.load_state_dict({k: v for k, v in fx_net.graph_module.state_dict().items() if not k.startswith("norms.")},
-                          strict=False)
+    plain.load_state_dict(
+        {k: v for k, v in fx_net.graph_module.state_dict().items() if not k.startswith("norms.")}, strict=False
+    )
     tv_net = create_feature_extractor(plain, return_nodes={f"stages.{i}": f"s{i}" for i in range(4)})
     x = images(2, 64, 48)
     with torch.no_grad():

@@ -1,4 +1,5 @@
 """Atomic checkpoint files, the last/best/history set, RNG capture, and what a checkpoint holds."""
+
 from __future__ import annotations
 
 import os
@@ -10,13 +11,26 @@ import pytest
 import torch
 
 from datvit.cli.main import main
+from datvit.train.checkpointing import CheckpointManager, capture_rng_state, find_auto_resume, restore_rng_state
 from datvit.utils.files import atomic_save
-from datvit.train.checkpointing import (CheckpointManager, capture_rng_state, find_auto_resume,
-                                        restore_rng_state)
 from train_helpers import TINY_MODEL_ARGS, make_image_folder
 
-REQUIRED_KEYS = {"model", "model_ema", "optimizer", "scheduler", "scaler", "epoch", "step", "rng", "args",
-                 "class_names", "arch", "data_config", "batch_in_epoch", "history"}
+REQUIRED_KEYS = {
+    "model",
+    "model_ema",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "epoch",
+    "step",
+    "rng",
+    "args",
+    "class_names",
+    "arch",
+    "data_config",
+    "batch_in_epoch",
+    "history",
+}
 
 
 class Unpicklable:
@@ -71,8 +85,27 @@ def trained_run(tmp_path_factory):
     """One tiny in-process training run (2 epochs) shared by the tests below."""
     root = tmp_path_factory.mktemp("run")
     data = make_image_folder(root / "data", per_class=6, val_per_class=2)
-    code = main(["train", "--data-dir", str(data), *TINY_MODEL_ARGS, "-b", "4", "--epochs", "2", "--workers", "0",
-                 "--output", str(root / "out"), "--experiment", "tiny", "--no-progress", "--checkpoint-hist", "1"])
+    code = main(
+        [
+            "train",
+            "--data-dir",
+            str(data),
+            *TINY_MODEL_ARGS,
+            "-b",
+            "4",
+            "--epochs",
+            "2",
+            "--workers",
+            "0",
+            "--output",
+            str(root / "out"),
+            "--experiment",
+            "tiny",
+            "--no-progress",
+            "--checkpoint-hist",
+            "1",
+        ]
+    )
     assert code == 0
     return root / "out" / "tiny", data
 
@@ -96,8 +129,27 @@ def test_checkpoint_contents(trained_run):
 def test_finished_run_resume_auto_is_a_no_op(trained_run, capsys):
     run_dir, data = trained_run
     before = torch.load(run_dir / "last.pth", weights_only=True)["model"]
-    code = main(["train", "--data-dir", str(data), *TINY_MODEL_ARGS, "-b", "4", "--epochs", "2", "--workers", "0",
-                 "--output", str(run_dir.parent), "--experiment", "tiny", "--resume", "auto", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--data-dir",
+            str(data),
+            *TINY_MODEL_ARGS,
+            "-b",
+            "4",
+            "--epochs",
+            "2",
+            "--workers",
+            "0",
+            "--output",
+            str(run_dir.parent),
+            "--experiment",
+            "tiny",
+            "--resume",
+            "auto",
+            "--no-progress",
+        ]
+    )
     assert code == 0 and "resumed" in capsys.readouterr().out
     after = torch.load(run_dir / "last.pth", weights_only=True)["model"]
     assert all(torch.equal(before[k], after[k]) for k in before)
@@ -105,8 +157,25 @@ def test_finished_run_resume_auto_is_a_no_op(trained_run, capsys):
 
 def test_new_run_never_overwrites_an_existing_one(trained_run, capsys):
     run_dir, data = trained_run
-    code = main(["train", "--data-dir", str(data), *TINY_MODEL_ARGS, "-b", "4", "--epochs", "1", "--workers", "0",
-                 "--output", str(run_dir.parent), "--experiment", "tiny", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--data-dir",
+            str(data),
+            *TINY_MODEL_ARGS,
+            "-b",
+            "4",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--output",
+            str(run_dir.parent),
+            "--experiment",
+            "tiny",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     assert "already holds a run" in capsys.readouterr().err
     assert (run_dir.parent / "tiny-1" / "last.pth").exists()
@@ -121,9 +190,27 @@ def test_fine_tuning_on_fewer_classes_reinitialises_the_head(trained_run, tmp_pa
             f.unlink()
         (data2 / split / "fish").rmdir()
     with pytest.warns(UserWarning, match="3 classes, the model 2; the head is re-initialised"):
-        code = main(["train", "--data-dir", str(data2), *TINY_MODEL_ARGS, "-b", "4", "--epochs", "1",
-                     "--workers", "0", "--output", str(tmp_path / "o"), "--experiment", "ft", "--no-progress",
-                     "--initial-checkpoint", str(run_dir / "best.pth")])
+        code = main(
+            [
+                "train",
+                "--data-dir",
+                str(data2),
+                *TINY_MODEL_ARGS,
+                "-b",
+                "4",
+                "--epochs",
+                "1",
+                "--workers",
+                "0",
+                "--output",
+                str(tmp_path / "o"),
+                "--experiment",
+                "ft",
+                "--no-progress",
+                "--initial-checkpoint",
+                str(run_dir / "best.pth"),
+            ]
+        )
     assert code == 0
     head = torch.load(tmp_path / "o" / "ft" / "last.pth", weights_only=True)["model"]["cls_head.weight"]
     assert head.shape[0] == 2
@@ -133,6 +220,21 @@ def test_resume_from_a_non_checkpoint_is_a_clear_error(tmp_path, capsys):
     data = make_image_folder(tmp_path / "d", 2, 1, corrupt=False)
     bogus = tmp_path / "weights.pth"
     torch.save({"model": {"w": torch.zeros(1)}}, bogus)
-    code = main(["train", "--data-dir", str(data), *TINY_MODEL_ARGS, "-b", "2", "--workers", "0",
-                 "--output", str(tmp_path / "o"), "--resume", str(bogus), "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--data-dir",
+            str(data),
+            *TINY_MODEL_ARGS,
+            "-b",
+            "2",
+            "--workers",
+            "0",
+            "--output",
+            str(tmp_path / "o"),
+            "--resume",
+            str(bogus),
+            "--no-progress",
+        ]
+    )
     assert code == 2 and "not a datvit training checkpoint" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Run configuration: the layers (defaults < recipe < YAML < flags), the dataset recipes (the papers' ImageNet
 recipe for folders), the frozen resolved config and args.yaml, lr scaling, custom models, weight-decay groups,
 resume differences and the CPU mixed-precision policy."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,9 +12,9 @@ import torch
 import yaml
 
 from datvit.cli.train import train_layers
+from datvit.models.factory import PRESETS, build_model, resolve_model_kwargs
 from datvit.train.config import ConfigError, TrainConfig, config_to_dict, merge_settings, recipe_for, scaled_lr
 from datvit.train.engine import Trainer, TrainingError
-from datvit.models.factory import PRESETS, build_model, resolve_model_kwargs
 from datvit.train.precision import cpu_flags, cpu_has_native_bf16, resolve_amp
 from train_helpers import TINY_MODEL_ARGS, make_image_folder
 
@@ -31,14 +32,18 @@ def given(argv):
 def with_recipe(argv, kind):
     defaults = dataclasses.asdict(TrainConfig())
     unset = {k: None for k in defaults}
-    return unset | merge_settings(TrainConfig, [("defaults", defaults), ("recipe", recipe_for(kind)),
-                                                ("settings", given(argv))])
+    return unset | merge_settings(
+        TrainConfig, [("defaults", defaults), ("recipe", recipe_for(kind)), ("settings", given(argv))]
+    )
 
 
 def test_yaml_sets_defaults_and_flags_override(tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"epochs": 7, "batch-size": 32, "lr": 0.01, "model_kwargs": {"dims": [8, 16]},
-                                   "model-ema": True}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {"epochs": 7, "batch-size": 32, "lr": 0.01, "model_kwargs": {"dims": [8, 16]}, "model-ema": True}
+        )
+    )
     args = given(["-c", str(cfg), "--lr", "0.5", "--model-kwargs", "depths=[1,1]", "--no-model-ema"])
     assert args["epochs"] == 7 and args["batch_size"] == 32
     assert args["lr"] == 0.5 and args["model_ema"] is False
@@ -55,10 +60,20 @@ def test_yaml_with_unknown_key_is_rejected(tmp_path, capsys):
 
 def test_imagenet_recipe_is_the_papers():
     args = SimpleNamespace(**with_recipe([], "folder"))
-    assert (args.opt, args.weight_decay, args.sched, args.warmup_epochs, args.clip_grad) == \
-        ("adamw", 0.05, "cosine", 20, 5.0)
-    assert (args.smoothing, args.aa, args.reprob, args.mixup, args.cutmix) == \
-        (0.1, "rand-m9-mstd0.5-inc1", 0.25, 0.8, 1.0)
+    assert (args.opt, args.weight_decay, args.sched, args.warmup_epochs, args.clip_grad) == (
+        "adamw",
+        0.05,
+        "cosine",
+        20,
+        5.0,
+    )
+    assert (args.smoothing, args.aa, args.reprob, args.mixup, args.cutmix) == (
+        0.1,
+        "rand-m9-mstd0.5-inc1",
+        0.25,
+        0.8,
+        1.0,
+    )
     assert (args.crop_pct, args.interpolation, args.model_ema, args.epochs) == (0.875, "bicubic", True, 300)
     assert args.linear_init == "model" and args.drop_path is None  # the variant's drop path
     assert scaled_lr(args.lr_base, 512, args.lr_base_size) == pytest.approx(5e-4)  # 1e-3 × batch / 1024
@@ -73,8 +88,15 @@ def test_fashion_mnist_recipe_is_single_channel_small():
 
 
 def test_custom_model_kwargs_regenerate_the_block_pattern():
-    kw = resolve_model_kwargs("dat_tiny", {"depths": [2, 2, 4, 2]}, {"dims": [16, 32, 64, 128]}, num_classes=5,
-                              in_chans=1, img_size=64, drop_path_rate=None)
+    kw = resolve_model_kwargs(
+        "dat_tiny",
+        {"depths": [2, 2, 4, 2]},
+        {"dims": [16, 32, 64, 128]},
+        num_classes=5,
+        in_chans=1,
+        img_size=64,
+        drop_path_rate=None,
+    )
     assert kw["stage_spec"][2] == ["L", "D", "L", "D"] and kw["num_classes"] == 5 and kw["in_chans"] == 1
     assert kw["drop_path_rate"] == 0.2  # the variant's, since --drop-path was not given
     pp = resolve_model_kwargs("datpp_tiny", None, {"depths": [1, 1, 1, 1]})
@@ -89,12 +111,38 @@ def test_custom_model_kwargs_regenerate_the_block_pattern():
 
 def test_model_config_file(tmp_path):
     cfg = tmp_path / "m.yaml"
-    cfg.write_text(yaml.safe_dump({"generation": "v1", "dims": [16, 32, 64, 128], "dim_stem": 16,
-                                   "depths": [1, 1, 1, 1], "heads": [1, 2, 4, 8], "groups": [-1, -1, 1, 2],
-                                   "window_sizes": [4, 4, 4, 4]}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "generation": "v1",
+                "dims": [16, 32, 64, 128],
+                "dim_stem": 16,
+                "depths": [1, 1, 1, 1],
+                "heads": [1, 2, 4, 8],
+                "groups": [-1, -1, 1, 2],
+                "window_sizes": [4, 4, 4, 4],
+            }
+        )
+    )
     data = make_image_folder(tmp_path / "d", 2, 1, corrupt=False)
-    args = parse(["--data-dir", str(data), "--model", "my_dat", "--model-config", str(cfg), "--img-size", "32",
-                  "--output", str(tmp_path / "o"), "--workers", "0", "-b", "2"])
+    args = parse(
+        [
+            "--data-dir",
+            str(data),
+            "--model",
+            "my_dat",
+            "--model-config",
+            str(cfg),
+            "--img-size",
+            "32",
+            "--output",
+            str(tmp_path / "o"),
+            "--workers",
+            "0",
+            "-b",
+            "2",
+        ]
+    )
     trainer = Trainer(args)
     assert trainer.model.dims == [16, 32, 64, 128] and trainer.model.num_classes == 3
     assert trainer.model_kwargs["stage_spec"] == [["L"], ["L"], ["L"], ["L"]]
@@ -102,8 +150,20 @@ def test_model_config_file(tmp_path):
 
 def test_no_weight_decay_on_norms_biases_and_position_tables(tmp_path):
     data = make_image_folder(tmp_path / "d", 2, 1, corrupt=False)
-    args = parse(["--data-dir", str(data), *TINY_MODEL_ARGS, "--output", str(tmp_path / "o"), "--workers", "0", "-b", "2",
-                  "--grad-checkpointing"])
+    args = parse(
+        [
+            "--data-dir",
+            str(data),
+            *TINY_MODEL_ARGS,
+            "--output",
+            str(tmp_path / "o"),
+            "--workers",
+            "0",
+            "-b",
+            "2",
+            "--grad-checkpointing",
+        ]
+    )
     trainer = Trainer(args)
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     decay = {names[id(p)] for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
@@ -124,7 +184,7 @@ def test_fused_optimizer_by_default_where_torch_has_one(tmp_path):
     assert not foreach.defaults["fused"]
     sgd = Trainer(parse([*base, "--opt", "sgd", "--lr", "0.1"])).optimizer
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["fused"] is True
-    lamb = Trainer(parse([*base, "--opt", "lamb", "--lr", "0.1"])).optimizer   # timm's own: no fused step
+    lamb = Trainer(parse([*base, "--opt", "lamb", "--lr", "0.1"])).optimizer  # timm's own: no fused step
     assert "fused" not in lamb.defaults or not lamb.defaults["fused"]
     with pytest.raises(TrainingError, match="no fused step for optimizer 'lamb'"):
         Trainer(parse([*base, "--opt", "lamb", "--lr", "0.1", "--opt-fused"]))
@@ -135,7 +195,9 @@ def test_fused_and_foreach_adamw_take_the_same_steps():
     torch.manual_seed(0)
     models = [torch.nn.Linear(8, 4) for _ in range(2)]
     models[1].load_state_dict(models[0].state_dict())
-    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.05, fused=f) for m, f in zip(models, (True, False))]
+    opts = [
+        torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.05, fused=f) for m, f in zip(models, (True, False))
+    ]
     for _ in range(5):
         x = torch.randn(16, 8)
         for m, o in zip(models, opts):
@@ -164,10 +226,25 @@ def test_amp_policy_on_cpu(tmp_path):
 
 def test_amp_refusal_is_reported_by_the_trainer(tmp_path, monkeypatch, capsys):
     import datvit.train.precision as precision
+
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda path="/proc/cpuinfo": False)
     data = make_image_folder(tmp_path / "d", 2, 1, corrupt=False)
-    args = parse(["--data-dir", str(data), *TINY_MODEL_ARGS, "--output", str(tmp_path / "o"), "--workers", "0", "-b", "2",
-                  "--amp", "--device", "cpu"])
+    args = parse(
+        [
+            "--data-dir",
+            str(data),
+            *TINY_MODEL_ARGS,
+            "--output",
+            str(tmp_path / "o"),
+            "--workers",
+            "0",
+            "-b",
+            "2",
+            "--amp",
+            "--device",
+            "cpu",
+        ]
+    )
     trainer = Trainer(args)
     assert not trainer.amp.enabled and trainer.scaler is None
     assert "--amp refused" in capsys.readouterr().err
@@ -182,17 +259,39 @@ def test_linear_init_torch_resets_linear_layers():
     assert max(abs(w.std().item() - 0.02) for w in weights) < 0.005  # the model's truncated normal
     assert reset_linear_layers(model) == len(weights)
     fan_in_32 = [w for w in weights if w.shape[1] == 32]
-    assert fan_in_32 and all(abs(w.std().item() - (1 / 32) ** 0.5 / 3 ** 0.5) < 0.02 for w in fan_in_32)
+    assert fan_in_32 and all(abs(w.std().item() - (1 / 32) ** 0.5 / 3**0.5) < 0.02 for w in fan_in_32)
 
 
 def test_run_config_is_frozen_resolved_once_and_saved(tmp_path):
     """The config a Trainer holds is frozen and complete (no None for what the recipe or the model decide), and
     args.yaml is that config as written."""
     data = make_image_folder(tmp_path / "d", 2, 1, corrupt=False)
-    trainer = Trainer(parse(["--data-dir", str(data), "--model", "dat_tiny", "--model-kwargs", "img_size=64",
-                             "dim_stem=16", "dims=[16,32,64,128]", "depths=[1,1,2,1]", "heads=[1,2,4,8]",
-                             "groups=[-1,-1,1,2]", "window_sizes=[4,4,4,4]", "--output", str(tmp_path / "o"),
-                             "--workers", "0", "-b", "2", "--experiment", "run"]))
+    trainer = Trainer(
+        parse(
+            [
+                "--data-dir",
+                str(data),
+                "--model",
+                "dat_tiny",
+                "--model-kwargs",
+                "img_size=64",
+                "dim_stem=16",
+                "dims=[16,32,64,128]",
+                "depths=[1,1,2,1]",
+                "heads=[1,2,4,8]",
+                "groups=[-1,-1,1,2]",
+                "window_sizes=[4,4,4,4]",
+                "--output",
+                str(tmp_path / "o"),
+                "--workers",
+                "0",
+                "-b",
+                "2",
+                "--experiment",
+                "run",
+            ]
+        )
+    )
     config = trainer.config
     assert isinstance(config, TrainConfig)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -217,12 +316,26 @@ def test_layers_drop_the_other_unit_of_the_run_length(tmp_path):
 
 def test_resume_names_the_settings_that_differ(tmp_path, capsys):
     data = make_image_folder(tmp_path / "d", 2, 1, corrupt=False)
-    base = ["--data-dir", str(data), *TINY_MODEL_ARGS, "--output", str(tmp_path / "o"), "--workers", "0", "-b", "2",
-            "--experiment", "run", "--epochs", "1", "--no-progress"]
+    base = [
+        "--data-dir",
+        str(data),
+        *TINY_MODEL_ARGS,
+        "--output",
+        str(tmp_path / "o"),
+        "--workers",
+        "0",
+        "-b",
+        "2",
+        "--experiment",
+        "run",
+        "--epochs",
+        "1",
+        "--no-progress",
+    ]
     Trainer(parse(base)).fit()
     capsys.readouterr()
     Trainer(parse([*base, "--resume", "auto", "--lr", "0.01", "--epochs", "2"]))
     err = capsys.readouterr().err
     assert "settings that differ from the checkpoint's" in err
     assert "epochs: 1 → 2" in err and "lr: " in err and "→ 0.01" in err
-    assert "resume:" not in err   # the flag that asks to resume is not a difference
+    assert "resume:" not in err  # the flag that asks to resume is not a difference

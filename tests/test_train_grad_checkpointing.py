@@ -1,5 +1,6 @@
 """Gradient checkpointing recomputes activations in backward: the same loss and gradients, drop path included
 (the recomputation replays the RNG)."""
+
 from __future__ import annotations
 
 import pytest
@@ -17,14 +18,27 @@ def _grads(model, x, y, seed):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name,overrides", [
-    ("dat_tiny", {}),
-    ("datpp_tiny", dict(dim_stem=16, dims=[16, 32, 64, 128], depths=[1, 1, 2, 1], heads=[1, 2, 4, 8],
-                        groups=[1, 1, 2, 4], window_sizes=[3, 3, 3, 3], nat_ksizes=[3, 3, 3, 3], img_size=32)),
-])
+@pytest.mark.parametrize(
+    "name,overrides",
+    [
+        ("dat_tiny", {}),
+        (
+            "datpp_tiny",
+            dict(
+                dim_stem=16,
+                dims=[16, 32, 64, 128],
+                depths=[1, 1, 2, 1],
+                heads=[1, 2, 4, 8],
+                groups=[1, 1, 2, 4],
+                window_sizes=[3, 3, 3, 3],
+                nat_ksizes=[3, 3, 3, 3],
+                img_size=32,
+            ),
+        ),
+    ],
+)
 def test_grad_checkpointing_gives_the_same_gradients(name, overrides):
-    kwargs = resolve_model_kwargs(name, None, overrides or TINY_MODEL_KWARGS, num_classes=5,
-                                  drop_path_rate=0.3)
+    kwargs = resolve_model_kwargs(name, None, overrides or TINY_MODEL_KWARGS, num_classes=5, drop_path_rate=0.3)
     torch.manual_seed(0)
     model = build_model(name, kwargs).train()
     x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])

@@ -1,4 +1,5 @@
 """What a run leaves behind and prints: summary.csv, plots, args.yaml, progress, the corrupt-file count."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,14 +16,28 @@ def test_folder_run_writes_summary_plots_args_and_reports_corrupt_files(tmp_path
     data = make_image_folder(tmp_path / "data", per_class=6, val_per_class=2)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"epochs": 2, "batch_size": 4, "workers": 0, "log_interval": 1}))
-    code = main(["train", "-c", str(cfg), "--data-dir", str(data), *TINY_MODEL_ARGS, "--output",
-                 str(tmp_path / "out"), "--experiment", "run", "--checkpoint-interval", "2"])
+    code = main(
+        [
+            "train",
+            "-c",
+            str(cfg),
+            "--data-dir",
+            str(data),
+            *TINY_MODEL_ARGS,
+            "--output",
+            str(tmp_path / "out"),
+            "--experiment",
+            "run",
+            "--checkpoint-interval",
+            "2",
+        ]
+    )
     assert code == 0
     out, err = capsys.readouterr()
     run = tmp_path / "out" / "run"
     rows = read_summary(run / "summary.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert tuple(rows[0])[:len(SUMMARY_COLUMNS)] == SUMMARY_COLUMNS
+    assert tuple(rows[0])[: len(SUMMARY_COLUMNS)] == SUMMARY_COLUMNS
     assert all(0 <= float(r["eval_top1"]) <= 100 and float(r["images/s"]) > 0 and float(r["lr"]) > 0 for r in rows)
     for name in ("loss.png", "accuracy.png", "lr.png"):
         with Image.open(run / name) as img:
@@ -42,9 +57,30 @@ def test_folder_run_writes_summary_plots_args_and_reports_corrupt_files(tmp_path
 
 def test_fashion_mnist_from_data_dir_trains_single_channel(tmp_path, capsys):
     root = make_fashion_mnist(tmp_path / "fm", n_train=40, n_test=20)
-    code = main(["train", "--data-dir", str(root), "--model", "dat_nano", "--model-kwargs", "dims=[8,16,32,64]",
-                 "dim_stem=8", "depths=[1,1,2,1]", "-b", "8", "--epochs", "1", "--workers", "0", "--output",
-                 str(tmp_path / "out"), "--experiment", "fm", "--no-progress"])
+    code = main(
+        [
+            "train",
+            "--data-dir",
+            str(root),
+            "--model",
+            "dat_nano",
+            "--model-kwargs",
+            "dims=[8,16,32,64]",
+            "dim_stem=8",
+            "depths=[1,1,2,1]",
+            "-b",
+            "8",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--output",
+            str(tmp_path / "out"),
+            "--experiment",
+            "fm",
+            "--no-progress",
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     ckpt = torch.load(tmp_path / "out" / "fm" / "last.pth", weights_only=True)
     assert ckpt["args"]["dataset"] == "fashion_mnist" and ckpt["args"]["in_chans"] == 1

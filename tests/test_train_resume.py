@@ -1,6 +1,7 @@
 """A run killed with SIGKILL mid-epoch and resumed with ``--resume auto`` ends with the same weights, EMA and
 optimizer state as an uninterrupted run — with the full ImageNet recipe's randomness on (RandAugment, random
 erasing, Mixup/CutMix, drop path, EMA) and a corrupt image in the data."""
+
 from __future__ import annotations
 
 import signal
@@ -9,8 +10,16 @@ import time
 import pytest
 import torch
 
-from train_helpers import (TINY_MODEL_ARGS, checkpoint_position, load_weights, make_image_folder, max_abs_diff,
-                           run_datvit, slow_step_driver, start_driver)
+from train_helpers import (
+    TINY_MODEL_ARGS,
+    checkpoint_position,
+    load_weights,
+    make_image_folder,
+    max_abs_diff,
+    run_datvit,
+    slow_step_driver,
+    start_driver,
+)
 
 # Slows every optimizer step so the parent can kill the run between a step checkpoint and the epoch's end.
 DRIVER = slow_step_driver(0.25)
@@ -20,10 +29,34 @@ DRIVER = slow_step_driver(0.25)
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, workers):
     data = make_image_folder(tmp_path / "data", per_class=8, val_per_class=2)
     out = tmp_path / "out"
-    common = ["train", "--data-dir", str(data), *TINY_MODEL_ARGS, "-b", "4", "--epochs", "2",
-              "--warmup-epochs", "1", "--lr", "1e-3", "--drop-path", "0.2", "--model-ema", "--model-ema-decay", "0.9",
-              "--workers", str(workers), "--checkpoint-interval", "2", "--output", str(out), "--no-progress",
-              "--seed", "7"]
+    common = [
+        "train",
+        "--data-dir",
+        str(data),
+        *TINY_MODEL_ARGS,
+        "-b",
+        "4",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "1",
+        "--lr",
+        "1e-3",
+        "--drop-path",
+        "0.2",
+        "--model-ema",
+        "--model-ema-decay",
+        "0.9",
+        "--workers",
+        str(workers),
+        "--checkpoint-interval",
+        "2",
+        "--output",
+        str(out),
+        "--no-progress",
+        "--seed",
+        "7",
+    ]
     full = run_datvit(common + ["--experiment", "full"])
     assert full.returncode == 0, full.stderr
 

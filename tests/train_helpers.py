@@ -1,4 +1,5 @@
 """Shared pieces of the training/data/eval tests: tiny synthetic image folders and a tiny DAT configuration."""
+
 from __future__ import annotations
 
 import gzip
@@ -15,17 +16,34 @@ from PIL import Image
 
 # A 4-stage DAT v1 small enough that a training step on 32×32 images takes milliseconds.
 TINY_MODEL_ARGS = [
-    "--model", "dat_tiny", "--img-size", "32", "--model-kwargs", "dim_stem=16", "dims=[16,32,64,128]",
-    "depths=[1,1,2,1]", "heads=[1,2,4,8]", "groups=[-1,-1,1,2]", "window_sizes=[4,4,4,4]",
+    "--model",
+    "dat_tiny",
+    "--img-size",
+    "32",
+    "--model-kwargs",
+    "dim_stem=16",
+    "dims=[16,32,64,128]",
+    "depths=[1,1,2,1]",
+    "heads=[1,2,4,8]",
+    "groups=[-1,-1,1,2]",
+    "window_sizes=[4,4,4,4]",
 ]
-TINY_MODEL_KWARGS = dict(img_size=32, dim_stem=16, dims=[16, 32, 64, 128], depths=[1, 1, 2, 1],
-                         heads=[1, 2, 4, 8], groups=[-1, -1, 1, 2], window_sizes=[4, 4, 4, 4],
-                         stage_spec=[["L"], ["L"], ["L", "D"], ["D"]])
+TINY_MODEL_KWARGS = dict(
+    img_size=32,
+    dim_stem=16,
+    dims=[16, 32, 64, 128],
+    depths=[1, 1, 2, 1],
+    heads=[1, 2, 4, 8],
+    groups=[-1, -1, 1, 2],
+    window_sizes=[4, 4, 4, 4],
+    stage_spec=[["L"], ["L"], ["L", "D"], ["D"]],
+)
 CLASSES = ("cat", "dog", "fish")
 
 
-def make_image_folder(root: Path, per_class: int = 8, val_per_class: int = 4, corrupt: bool = True,
-                      size: tuple[int, int] = (40, 36)) -> Path:
+def make_image_folder(
+    root: Path, per_class: int = 8, val_per_class: int = 4, corrupt: bool = True, size: tuple[int, int] = (40, 36)
+) -> Path:
     """train/<class>/ and val/<class>/ with JPEG and PNG images whose colour depends on the class; with
     ``corrupt``, one broken JPEG in train/cat. Returns ``root``."""
     rng = np.random.default_rng(0)
@@ -76,26 +94,37 @@ def subprocess_env(threads: int = 1) -> dict[str, str]:
     return env
 
 
-def run_datvit(args: Sequence[str], timeout: float = 240, env: Optional[dict] = None,
-               launcher: Sequence[str] = ()) -> subprocess.CompletedProcess:
+def run_datvit(
+    args: Sequence[str], timeout: float = 240, env: Optional[dict] = None, launcher: Sequence[str] = ()
+) -> subprocess.CompletedProcess:
     """``datvit <args>`` in a fresh interpreter (optionally under a launcher such as torch.distributed.run)."""
     cmd = [sys.executable, *launcher, "-m", "datvit", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env or subprocess_env())
 
 
-def single_and_ddp_checkpoints(common: Sequence[str], out: Path, single_batch: int,
-                               ddp_batch: int) -> tuple[dict, dict, subprocess.CompletedProcess]:
+def single_and_ddp_checkpoints(
+    common: Sequence[str], out: Path, single_batch: int, ddp_batch: int
+) -> tuple[dict, dict, subprocess.CompletedProcess]:
     """Run ``datvit <common>`` once in one process (``-b single_batch``, experiment "single") and once under
     torch.distributed.run with 2 processes (``-b ddp_batch`` each, experiment "ddp"); both must succeed.
     Returns their last.pth checkpoints and the DDP run."""
     single = run_datvit([*common, "-b", str(single_batch), "--experiment", "single"])
     assert single.returncode == 0, single.stderr
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                "--master_port", str(free_port())]
+    launcher = [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+    ]
     ddp = run_datvit([*common, "-b", str(ddp_batch), "--experiment", "ddp"], launcher=launcher)
     assert ddp.returncode == 0, ddp.stderr
-    single_ckpt, ddp_ckpt = (torch.load(out / name / "last.pth", map_location="cpu", weights_only=True)
-                             for name in ("single", "ddp"))
+    single_ckpt, ddp_ckpt = (
+        torch.load(out / name / "last.pth", map_location="cpu", weights_only=True) for name in ("single", "ddp")
+    )
     return single_ckpt, ddp_ckpt, ddp
 
 
@@ -104,8 +133,9 @@ def start_driver(tmp_path: Path, source: str, args: Sequence[str]) -> subprocess
     background (stdout discarded, stderr piped), one thread."""
     driver = tmp_path / "driver.py"
     driver.write_text(source)
-    return subprocess.Popen([sys.executable, str(driver), *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=subprocess_env())
+    return subprocess.Popen(
+        [sys.executable, str(driver), *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=subprocess_env()
+    )
 
 
 def load_weights(path: Path, key: str = "model") -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
 ``import datvit`` registers ``dat_tiny``, ``dat_small``, ``dat_base``, ``dat_base_384``, ``datpp_tiny``,
 ``datpp_small``, ``datpp_base`` and ``datpp_base_384`` with timm.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -10,8 +11,8 @@ from typing import Any
 import timm
 from torch import nn
 
-from .models import (DAT, VARIANTS, CheckpointError, from_authors_config, load_checkpoint, model_config)
 from .deploy import optimize_for_inference
+from .models import DAT, VARIANTS, CheckpointError, from_authors_config, load_checkpoint, model_config
 from .runtime import tune_cpu_allocator
 
 __version__ = "0.1.0"
@@ -30,5 +31,16 @@ def list_models() -> list[str]:
     return list(VARIANTS)
 
 
-__all__ = ["DAT", "VARIANTS", "CheckpointError", "create_model", "from_authors_config", "list_models",
-           "load_checkpoint", "model_config", "optimize_for_inference", "tune_cpu_allocator", "__version__"]
+__all__ = [
+    "DAT",
+    "VARIANTS",
+    "CheckpointError",
+    "create_model",
+    "from_authors_config",
+    "list_models",
+    "load_checkpoint",
+    "model_config",
+    "optimize_for_inference",
+    "tune_cpu_allocator",
+    "__version__",
+]

@@ -10,6 +10,7 @@ for a tiny-sized model on 2 cores (a cold inductor cache); the compiled model th
 example's image size without recompiling the first few sizes (``dynamic=None`` lets torch mark the batch dynamic
 after the second size).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,11 +64,12 @@ class InferenceModule(nn.Module):
     """The optimized model: calls the compiled module under ``torch.no_grad`` (freezing only applies to graphs
     traced without autograd). ``original`` is the eager model (same parameters)."""
 
-    def __init__(self, original: nn.Module, compiled: nn.Module, optimization: InferenceOptimization,
-                 device_type: str = "cpu"):
+    def __init__(
+        self, original: nn.Module, compiled: nn.Module, optimization: InferenceOptimization, device_type: str = "cpu"
+    ):
         super().__init__()
         self.original = original
-        self._compiled = [compiled]          # a list: not registered as a second copy of the submodules
+        self._compiled = [compiled]  # a list: not registered as a second copy of the submodules
         self.optimization = optimization
         self.device_type = device_type
 
@@ -84,8 +86,11 @@ class InferenceModule(nn.Module):
         # heads-innermost layout: scattered stores in the fused softmax, the whole model 0.94× eager instead of 1.2×
         # (Swin-T and ConvNeXt-T unchanged without it; float32 unaffected either way, so it stays on there).
         lowp = dtype is not None or torch.is_autocast_enabled(self.device_type)
-        with torch.no_grad(), cast, torch._inductor.config.patch(freezing=self.optimization.freezing,
-                                                                 layout_optimization=not lowp):
+        with (
+            torch.no_grad(),
+            cast,
+            torch._inductor.config.patch(freezing=self.optimization.freezing, layout_optimization=not lowp),
+        ):
             out = self._compiled[0](*args, **kwargs)
         return _float32_outputs(out) if dtype else out
 
@@ -101,8 +106,9 @@ def _float32_outputs(out: Any) -> Any:
     return out
 
 
-def optimize_for_inference(model: nn.Module, optimization: Optional[InferenceOptimization] = None,
-                           **kwargs: Any) -> nn.Module:
+def optimize_for_inference(
+    model: nn.Module, optimization: Optional[InferenceOptimization] = None, **kwargs: Any
+) -> nn.Module:
     """``model`` ready for inference: ``eval()``, parameters without gradients, and (by default) ``torch.compile``
     with inductor freezing. Keyword arguments build an :class:`InferenceOptimization` (``compile``, ``freezing``,
     ``mode``, ``dynamic``, ``fullgraph``, ``dtype``, ``quantize``). The first call compiles (slow); float32 outputs
@@ -116,8 +122,10 @@ def optimize_for_inference(model: nn.Module, optimization: Optional[InferenceOpt
     opt = optimization or InferenceOptimization(**kwargs)
     device_type = next(iter(model.parameters()), torch.empty(0)).device.type
     if opt.dtype == "bfloat16" and device_type == "cpu" and not cpu_native_bf16():
-        raise ValueError("bf16 inference needs a CPU with native bf16 kernels (AVX512-BF16 or AMX); this one "
-                         "would emulate bf16 and run several times slower than float32: leave out --amp / dtype")
+        raise ValueError(
+            "bf16 inference needs a CPU with native bf16 kernels (AVX512-BF16 or AMX); this one "
+            "would emulate bf16 and run several times slower than float32: leave out --amp / dtype"
+        )
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -145,7 +153,9 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     try:
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
     except ImportError as e:
-        raise RuntimeError("int8 quantization needs torchao: pip install 'datvit[int8]' (or pip install torchao)") from e
+        raise RuntimeError(
+            "int8 quantization needs torchao: pip install 'datvit[int8]' (or pip install torchao)"
+        ) from e
     # DAT's 1×1-conv projections (D blocks, DAT++'s ConvMlp) become nn.Linear first, so that they are quantized too
     for module in list(model.modules()):
         convert = getattr(module, "use_linear_projections", None)

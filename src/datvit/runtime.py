@@ -9,6 +9,7 @@ The cost is that the process keeps its peak memory until it exits — what a tra
 anyway. Preloading jemalloc or tcmalloc (``LD_PRELOAD``) is the other common cure; this one needs nothing
 installed. It changes no numbers.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -21,7 +22,7 @@ from typing import Optional
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
-_ENV_SWITCH = "DATVIT_CPU_ALLOCATOR"   # "system" leaves malloc alone
+_ENV_SWITCH = "DATVIT_CPU_ALLOCATOR"  # "system" leaves malloc alone
 _tuned = False
 
 

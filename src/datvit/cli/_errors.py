@@ -8,6 +8,7 @@
 
 ``datvit --debug <command>`` or ``DATVIT_DEBUG=1`` re-raises instead, so the full traceback is printed.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,16 @@ def _usage_errors() -> tuple[type, ...]:
     from ..models import CheckpointError
     from ..train.engine import TrainingError
 
-    return (DatasetNotFoundError, DatasetCorruptError, TrainingError, CheckpointError, FileNotFoundError,
-            NotADirectoryError, IsADirectoryError, ValueError)
+    return (
+        DatasetNotFoundError,
+        DatasetCorruptError,
+        TrainingError,
+        CheckpointError,
+        FileNotFoundError,
+        NotADirectoryError,
+        IsADirectoryError,
+        ValueError,
+    )
 
 
 def error_line(command: str, error: BaseException) -> str:
@@ -57,8 +66,11 @@ def run_with_user_errors(command: str, func: Callable[[], Any]) -> int:
     except KeyboardInterrupt:
         if debug_enabled():
             raise
-        hint = ("; the current step was not saved: --resume auto continues from the last checkpoint written"
-                if command == "train" else "")
+        hint = (
+            "; the current step was not saved: --resume auto continues from the last checkpoint written"
+            if command == "train"
+            else ""
+        )
         print(f"\ndatvit {command}: interrupted{hint}", file=sys.stderr)
         return 130
     except _usage_errors() as e:
@@ -74,7 +86,9 @@ def run_with_user_errors(command: str, func: Callable[[], Any]) -> int:
     except Exception as e:  # a bug or an unforeseen failure: one line, the traceback with --debug
         if debug_enabled():
             raise
-        print(error_line(command, f"{type(e).__name__}: {e} (run `datvit --debug {command} ...` for the "
-                                  "traceback)"), file=sys.stderr)
+        print(
+            error_line(command, f"{type(e).__name__}: {e} (run `datvit --debug {command} ...` for the traceback)"),
+            file=sys.stderr,
+        )
         return RUNTIME_FAILURE
     return result if isinstance(result, int) and not isinstance(result, bool) else 0

@@ -5,6 +5,7 @@ Every parser built here has ``argparse.SUPPRESS`` as its default, so the parsed 
 that were given: "not given" and "given as the default" stay distinct, and the defaults live in one place, the
 config dataclasses (:mod:`datvit.train.config`) and the tasks' recipes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,6 +46,7 @@ class TrainingLength(argparse.Action):
 def _bounded(kind: type, minimum: float, what: str):
     """An argparse type: ``kind`` (int/float) at least ``minimum``; argparse turns the error into
     ``datvit train: error: argument -b/--batch-size: must be ...`` and exit status 2."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -53,6 +55,7 @@ def _bounded(kind: type, minimum: float, what: str):
         if value < minimum or (kind is float and not math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value
+
     parse.__name__ = what
     return parse
 
@@ -79,25 +82,37 @@ def run_parser(subparsers: argparse._SubParsersAction, name: str, **kwargs: Any)
     return subparsers.add_parser(name, argument_default=argparse.SUPPRESS, **kwargs)
 
 
-def add_trust_checkpoint_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup,
-                                  what: str = "a checkpoint") -> None:
+def add_trust_checkpoint_argument(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, what: str = "a checkpoint"
+) -> None:
     """``--trust-checkpoint``: the one switch that lets a pickled file run code while it loads."""
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help=f"allow {what} that pickles Python objects besides tensors and configs to run code while "
-                        "loading (only for files you trust; refused otherwise)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help=f"allow {what} that pickles Python objects besides tensors and configs to run code while "
+        "loading (only for files you trust; refused otherwise)",
+    )
 
 
-def add_workers_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup, default: Any = argparse.SUPPRESS
-                         ) -> None:
-    p.add_argument("--workers", "-j", type=non_negative_int, default=default,
-                   help="DataLoader worker processes per rank")
+def add_workers_argument(
+    p: argparse.ArgumentParser | argparse._ArgumentGroup, default: Any = argparse.SUPPRESS
+) -> None:
+    p.add_argument(
+        "--workers", "-j", type=non_negative_int, default=default, help="DataLoader worker processes per rank"
+    )
 
 
 def add_evaluation_output_arguments(p: argparse.ArgumentParser) -> None:
     """What every evaluation command shares: where it runs, where the JSON of its results goes, progress bars."""
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available)")
-    p.add_argument("--output", "--results-file", dest="output", default=None, metavar="FILE",
-                   help="also write the results as JSON (--results-file: timm's name)")
+    p.add_argument(
+        "--output",
+        "--results-file",
+        dest="output",
+        default=None,
+        metavar="FILE",
+        help="also write the results as JSON (--results-file: timm's name)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -105,8 +120,12 @@ def add_config_argument(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("-c", "--config", metavar="FILE", help=help)
 
 
-def settings_layers(parser: argparse.ArgumentParser, args: argparse.Namespace, config_cls: type,
-                    defaults: Mapping[str, Any] | None = None) -> list[tuple[str, dict[str, Any]]]:
+def settings_layers(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    config_cls: type,
+    defaults: Mapping[str, Any] | None = None,
+) -> list[tuple[str, dict[str, Any]]]:
     """The layers of a run's settings: ``defaults`` (a command's own, e.g. the demo's output), the ``-c`` YAML
     file, then the flags given. An unreadable file or a key that is no field of ``config_cls`` is a usage error
     of ``parser`` (exit status 2)."""
@@ -137,15 +156,22 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_config_argument(p, "YAML file of settings (keys are the flag names, '-' or '_'); flags override it")
 
     g = p.add_argument_group("dataset")
-    g.add_argument("--data-dir", metavar="DIR",
-                   help="ImageNet-style folder (train/<class>/*, val/<class>/*) or a directory with the Fashion-MNIST "
-                        "IDX files; default: the built-in Fashion-MNIST of the Debian package dataset-fashion-mnist")
-    g.add_argument("--dataset", 
-                   help="'fashion_mnist' or 'folder'; default: guessed from --data-dir (Fashion-MNIST without one)")
+    g.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="ImageNet-style folder (train/<class>/*, val/<class>/*) or a directory with the Fashion-MNIST "
+        "IDX files; default: the built-in Fashion-MNIST of the Debian package dataset-fashion-mnist",
+    )
+    g.add_argument(
+        "--dataset", help="'fashion_mnist' or 'folder'; default: guessed from --data-dir (Fashion-MNIST without one)"
+    )
     g.add_argument("--train-split", help="training split (folder name)")
     g.add_argument("--val-split", help="evaluation split ('val'; Fashion-MNIST: its 10k test set)")
-    g.add_argument("--dataset-download", action="store_true",
-                   help="download Fashion-MNIST with torchvision into --data-dir if it is missing (needs internet)")
+    g.add_argument(
+        "--dataset-download",
+        action="store_true",
+        help="download Fashion-MNIST with torchvision into --data-dir if it is missing (needs internet)",
+    )
     g.add_argument("--num-classes", type=positive_int, help="classifier size (default: the dataset's)")
     g.add_argument("--in-chans", type=int, help="input channels (Fashion-MNIST: 1, folders: 3)")
     g.add_argument("--img-size", type=positive_int, help="training/evaluation image size")
@@ -157,22 +183,37 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--pin-mem", action="store_true", help="pin CPU memory of batches (GPU training)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", 
-                   help="registered variant (dat_tiny, datpp_tiny, ...), a training preset (dat_nano) or a name "
-                        "for a custom model given with --model-config/--model-kwargs (default: dat_tiny; "
-                        "Fashion-MNIST: dat_nano)")
-    g.add_argument("--model-config", metavar="FILE",
-                   help="YAML/JSON of DAT constructor arguments that override --model's (a custom variant)")
-    g.add_argument("--model-kwargs", nargs="*", action=UpdateKwargs, metavar="KEY=VALUE",
-                   help="DAT constructor arguments, e.g. dims='[32,64,128,256]' depths='[2,2,2,2]'")
-    g.add_argument("--pretrained-path", metavar="FILE",
-                   help="weights to start from (ours or the authors' .pth); a different head is re-initialised")
-    g.add_argument("--initial-checkpoint", metavar="FILE",
-                   help="same as --pretrained-path (timm keeps both names)")
-    g.add_argument("--linear-init", choices=("model", "torch"),
-                   help="init of the Linear layers: the model's (truncated normal, std 0.02, as timm; the ImageNet "
-                        "default) or PyTorch's default (what the authors' code ends up with; trains faster in short "
-                        "runs, the Fashion-MNIST default). Weights loaded from a file replace either")
+    g.add_argument(
+        "--model",
+        help="registered variant (dat_tiny, datpp_tiny, ...), a training preset (dat_nano) or a name "
+        "for a custom model given with --model-config/--model-kwargs (default: dat_tiny; "
+        "Fashion-MNIST: dat_nano)",
+    )
+    g.add_argument(
+        "--model-config",
+        metavar="FILE",
+        help="YAML/JSON of DAT constructor arguments that override --model's (a custom variant)",
+    )
+    g.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        action=UpdateKwargs,
+        metavar="KEY=VALUE",
+        help="DAT constructor arguments, e.g. dims='[32,64,128,256]' depths='[2,2,2,2]'",
+    )
+    g.add_argument(
+        "--pretrained-path",
+        metavar="FILE",
+        help="weights to start from (ours or the authors' .pth); a different head is re-initialised",
+    )
+    g.add_argument("--initial-checkpoint", metavar="FILE", help="same as --pretrained-path (timm keeps both names)")
+    g.add_argument(
+        "--linear-init",
+        choices=("model", "torch"),
+        help="init of the Linear layers: the model's (truncated normal, std 0.02, as timm; the ImageNet "
+        "default) or PyTorch's default (what the authors' code ends up with; trains faster in short "
+        "runs, the Fashion-MNIST default). Weights loaded from a file replace either",
+    )
     g.add_argument("--drop", type=float, help="dropout rate (drop_rate)")
     g.add_argument("--drop-path", type=float, help="stochastic depth rate (default: the variant's)")
     g.add_argument("--channels-last", action=bool_flag, help="channels-last memory format")
@@ -211,36 +252,56 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("-b", "--batch-size", type=positive_int, help="batch size per process")
     g.add_argument("-vb", "--validation-batch-size", type=positive_int, help="evaluation batch size")
     g.add_argument("--epochs", type=non_negative_int, action=TrainingLength, help="epochs to train")
-    g.add_argument("--iters", type=positive_int, action=TrainingLength,
-                   help="optimizer updates to train instead of --epochs (rounded up to whole epochs; the authors' "
-                        "segmentation configs count iterations)")
+    g.add_argument(
+        "--iters",
+        type=positive_int,
+        action=TrainingLength,
+        help="optimizer updates to train instead of --epochs (rounded up to whole epochs; the authors' "
+        "segmentation configs count iterations)",
+    )
     g.add_argument("--opt", help="optimizer (timm name: adamw, sgd, lamb, ...)")
     g.add_argument("--opt-eps", type=float, help="optimizer epsilon")
     g.add_argument("--opt-betas", nargs="+", type=float, help="optimizer betas")
     g.add_argument("--momentum", type=float, help="SGD momentum")
-    g.add_argument("--opt-fused", action=bool_flag, 
-                   help="torch's fused optimizer kernel (AdamW/Adam/SGD/Adagrad; one kernel per step instead of a "
-                        "dozen passes over the weights: AdamW's step 4.6x faster on CPU). Default: on wherever "
-                        "torch has it for the optimizer and device; --no-opt-fused for the foreach implementation")
-    g.add_argument("--weight-decay", type=float, 
-                   help="weight decay (classification: none on norms, biases and position tables; detection/"
-                        "segmentation: none on the names the authors exempt)")
+    g.add_argument(
+        "--opt-fused",
+        action=bool_flag,
+        help="torch's fused optimizer kernel (AdamW/Adam/SGD/Adagrad; one kernel per step instead of a "
+        "dozen passes over the weights: AdamW's step 4.6x faster on CPU). Default: on wherever "
+        "torch has it for the optimizer and device; --no-opt-fused for the foreach implementation",
+    )
+    g.add_argument(
+        "--weight-decay",
+        type=float,
+        help="weight decay (classification: none on norms, biases and position tables; detection/"
+        "segmentation: none on the names the authors exempt)",
+    )
     g.add_argument("--clip-grad", type=float, help="gradient clipping value (0: off)")
     g.add_argument("--clip-mode", choices=("norm", "value", "agc"), help="gradient clipping mode")
-    g.add_argument("--lr", type=non_negative_float, 
-                   help="learning rate (default: lr-base × global batch / lr-base-size)")
+    g.add_argument(
+        "--lr", type=non_negative_float, help="learning rate (default: lr-base × global batch / lr-base-size)"
+    )
     g.add_argument("--lr-base", type=float, help="learning rate at --lr-base-size")
     g.add_argument("--lr-base-size", type=int, help="global batch size of --lr-base")
     g.add_argument("--lr-base-scale", choices=("linear", "sqrt"), help="lr scaling with batch")
     g.add_argument("--sched", help="schedule (timm: cosine, step, multistep, tanh, poly, none)")
-    g.add_argument("--sched-on-updates", action=bool_flag, 
-                   help="update the lr every optimizer step (default) rather than every epoch")
+    g.add_argument(
+        "--sched-on-updates",
+        action=bool_flag,
+        help="update the lr every optimizer step (default) rather than every epoch",
+    )
     g.add_argument("--warmup-epochs", type=float, help="linear warm-up epochs")
-    g.add_argument("--warmup-iters", type=int, 
-                   help="linear warm-up in optimizer updates (overrides --warmup-epochs; the authors' dense configs)")
+    g.add_argument(
+        "--warmup-iters",
+        type=int,
+        help="linear warm-up in optimizer updates (overrides --warmup-epochs; the authors' dense configs)",
+    )
     g.add_argument("--warmup-lr", type=float, help="lr at the start of warm-up")
-    g.add_argument("--warmup-ratio", type=float, 
-                   help="warm-up starts at lr × this ratio (overrides --warmup-lr; mmcv's warmup_ratio)")
+    g.add_argument(
+        "--warmup-ratio",
+        type=float,
+        help="warm-up starts at lr × this ratio (overrides --warmup-lr; mmcv's warmup_ratio)",
+    )
     g.add_argument("--warmup-prefix", action=bool_flag, help="warm-up not counted in --epochs")
     g.add_argument("--min-lr", type=float, help="lr floor of the schedule")
     g.add_argument("--cooldown-epochs", type=int, help="epochs at min-lr after the schedule")
@@ -249,24 +310,36 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--decay-rate", type=float, help="step/multistep decay factor")
 
     g = p.add_argument_group("precision and devices")
-    g.add_argument("--amp", action=bool_flag, 
-                   help="mixed precision: GPU bf16/fp16; CPU bf16 only where the processor has native bf16")
+    g.add_argument(
+        "--amp",
+        action=bool_flag,
+        help="mixed precision: GPU bf16/fp16; CPU bf16 only where the processor has native bf16",
+    )
     g.add_argument("--amp-dtype", choices=("bfloat16", "float16"), help="autocast dtype")
     g.add_argument("--device", help="cuda, cuda:N or cpu (default: cuda when available)")
-    g.add_argument("--deterministic", action=bool_flag, 
-                   help="deterministic algorithms (slower on GPU; CPU runs are deterministic already)")
+    g.add_argument(
+        "--deterministic",
+        action=bool_flag,
+        help="deterministic algorithms (slower on GPU; CPU runs are deterministic already)",
+    )
     g.add_argument("--seed", type=int, help="random seed (data order, augmentation, init)")
-    g.add_argument("--max-bad-steps", type=non_negative_int, metavar="N",
-                   help="stop after N consecutive steps with a non-finite loss (their updates are skipped and "
-                        "no checkpoint is written after them); 0: never stop, keep skipping them")
+    g.add_argument(
+        "--max-bad-steps",
+        type=non_negative_int,
+        metavar="N",
+        help="stop after N consecutive steps with a non-finite loss (their updates are skipped and "
+        "no checkpoint is written after them); 0: never stop, keep skipping them",
+    )
 
     g = p.add_argument_group("output and checkpoints")
     g.add_argument("--output", metavar="DIR", help="parent of the run directories")
-    g.add_argument("--experiment", 
-                   help="run directory name under --output (default: <date>-<model>-<img-size>)")
+    g.add_argument("--experiment", help="run directory name under --output (default: <date>-<model>-<img-size>)")
     g.add_argument("--checkpoint-hist", type=non_negative_int, help="checkpoint-<epoch>.pth files to keep")
-    g.add_argument("--checkpoint-interval", type=non_negative_int, 
-                   help="also write last.pth every N optimizer steps within an epoch (0: only at epoch ends)")
+    g.add_argument(
+        "--checkpoint-interval",
+        type=non_negative_int,
+        help="also write last.pth every N optimizer steps within an epoch (0: only at epoch ends)",
+    )
     g.add_argument("--log-interval", type=positive_int, help="steps between progress-bar/curve updates")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines still printed)")
 
@@ -274,16 +347,24 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--model-ema", action=bool_flag, help="keep an EMA of the weights")
     g.add_argument("--model-ema-decay", type=float, help="EMA decay")
     g.add_argument("--model-ema-warmup", action=bool_flag, help="EMA decay warm-up")
-    g.add_argument("--grad-checkpointing", action=bool_flag, 
-                   help="recompute block activations in backward to save memory")
-    g.add_argument("--sync-bn", action=bool_flag, 
-                   help="synchronise BatchNorm statistics over the ranks (CUDA DDP; the authors' segmentation heads)")
-    g.add_argument("--resume", metavar="PATH|auto",
-                   help="continue a run exactly from a checkpoint; 'auto' takes last.pth of the experiment "
-                        "(--experiment, or the newest run under --output)")
+    g.add_argument(
+        "--grad-checkpointing", action=bool_flag, help="recompute block activations in backward to save memory"
+    )
+    g.add_argument(
+        "--sync-bn",
+        action=bool_flag,
+        help="synchronise BatchNorm statistics over the ranks (CUDA DDP; the authors' segmentation heads)",
+    )
+    g.add_argument(
+        "--resume",
+        metavar="PATH|auto",
+        help="continue a run exactly from a checkpoint; 'auto' takes last.pth of the experiment "
+        "(--experiment, or the newest run under --output)",
+    )
     add_trust_checkpoint_argument(g, "a --resume/--initial-checkpoint file")
-    g.add_argument("--no-resume-opt", action="store_true",
-                   help="with --resume: restore only the weights, not optimizer/scheduler/position")
+    g.add_argument(
+        "--no-resume-opt",
+        action="store_true",
+        help="with --resume: restore only the weights, not optimizer/scheduler/position",
+    )
     return p
-
-

@@ -5,6 +5,7 @@ package, so this works from any directory.
 Every parser here has ``argparse.SUPPRESS`` as its default: the parsed namespace holds only the flags given, and
 the defaults live in one place, the library's config dataclasses (the help texts read them from there).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,7 @@ USAGE = """%(prog)s [options]                 the benchmark
 
 
 # -- flag types: comma-separated lists ---------------------------------------------------------------------------
+
 
 def names(text: str) -> tuple[str, ...]:
     """``a,b,c`` → ("a", "b", "c"); '' → () (none)."""
@@ -65,23 +67,34 @@ def _defaults(cls: type) -> Callable[[str], str]:
 
 
 def _output_argument(p: argparse.ArgumentParser, cls: type) -> None:
-    p.add_argument("--output", "--out", dest="output", metavar="DIR",
-                   help=f"output directory (default {_default(cls, 'output')})")
+    p.add_argument(
+        "--output", "--out", dest="output", metavar="DIR", help=f"output directory (default {_default(cls, 'output')})"
+    )
 
 
 def _allocator_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--allocator", choices=("tuned", "system"),
-                   help="CPU memory allocator for every subject: 'tuned' keeps freed tensor memory in malloc's heap "
-                        "(datvit.tune_cpu_allocator, what the datvit CLI does), 'system' leaves glibc's default "
-                        "(a fresh mmap and page faults for every large tensor) (default tuned)")
+    p.add_argument(
+        "--allocator",
+        choices=("tuned", "system"),
+        help="CPU memory allocator for every subject: 'tuned' keeps freed tensor memory in malloc's heap "
+        "(datvit.tune_cpu_allocator, what the datvit CLI does), 'system' leaves glibc's default "
+        "(a fresh mmap and page faults for every large tensor) (default tuned)",
+    )
 
 
 def _batch_size_argument(p: argparse.ArgumentParser, cls: type, what: str) -> None:
-    p.add_argument("-b", "--batch-size", "--batch", dest="batch_size", type=int,
-                   help=f"{what} (default {_default(cls, 'batch_size')})")
+    p.add_argument(
+        "-b",
+        "--batch-size",
+        "--batch",
+        dest="batch_size",
+        type=int,
+        help=f"{what} (default {_default(cls, 'batch_size')})",
+    )
 
 
 # -- datvit bench ------------------------------------------------------------------------------------------------
+
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     """The benchmark's flags, one per field of :class:`datvit.tools.benchmark.run.BenchConfig`."""
@@ -91,82 +104,142 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     d = _defaults(BenchConfig)
 
     g = p.add_argument_group("what is measured")
-    g.add_argument("--models", type=names,
-                   help="comma-separated timm names; DAT models get one entry per --paths; aliases swin, convnext "
-                        f"(default {d('models')})")
+    g.add_argument(
+        "--models",
+        type=names,
+        help="comma-separated timm names; DAT models get one entry per --paths; aliases swin, convnext "
+        f"(default {d('models')})",
+    )
     g.add_argument("--paths", type=names, help=f"DAT implementations to time (default {d('paths')})")
     g.add_argument("--batch-sizes", type=sizes, help="inference batch sizes (default 1,32)")
     g.add_argument("--train-batch-sizes", type=sizes, help="training-step batch sizes; '' or 0 for none (default 32)")
-    g.add_argument("--modes", type=names,
-                   help="comma-separated from eager (fp32), compile (fp32 torch.compile), bf16 (autocast), "
-                        "bf16-compile; default eager,compile on CPU and eager,bf16,compile on CUDA")
+    g.add_argument(
+        "--modes",
+        type=names,
+        help="comma-separated from eager (fp32), compile (fp32 torch.compile), bf16 (autocast), "
+        "bf16-compile; default eager,compile on CPU and eager,bf16,compile on CUDA",
+    )
     g.add_argument("--img-size", type=int, help=f"input resolution (default {d('img_size')})")
-    g.add_argument("--quick", action="store_true",
-                   help="a fast look: batches 1,8, training at 8, 2 iterations, no compile, one matmul size")
-    g.add_argument("--skip", type=names,
-                   help="comma-separated measurements to leave out, as LABEL:KIND with KIND inference or train and "
-                        "LABEL as in the tables (dat_tiny:reference, swin_t, ...), e.g. datpp_tiny:reference:train "
-                        "(DAT++'s reference neighborhood attention needs ~16 GB to train at batch 32)")
+    g.add_argument(
+        "--quick",
+        action="store_true",
+        help="a fast look: batches 1,8, training at 8, 2 iterations, no compile, one matmul size",
+    )
+    g.add_argument(
+        "--skip",
+        type=names,
+        help="comma-separated measurements to leave out, as LABEL:KIND with KIND inference or train and "
+        "LABEL as in the tables (dat_tiny:reference, swin_t, ...), e.g. datpp_tiny:reference:train "
+        "(DAT++'s reference neighborhood attention needs ~16 GB to train at batch 32)",
+    )
 
     g = p.add_argument_group("torch.compile")
-    g.add_argument("--no-compile", dest="compile", action="store_false",
-                   help="skip torch.compile (it can take many minutes on CPU)")
-    g.add_argument("--compile-models", type=names,
-                   help=f"models to torch.compile (fast path for DAT; default {d('compile_models')}; e.g. "
-                        "dat_tiny,datpp_tiny,swin,convnext for all under the same treatment)")
+    g.add_argument(
+        "--no-compile",
+        dest="compile",
+        action="store_false",
+        help="skip torch.compile (it can take many minutes on CPU)",
+    )
+    g.add_argument(
+        "--compile-models",
+        type=names,
+        help=f"models to torch.compile (fast path for DAT; default {d('compile_models')}; e.g. "
+        "dat_tiny,datpp_tiny,swin,convnext for all under the same treatment)",
+    )
     g.add_argument("--compile-kinds", type=names, help=f"inference, train (default {d('compile_kinds')})")
-    g.add_argument("--compile-batch-sizes", type=sizes,
-                   help="batch sizes for compile runs (default: the largest inference and training batch)")
+    g.add_argument(
+        "--compile-batch-sizes",
+        type=sizes,
+        help="batch sizes for compile runs (default: the largest inference and training batch)",
+    )
     g.add_argument("--compile-mode", choices=COMPILE_MODES, help=f"torch.compile mode (default {d('compile_mode')})")
-    g.add_argument("--no-freezing", dest="freezing", action="store_false",
-                   help="compile inference without inductor freezing (default: with it, as "
-                        "datvit.optimize_for_inference deploys)")
-    g.add_argument("--compile-timeout", type=float,
-                   help=f"seconds per compile measurement before it is abandoned (default {d('compile_timeout')})")
+    g.add_argument(
+        "--no-freezing",
+        dest="freezing",
+        action="store_false",
+        help="compile inference without inductor freezing (default: with it, as datvit.optimize_for_inference deploys)",
+    )
+    g.add_argument(
+        "--compile-timeout",
+        type=float,
+        help=f"seconds per compile measurement before it is abandoned (default {d('compile_timeout')})",
+    )
 
     g = p.add_argument_group("timing")
-    g.add_argument("--bench-iters", "--iters", dest="iters", type=int,
-                   help=f"timed iterations per measurement (×4 for batches below 8; default {d('iters')})")
+    g.add_argument(
+        "--bench-iters",
+        "--iters",
+        dest="iters",
+        type=int,
+        help=f"timed iterations per measurement (×4 for batches below 8; default {d('iters')})",
+    )
     g.add_argument("--warmup", type=int, help=f"warm-up iterations per measurement (default {d('warmup')})")
     g.add_argument("--device", help=f"auto (cuda if available), cpu or cuda[:i] (default {d('device')})")
     g.add_argument("--threads", type=int, help="torch threads (default: the usable CPU count)")
-    g.add_argument("--wait-quiet", type=float,
-                   help="seconds each timed call may wait for other processes to go quiet (< 0.3 cores busy) on a "
-                        "shared machine (default 0: do not wait; background load is recorded either way)")
+    g.add_argument(
+        "--wait-quiet",
+        type=float,
+        help="seconds each timed call may wait for other processes to go quiet (< 0.3 cores busy) on a "
+        "shared machine (default 0: do not wait; background load is recorded either way)",
+    )
     _allocator_argument(g)
 
     g = p.add_argument_group("training steps and memory")
-    g.add_argument("--train-iters", type=int,
-                   help="timed training steps per model (default: --iters); one or more untimed steps come first")
-    g.add_argument("--train-runs", type=int,
-                   help="fresh processes in which all training subjects step interleaved (one step each per round); "
-                        f"the ratios between subjects are reported per run and as median and spread "
-                        f"(default {d('train_runs')})")
-    g.add_argument("--no-train-memory", dest="train_memory", action="store_false",
-                   help="skip the per-subject processes that measure the peak memory of a training step")
-    g.add_argument("--train-timeout", type=float,
-                   help=f"seconds per training process before it is abandoned (default {d('train_timeout')})")
-    g.add_argument("--memory-fraction", type=float,
-                   help="cap each training process's memory at this fraction of the memory available when it "
-                        f"starts, so that a model too big for the machine fails cleanly (default "
-                        f"{d('memory_fraction')}; 0: no cap)")
+    g.add_argument(
+        "--train-iters",
+        type=int,
+        help="timed training steps per model (default: --iters); one or more untimed steps come first",
+    )
+    g.add_argument(
+        "--train-runs",
+        type=int,
+        help="fresh processes in which all training subjects step interleaved (one step each per round); "
+        f"the ratios between subjects are reported per run and as median and spread "
+        f"(default {d('train_runs')})",
+    )
+    g.add_argument(
+        "--no-train-memory",
+        dest="train_memory",
+        action="store_false",
+        help="skip the per-subject processes that measure the peak memory of a training step",
+    )
+    g.add_argument(
+        "--train-timeout",
+        type=float,
+        help=f"seconds per training process before it is abandoned (default {d('train_timeout')})",
+    )
+    g.add_argument(
+        "--memory-fraction",
+        type=float,
+        help="cap each training process's memory at this fraction of the memory available when it "
+        f"starts, so that a model too big for the machine fails cleanly (default "
+        f"{d('memory_fraction')}; 0: no cap)",
+    )
 
     g = p.add_argument_group("other measurements")
-    g.add_argument("--onnx-models", type=names,
-                   help="models also timed in onnxruntime (CPU, fp32, exported with datvit.tools.export.export_onnx) "
-                        f"next to PyTorch eager inference; '' for none (default {d('onnx_models')})")
-    g.add_argument("--no-module", dest="module", action="store_false",
-                   help="skip the DeformableAttention module benchmark")
+    g.add_argument(
+        "--onnx-models",
+        type=names,
+        help="models also timed in onnxruntime (CPU, fp32, exported with datvit.tools.export.export_onnx) "
+        f"next to PyTorch eager inference; '' for none (default {d('onnx_models')})",
+    )
+    g.add_argument(
+        "--no-module", dest="module", action="store_false", help="skip the DeformableAttention module benchmark"
+    )
     g.add_argument("--module-batch", type=int, help=f"batch of the module benchmark (default {d('module_batch')})")
     g.add_argument("--no-flops", dest="flops", action="store_false", help="skip FLOP counting (then no GFLOP/s)")
-    g.add_argument("--matmul-sizes", type=sizes,
-                   help=f"square sizes for the matmul peak (default {d('matmul_sizes')})")
+    g.add_argument("--matmul-sizes", type=sizes, help=f"square sizes for the matmul peak (default {d('matmul_sizes')})")
 
     g = p.add_argument_group("report")
     _output_argument(g, BenchConfig)
     g.add_argument("--no-chart", dest="chart", action="store_false", help="do not write the PNG")
-    g.add_argument("--note", dest="notes", action="append", metavar="TEXT",
-                   help="free text stored in the report's notes (repeatable), e.g. what code was measured")
+    g.add_argument(
+        "--note",
+        dest="notes",
+        action="append",
+        metavar="TEXT",
+        help="free text stored in the report's notes (repeatable), e.g. what code was measured",
+    )
 
 
 def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace, words: tuple[str, ...]) -> str:
@@ -205,6 +278,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
 # -- datvit bench <tool> -----------------------------------------------------------------------------------------
 
+
 def add_profile_arguments(p: argparse.ArgumentParser) -> None:
     from ..tools.benchmark.profile import ProfileConfig
 
@@ -214,8 +288,9 @@ def add_profile_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kinds", type=names, help=f"inference, train (default {d('kinds')})")
     _batch_size_argument(p, ProfileConfig, "batch of the model profiles")
     p.add_argument("--img-size", type=int, help=f"input resolution (default {d('img_size')})")
-    p.add_argument("--module-batch", type=int,
-                   help=f"batch of the DeformableAttention profiles (default {d('module_batch')})")
+    p.add_argument(
+        "--module-batch", type=int, help=f"batch of the DeformableAttention profiles (default {d('module_batch')})"
+    )
     p.add_argument("--no-module", dest="module", action="store_false", help="leave out the module profiles")
     p.add_argument("--only-module", action="store_true", help="only the module profiles")
     p.add_argument("--rows", type=int, help=f"ops per table (default {d('rows')})")
@@ -229,8 +304,7 @@ def add_levers_arguments(p: argparse.ArgumentParser) -> None:
     from ..tools.benchmark.levers import LEVERS, LeversConfig
 
     d = _defaults(LeversConfig)
-    p.add_argument("levers", nargs="*", default=(), metavar="LEVER",
-                   help=f"from {', '.join(LEVERS)} (default: all)")
+    p.add_argument("levers", nargs="*", default=(), metavar="LEVER", help=f"from {', '.join(LEVERS)} (default: all)")
     _batch_size_argument(p, LeversConfig, "batch of the measured steps")
     p.add_argument("--pairs", type=int, help=f"interleaved rounds (default {d('pairs')})")
     p.add_argument("--models", type=names, help=f"models of the adamw lever (default {d('models')})")
@@ -244,13 +318,21 @@ def add_deploy_arguments(p: argparse.ArgumentParser) -> None:
     d = _defaults(DeployConfig)
     p.add_argument("--checkpoint", metavar="FILE", help="datvit checkpoint whose test-set accuracy is compared")
     _batch_size_argument(p, DeployConfig, "evaluation batch of the checkpoint accuracy")
-    p.add_argument("--speed-models", type=names,
-                   help=f"models timed at 224×224 ('' to skip; default {d('speed_models')})")
+    p.add_argument(
+        "--speed-models", type=names, help=f"models timed at 224×224 ('' to skip; default {d('speed_models')})"
+    )
     p.add_argument("--speed-batch", type=int, help=f"batch of the speed part (default {d('speed_batch')})")
-    p.add_argument("--bench-iters", "--iters", dest="iters", type=int, help=f"timed rounds of the speed part (default {d('iters')})")
-    p.add_argument("--treatments",
-                   help=f"comma-separated from {', '.join(TREATMENTS)} (default: all; fp32 eager is always added: "
-                        "the baseline)")
+    p.add_argument(
+        "--bench-iters",
+        "--iters",
+        dest="iters",
+        type=int,
+        help=f"timed rounds of the speed part (default {d('iters')})",
+    )
+    p.add_argument(
+        "--treatments",
+        help=f"comma-separated from {', '.join(TREATMENTS)} (default: all; fp32 eager is always added: the baseline)",
+    )
     _output_argument(p, DeployConfig)
 
 
@@ -263,21 +345,35 @@ def add_cuda_check_arguments(p: argparse.ArgumentParser) -> None:
     _batch_size_argument(p, CudaCheckConfig, "batch of the correctness checks")
     p.add_argument("--img-size", type=int, help=f"input resolution (default {d('img_size')})")
     p.add_argument("--no-speed", dest="speed", action="store_false", help="correctness only")
-    p.add_argument("--speed-args", metavar="FLAGS",
-                   help="flags of datvit bench for the speed part (--device and --output are added; default: bf16 "
-                        "and float32 training and inference at batch 128, torch.compile of dat_tiny and Swin-T)")
-    p.add_argument("--speed-timeout", type=float,
-                   help=f"seconds for the speed part (default {d('speed_timeout')})")
+    p.add_argument(
+        "--speed-args",
+        metavar="FLAGS",
+        help="flags of datvit bench for the speed part (--device and --output are added; default: bf16 "
+        "and float32 training and inference at batch 128, torch.compile of dat_tiny and Swin-T)",
+    )
+    p.add_argument("--speed-timeout", type=float, help=f"seconds for the speed part (default {d('speed_timeout')})")
     _output_argument(p, CudaCheckConfig)
 
 
 def add_export_all_arguments(p: argparse.ArgumentParser) -> None:
     from ..tools.export import FORMATS
 
-    p.add_argument("--models", nargs="+", type=names, action=ExtendNames, metavar="MODEL",
-                   help="variants to export, space- or comma-separated (default: every released variant)")
-    p.add_argument("--formats", nargs="+", type=names, action=ExtendNames, metavar="FORMAT",
-                   help=f"from {', '.join(FORMATS)} (default: all)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        type=names,
+        action=ExtendNames,
+        metavar="MODEL",
+        help="variants to export, space- or comma-separated (default: every released variant)",
+    )
+    p.add_argument(
+        "--formats",
+        nargs="+",
+        type=names,
+        action=ExtendNames,
+        metavar="FORMAT",
+        help=f"from {', '.join(FORMATS)} (default: all)",
+    )
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
 
 
@@ -299,17 +395,37 @@ class Tool:
 
 
 TOOLS: dict[str, Tool] = {
-    "profile": Tool("profile", "ProfileConfig", add_profile_arguments,
-                    "torch.profiler tables of DAT models and the DeformableAttention module: by op, shape and block"),
-    "levers": Tool("levers", "LeversConfig", add_levers_arguments,
-                   "A/B measurements of single speed levers, interleaved in one process"),
-    "deploy": Tool("deploy", "DeployConfig", add_deploy_arguments,
-                   "bf16 / int8, eager / compiled against fp32: accuracy on a checkpoint and speed"),
-    "cuda-check": Tool("cuda_check", "CudaCheckConfig", add_cuda_check_arguments,
-                       "the GPU checks in one command: fast vs reference path (logits, gradients), bf16, then the "
-                       "benchmark on the GPU"),
-    "export-all": Tool("export_all", "ExportAllConfig", add_export_all_arguments,
-                       "export every released variant to ONNX, torch.export and TorchScript, checked against eager"),
+    "profile": Tool(
+        "profile",
+        "ProfileConfig",
+        add_profile_arguments,
+        "torch.profiler tables of DAT models and the DeformableAttention module: by op, shape and block",
+    ),
+    "levers": Tool(
+        "levers",
+        "LeversConfig",
+        add_levers_arguments,
+        "A/B measurements of single speed levers, interleaved in one process",
+    ),
+    "deploy": Tool(
+        "deploy",
+        "DeployConfig",
+        add_deploy_arguments,
+        "bf16 / int8, eager / compiled against fp32: accuracy on a checkpoint and speed",
+    ),
+    "cuda-check": Tool(
+        "cuda_check",
+        "CudaCheckConfig",
+        add_cuda_check_arguments,
+        "the GPU checks in one command: fast vs reference path (logits, gradients), bf16, then the "
+        "benchmark on the GPU",
+    ),
+    "export-all": Tool(
+        "export_all",
+        "ExportAllConfig",
+        add_export_all_arguments,
+        "export every released variant to ONNX, torch.export and TorchScript, checked against eager",
+    ),
 }
 
 
@@ -319,40 +435,53 @@ def tool_config(name: str, args: argparse.Namespace) -> Any:
     return config_from_args(getattr(tool.load(), tool.config), args)
 
 
-def run_tool(name: str, bench: argparse.ArgumentParser, parser: argparse.ArgumentParser,
-             args: argparse.Namespace) -> int:
+def run_tool(
+    name: str, bench: argparse.ArgumentParser, parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> int:
     """Run tool ``name``. A flag of the benchmark itself given before the tool's name is a usage error rather
     than silently ignored."""
     from ._errors import run_with_user_errors
 
     own = {a.dest for a in parser._actions}
-    stray = [a.option_strings[0] for a in bench._actions
-             if a.option_strings and a.dest in vars(args) and a.dest not in own]
+    stray = [
+        a.option_strings[0] for a in bench._actions if a.option_strings and a.dest in vars(args) and a.dest not in own
+    ]
     if stray:
-        bench.error(f"{', '.join(stray)}: a flag of the benchmark itself, not of 'datvit bench {name}' (give the "
-                    f"tool's flags after its name: datvit bench {name} --help)")
+        bench.error(
+            f"{', '.join(stray)}: a flag of the benchmark itself, not of 'datvit bench {name}' (give the "
+            f"tool's flags after its name: datvit bench {name} --help)"
+        )
     config = tool_config(name, args)
     return run_with_user_errors(f"bench {name}", lambda: TOOLS[name].load().run(config))
 
 
 # -- registration ------------------------------------------------------------------------------------------------
 
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = run_parser(
-        subparsers, "bench", help="benchmark DAT (fast and reference paths) against Swin-T and ConvNeXt-T; "
-                                  "profiling and deployment tools",
+        subparsers,
+        "bench",
+        help="benchmark DAT (fast and reference paths) against Swin-T and ConvNeXt-T; profiling and deployment tools",
         usage=USAGE,
         description="Inference and training throughput, peak memory, torch.compile and GFLOP/s of DAT / DAT++ "
-                    "(fast and reference paths) side by side with timm's Swin-T and ConvNeXt-T. Writes "
-                    "benchmark.json, benchmark.md and benchmark.png into --output. The tools below measure "
-                    "single aspects: datvit bench <tool> --help. See docs/benchmarks.md.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        "(fast and reference paths) side by side with timm's Swin-T and ConvNeXt-T. Writes "
+        "benchmark.json, benchmark.md and benchmark.png into --output. The tools below measure "
+        "single aspects: datvit bench <tool> --help. See docs/benchmarks.md.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(func=lambda args: run(p, args))
     # the tools first, so that the help lists them before the benchmark's many flags
     tools = p.add_subparsers(title="tools", dest="tool", metavar="<tool>", required=False, prog=p.prog)
     for name, tool in TOOLS.items():
-        t = run_parser(tools, name, help=tool.help, description=(tool.load().__doc__ or "").strip(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+        t = run_parser(
+            tools,
+            name,
+            help=tool.help,
+            description=(tool.load().__doc__ or "").strip(),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         tool.add_arguments(t)
         t.set_defaults(func=lambda args, name=name, t=t: run_tool(name, p, t, args))
     add_bench_arguments(p)

@@ -7,6 +7,7 @@ pretrained_cfg_overlay=dict(file="OUTPUT/model.safetensors"), **cfg["model_args"
 ``config.json``. The weights are the model's state_dict after datvit's strict, checked load (wrapper prefixes
 removed, position tables at the model's size); config.json records the architecture, classes, preprocessing,
 datvit's model arguments (custom configurations rebuild) and the class names when the checkpoint has them."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,13 +24,23 @@ EPILOG = """examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("convert", help="checkpoint → model.safetensors + config.json (timm / HF hub layout)",
-                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", metavar="FILE",
-                   help="the authors' .pth (give --model) or a datvit checkpoint (also accepted as the first argument)")
-    p.add_argument("--output", metavar="DIR",
-                   help="directory to write model.safetensors and config.json into (also accepted as the second "
-                        "argument)")
+    p = subparsers.add_parser(
+        "convert",
+        help="checkpoint → model.safetensors + config.json (timm / HF hub layout)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="the authors' .pth (give --model) or a datvit checkpoint (also accepted as the first argument)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="DIR",
+        help="directory to write model.safetensors and config.json into (also accepted as the second argument)",
+    )
     p.add_argument("positional", nargs="*", metavar="SRC DST_DIR", help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help="variant for checkpoints that do not record it, e.g. dat_tiny")
     p.add_argument("--img-size", type=int, default=None, help="build the model for this input size (tables resized)")
@@ -65,8 +76,9 @@ def convert(args: argparse.Namespace) -> Path:
     existing = [dst / n for n in (WEIGHTS_NAME, CONFIG_NAME) if (dst / n).exists()]
     if existing and not args.overwrite:
         raise ValueError(f"{existing[0]} already exists: pass --overwrite to replace it, or choose another --output")
-    loaded = load_model(src, args.model, img_size=args.img_size, use_ema=args.use_ema,
-                        trust_checkpoint=args.trust_checkpoint)
+    loaded = load_model(
+        src, args.model, img_size=args.img_size, use_ema=args.use_ema, trust_checkpoint=args.trust_checkpoint
+    )
     try:
         dst.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -74,6 +86,9 @@ def convert(args: argparse.Namespace) -> Path:
     config = hub_config(loaded.arch, loaded.data_config, loaded.model, loaded.class_names)
     weights, config_path = save_hub_directory(dst, loaded.model.state_dict(), config)
     n = count_parameters(loaded.model)
-    print(f"wrote {weights} ({n / 1e6:.2f}M parameters) and {config_path} "
-          f"(architecture {config['architecture']}, {config['num_classes']} classes)", file=sys.stderr)
+    print(
+        f"wrote {weights} ({n / 1e6:.2f}M parameters) and {config_path} "
+        f"(architecture {config['architecture']}, {config['num_classes']} classes)",
+        file=sys.stderr,
+    )
     return dst

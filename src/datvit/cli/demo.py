@@ -5,6 +5,7 @@ It runs ``datvit train -c demo_fashion_mnist`` (the YAML shipped in ``datvit/con
 it does not know go to ``datvit train`` (e.g. ``--epochs 1`` for a quicker look). It lives in ``cli/`` because it
 drives the other commands.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ import torch
 
 from ..utils.files import atomic_write_text
 
-DEFAULT_CONFIG = "demo_fashion_mnist"   # datvit/configs/demo_fashion_mnist.yaml (package data)
+DEFAULT_CONFIG = "demo_fashion_mnist"  # datvit/configs/demo_fashion_mnist.yaml (package data)
 
 EPILOG = """examples:
   datvit demo                       # ~5½ minutes on 2 CPU cores: 3 epochs of dat_nano, then the test set
@@ -87,14 +88,27 @@ def write_report(run_dir: Path, results: dict[str, Any], timings: dict[str, floa
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['epoch']} | {float(r['train_loss']):.4f} | {float(r['eval_loss']):.4f} | "
-                     f"{float(r['eval_top1']):.2f} | {float(r['eval_top5']):.2f} | {float(r['lr']):.2e} | "
-                     f"{float(r['images/s']):.0f} | {float(r['seconds']):.0f} |")
-    lines += ["", "## Curves", "", "![loss](loss.png)", "", "![accuracy](accuracy.png)", "",
-              "![learning rate](lr.png)", "", "## Files", "",
-              "`last.pth` / `best.pth` / `checkpoint-<epoch>.pth` (datvit checkpoints: `datvit eval --checkpoint "
-              "last.pth`), `summary.csv`, `args.yaml` (the full configuration), `test_results.json`, the PNG curves.",
-              ""]
+        lines.append(
+            f"| {r['epoch']} | {float(r['train_loss']):.4f} | {float(r['eval_loss']):.4f} | "
+            f"{float(r['eval_top1']):.2f} | {float(r['eval_top5']):.2f} | {float(r['lr']):.2e} | "
+            f"{float(r['images/s']):.0f} | {float(r['seconds']):.0f} |"
+        )
+    lines += [
+        "",
+        "## Curves",
+        "",
+        "![loss](loss.png)",
+        "",
+        "![accuracy](accuracy.png)",
+        "",
+        "![learning rate](lr.png)",
+        "",
+        "## Files",
+        "",
+        "`last.pth` / `best.pth` / `checkpoint-<epoch>.pth` (datvit checkpoints: `datvit eval --checkpoint "
+        "last.pth`), `summary.csv`, `args.yaml` (the full configuration), `test_results.json`, the PNG curves.",
+        "",
+    ]
     path = run_dir / "report.md"
     atomic_write_text("\n".join(lines), path)
     return path
@@ -110,8 +124,11 @@ class _DemoParser(argparse.ArgumentParser):
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--config", default=DEFAULT_CONFIG,
-                        help="datvit train YAML: a file, or the name of a shipped config (default: %(default)s)")
+    parser.add_argument(
+        "--config",
+        default=DEFAULT_CONFIG,
+        help="datvit train YAML: a file, or the name of a shipped config (default: %(default)s)",
+    )
     parser.add_argument("--output", default="demo_output", help="parent directory of the run")
     parser.add_argument("--experiment", default="fashion_mnist", help="run directory name")
     parser.set_defaults(train_args=[])
@@ -122,9 +139,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     original = subparsers._parser_class
     subparsers._parser_class = _DemoParser
     try:
-        p = subparsers.add_parser("demo", help="train and evaluate a small DAT on Fashion-MNIST (offline, CPU)",
-                                  description=__doc__, epilog=EPILOG,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = subparsers.add_parser(
+            "demo",
+            help="train and evaluate a small DAT on Fashion-MNIST (offline, CPU)",
+            description=__doc__,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
     finally:
         subparsers._parser_class = original
     add_demo_arguments(p)
@@ -150,15 +171,24 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.output) / args.experiment
     clear_previous_runs(Path(args.output), [args.experiment])
     start = time.perf_counter()
-    train_argv = ["train", "-c", args.config, "--output", args.output, "--experiment", args.experiment,
-                  *args.train_args]
+    train_argv = [
+        "train",
+        "-c",
+        args.config,
+        "--output",
+        args.output,
+        "--experiment",
+        args.experiment,
+        *args.train_args,
+    ]
     code = cli_main(train_argv)
     if code:
         return code
     trained = time.perf_counter()
     results_file = run_dir / "test_results.json"
-    code = cli_main(["eval", "--checkpoint", str(run_dir / "last.pth"), "--split", "test",
-                     "--output", str(results_file)])
+    code = cli_main(
+        ["eval", "--checkpoint", str(run_dir / "last.pth"), "--split", "test", "--output", str(results_file)]
+    )
     if code:
         return code
     end = time.perf_counter()
@@ -168,14 +198,17 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(json.dumps(results, indent=2), results_file)
     command = "datvit " + " ".join(train_argv)
     report = write_report(run_dir, results, timings, command)
-    print(f"\ndemo: Fashion-MNIST test accuracy {results['top1']:.2f}% (top-5 {results['top5']:.2f}%) in "
-          f"{_fmt_seconds(timings['total'])}; report {report}")
+    print(
+        f"\ndemo: Fashion-MNIST test accuracy {results['top1']:.2f}% (top-5 {results['top5']:.2f}%) in "
+        f"{_fmt_seconds(timings['total'])}; report {report}"
+    )
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``python -m datvit.cli.demo`` = ``datvit demo``."""
     from .main import main as cli_main
+
     return cli_main(["demo", *(sys.argv[1:] if argv is None else argv)])
 
 

@@ -1,6 +1,7 @@
 """``datvit det train|eval|predict``: object detection and instance segmentation with a DAT backbone
 (torchvision's Mask R-CNN, Faster R-CNN, RetinaNet) on COCO-format data — trained by datvit's one engine
 (torchrun DDP, exact resume, atomic checkpoints, summary.csv and curves), evaluated with pycocotools."""
+
 from __future__ import annotations
 
 import argparse

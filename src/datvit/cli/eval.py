@@ -1,6 +1,7 @@
 """``datvit eval``: top-1 / top-5 / loss of a checkpoint (datvit's or the authors') on an image folder or the
 built-in Fashion-MNIST, with timm's resize + center-crop (crop 0.875, bicubic) at any resolution.
 Flags are timm ``validate.py``'s."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,12 @@ import argparse
 from ..train.config import default_workers
 from ._deploy_args import add_inference_optimization_arguments, optimization_from_args
 from ._errors import run_with_user_errors
-from ._run_args import (add_evaluation_output_arguments, add_trust_checkpoint_argument, add_workers_argument,
-                        config_from_args)
+from ._run_args import (
+    add_evaluation_output_arguments,
+    add_trust_checkpoint_argument,
+    add_workers_argument,
+    config_from_args,
+)
 
 EPILOG = """examples:
   datvit eval --checkpoint output/train/my-run/best.pth          # on the data it was trained on
@@ -19,23 +24,39 @@ EPILOG = """examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("eval", help="evaluate a checkpoint (top-1, top-5, loss)", description=__doc__,
-                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint (top-1, top-5, loss)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_eval_arguments(p)
     p.set_defaults(func=run)
 
 
 def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """timm ``validate.py``'s flag names."""
-    add_inference_optimization_arguments(p, amp=False)   # eval's own --amp autocasts around the model
-    p.add_argument("--checkpoint", required=True, metavar="FILE",
-                   help="datvit checkpoint (last.pth, best.pth, ...) or the authors' .pth (then give --model)")
-    p.add_argument("--model", default=None,
-                   help="variant for checkpoints that do not record it (the authors' files), e.g. dat_tiny")
-    p.add_argument("--data-dir", default=None, metavar="DIR",
-                   help="ImageNet-style folder (its --split subfolder, or the class folders themselves) or the "
-                        "Fashion-MNIST files; default: the checkpoint's training data, else the built-in "
-                        "Fashion-MNIST")
+    add_inference_optimization_arguments(p, amp=False)  # eval's own --amp autocasts around the model
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="FILE",
+        help="datvit checkpoint (last.pth, best.pth, ...) or the authors' .pth (then give --model)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="variant for checkpoints that do not record it (the authors' files), e.g. dat_tiny",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="ImageNet-style folder (its --split subfolder, or the class folders themselves) or the "
+        "Fashion-MNIST files; default: the checkpoint's training data, else the built-in "
+        "Fashion-MNIST",
+    )
     p.add_argument("--dataset", default=None, help="'fashion_mnist' or 'folder' (default: guessed)")
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's validation split, 'val')")
     p.add_argument("--img-size", type=int, default=None, help="evaluation resolution (default: the checkpoint's)")
@@ -49,8 +70,12 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
     add_trust_checkpoint_argument(p)
     add_workers_argument(p, default_workers())
-    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
-                   help="mixed precision (GPU; CPU only with native bf16)")
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="mixed precision (GPU; CPU only with native bf16)",
+    )
     p.add_argument("--amp-dtype", default="bfloat16", choices=("bfloat16", "float16"))
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format")
     add_evaluation_output_arguments(p)

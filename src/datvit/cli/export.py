@@ -6,6 +6,7 @@ with a dynamic batch size, written atomically, then checked: the file is run (on
 ExportedProgram, the loaded ScriptModule) against the eager model on a random batch of 2 and the largest logit
 difference is printed. ONNX and torch.export fix the image size (--img-size, default the checkpoint's);
 TorchScript takes any size."""
+
 from __future__ import annotations
 
 import argparse
@@ -33,17 +34,31 @@ DEFAULT_OPSET = 20
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("export", help="export a model to ONNX, torch.export (.pt2) or TorchScript and check it",
-                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", default=None, metavar="FILE",
-                   help="datvit checkpoint or the authors' .pth (then give --model); without it, --model with "
-                        "random weights")
+    p = subparsers.add_parser(
+        "export",
+        help="export a model to ONNX, torch.export (.pt2) or TorchScript and check it",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="FILE",
+        help="datvit checkpoint or the authors' .pth (then give --model); without it, --model with random weights",
+    )
     p.add_argument("--model", default=None, help="variant for checkpoints that do not record it, e.g. dat_tiny")
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx, torch-export (.pt2) or torchscript")
     p.add_argument("--output", "-o", required=True, metavar="FILE", help="file to write (replaced atomically)")
-    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
-                   help="input size H, or H W, to export at (default: the checkpoint's); ONNX and torch-export "
-                        "files run at this size only")
+    p.add_argument(
+        "--img-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="input size H, or H W, to export at (default: the checkpoint's); ONNX and torch-export "
+        "files run at this size only",
+    )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, 18+)")
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to 1 instead of dynamic")
     p.add_argument("--no-check", action="store_true", help="do not run the exported file against eager")
@@ -91,12 +106,18 @@ def _load(args: argparse.Namespace):
     from ..inference import load_model
 
     if args.checkpoint is None and not args.model:
-        raise ValueError("give --checkpoint FILE (and --model for the authors' files), or --model alone for "
-                         "random weights")
+        raise ValueError(
+            "give --checkpoint FILE (and --model for the authors' files), or --model alone for random weights"
+        )
     if args.checkpoint is None:
         print(f"no --checkpoint: exporting {args.model} with random weights", file=sys.stderr)
-    loaded = load_model(args.checkpoint, args.model, num_classes=args.num_classes, use_ema=args.use_ema,
-                        trust_checkpoint=args.trust_checkpoint)
+    loaded = load_model(
+        args.checkpoint,
+        args.model,
+        num_classes=args.num_classes,
+        use_ema=args.use_ema,
+        trust_checkpoint=args.trust_checkpoint,
+    )
     return loaded.model.eval(), loaded.name, tuple(loaded.data_config["input_size"][-2:])
 
 
@@ -113,17 +134,26 @@ def export(args: argparse.Namespace) -> None:
     batch = "batch 1" if args.static_batch else "dynamic batch"
     size = "any size" if args.format == "torchscript" else f"{c}×{h}×{w}"
     print(f"exporting {name} to {what[args.format]}, {size}, {batch} ...", flush=True)
-    path, seconds = timed(export_model, model, args.format, args.output, input_size,
-                          dynamic_batch=not args.static_batch, opset=args.opset)
+    path, seconds = timed(
+        export_model, model, args.format, args.output, input_size, dynamic_batch=not args.static_batch, opset=args.opset
+    )
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) in {seconds:.1f} s", flush=True)
     if args.no_check:
         return
-    runner = {"onnx": "onnxruntime (CPU)", "torch-export": "the loaded ExportedProgram",
-              "torchscript": "the loaded ScriptModule"}[args.format]
+    runner = {
+        "onnx": "onnxruntime (CPU)",
+        "torch-export": "the loaded ExportedProgram",
+        "torchscript": "the loaded ScriptModule",
+    }[args.format]
     check = check_export(path, args.format, model, input_size, batch=1 if args.static_batch else 2)
-    print(f"check: {runner} vs eager on a random batch {check.input_shape}: max |Δ| = {check.max_abs_diff:.3g} "
-          f"(logits up to {check.output_max_abs:.3g})")
+    print(
+        f"check: {runner} vs eager on a random batch {check.input_shape}: max |Δ| = {check.max_abs_diff:.3g} "
+        f"(logits up to {check.output_max_abs:.3g})"
+    )
     if check.max_abs_diff > CHECK_TOLERANCE * max(1.0, check.output_max_abs):
         from ..tools.export import ExportError
-        raise ExportError(f"the exported file differs from eager by {check.max_abs_diff:.3g} (> {CHECK_TOLERANCE:g}"
-                          f" relative): {path} was written but should not be trusted")
+
+        raise ExportError(
+            f"the exported file differs from eager by {check.max_abs_diff:.3g} (> {CHECK_TOLERANCE:g}"
+            f" relative): {path} was written but should not be trusted"
+        )

@@ -6,13 +6,14 @@ multiply-add, LayerNorm 5 per element, bilinear sampling 4 per output — on the
 attention: k×k keys per query).
 Without --model it lists the eight released variants beside the published numbers; --ablation reproduces the
 paper's table of which stages use deformable attention."""
+
 from __future__ import annotations
 
 import argparse
 import json
 
-from ._run_args import UpdateKwargs
 from ._errors import run_with_user_errors
+from ._run_args import UpdateKwargs
 
 EPILOG = """examples:
   datvit flops                                    # the eight released variants, ours vs published
@@ -28,24 +29,54 @@ built at 224 and run at 384). Build at another size with --model-kwargs img_size
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("flops", help="parameters and FLOPs per stage, as the papers count them",
-                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None,
-                   help="registered variant (dat_tiny, datpp_base_384, ...) or preset (dat_nano); default: all "
-                        "released variants")
-    p.add_argument("--model-config", default=None, metavar="FILE",
-                   help="YAML/JSON of DAT constructor arguments (on top of --model's, if given)")
-    p.add_argument("--model-kwargs", nargs="*", default={}, action=UpdateKwargs, metavar="KEY=VALUE",
-                   help="DAT constructor arguments, e.g. dims='[64,128,256,512]' depths='[2,2,6,2]'")
-    p.add_argument("--img-size", type=int, nargs="+", default=None, metavar="N",
-                   help="input height [width] (default: the variant's evaluation size)")
+    p = subparsers.add_parser(
+        "flops",
+        help="parameters and FLOPs per stage, as the papers count them",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="registered variant (dat_tiny, datpp_base_384, ...) or preset (dat_nano); default: all released variants",
+    )
+    p.add_argument(
+        "--model-config",
+        default=None,
+        metavar="FILE",
+        help="YAML/JSON of DAT constructor arguments (on top of --model's, if given)",
+    )
+    p.add_argument(
+        "--model-kwargs",
+        nargs="*",
+        default={},
+        action=UpdateKwargs,
+        metavar="KEY=VALUE",
+        help="DAT constructor arguments, e.g. dims='[64,128,256,512]' depths='[2,2,6,2]'",
+    )
+    p.add_argument(
+        "--img-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="input height [width] (default: the variant's evaluation size)",
+    )
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default 1000)")
     p.add_argument("--in-chans", type=int, default=None, help="input channels (default 3)")
-    p.add_argument("--path", default="reference", choices=("reference", "fast"),
-                   help="which path to trace: reference (the papers' count, default) or fast (what the fast "
-                        "path's tiled neighborhood attention computes)")
-    p.add_argument("--ablation", action="store_true",
-                   help="the DAT paper's stage ablation: D blocks in stages 1-4, 2-4, 3-4, 4, none (DAT-T, 224)")
+    p.add_argument(
+        "--path",
+        default="reference",
+        choices=("reference", "fast"),
+        help="which path to trace: reference (the papers' count, default) or fast (what the fast "
+        "path's tiled neighborhood attention computes)",
+    )
+    p.add_argument(
+        "--ablation",
+        action="store_true",
+        help="the DAT paper's stage ablation: D blocks in stages 1-4, 2-4, 3-4, 4, none (DAT-T, 224)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -67,14 +98,14 @@ def _input_size(args: argparse.Namespace, default: tuple[int, int, int], in_chan
 
 def _report_for(args: argparse.Namespace, name: str, config: dict):
     import datvit
-    from ..tools.flops import build_on_meta, count_flops, variant_input_size
-    from ..models.factory import resolve_model_kwargs
 
-    kwargs = resolve_model_kwargs(name, config, args.model_kwargs, num_classes=args.num_classes,
-                                  in_chans=args.in_chans)
+    from ..models.factory import resolve_model_kwargs
+    from ..tools.flops import build_on_meta, count_flops, variant_input_size
+
+    kwargs = resolve_model_kwargs(name, config, args.model_kwargs, num_classes=args.num_classes, in_chans=args.in_chans)
     try:
         model = build_on_meta(kwargs)
-    except TypeError as e:     # an argument DAT does not take
+    except TypeError as e:  # an argument DAT does not take
         raise ValueError(f"cannot build {name}: {e}") from None
     in_chans = int(kwargs.get("in_chans", 3))
     custom = {**config, **args.model_kwargs}
@@ -88,18 +119,36 @@ def _report_for(args: argparse.Namespace, name: str, config: dict):
 
 def flops(args: argparse.Namespace) -> None:
     import datvit
+
     from ..tools.flops import count_ablation, format_ablation, published_for
 
     if args.ablation:
         if args.model or args.model_config or args.model_kwargs or args.img_size:
-            raise ValueError("--ablation counts the paper's fixed DAT-T settings at 224; it takes no --model, "
-                             "--model-config, --model-kwargs or --img-size")
+            raise ValueError(
+                "--ablation counts the paper's fixed DAT-T settings at 224; it takes no --model, "
+                "--model-config, --model-kwargs or --img-size"
+            )
         results = count_ablation()
         if args.json:
-            print(json.dumps([dict(d_stages=list(e.d_stages), params=r.params, macs=r.macs, gflops=r.gflops,
-                                   authors_params_m=e.authors_params_m, authors_gflops=e.authors_gflops,
-                                   published_params_m=e.published_params_m, published_gflops=e.published_gflops,
-                                   top1=e.top1) for e, r in results], indent=2))
+            print(
+                json.dumps(
+                    [
+                        dict(
+                            d_stages=list(e.d_stages),
+                            params=r.params,
+                            macs=r.macs,
+                            gflops=r.gflops,
+                            authors_params_m=e.authors_params_m,
+                            authors_gflops=e.authors_gflops,
+                            published_params_m=e.published_params_m,
+                            published_gflops=e.published_gflops,
+                            top1=e.top1,
+                        )
+                        for e, r in results
+                    ],
+                    indent=2,
+                )
+            )
         else:
             print(format_ablation(results))
         return
@@ -107,6 +156,7 @@ def flops(args: argparse.Namespace) -> None:
     config: dict = {}
     if args.model_config:
         from ..models.factory import load_model_config
+
         config = load_model_config(args.model_config)
     if args.model or config or args.model_kwargs:
         report = _report_for(args, args.model or "custom", config)
@@ -123,5 +173,7 @@ def flops(args: argparse.Namespace) -> None:
         pub = published_for(r.model, r.input_size)
         paper = f"{pub[0]:g}M/{pub[1]:g}G" if pub else "-"
         delta = f"{100 * (r.gflops / pub[1] - 1):+.2f}%" if pub else "-"
-        print(f"{r.model:16s}  {r.input_size[1]:>4d}×{r.input_size[2]:<4d}  {r.params / 1e6:8.3f}M  "
-              f"{r.gflops:7.3f}G  {paper:>11s}  {delta:>8s}")
+        print(
+            f"{r.model:16s}  {r.input_size[1]:>4d}×{r.input_size[2]:<4d}  {r.params / 1e6:8.3f}M  "
+            f"{r.gflops:7.3f}G  {paper:>11s}  {delta:>8s}"
+        )

@@ -3,6 +3,7 @@
 A subcommand module defines ``register(subparsers)``, which adds its parser and sets ``func`` (called with the
 parsed arguments, returning an exit code). Add new modules to ``SUBCOMMANDS``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="datvit",
         description="Deformable Attention Transformer (DAT, DAT++): train, evaluate, benchmark and inspect models.",
     )
-    parser.add_argument("--debug", action="store_true",
-                        help="show the full traceback of an error instead of the one-line message "
-                             "(also: DATVIT_DEBUG=1)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of the one-line message (also: DATVIT_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name in SUBCOMMANDS:
         module = importlib.import_module(f"datvit.cli.{name.replace('-', '_')}")
@@ -52,6 +55,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     # freed tensor memory stays in malloc's heap: no page faults on every batch (DATVIT_CPU_ALLOCATOR=system: off)
     from ..runtime import tune_cpu_allocator
+
     tune_cpu_allocator()
     if not args.debug:
         return int(args.func(args) or 0)

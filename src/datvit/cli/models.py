@@ -1,12 +1,16 @@
 """``datvit models``: the registered variants, their parameter counts and pretrained configs."""
+
 from __future__ import annotations
 
 import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("models", help="list the registered DAT / DAT++ variants",
-                              description="List the registered variants with parameters and default input size.")
+    p = subparsers.add_parser(
+        "models",
+        help="list the registered DAT / DAT++ variants",
+        description="List the registered variants with parameters and default input size.",
+    )
     p.add_argument("--count-params", action="store_true", help="build each model to count its parameters (slower)")
     p.set_defaults(func=run)
 

@@ -5,6 +5,7 @@ and run in batches. Class names come from the checkpoint (datvit checkpoints and
 record them); a 1000-class head without names gets ImageNet-1k's (timm's offline ``ImageNetInfo``); otherwise
 "class <i>". An unreadable image is reported in one line and the others are still predicted (exit status 1 when
 any failed)."""
+
 from __future__ import annotations
 
 import argparse
@@ -29,15 +30,29 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("predict", help="top-k classes of images from a checkpoint", description=__doc__,
-                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="IMAGE|DIR|GLOB",
-                   help="image files, directories (their images, sorted) or glob patterns ('**' recurses)")
-    p.add_argument("--checkpoint", required=True, metavar="PATH",
-                   help="datvit checkpoint, the authors' .pth (then give --model), or a datvit convert directory")
+    p = subparsers.add_parser(
+        "predict",
+        help="top-k classes of images from a checkpoint",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="IMAGE|DIR|GLOB",
+        help="image files, directories (their images, sorted) or glob patterns ('**' recurses)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="PATH",
+        help="datvit checkpoint, the authors' .pth (then give --model), or a datvit convert directory",
+    )
     p.add_argument("--model", default=None, help="variant for checkpoints that do not record it, e.g. dat_tiny")
     p.add_argument("--topk", type=int, default=5, help="classes shown per image (default 5)")
     from ._deploy_args import add_inference_optimization_arguments
+
     add_inference_optimization_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output (to stdout, or --output)")
     p.add_argument("--output", default=None, metavar="FILE", help="write the output to FILE instead of stdout")
@@ -87,6 +102,7 @@ def class_labels(class_names: Optional[list[str]], num_classes: int) -> list[str
         return list(class_names[:num_classes])
     if num_classes == 1000:
         from timm.data import ImageNetInfo
+
         info = ImageNetInfo()
         return [info.index_to_description(i) for i in range(1000)]
     names = list(class_names or [])
@@ -105,10 +121,10 @@ def predict(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from ._deploy_args import optimize_from_args
     from ..inference import eval_transform, load_model
     from ..utils.files import atomic_write_text
     from ..utils.images import IMAGE_ERRORS, read_image
+    from ._deploy_args import optimize_from_args
 
     if args.topk < 1:
         raise ValueError(f"--topk {args.topk}: must be at least 1")
@@ -117,8 +133,13 @@ def predict(args: argparse.Namespace) -> int:
     files, missing = expand_inputs(args.inputs)
     if not files:
         raise FileNotFoundError("no images to predict: " + "; ".join(f"{p}: {why}" for p, why in missing))
-    loaded = load_model(args.checkpoint, args.model, img_size=args.img_size, use_ema=args.use_ema,
-                        trust_checkpoint=args.trust_checkpoint)
+    loaded = load_model(
+        args.checkpoint,
+        args.model,
+        img_size=args.img_size,
+        use_ema=args.use_ema,
+        trust_checkpoint=args.trust_checkpoint,
+    )
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = loaded.model.to(device)
     forward = optimize_from_args(model, args)  # --compile: torch.compile with inductor freezing
@@ -130,11 +151,16 @@ def predict(args: argparse.Namespace) -> int:
     for item in errors:
         print(f"datvit predict: error: {item['file']}: {item['error']}", file=sys.stderr)
     results: list[dict[str, Any]] = []
-    bar = tqdm(total=len(files), desc="predict", unit="img", file=sys.stderr,
-               disable=args.no_progress or len(files) < 2 * args.batch_size)
+    bar = tqdm(
+        total=len(files),
+        desc="predict",
+        unit="img",
+        file=sys.stderr,
+        disable=args.no_progress or len(files) < 2 * args.batch_size,
+    )
     for start in range(0, len(files), args.batch_size):
         batch, names = [], []
-        for path in files[start:start + args.batch_size]:
+        for path in files[start : start + args.batch_size]:
             try:
                 batch.append(transform(read_image(path, loaded.image_mode)))
                 names.append(path)
@@ -147,14 +173,24 @@ def predict(args: argparse.Namespace) -> int:
                 probs = forward(torch.stack(batch).to(device)).float().softmax(-1).cpu()
             values, indices = probs.topk(topk, dim=-1)
             for path, vals, idxs in zip(names, values.tolist(), indices.tolist()):
-                results.append({"file": path, "predictions": [
-                    {"index": i, "label": labels[i], "probability": round(v, 6)} for v, i in zip(vals, idxs)]})
-        bar.update(len(files[start:start + args.batch_size]))
+                results.append(
+                    {
+                        "file": path,
+                        "predictions": [
+                            {"index": i, "label": labels[i], "probability": round(v, 6)} for v, i in zip(vals, idxs)
+                        ],
+                    }
+                )
+        bar.update(len(files[start : start + args.batch_size]))
     bar.close()
 
     if args.json:
-        text = json.dumps({"checkpoint": loaded.source, "model": loaded.name, "results": results,
-                           "errors": errors}, indent=2) + "\n"
+        text = (
+            json.dumps(
+                {"checkpoint": loaded.source, "model": loaded.name, "results": results, "errors": errors}, indent=2
+            )
+            + "\n"
+        )
     else:
         lines = []
         for r in results:

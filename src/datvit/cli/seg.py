@@ -1,6 +1,7 @@
 """``datvit seg train|eval|predict``: semantic segmentation with a DAT backbone (UperNet or Semantic FPN from
 segmentation_models_pytorch) on ADE20K-layout folders — trained by datvit's one engine (torchrun DDP, exact
 resume, atomic checkpoints, summary.csv and curves); mIoU, per-class IoU and pixel accuracy."""
+
 from __future__ import annotations
 
 import argparse

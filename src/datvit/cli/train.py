@@ -1,5 +1,6 @@
 """``datvit train``: train a DAT / DAT++ variant (registered, preset or custom) on an image folder or the built-in
 Fashion-MNIST, on one process or under ``torchrun``. Flags are timm ``train.py``'s; ``-c FILE.yaml`` sets defaults."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,15 +19,19 @@ EPILOG = """examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train a DAT / DAT++ model", description=__doc__, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter,
-                              argument_default=argparse.SUPPRESS)
+    p = subparsers.add_parser(
+        "train",
+        help="train a DAT / DAT++ model",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
     add_train_arguments(p)
     p.set_defaults(func=lambda args: run(args, p))
 
 
-def run(args: argparse.Namespace, parser: argparse.ArgumentParser,
-        defaults: Optional[Mapping[str, Any]] = None) -> int:
+def run(args: argparse.Namespace, parser: argparse.ArgumentParser, defaults: Optional[Mapping[str, Any]] = None) -> int:
     """Train; problems the user can fix (missing data, bad config) end with a one-line message and exit code 2."""
     from ..train.config import TrainConfig
     from ..train.engine import train

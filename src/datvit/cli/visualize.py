@@ -11,6 +11,7 @@ Loads a checkpoint (datvit's, or the authors' with --model), preprocesses one im
 
 Query coordinates are pixels of the image the model sees (after resize and center crop, as drawn: 0..223 at 224).
 --blocks picks D blocks by stage (3) or stage.block (3.2), 1-based."""
+
 from __future__ import annotations
 
 import argparse
@@ -28,30 +29,61 @@ EPILOG = """examples:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("visualize", help="draw where deformable attention samples and what it attends to (PNG)",
-                              description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="FILE",
-                   help="datvit checkpoint or the authors' .pth (then give --model)")
+    p = subparsers.add_parser(
+        "visualize",
+        help="draw where deformable attention samples and what it attends to (PNG)",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--checkpoint", required=True, metavar="FILE", help="datvit checkpoint or the authors' .pth (then give --model)"
+    )
     p.add_argument("--model", default=None, help="variant for checkpoints that do not record it, e.g. dat_tiny")
     p.add_argument("--image", required=True, metavar="FILE", help="image file (anything PIL reads)")
-    p.add_argument("--output", "--out", dest="output", default=None, metavar="PNG",
-                   help="output PNG (default: <image name>_dat_points.png)")
+    p.add_argument(
+        "--output",
+        "--out",
+        dest="output",
+        default=None,
+        metavar="PNG",
+        help="output PNG (default: <image name>_dat_points.png)",
+    )
     p.add_argument("--img-size", type=int, default=None, help="input resolution (default: the checkpoint's)")
     p.add_argument("--crop-pct", type=float, default=None, help="center-crop ratio (default: the checkpoint's)")
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
     add_trust_checkpoint_argument(p)
     p.add_argument("--max-blocks", type=int, default=8, help="at most this many D blocks, the deepest (default 8)")
     p.set_defaults(func=run, interpolation=None, mean=None, std=None, num_classes=None, in_chans=None)
-    p.add_argument("--mode", default=None, choices=("points", "queries", "received"),
-                   help="what to draw (default: queries when --query/--top-queries is given, else points)")
-    p.add_argument("--query", action="append", type=_query, default=None, metavar="Y,X",
-                   help="a query pixel (row, column of the model's input image); repeatable")
-    p.add_argument("--top-queries", type=int, default=None, metavar="N",
-                   help="instead of --query: the N pixels of each block's map that receive the most attention")
+    p.add_argument(
+        "--mode",
+        default=None,
+        choices=("points", "queries", "received"),
+        help="what to draw (default: queries when --query/--top-queries is given, else points)",
+    )
+    p.add_argument(
+        "--query",
+        action="append",
+        type=_query,
+        default=None,
+        metavar="Y,X",
+        help="a query pixel (row, column of the model's input image); repeatable",
+    )
+    p.add_argument(
+        "--top-queries",
+        type=int,
+        default=None,
+        metavar="N",
+        help="instead of --query: the N pixels of each block's map that receive the most attention",
+    )
     p.add_argument("--topk", type=int, default=8, help="sampled keys drawn per query (default 8)")
-    p.add_argument("--blocks", default=None, metavar="SPEC",
-                   help="D blocks to draw: stages and stage.block, 1-based, e.g. 3,4.2 (default: all; points mode: "
-                        "the deepest --max-blocks)")
+    p.add_argument(
+        "--blocks",
+        default=None,
+        metavar="SPEC",
+        help="D blocks to draw: stages and stage.block, 1-based, e.g. 3,4.2 (default: all; points mode: "
+        "the deepest --max-blocks)",
+    )
 
 
 def _query(text: str) -> tuple[float, float]:
@@ -85,10 +117,11 @@ def visualize(args: argparse.Namespace):
 
     import numpy as np
     import torch
-    from ..utils.images import IMAGE_ERRORS, read_image
+
     from ..inference import eval_transform
     from ..tools import collect_deformable_points, plot_deformable_points
     from ..train.evaluation import load_eval_model
+    from ..utils.images import IMAGE_ERRORS, read_image
 
     image_path = Path(args.image)
     if not image_path.is_file():
@@ -117,14 +150,23 @@ def visualize(args: argparse.Namespace):
     if mode == "points":
         if args.blocks:
             from ..tools import parse_blocks
+
             wanted = set(parse_blocks(args.blocks, model))
             points = [p for p in points if (p.stage, p.block) in wanted]
-        plot_deformable_points(np.asarray(shown), points, out, max_blocks=len(points) if args.blocks else
-                               args.max_blocks, title=title)
+        plot_deformable_points(
+            np.asarray(shown), points, out, max_blocks=len(points) if args.blocks else args.max_blocks, title=title
+        )
         print(f"wrote {out} ({len(points)} deformable block(s))")
         return out
-    return _draw_attention(args, model, x, np.asarray(shown), mode, title,
-                           out if args.output else image_path.with_name(f"{image_path.stem}_dat_{mode}.png"))
+    return _draw_attention(
+        args,
+        model,
+        x,
+        np.asarray(shown),
+        mode,
+        title,
+        out if args.output else image_path.with_name(f"{image_path.stem}_dat_{mode}.png"),
+    )
 
 
 def _draw_attention(args: argparse.Namespace, model, x, shown, mode: str, title: str, out):

@@ -3,6 +3,7 @@
 
 ``datvit train -c demo_fashion_mnist`` (or ``-c demo_fashion_mnist.yaml``) names one of them; a path that exists
 always wins. Imports nothing of datvit, so every layer may use it."""
+
 from __future__ import annotations
 
 import os

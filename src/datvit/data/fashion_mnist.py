@@ -5,6 +5,7 @@ a ``--data-dir`` holding the same files (gzipped or not, or torchvision's ``Fash
 Nothing is downloaded unless asked for (``download=True``, through torchvision), so a machine without network
 never hangs here: a missing file raises ``DatasetNotFoundError`` whose message says how to get it.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -46,10 +47,12 @@ class DatasetCorruptError(ValueError):
 
 def how_to_get() -> str:
     """The instructions shown whenever Fashion-MNIST is missing."""
-    return (f"install the Debian package: sudo apt-get install {DEBIAN_PACKAGE}  (it puts the IDX files in "
-            f"{SYSTEM_DIRS[0]}), or pass --data-dir DIR with train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-            "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, or, on a machine with internet access, add "
-            "--dataset-download to fetch them with torchvision into --data-dir")
+    return (
+        f"install the Debian package: sudo apt-get install {DEBIAN_PACKAGE}  (it puts the IDX files in "
+        f"{SYSTEM_DIRS[0]}), or pass --data-dir DIR with train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+        "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz, or, on a machine with internet access, add "
+        "--dataset-download to fetch them with torchvision into --data-dir"
+    )
 
 
 def _resolve_file(directory: Path, stem: str) -> Optional[Path]:
@@ -68,8 +71,9 @@ def package_dirs(timeout: float = 10.0) -> list[Path]:
     if shutil.which("dpkg") is None:
         return []
     try:
-        listing = subprocess.run(["dpkg", "-L", DEBIAN_PACKAGE], capture_output=True, text=True, timeout=timeout,
-                                 check=False).stdout
+        listing = subprocess.run(
+            ["dpkg", "-L", DEBIAN_PACKAGE], capture_output=True, text=True, timeout=timeout, check=False
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     dirs = []
@@ -97,8 +101,10 @@ def find_fashion_mnist(data_dir: Optional[str | os.PathLike] = None) -> Path:
         stems = [stem for pair in FILES.values() for stem in pair]
         missing = [stem + ".gz" for stem in stems if directory.is_dir() and not _resolve_file(directory, stem)]
         if directory.is_dir() and 0 < len(missing) < len(stems):
-            raise DatasetIncompleteError(f"Fashion-MNIST in {directory} is incomplete: {', '.join(missing)} "
-                                         f"missing (or the same name without .gz). To get it, {how_to_get()}.")
+            raise DatasetIncompleteError(
+                f"Fashion-MNIST in {directory} is incomplete: {', '.join(missing)} "
+                f"missing (or the same name without .gz). To get it, {how_to_get()}."
+            )
     looked = ", ".join(dict.fromkeys(str(p) for p in places))
     raise DatasetNotFoundError(f"Fashion-MNIST not found (looked in: {looked}). To get it, {how_to_get()}.")
 
@@ -111,8 +117,9 @@ def download_fashion_mnist(root: str | os.PathLike) -> Path:
         TorchvisionFashionMNIST(os.fspath(root), train=True, download=True)
         TorchvisionFashionMNIST(os.fspath(root), train=False, download=True)
     except Exception as e:  # network errors come in many types (URLError, socket.timeout, RuntimeError)
-        raise DatasetNotFoundError(f"downloading Fashion-MNIST into {root} failed ({type(e).__name__}: {e}). "
-                                   f"Offline, {how_to_get()}.") from e
+        raise DatasetNotFoundError(
+            f"downloading Fashion-MNIST into {root} failed ({type(e).__name__}: {e}). Offline, {how_to_get()}."
+        ) from e
     return Path(root) / "FashionMNIST" / "raw"
 
 
@@ -129,12 +136,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DatasetCorruptError(f"{path} is not an IDX file (bad magic number)")
     ndim = data[3]
     header = 4 + 4 * ndim
-    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[data[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
-        raise DatasetCorruptError(f"{path} holds {len(data) - header} bytes of data, its header promises {expected} "
-                                  f"(shape {shape}): truncated or damaged")
+        raise DatasetCorruptError(
+            f"{path} holds {len(data) - header} bytes of data, its header promises {expected} "
+            f"(shape {shape}): truncated or damaged"
+        )
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
 
 
@@ -143,8 +152,9 @@ def canonical_split(split: str) -> str:
     try:
         return SPLIT_ALIASES[split.lower()]
     except KeyError:
-        raise ValueError(f"Fashion-MNIST has splits 'train' (60,000 images) and 'test' (10,000), not {split!r}") \
-            from None
+        raise ValueError(
+            f"Fashion-MNIST has splits 'train' (60,000 images) and 'test' (10,000), not {split!r}"
+        ) from None
 
 
 class FashionMNIST(Dataset):
@@ -176,8 +186,9 @@ class FashionMNIST(Dataset):
         self.images = read_idx(_resolve_file(self.root, image_stem))
         self.targets = read_idx(_resolve_file(self.root, label_stem)).astype(np.int64)
         if self.images.ndim != 3 or len(self.images) != len(self.targets):
-            raise DatasetCorruptError(f"{self.root}: {self.split} images {self.images.shape} and labels "
-                                      f"{self.targets.shape} do not match")
+            raise DatasetCorruptError(
+                f"{self.root}: {self.split} images {self.images.shape} and labels {self.targets.shape} do not match"
+            )
         self.transform = transform
         self.image_mode = image_mode
 

@@ -4,6 +4,7 @@ A corrupt or unreadable file does not stop a week-long run: ``__getitem__`` retu
 instead of raising, the collate function drops it, and the training loop counts and reports it (from the main
 process, so DataLoader workers and non-zero ranks print nothing).
 """
+
 from __future__ import annotations
 
 import os

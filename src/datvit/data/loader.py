@@ -11,6 +11,7 @@ Exact resumption needs the data order and every augmentation to be a function of
 
 The transforms are timm's (``create_transform``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,9 +32,15 @@ from .fashion_mnist import FashionMNIST
 from .folder import CorruptSample, ImageFolderDataset, find_split_dir, is_image_folder_root
 
 DATASET_ALIASES = {
-    "fashion_mnist": "fashion_mnist", "fashionmnist": "fashion_mnist", "fmnist": "fashion_mnist",
-    "torch/fashion_mnist": "fashion_mnist", "torch/fashionmnist": "fashion_mnist",
-    "folder": "folder", "imagefolder": "folder", "image_folder": "folder", "imagenet": "folder",
+    "fashion_mnist": "fashion_mnist",
+    "fashionmnist": "fashion_mnist",
+    "fmnist": "fashion_mnist",
+    "torch/fashion_mnist": "fashion_mnist",
+    "torch/fashionmnist": "fashion_mnist",
+    "folder": "folder",
+    "imagefolder": "folder",
+    "image_folder": "folder",
+    "imagenet": "folder",
 }
 
 
@@ -70,8 +77,16 @@ class EpochSampler(Sampler):
     ``per_sample_seeds`` it yields ``(index, seed)`` pairs for ``SeededDataset``.
     """
 
-    def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0,
-                 pad: bool = True, per_sample_seeds: bool = False):
+    def __init__(
+        self,
+        num_samples: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        pad: bool = True,
+        per_sample_seeds: bool = False,
+    ):
         if not 0 <= rank < num_replicas:
             raise ValueError(f"rank {rank} outside [0, {num_replicas})")
         self.num_samples = num_samples
@@ -98,8 +113,8 @@ class EpochSampler(Sampler):
             indices = list(range(self.num_samples))
         if self.pad and self.num_samples:
             total = math.ceil(self.num_samples / self.num_replicas) * self.num_replicas
-            indices += (indices * math.ceil(total / len(indices)))[:total - len(indices)]
-        return indices[self.rank::self.num_replicas]
+            indices += (indices * math.ceil(total / len(indices)))[: total - len(indices)]
+        return indices[self.rank :: self.num_replicas]
 
     @property
     def epoch_length(self) -> int:
@@ -109,7 +124,7 @@ class EpochSampler(Sampler):
         return len(range(self.rank, self.num_samples, self.num_replicas))
 
     def __iter__(self) -> Iterator:
-        for index in self.rank_indices()[self.start:]:
+        for index in self.rank_indices()[self.start :]:
             yield (index, sample_seed(self.seed, self.epoch, index)) if self.per_sample_seeds else index
 
     def __len__(self) -> int:
@@ -155,8 +170,10 @@ class Batch(NamedTuple):
 def split_corrupt(samples: Sequence[Any]) -> tuple[list, list]:
     """The readable samples and the unreadable ones (``CorruptSample``), each in order: what every collate
     function separates first, so that a batch goes on with what it can read and counts the rest."""
-    return ([s for s in samples if not isinstance(s, CorruptSample)],
-            [s for s in samples if isinstance(s, CorruptSample)])
+    return (
+        [s for s in samples if not isinstance(s, CorruptSample)],
+        [s for s in samples if isinstance(s, CorruptSample)],
+    )
 
 
 def collate_skip_corrupt(samples: Sequence[Any]) -> Batch:
@@ -195,14 +212,21 @@ def create_loader(
     Every task trains on this one loader, so all share its exact resume and its workers' indifference to stop
     signals; ``collate_fn`` is what a task's samples need (classification stacks images and labels, detection
     keeps lists of images of different sizes, ``datvit.dense.collate_detection``)."""
-    sampler = EpochSampler(len(dataset), world_size, rank, shuffle=training, seed=seed, pad=training,
-                           per_sample_seeds=training)
+    sampler = EpochSampler(
+        len(dataset), world_size, rank, shuffle=training, seed=seed, pad=training, per_sample_seeds=training
+    )
     generator = torch.Generator()
     generator.manual_seed(seed + rank)
     return DataLoader(
-        SeededDataset(dataset) if training else dataset, batch_size=batch_size, sampler=sampler,
-        num_workers=workers, collate_fn=collate_fn, drop_last=training, pin_memory=pin_memory,
-        generator=generator, persistent_workers=workers > 0,
+        SeededDataset(dataset) if training else dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_fn,
+        drop_last=training,
+        pin_memory=pin_memory,
+        generator=generator,
+        persistent_workers=workers > 0,
         worker_init_fn=_worker_ignores_stop_signals if workers > 0 else None,
     )
 
@@ -213,8 +237,10 @@ def resolve_dataset_kind(name: Optional[str], data_dir: Optional[str | os.PathLi
     if name:
         key = name.strip().lower().replace("-", "_")
         if key not in DATASET_ALIASES:
-            raise ValueError(f"unknown dataset {name!r}: use 'fashion_mnist' (built in) or 'folder' (an "
-                             "ImageNet-style directory of train/<class>/ and val/<class>/ images)")
+            raise ValueError(
+                f"unknown dataset {name!r}: use 'fashion_mnist' (built in) or 'folder' (an "
+                "ImageNet-style directory of train/<class>/ and val/<class>/ images)"
+            )
         return DATASET_ALIASES[key]
     if data_dir is None:
         return "fashion_mnist"
@@ -231,8 +257,10 @@ def resolve_dataset_kind(name: Optional[str], data_dir: Optional[str | os.PathLi
         raise
     except fashion_mnist.DatasetNotFoundError:
         pass
-    raise ValueError(f"{data_dir} is neither an image folder (train/<class>/*.jpg) nor a Fashion-MNIST directory; "
-                     "pass --dataset to say which")
+    raise ValueError(
+        f"{data_dir} is neither an image folder (train/<class>/*.jpg) nor a Fashion-MNIST directory; "
+        "pass --dataset to say which"
+    )
 
 
 def create_dataset(
@@ -302,10 +330,22 @@ def train_transform(
     if auto_augment:
         _fix_timm_posterize()
     return create_transform(
-        img_size, is_training=True, no_aug=no_aug, scale=tuple(scale) if scale else None,
-        ratio=tuple(ratio) if ratio else None, hflip=hflip, vflip=vflip, color_jitter=color_jitter,
-        auto_augment=auto_augment or None, interpolation=interpolation, mean=tuple(mean), std=tuple(std),
-        re_prob=re_prob, re_mode=re_mode, re_count=re_count)
+        img_size,
+        is_training=True,
+        no_aug=no_aug,
+        scale=tuple(scale) if scale else None,
+        ratio=tuple(ratio) if ratio else None,
+        hflip=hflip,
+        vflip=vflip,
+        color_jitter=color_jitter,
+        auto_augment=auto_augment or None,
+        interpolation=interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
+        re_prob=re_prob,
+        re_mode=re_mode,
+        re_count=re_count,
+    )
 
 
 def eval_transform(data_config: Mapping[str, Any]) -> Callable:
@@ -314,7 +354,11 @@ def eval_transform(data_config: Mapping[str, Any]) -> Callable:
     normalise. Training evaluates with it and inference (``datvit.inference``) preprocesses with it, from the
     data config a checkpoint records."""
     return create_transform(
-        input_size=tuple(data_config["input_size"]), is_training=False,
-        interpolation=data_config.get("interpolation", "bicubic"), mean=tuple(data_config["mean"]),
-        std=tuple(data_config["std"]), crop_pct=data_config.get("crop_pct", 0.875),
-        crop_mode=data_config.get("crop_mode", "center"))
+        input_size=tuple(data_config["input_size"]),
+        is_training=False,
+        interpolation=data_config.get("interpolation", "bicubic"),
+        mean=tuple(data_config["mean"]),
+        std=tuple(data_config["std"]),
+        crop_pct=data_config.get("crop_pct", 0.875),
+        crop_mode=data_config.get("crop_mode", "center"),
+    )

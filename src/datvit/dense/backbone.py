@@ -6,6 +6,7 @@ authors' RetinaNet backbone, which has ``norms.1``–``norms.3`` only (``docs/de
 strictly. A timm CNN (``resnet18``, ``convnext_atto``, …) goes through the same builder: its feature levels at
 strides 4, 8, 16, 32 are stages 0–3.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -25,17 +26,19 @@ STAGE_STRIDES = (4, 8, 16, 32)
 def _timm_feature_indices(name: str, kwargs: dict) -> list[int]:
     """timm feature indices of the levels at strides 4, 8, 16, 32 (ResNets also have a stride-2 level)."""
     if name.split(".")[0] in VARIANTS:
-        return [0, 1, 2, 3]   # DAT's four stages are its feature levels (strides patch × 1, 2, 4, 8)
+        return [0, 1, 2, 3]  # DAT's four stages are its feature levels (strides patch × 1, 2, 4, 8)
     try:
-        with torch.device("meta"):   # no memory, no init
+        with torch.device("meta"):  # no memory, no init
             probe = timm.create_model(name, features_only=True, **kwargs)
     except Exception:  # noqa: BLE001 - models whose init reads tensor values cannot be built on meta
         probe = timm.create_model(name, features_only=True, **kwargs)
     reductions = list(probe.feature_info.reduction())
     missing = [s for s in STAGE_STRIDES if s not in reductions]
     if missing:
-        raise ValueError(f"backbone {name!r} has feature levels at strides {reductions}; a dense backbone needs "
-                         f"4, 8, 16 and 32 (missing {missing})")
+        raise ValueError(
+            f"backbone {name!r} has feature levels at strides {reductions}; a dense backbone needs "
+            f"4, 8, 16 and 32 (missing {missing})"
+        )
     return [reductions.index(s) for s in STAGE_STRIDES]
 
 
@@ -67,7 +70,7 @@ def freeze_stages(features: nn.Module, k: int, indices: list[int]) -> list[nn.Mo
         boundary = stage_modules[indices[k - 1]] if k > 0 else stage_modules[indices[0]]
         if boundary not in names:
             raise ValueError(f"cannot freeze stages: feature module {boundary!r} is not a child of the extractor")
-        modules = [getattr(features, n) for n in names[:names.index(boundary) + (1 if k > 0 else 0)]]
+        modules = [getattr(features, n) for n in names[: names.index(boundary) + (1 if k > 0 else 0)]]
     for m in modules:
         for p in m.parameters():
             p.requires_grad_(False)
@@ -89,8 +92,10 @@ class DenseBackbone(nn.Module):
         if cfg.drop_path_rate is not None:
             kwargs["drop_path_rate"] = cfg.drop_path_rate
         if not timm.models.is_model(cfg.model.split(".")[0]):
-            raise ValueError(f"unknown backbone model {cfg.model!r} (a DAT variant such as datpp_tiny, or a timm "
-                             "model such as resnet18)")
+            raise ValueError(
+                f"unknown backbone model {cfg.model!r} (a DAT variant such as datpp_tiny, or a timm "
+                "model such as resnet18)"
+            )
         probe_kwargs = {k: v for k, v in kwargs.items() if k != "drop_path_rate"}
         indices = _timm_feature_indices(cfg.model, probe_kwargs)
         timm_indices = tuple(indices[i] for i in cfg.out_indices)

@@ -1,6 +1,7 @@
 """What ``datvit det|seg eval`` and ``predict`` run: a dense training checkpoint back into its model, COCO /
 mIoU evaluation with a per-class table, predictions drawn over images. Each takes a frozen config
 (:class:`DenseEvalConfig`, :class:`DensePredictConfig`); the flags that fill them are in ``datvit.cli._dense``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -60,6 +61,7 @@ class DensePredictConfig:
 
 # -- checkpoints back into models -------------------------------------------------------------------------------
 
+
 def load_dense_checkpoint(path: str, task: str, use_ema: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model a ``datvit det|seg train`` checkpoint describes, with its weights (or the EMA's), in eval mode,
     and the checkpoint's record (class names, data config, config)."""
@@ -71,8 +73,10 @@ def load_dense_checkpoint(path: str, task: str, use_ema: bool = False) -> tuple[
         raise FileNotFoundError(f"--checkpoint {path}: no such file")
     ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or "dense_config" not in ckpt:
-        raise ValueError(f"{path} is not a datvit {task} checkpoint (no dense_config): train one with "
-                         f"`datvit {'det' if task == 'detection' else 'seg'} train`")
+        raise ValueError(
+            f"{path} is not a datvit {task} checkpoint (no dense_config): train one with "
+            f"`datvit {'det' if task == 'detection' else 'seg'} train`"
+        )
     if ckpt.get("task") != task:
         other = "datvit det" if ckpt.get("task") == "detection" else "datvit seg"
         raise ValueError(f"{path} holds a {ckpt.get('task')} model; use {other}")
@@ -89,6 +93,7 @@ def load_dense_checkpoint(path: str, task: str, use_ema: bool = False) -> tuple[
 
 # -- eval --------------------------------------------------------------------------------------------------------
 
+
 def _eval_dataset(config: DenseEvalConfig, ckpt: dict[str, Any], task: str) -> Any:
     run_args = ckpt.get("args") or {}
     data_dir = config.data_dir or run_args.get("data_dir")
@@ -99,17 +104,23 @@ def _eval_dataset(config: DenseEvalConfig, ckpt: dict[str, Any], task: str) -> A
         raise FileNotFoundError(f"--data-dir {data_dir} does not exist")
     if task == "detection":
         from . import CocoDetection
+
         return CocoDetection(data_dir, split), data_dir, split  # no transform: the detector resizes itself
     from . import SegmentationFolder, segmentation_transforms
+
     reduce = config.reduce_zero_label
     if reduce is None:
         reduce = bool((ckpt.get("data_config") or {}).get("reduce_zero_label", run_args.get("reduce_zero_label")))
     data = ckpt.get("data_config") or {}
-    ds = SegmentationFolder(data_dir, split, reduce_zero_label=reduce, num_classes=len(ckpt.get("class_names") or [])
-                            or None)
-    ds.transforms = segmentation_transforms(False, scale=data.get("img_scale", (2048, 512)),
-                                            mean=data.get("mean", IMAGENET_DEFAULT_MEAN),
-                                            std=data.get("std", IMAGENET_DEFAULT_STD))
+    ds = SegmentationFolder(
+        data_dir, split, reduce_zero_label=reduce, num_classes=len(ckpt.get("class_names") or []) or None
+    )
+    ds.transforms = segmentation_transforms(
+        False,
+        scale=data.get("img_scale", (2048, 512)),
+        mean=data.get("mean", IMAGENET_DEFAULT_MEAN),
+        std=data.get("std", IMAGENET_DEFAULT_STD),
+    )
     return ds, data_dir, split
 
 
@@ -129,19 +140,36 @@ def run_eval(config: DenseEvalConfig, task: str) -> dict[str, Any]:
     amp = resolve_amp(device, config.amp, config.amp_dtype)
     if amp.message:
         print(f"warning: {amp.message}", file=sys.stderr)
-    loader = create_loader(dataset, config.batch_size, training=False, workers=config.workers,
-                           collate_fn=collate_detection if task == "detection" else collate_segmentation)
+    loader = create_loader(
+        dataset,
+        config.batch_size,
+        training=False,
+        workers=config.workers,
+        collate_fn=collate_detection if task == "detection" else collate_segmentation,
+    )
     info = DistInfo(device=device)
     start = time.perf_counter()
     if task == "detection":
         if list(getattr(dataset, "categories", class_names)) != class_names:
-            raise ValueError(f"the categories of {data_dir}/{split} differ from the checkpoint's: "
-                             f"{list(dataset.categories)[:5]}… vs {class_names[:5]}…")
+            raise ValueError(
+                f"the categories of {data_dir}/{split} differ from the checkpoint's: "
+                f"{list(dataset.categories)[:5]}… vs {class_names[:5]}…"
+            )
         result = evaluate_detection(model, loader, class_names, device, amp, info, config.progress)
     else:
         crop = config.crop_size or (ckpt.get("data_config") or {}).get("crop_size") or 512
-        result = evaluate_segmentation(model, loader, len(class_names), device, amp, info, config.progress,
-                                       mode=config.eval_mode, crop=crop, stride=config.eval_stride)
+        result = evaluate_segmentation(
+            model,
+            loader,
+            len(class_names),
+            device,
+            amp,
+            info,
+            config.progress,
+            mode=config.eval_mode,
+            crop=crop,
+            stride=config.eval_stride,
+        )
     seconds = time.perf_counter() - start
     result = {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in result.items()}
     print(format_eval(result, task, class_names, f"{data_dir}/{split}", len(dataset), seconds))
@@ -150,8 +178,14 @@ def run_eval(config: DenseEvalConfig, task: str) -> dict[str, Any]:
         print("skipped: " + ", ".join(f"{n} {r}" for r, n in sorted(skipped.items())), file=sys.stderr)
     if config.output:
         from ..utils.files import atomic_write_text
-        record = {"checkpoint": config.checkpoint, "data": f"{data_dir}/{split}", "images": len(dataset),
-                  "seconds": seconds, **result}
+
+        record = {
+            "checkpoint": config.checkpoint,
+            "data": f"{data_dir}/{split}",
+            "images": len(dataset),
+            "seconds": seconds,
+            **result,
+        }
         atomic_write_text(json.dumps(record, indent=2) + "\n", config.output)
     return result
 
@@ -160,8 +194,9 @@ def _pct(v: Optional[float], scale: float = 1.0) -> str:
     return "-" if v is None or v != v else f"{v * scale:.1f}"
 
 
-def format_eval(result: dict[str, Any], task: str, class_names: list[str], where: str, images: int,
-                seconds: float) -> str:
+def format_eval(
+    result: dict[str, Any], task: str, class_names: list[str], where: str, images: int, seconds: float
+) -> str:
     """The eval report: headline metrics then one row per class."""
     lines = [f"{where}: {images} images in {seconds:.1f} s"]
     if task == "detection":
@@ -174,8 +209,10 @@ def format_eval(result: dict[str, Any], task: str, class_names: list[str], where
             lines.append(f"{'class':<20} {'box AP':>7}" + (f" {'mask AP':>7}" if has_mask else ""))
             for name, v in per_class.items():
                 v = v if isinstance(v, dict) else {"bbox_AP": v}
-                lines.append(f"{name:<20} {_pct(v.get('bbox_AP'), 100):>7}"
-                             + (f" {_pct(v.get('segm_AP'), 100):>7}" if has_mask else ""))
+                lines.append(
+                    f"{name:<20} {_pct(v.get('bbox_AP'), 100):>7}"
+                    + (f" {_pct(v.get('segm_AP'), 100):>7}" if has_mask else "")
+                )
     else:
         lines.append(f"mIoU {_pct(result.get('mIoU'), 100)}  pixel accuracy {_pct(result.get('aAcc'), 100)}")
         ious = result.get("per_class_iou") or []
@@ -187,6 +224,7 @@ def format_eval(result: dict[str, Any], task: str, class_names: list[str], where
 
 
 # -- predict ------------------------------------------------------------------------------------------------------
+
 
 def expand_images(items: Sequence[str]) -> tuple[list[str], list[str]]:
     """Files, directories (their images, sorted) and glob patterns → (image paths, items that matched nothing)."""
@@ -210,8 +248,14 @@ def expand_images(items: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 @torch.no_grad()
-def predict_image(model: torch.nn.Module, image: Any, task: str, ckpt: dict[str, Any], config: DensePredictConfig,
-                  device: torch.device) -> dict[str, Any]:
+def predict_image(
+    model: torch.nn.Module,
+    image: Any,
+    task: str,
+    ckpt: dict[str, Any],
+    config: DensePredictConfig,
+    device: torch.device,
+) -> dict[str, Any]:
     """One PIL image → predictions (detection: boxes/labels/scores/masks above the threshold; segmentation:
     the per-pixel class map)."""
     from torchvision.transforms.v2 import functional as TF
@@ -222,14 +266,25 @@ def predict_image(model: torch.nn.Module, image: Any, task: str, ckpt: dict[str,
         keep = pred["scores"] >= config.score_thresh
         return {k: v[keep].cpu() for k, v in pred.items()}
     from . import segment, segmentation_transforms
+
     data = ckpt.get("data_config") or {}
-    rescale = segmentation_transforms(False, scale=data.get("img_scale", (2048, 512)),
-                                      mean=data.get("mean", IMAGENET_DEFAULT_MEAN),
-                                      std=data.get("std", IMAGENET_DEFAULT_STD))
+    rescale = segmentation_transforms(
+        False,
+        scale=data.get("img_scale", (2048, 512)),
+        mean=data.get("mean", IMAGENET_DEFAULT_MEAN),
+        std=data.get("std", IMAGENET_DEFAULT_STD),
+    )
     x, _ = rescale(TF.to_image(image), None)
     crop = config.crop_size or data.get("crop_size") or 512
-    logits = segment(model, x[None].to(device), len(ckpt.get("class_names") or []), mode=config.eval_mode, crop=crop,
-                     stride=config.eval_stride or max(1, crop * 2 // 3), out_size=(image.height, image.width))
+    logits = segment(
+        model,
+        x[None].to(device),
+        len(ckpt.get("class_names") or []),
+        mode=config.eval_mode,
+        crop=crop,
+        stride=config.eval_stride or max(1, crop * 2 // 3),
+        out_size=(image.height, image.width),
+    )
     return {"classes": logits.argmax(1)[0].cpu()}
 
 
@@ -263,19 +318,31 @@ def run_predict(config: DensePredictConfig, task: str) -> int:
         target = out_dir / (Path(path).stem + ".png")
         if task == "detection":
             draw_detections(image, pred, class_names, target)
-            records.append({"image": path, "output": str(target), "boxes": pred["boxes"].tolist(),
-                            "labels": [class_names[i - 1] if 0 < i <= len(class_names) else int(i)
-                                       for i in pred["labels"].tolist()],
-                            "scores": [round(s, 4) for s in pred["scores"].tolist()]})
+            records.append(
+                {
+                    "image": path,
+                    "output": str(target),
+                    "boxes": pred["boxes"].tolist(),
+                    "labels": [
+                        class_names[i - 1] if 0 < i <= len(class_names) else int(i) for i in pred["labels"].tolist()
+                    ],
+                    "scores": [round(s, 4) for s in pred["scores"].tolist()],
+                }
+            )
         else:
             draw_segmentation(image, pred["classes"], class_names, target)
             counts = torch.bincount(pred["classes"].flatten(), minlength=len(class_names)).tolist()
-            records.append({"image": path, "output": str(target),
-                            "pixels": {class_names[i] if i < len(class_names) else str(i): c
-                                       for i, c in enumerate(counts) if c}})
+            records.append(
+                {
+                    "image": path,
+                    "output": str(target),
+                    "pixels": {
+                        class_names[i] if i < len(class_names) else str(i): c for i, c in enumerate(counts) if c
+                    },
+                }
+            )
     for r in records:
-        what = (f"{len(r['boxes'])} detections" if task == "detection"
-                else f"{len(r['pixels'])} classes")
+        what = f"{len(r['boxes'])} detections" if task == "detection" else f"{len(r['pixels'])} classes"
         print(f"{r['image']}: {what} -> {r['output']}")
     if config.json:
         text = json.dumps(records, indent=2) + "\n"
@@ -283,5 +350,6 @@ def run_predict(config: DensePredictConfig, task: str) -> int:
             sys.stdout.write(text)
         else:
             from ..utils.files import atomic_write_text
+
             atomic_write_text(text, config.json)
     return 1 if failed else 0

@@ -5,6 +5,7 @@ this kind" and are filled in by ``resolved()`` (one pure step), so a builder nev
 ``configs/dat/*.py`` of LeapLabTHU/DAT-Detection and DAT-Segmentation (``docs/dense.md`` lists what differs between
 torchvision/smp and mmdet/mmseg), plus small demo presets for 128×128 Fashion-MNIST scenes.
 """
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,11 @@ class BackboneConfig:
     def __post_init__(self):
         object.__setattr__(self, "out_indices", tuple(int(i) for i in self.out_indices))
         object.__setattr__(self, "model_kwargs", dict(self.model_kwargs))
-        if not self.out_indices or sorted(set(self.out_indices)) != list(self.out_indices) \
-                or not all(0 <= i <= 3 for i in self.out_indices):
+        if (
+            not self.out_indices
+            or sorted(set(self.out_indices)) != list(self.out_indices)
+            or not all(0 <= i <= 3 for i in self.out_indices)
+        ):
             raise ValueError(f"out_indices must be increasing stage indices in 0..3, got {self.out_indices}")
         if self.frozen_stages < -1 or self.frozen_stages > 4:
             raise ValueError(f"frozen_stages must be -1 (none) or 0..4, got {self.frozen_stages}")
@@ -77,9 +81,9 @@ class DetectorConfig:
     fpn_channels: int = 256
     min_size: int | tuple = COCO_TRAIN_MIN_SIZES
     max_size: int = 1333
-    image_mean: Optional[tuple] = None            # None: the backbone's pretrained_cfg (ImageNet for DAT)
+    image_mean: Optional[tuple] = None  # None: the backbone's pretrained_cfg (ImageNet for DAT)
     image_std: Optional[tuple] = None
-    anchor_scale: Optional[float] = None          # None: 8 (two-stage) or 4 (RetinaNet)
+    anchor_scale: Optional[float] = None  # None: 8 (two-stage) or 4 (RetinaNet)
     rpn_pre_nms_top_n_train: int = 2000
     rpn_post_nms_top_n_train: int = 1000
     rpn_pre_nms_top_n_test: int = 1000
@@ -88,7 +92,7 @@ class DetectorConfig:
     box_batch_size_per_image: int = 512
     box_detections_per_img: int = 100
     box_score_thresh: float = 0.05
-    representation_size: int = 1024               # the 2-fc box head
+    representation_size: int = 1024  # the 2-fc box head
     retinanet_topk_candidates: int = 1000
 
     def __post_init__(self):
@@ -114,9 +118,9 @@ class SegmenterConfig:
     kind: str
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     num_classes: int = 150
-    decoder_channels: Optional[int] = None        # None: 512 (UperNet) / 128 (Semantic FPN)
+    decoder_channels: Optional[int] = None  # None: 512 (UperNet) / 128 (Semantic FPN)
     fpn_channels: int = 256
-    aux_head: Optional[bool] = None               # None: True for UperNet, False for Semantic FPN
+    aux_head: Optional[bool] = None  # None: True for UperNet, False for Semantic FPN
     aux_weight: float = 0.4
     aux_channels: int = 256
     aux_stage: int = 2
@@ -126,8 +130,9 @@ class SegmenterConfig:
     def __post_init__(self):
         _check_head(self, SEGMENTER_KINDS, "segmenter", "num_classes")
         if self.backbone.out_indices != (0, 1, 2, 3):
-            raise ValueError("segmenters use all four stages (out_indices (0, 1, 2, 3)), got "
-                             f"{self.backbone.out_indices}")
+            raise ValueError(
+                f"segmenters use all four stages (out_indices (0, 1, 2, 3)), got {self.backbone.out_indices}"
+            )
 
     def resolved(self) -> "SegmenterConfig":
         channels = self.decoder_channels or (512 if self.kind == "upernet" else 128)
@@ -140,8 +145,11 @@ class SegmenterConfig:
 # The dat_nano training preset (2.3M parameters) as the backbone of the 128×128 scenes demo, with a 4×4 patch stem:
 # the necks take stage outputs at strides 4, 8, 16 and 32 (dat_nano's 2×2 stem suits 32×32 classification). The
 # backbone config sets the drop path.
-DAT_NANO_DENSE_KWARGS: dict[str, Any] = {**{k: v for k, v in PRESETS["dat_nano"].items() if k != "drop_path_rate"},
-                                         "img_size": 128, "patch_size": 4}
+DAT_NANO_DENSE_KWARGS: dict[str, Any] = {
+    **{k: v for k, v in PRESETS["dat_nano"].items() if k != "drop_path_rate"},
+    "img_size": 128,
+    "patch_size": 4,
+}
 FASHION_SCENE_CLASSES = 10
 
 
@@ -153,17 +161,32 @@ def _demo_detector(model: str, kwargs: dict) -> DetectorConfig:
     """128×128 scenes: FPN 128, 64 sampled RoIs/anchors per image, 300 → 100 proposals, anchors 4 × stride
     (16–256 px; the items are 20–70 px)."""
     return DetectorConfig(
-        kind="mask_rcnn", backbone=BackboneConfig(model=model, model_kwargs=kwargs, drop_path_rate=0.0),
-        num_classes=FASHION_SCENE_CLASSES, fpn_channels=128, min_size=128, max_size=128, anchor_scale=4.0,
-        rpn_pre_nms_top_n_train=300, rpn_post_nms_top_n_train=100, rpn_pre_nms_top_n_test=300,
-        rpn_post_nms_top_n_test=100, rpn_batch_size_per_image=64, box_batch_size_per_image=64,
-        box_detections_per_img=50, representation_size=256)
+        kind="mask_rcnn",
+        backbone=BackboneConfig(model=model, model_kwargs=kwargs, drop_path_rate=0.0),
+        num_classes=FASHION_SCENE_CLASSES,
+        fpn_channels=128,
+        min_size=128,
+        max_size=128,
+        anchor_scale=4.0,
+        rpn_pre_nms_top_n_train=300,
+        rpn_post_nms_top_n_train=100,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=100,
+        rpn_batch_size_per_image=64,
+        box_batch_size_per_image=64,
+        box_detections_per_img=50,
+        representation_size=256,
+    )
 
 
 def _demo_segmenter(model: str, kwargs: dict) -> SegmenterConfig:
-    return SegmenterConfig(kind="upernet", backbone=BackboneConfig(model=model, model_kwargs=kwargs,
-                                                                     drop_path_rate=0.0),
-                           num_classes=FASHION_SCENE_CLASSES + 1, decoder_channels=128, aux_channels=64)
+    return SegmenterConfig(
+        kind="upernet",
+        backbone=BackboneConfig(model=model, model_kwargs=kwargs, drop_path_rate=0.0),
+        num_classes=FASHION_SCENE_CLASSES + 1,
+        decoder_channels=128,
+        aux_channels=64,
+    )
 
 
 DENSE_PRESETS: dict[str, DetectorConfig | SegmenterConfig] = {

@@ -11,6 +11,7 @@ reveals (a corrupt JPEG, an image whose size differs from the annotation file's)
 naming the file, which ``collate_detection``/``collate_segmentation`` hand on for counting, as the classification
 loader does.
 """
+
 from __future__ import annotations
 
 import json
@@ -105,8 +106,10 @@ class CocoDetection(Dataset, _SkipLog):
         self.ann_file = Path(ann_file) if ann_file else self.root / "annotations" / f"instances_{split}.json"
         self.image_dir = Path(image_dir) if image_dir else self.root / split
         if not self.ann_file.is_file():
-            raise FileNotFoundError(f"{self.ann_file}: COCO annotation file not found (a COCO-format dataset has "
-                                    "DIR/<split>/ images and DIR/annotations/instances_<split>.json)")
+            raise FileNotFoundError(
+                f"{self.ann_file}: COCO annotation file not found (a COCO-format dataset has "
+                "DIR/<split>/ images and DIR/annotations/instances_<split>.json)"
+            )
         if not self.image_dir.is_dir():
             raise FileNotFoundError(f"{self.image_dir}: image folder of split {split!r} not found")
         try:
@@ -114,8 +117,11 @@ class CocoDetection(Dataset, _SkipLog):
                 data = json.load(f)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ValueError(f"{self.ann_file}: not a valid JSON file ({e})") from None
-        if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
-                or not isinstance(data.get("categories"), list):
+        if (
+            not isinstance(data, dict)
+            or not isinstance(data.get("images"), list)
+            or not isinstance(data.get("categories"), list)
+        ):
             raise ValueError(f"{self.ann_file}: not a COCO annotation file (needs 'images' and 'categories' lists)")
         try:
             cats = sorted(data["categories"], key=lambda c: int(c["id"]))
@@ -132,7 +138,7 @@ class CocoDetection(Dataset, _SkipLog):
         self.with_masks = with_masks
         self.include_crowd = include_crowd
 
-        self.empty_images = 0   # kept images without annotations (skip_empty=False)
+        self.empty_images = 0  # kept images without annotations (skip_empty=False)
         per_image: dict[Any, list] = {}
         for ann in annotations:
             per_image.setdefault(ann.get("image_id"), []).append(ann)
@@ -172,13 +178,17 @@ class CocoDetection(Dataset, _SkipLog):
             first = unknown[0]
             others = sorted({str(a.get("category_id")) for a in unknown[1:]})
             more = f" (also {len(unknown) - 1} more annotations, ids {_some(others)})" if others else ""
-            raise ValueError(f"{self.ann_file}: annotation {first.get('id')} (image {first.get('image_id')}) has "
-                             f"category_id {first.get('category_id')}, which is not one of the {k} category ids "
-                             f"({_some(self.category_ids)}) that {held} holds as labels 1..{k}{more}")
+            raise ValueError(
+                f"{self.ann_file}: annotation {first.get('id')} (image {first.get('image_id')}) has "
+                f"category_id {first.get('category_id')}, which is not one of the {k} category ids "
+                f"({_some(self.category_ids)}) that {held} holds as labels 1..{k}{more}"
+            )
         if num_classes is not None and k > num_classes:
-            raise ValueError(f"{self.ann_file}: {k} categories (ids {_some(self.category_ids)}) but --num-classes "
-                             f"{num_classes}: category {self.category_ids[num_classes]} would be label "
-                             f"{num_classes + 1}; give --num-classes {k}")
+            raise ValueError(
+                f"{self.ann_file}: {k} categories (ids {_some(self.category_ids)}) but --num-classes "
+                f"{num_classes}: category {self.category_ids[num_classes]} would be label "
+                f"{num_classes + 1}; give --num-classes {k}"
+            )
 
     def _check_annotation(self, ann: dict, width: int, height: int, label_of: dict, name: str) -> Optional[dict]:
         where = f"annotation {ann.get('id')} of {name}"
@@ -206,8 +216,9 @@ class CocoDetection(Dataset, _SkipLog):
                     return None
             elif isinstance(seg, dict) and "counts" in seg and "size" in seg:
                 if [int(v) for v in seg["size"]] != [height, width]:
-                    self.skip("mask size differs from its image", f"{where} (mask {seg['size']}, image "
-                                                                  f"{[height, width]})")
+                    self.skip(
+                        "mask size differs from its image", f"{where} (mask {seg['size']}, image {[height, width]})"
+                    )
                     return None
             else:
                 self.skip("no segmentation (needed for masks)", where)
@@ -229,7 +240,7 @@ class CocoDetection(Dataset, _SkipLog):
                 rle = mask_utils.frPyObjects(seg, height, width)
             else:
                 rle = seg
-            with warnings.catch_warnings():   # pycocotools 2.0.11 trips numpy 2's __array__ copy deprecation
+            with warnings.catch_warnings():  # pycocotools 2.0.11 trips numpy 2's __array__ copy deprecation
                 warnings.filterwarnings("ignore", message="__array__ implementation", category=DeprecationWarning)
                 masks[i] = mask_utils.decode(rle)
         return masks
@@ -241,8 +252,10 @@ class CocoDetection(Dataset, _SkipLog):
         except IMAGE_ERRORS as e:
             return CorruptSample(s["path"], f"{type(e).__name__}: {e}")
         if img.size != (s["width"], s["height"]):
-            return CorruptSample(s["path"], f"image is {img.size[0]}×{img.size[1]} but {self.ann_file.name} says "
-                                            f"{s['width']}×{s['height']}")
+            return CorruptSample(
+                s["path"],
+                f"image is {img.size[0]}×{img.size[1]} but {self.ann_file.name} says {s['width']}×{s['height']}",
+            )
         h, w = s["height"], s["width"]
         image = tv_tensors.Image(torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1))
         anns = s["anns"]
@@ -264,8 +277,10 @@ class CocoDetection(Dataset, _SkipLog):
         return image, target
 
     def __repr__(self) -> str:
-        return (f"CocoDetection({str(self.root)!r}, split={self.split!r}, {len(self)} images, "
-                f"{len(self.categories)} categories)")
+        return (
+            f"CocoDetection({str(self.root)!r}, split={self.split!r}, {len(self)} images, "
+            f"{len(self.categories)} categories)"
+        )
 
 
 def read_class_names(path: Path) -> Optional[list[str]]:
@@ -308,16 +323,21 @@ class SegmentationFolder(Dataset, _SkipLog):
         self.ann_dir = self.root / "annotations" / split
         for d in (self.image_dir, self.ann_dir):
             if not d.is_dir():
-                raise FileNotFoundError(f"{d}: not found (a segmentation folder has DIR/images/<split>/*.jpg and "
-                                        "DIR/annotations/<split>/*.png)")
+                raise FileNotFoundError(
+                    f"{d}: not found (a segmentation folder has DIR/images/<split>/*.jpg and "
+                    "DIR/annotations/<split>/*.png)"
+                )
         self.reduce_zero_label = reduce_zero_label
         self.transforms = transforms
         self.class_names = list(class_names) if class_names else read_class_names(self.root / "classes.txt")
         self._classes_from = f"--num-classes {num_classes}"
         if not num_classes and self.class_names:
             num_classes = len(self.class_names) - (1 if reduce_zero_label and not class_names else 0)
-            self._classes_from = f"the {num_classes} classes of {self.root / 'classes.txt'}" if not class_names \
+            self._classes_from = (
+                f"the {num_classes} classes of {self.root / 'classes.txt'}"
+                if not class_names
                 else f"the {num_classes} class names given"
+            )
         self.num_classes = num_classes or None
         self.samples: list[tuple[str, str]] = []
         for image_path in sorted(p for p in self.image_dir.iterdir() if p.suffix.lower() in IMG_EXTENSIONS):
@@ -335,14 +355,18 @@ class SegmentationFolder(Dataset, _SkipLog):
                 self.skip(f"annotation map is not an index image (mode {ann_mode})", str(ann_path))
                 continue
             if ann_size != image_size:
-                self.skip("annotation map size differs from its image",
-                          f"{ann_path} ({ann_size[0]}×{ann_size[1]} vs {image_size[0]}×{image_size[1]})")
+                self.skip(
+                    "annotation map size differs from its image",
+                    f"{ann_path} ({ann_size[0]}×{ann_size[1]} vs {image_size[0]}×{image_size[1]})",
+                )
                 continue
             self.samples.append((str(image_path), str(ann_path)))
         if not self.samples:
             detail = self.skip_summary() or "no images"
-            raise ValueError(f"{self.image_dir}: no usable image/annotation pairs ({detail}); annotation maps must "
-                             "be single-channel PNGs of class indices, not colour renderings")
+            raise ValueError(
+                f"{self.image_dir}: no usable image/annotation pairs ({detail}); annotation maps must "
+                "be single-channel PNGs of class indices, not colour renderings"
+            )
         if self.num_classes is not None:
             self._check_labels()
 
@@ -352,9 +376,17 @@ class SegmentationFolder(Dataset, _SkipLog):
         or a loss that is not finite."""
         n = self.num_classes
         maps = [ann for _, ann in self.samples]
-        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # Pillow decodes without the GIL
-            present = list(tqdm(pool.map(_labels_in_map, maps), total=len(maps), desc=f"labels of {self.split}",
-                                leave=False, dynamic_ncols=True, disable=len(maps) < _SCAN_PROGRESS_FROM))
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
+            present = list(
+                tqdm(
+                    pool.map(_labels_in_map, maps),
+                    total=len(maps),
+                    desc=f"labels of {self.split}",
+                    leave=False,
+                    dynamic_ncols=True,
+                    disable=len(maps) < _SCAN_PROGRESS_FROM,
+                )
+            )
         bad = []
         for path, labels in zip(maps, present):
             encoded = self.encode_labels(labels)
@@ -365,13 +397,16 @@ class SegmentationFolder(Dataset, _SkipLog):
             return
         path, outside = bad[0]
         valid = f"1..{n} (0 and 255 ignored)" if self.reduce_zero_label else f"0..{n - 1} (255 ignored)"
-        message = (f"{path}: label {int(outside.max())} is outside the labels {valid} of {self._classes_from}"
-                   + (f" (also in {len(bad) - 1} more of the {len(maps)} maps)" if len(bad) > 1 else ""))
+        message = f"{path}: label {int(outside.max())} is outside the labels {valid} of {self._classes_from}" + (
+            f" (also in {len(bad) - 1} more of the {len(maps)} maps)" if len(bad) > 1 else ""
+        )
         everything = np.unique(np.concatenate(present))
         everything = everything[everything != IGNORE_INDEX]
         if not self.reduce_zero_label and everything.min() == 0 and everything.max() == n:
-            message += (f"; the labels run 0..{n}, as ADE20K's do where 0 is 'other': pass --reduce-zero-label to "
-                        "ignore 0 and count the classes from 1")
+            message += (
+                f"; the labels run 0..{n}, as ADE20K's do where 0 is 'other': pass --reduce-zero-label to "
+                "ignore 0 and count the classes from 1"
+            )
         raise ValueError(message)
 
     def __len__(self) -> int:

@@ -11,6 +11,7 @@ What stays torchvision's: smooth-L1 box losses (mmdet uses L1), the heads' layer
 (resize to ``min_size``/``max_size``, normalise, pad the batch to a multiple of 32 — DAT's deformable blocks attend
 the zero padding as in the authors' code, which pads COCO batches the same way).
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -78,8 +79,10 @@ def check_detection_inputs(images, targets, num_classes: int, channels: int = 3)
         raise ValueError("detector input must be a non-empty list of C×H×W float image tensors")
     for i, img in enumerate(images):
         if not isinstance(img, torch.Tensor) or img.ndim != 3 or not img.is_floating_point():
-            raise ValueError(f"image {i}: expected a C×H×W float tensor in 0..1, got "
-                             f"{getattr(img, 'dtype', type(img).__name__)} of shape {tuple(getattr(img, 'shape', ()))}")
+            raise ValueError(
+                f"image {i}: expected a C×H×W float tensor in 0..1, got "
+                f"{getattr(img, 'dtype', type(img).__name__)} of shape {tuple(getattr(img, 'shape', ()))}"
+            )
         if img.shape[0] != channels:
             raise ValueError(f"image {i}: expected {channels} channels, got {img.shape[0]}")
     if targets is None:
@@ -91,17 +94,22 @@ def check_detection_inputs(images, targets, num_classes: int, channels: int = 3)
         if boxes is None or labels is None:
             raise ValueError(f"target {i}: needs 'boxes' and 'labels'")
         if boxes.ndim != 2 or boxes.shape[-1] != 4 or labels.shape[0] != boxes.shape[0]:
-            raise ValueError(f"target {i}: boxes must be N×4 (xyxy) with N labels, got boxes {tuple(boxes.shape)}, "
-                             f"labels {tuple(labels.shape)}")
+            raise ValueError(
+                f"target {i}: boxes must be N×4 (xyxy) with N labels, got boxes {tuple(boxes.shape)}, "
+                f"labels {tuple(labels.shape)}"
+            )
         if boxes.numel() and bool(((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any()):
             raise ValueError(f"target {i}: degenerate boxes (zero width or height); the datasets skip them")
         if labels.numel() and (int(labels.min()) < 1 or int(labels.max()) > num_classes):
             raise ValueError(f"target {i}: labels must be in 1..{num_classes}, got {labels.tolist()}")
         masks = t.get("masks")
-        if masks is not None and (masks.shape[0] != boxes.shape[0] or tuple(masks.shape[-2:]) !=
-                                  tuple(images[i].shape[-2:])):
-            raise ValueError(f"target {i}: masks {tuple(masks.shape)} do not match {boxes.shape[0]} boxes on an "
-                             f"image of {tuple(images[i].shape[-2:])}")
+        if masks is not None and (
+            masks.shape[0] != boxes.shape[0] or tuple(masks.shape[-2:]) != tuple(images[i].shape[-2:])
+        ):
+            raise ValueError(
+                f"target {i}: masks {tuple(masks.shape)} do not match {boxes.shape[0]} boxes on an "
+                f"image of {tuple(images[i].shape[-2:])}"
+            )
 
 
 class _CheckedMixin:
@@ -110,8 +118,9 @@ class _CheckedMixin:
     dense_num_classes: int
 
     def forward(self, images, targets=None):  # noqa: D401
-        check_detection_inputs(images, targets if self.training else None, self.dense_num_classes,
-                               len(self.transform.image_mean))
+        check_detection_inputs(
+            images, targets if self.training else None, self.dense_num_classes, len(self.transform.image_mean)
+        )
         return super().forward(images, targets)
 
 
@@ -146,30 +155,43 @@ def build_detector(cfg: DetectorConfig) -> nn.Module:
         sizes = tuple(tuple(int(round(cfg.anchor_scale * s * 2 ** (k / 3))) for k in range(3)) for s in strides)
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
         head = RetinaNetHead(cfg.fpn_channels, anchors.num_anchors_per_location()[0], cfg.num_classes + 1)
-        model = DATRetinaNet(backbone, cfg.num_classes + 1, anchor_generator=anchors, head=head,
-                             score_thresh=cfg.box_score_thresh, detections_per_img=cfg.box_detections_per_img,
-                             topk_candidates=cfg.retinanet_topk_candidates, **common)
+        model = DATRetinaNet(
+            backbone,
+            cfg.num_classes + 1,
+            anchor_generator=anchors,
+            head=head,
+            score_thresh=cfg.box_score_thresh,
+            detections_per_img=cfg.box_detections_per_img,
+            topk_candidates=cfg.retinanet_topk_candidates,
+            **common,
+        )
     else:
         extra = ConvExtraLevels(body.out_channels[-1], cfg.fpn_channels, num_levels=1)
         strides += [strides[-1] * 2]
         backbone = BackboneWithFPN(body, cfg.fpn_channels, extra)
         sizes = tuple((int(round(cfg.anchor_scale * s)),) for s in strides)
         anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-        names = [str(i) for i in range(len(body.strides))]   # RoIs pool from P2–P5, not P6 (as mmdet)
+        names = [str(i) for i in range(len(body.strides))]  # RoIs pool from P2–P5, not P6 (as mmdet)
         box_pool = MultiScaleRoIAlign(names, 7, 2)
         box_head = TwoMLPHead(cfg.fpn_channels * 7 * 7, cfg.representation_size)
         kwargs = dict(
-            rpn_anchor_generator=anchors, box_roi_pool=box_pool, box_head=box_head,
+            rpn_anchor_generator=anchors,
+            box_roi_pool=box_pool,
+            box_head=box_head,
             box_predictor=FastRCNNPredictor(cfg.representation_size, cfg.num_classes + 1),
             rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_top_n_train,
             rpn_post_nms_top_n_train=cfg.rpn_post_nms_top_n_train,
-            rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test, rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
+            rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_top_n_test,
+            rpn_post_nms_top_n_test=cfg.rpn_post_nms_top_n_test,
             rpn_batch_size_per_image=cfg.rpn_batch_size_per_image,
-            box_batch_size_per_image=cfg.box_batch_size_per_image, box_score_thresh=cfg.box_score_thresh,
-            box_detections_per_img=cfg.box_detections_per_img, **common)
+            box_batch_size_per_image=cfg.box_batch_size_per_image,
+            box_score_thresh=cfg.box_score_thresh,
+            box_detections_per_img=cfg.box_detections_per_img,
+            **common,
+        )
         if cfg.kind == "mask_rcnn":
             kwargs["mask_roi_pool"] = MultiScaleRoIAlign(names, 14, 2)
-            kwargs["mask_predictor"] = MaskRCNNPredictor(256, 256, cfg.num_classes + 1)   # 4-conv head of 256
+            kwargs["mask_predictor"] = MaskRCNNPredictor(256, 256, cfg.num_classes + 1)  # 4-conv head of 256
             model = DATMaskRCNN(backbone, None, **kwargs)
         else:
             model = DATFasterRCNN(backbone, None, **kwargs)

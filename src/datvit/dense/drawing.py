@@ -1,6 +1,7 @@
 """Predictions drawn over images as PNGs (``datvit det|seg predict`` and the dense demo's report): boxes with
 class and score, instance masks, and semantic maps blended over the image — matplotlib's object API on the Agg
 canvas (no display needed), written atomically."""
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,9 @@ def _figure(width: int, height: int, panels: int = 1):
     return fig
 
 
-def _draw_detections_on(ax: Any, image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str],
-                        title: Optional[str] = None) -> None:
+def _draw_detections_on(
+    ax: Any, image: np.ndarray, pred: dict[str, torch.Tensor], class_names: Sequence[str], title: Optional[str] = None
+) -> None:
     from matplotlib.patches import Rectangle
 
     colors = palette(max(len(class_names), 1))
@@ -53,15 +55,23 @@ def _draw_detections_on(ax: Any, image: np.ndarray, pred: dict[str, torch.Tensor
         color = colors[(label - 1) % len(colors)]
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.2, edgecolor=color))
         name = class_names[label - 1] if 0 < label <= len(class_names) else str(label)
-        ax.text(x1, y1, f"{name} {score:.2f}", fontsize=6, color="white", va="bottom",
-                bbox=dict(facecolor=color, alpha=0.8, pad=0.5, lw=0))
+        ax.text(
+            x1,
+            y1,
+            f"{name} {score:.2f}",
+            fontsize=6,
+            color="white",
+            va="bottom",
+            bbox=dict(facecolor=color, alpha=0.8, pad=0.5, lw=0),
+        )
     ax.set_axis_off()
     if title:
         ax.set_title(title, fontsize=8)
 
 
-def _draw_segmentation_on(ax: Any, image: np.ndarray, classes: torch.Tensor, class_names: Sequence[str],
-                          title: Optional[str] = None) -> None:
+def _draw_segmentation_on(
+    ax: Any, image: np.ndarray, classes: torch.Tensor, class_names: Sequence[str], title: Optional[str] = None
+) -> None:
     colors = palette(max(len(class_names), 1))
     shown = image.astype(np.float32) / 255.0
     cls = classes.numpy()
@@ -86,8 +96,9 @@ def _draw_over(image: Any, path: str | os.PathLike, draw: Callable[[Any, np.ndar
     atomic_savefig(fig, path)
 
 
-def draw_detections(image: Any, pred: dict[str, torch.Tensor], class_names: Sequence[str],
-                    path: str | os.PathLike) -> None:
+def draw_detections(
+    image: Any, pred: dict[str, torch.Tensor], class_names: Sequence[str], path: str | os.PathLike
+) -> None:
     """``image`` (PIL) with ``pred`` (boxes xyxy, labels 1..K, scores, optional masks N×1×H×W) drawn over it."""
     _draw_over(image, path, lambda ax, arr: _draw_detections_on(ax, arr, pred, class_names))
 

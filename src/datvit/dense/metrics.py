@@ -4,6 +4,7 @@ Both accumulate per batch and merge across processes: ``CocoMetric.state()`` is 
 ``merge``), ``SegMetric.confusion`` a K×K int64 tensor (``all_reduce`` it). Values are fractions in 0..1, as
 pycocotools and mmseg print them (the papers quote them ×100).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,19 +71,28 @@ class CocoMetric:
                 area = float(box[2] * box[3])
                 if rle is not None:
                     from pycocotools import mask as mask_utils
+
                     area = float(mask_utils.area(dict(rle, counts=rle["counts"].encode("ascii"))))
-                self.gts.append(dict(image_id=image_id, category_id=int(label), bbox=box, area=area,
-                                     iscrowd=int(c), segmentation=rle))
+                self.gts.append(
+                    dict(
+                        image_id=image_id, category_id=int(label), bbox=box, area=area, iscrowd=int(c), segmentation=rle
+                    )
+                )
             pmasks = pred.get("masks")
             prles = [None] * len(pred["boxes"])
             if pmasks is not None:
                 pm = pmasks.detach().cpu()
                 pm = (pm[:, 0] if pm.ndim == 4 else pm).float() > self.mask_threshold
                 prles = _encode(pm.numpy())
-            for box, label, score, rle in zip(_xywh(pred["boxes"]), torch.as_tensor(pred["labels"]).tolist(),
-                                              torch.as_tensor(pred["scores"]).tolist(), prles):
-                self.dets.append(dict(image_id=image_id, category_id=int(label), bbox=box, score=float(score),
-                                      segmentation=rle))
+            for box, label, score, rle in zip(
+                _xywh(pred["boxes"]),
+                torch.as_tensor(pred["labels"]).tolist(),
+                torch.as_tensor(pred["scores"]).tolist(),
+                prles,
+            ):
+                self.dets.append(
+                    dict(image_id=image_id, category_id=int(label), bbox=box, score=float(score), segmentation=rle)
+                )
 
     # -- distribution ---------------------------------------------------------------------------------------------
 
@@ -107,8 +117,11 @@ class CocoMetric:
 
         k = len(self.categories)
         nan = float("nan")
-        if iou_type == "segm" and (any(g["segmentation"] is None for g in self.gts)
-                                   or any(d["segmentation"] is None for d in self.dets) or not self.gts):
+        if iou_type == "segm" and (
+            any(g["segmentation"] is None for g in self.gts)
+            or any(d["segmentation"] is None for d in self.dets)
+            or not self.gts
+        ):
             return nan, nan, [nan] * k
         anns = []
         for i, g in enumerate(self.gts):
@@ -116,8 +129,11 @@ class CocoMetric:
             if iou_type == "bbox" or ann["segmentation"] is None:
                 ann.pop("segmentation")
             anns.append(ann)
-        dataset = dict(images=self.images, annotations=anns,
-                       categories=[dict(id=i + 1, name=n) for i, n in enumerate(self.categories)])
+        dataset = dict(
+            images=self.images,
+            annotations=anns,
+            categories=[dict(id=i + 1, name=n) for i, n in enumerate(self.categories)],
+        )
         if not self.dets:
             return 0.0, 0.0, [0.0 if any(g["category_id"] == c + 1 for g in self.gts) else nan for c in range(k)]
         dets = [dict(d) for d in self.dets]
@@ -125,7 +141,7 @@ class CocoMetric:
             if iou_type == "bbox" or d["segmentation"] is None:
                 d.pop("segmentation")
             else:
-                d.pop("bbox")   # loadRes derives the box and area from the mask for segm results
+                d.pop("bbox")  # loadRes derives the box and area from the mask for segm results
         with _quiet(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             gt = COCO()
@@ -136,7 +152,7 @@ class CocoMetric:
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
-        precision = ev.eval["precision"]          # [IoU thresholds, recall points, classes, areas, max dets]
+        precision = ev.eval["precision"]  # [IoU thresholds, recall points, classes, areas, max dets]
         per_class = []
         for c in range(k):
             p = precision[:, :, c, 0, -1]
@@ -176,8 +192,10 @@ class SegMetric:
                 raise ValueError(f"logits have {pred.shape[-3]} classes, the metric {self.num_classes}")
             pred = pred.argmax(-3)
         if pred.shape != target.shape:
-            raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(target.shape)} differ in size; "
-                             "resize the logits to the label (segment(..., out_size=label.shape[-2:]))")
+            raise ValueError(
+                f"prediction {tuple(pred.shape)} and label {tuple(target.shape)} differ in size; "
+                "resize the logits to the label (segment(..., out_size=label.shape[-2:]))"
+            )
         target = target.long()
         pred = pred.long()
         valid = (target != self.ignore_index) & (target >= 0) & (target < self.num_classes)
@@ -202,10 +220,13 @@ class SegMetric:
         iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
         acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.full_like(tp, math.nan))
         total = cm.sum()
-        out = dict(mIoU=float(iou.nanmean()) if (union > 0).any() else math.nan,
-                   aAcc=float(tp.sum() / total) if total > 0 else math.nan,
-                   mAcc=float(acc.nanmean()) if (gt > 0).any() else math.nan,
-                   per_class_iou=iou.tolist(), per_class_acc=acc.tolist())
+        out = dict(
+            mIoU=float(iou.nanmean()) if (union > 0).any() else math.nan,
+            aAcc=float(tp.sum() / total) if total > 0 else math.nan,
+            mAcc=float(acc.nanmean()) if (gt > 0).any() else math.nan,
+            per_class_iou=iou.tolist(),
+            per_class_acc=acc.tolist(),
+        )
         if class_names is not None:
             out["class_names"] = list(class_names)
         return out

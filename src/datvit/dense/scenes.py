@@ -23,6 +23,7 @@ no item is in both. Deterministic: scene i of a split depends only on (seed, spl
 wide while classes stay Fashion-MNIST's (shirt vs. T-shirt vs. pullover vs. coat remain hard). Writing 2,500 scenes
 takes about 10 s.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,17 +39,17 @@ from PIL import Image
 from ..data.fashion_mnist import CLASSES, FashionMNIST
 from ..utils.files import atomic_write_text
 
-SPLITS = {"train": "train", "val": "test"}     # scene split -> Fashion-MNIST split it draws items from
+SPLITS = {"train": "train", "val": "test"}  # scene split -> Fashion-MNIST split it draws items from
 
 
 @dataclass(frozen=True)
 class SceneConfig:
     canvas: int = 128
-    items: tuple = (2, 4)             # items per scene, inclusive
-    scale: tuple = (1.0, 2.2)         # item side = 28 px × scale
-    threshold: int = 32               # item pixels above this (0..255) form its mask
-    min_visible: float = 0.5          # every item keeps at least this fraction of its mask visible
-    min_area: int = 40                # pixels
+    items: tuple = (2, 4)  # items per scene, inclusive
+    scale: tuple = (1.0, 2.2)  # item side = 28 px × scale
+    threshold: int = 32  # item pixels above this (0..255) form its mask
+    min_visible: float = 0.5  # every item keeps at least this fraction of its mask visible
+    min_area: int = 40  # pixels
     jpeg_quality: int = 95
 
 
@@ -64,7 +65,7 @@ def render_scene(rng: np.random.Generator, images: np.ndarray, labels: np.ndarra
     c = cfg.canvas
     img = _background(rng, c)
     semantic = np.zeros((c, c), dtype=np.uint8)
-    instances: list[list] = []            # [class, full mask, visible mask]
+    instances: list[list] = []  # [class, full mask, visible mask]
     for _ in range(int(rng.integers(cfg.items[0], cfg.items[1] + 1))):
         for _attempt in range(10):
             k = int(rng.integers(len(images)))
@@ -73,7 +74,7 @@ def render_scene(rng: np.random.Generator, images: np.ndarray, labels: np.ndarra
             item = np.asarray(Image.fromarray(images[k]).resize((side, side), Image.BILINEAR), dtype=np.float32)
             y, x = int(rng.integers(0, c - side + 1)), int(rng.integers(0, c - side + 1))
             mask = np.zeros((c, c), dtype=bool)
-            mask[y:y + side, x:x + side] = item > cfg.threshold
+            mask[y : y + side, x : x + side] = item > cfg.threshold
             if mask.sum() < cfg.min_area:
                 continue
             if any((vis & ~mask).sum() < cfg.min_visible * full.sum() for _, full, vis in instances):
@@ -85,8 +86,8 @@ def render_scene(rng: np.random.Generator, images: np.ndarray, labels: np.ndarra
         tint /= tint.max()
         alpha = np.clip(item / cfg.threshold, 0, 1)[..., None]
         colour = tint * (70 + 185 * item[..., None] / 255)
-        patch = img[y:y + side, x:x + side]
-        img[y:y + side, x:x + side] = patch * (1 - alpha) + colour * alpha
+        patch = img[y : y + side, x : x + side]
+        img[y : y + side, x : x + side] = patch * (1 - alpha) + colour * alpha
         for inst in instances:
             inst[2] = inst[2] & ~mask
         instances.append([int(labels[k]), mask, mask.copy()])
@@ -101,16 +102,24 @@ def _coco_annotation(mask: np.ndarray, cls: int, ann_id: int, image_id: int) -> 
     ys, xs = np.nonzero(mask)
     x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return dict(id=ann_id, image_id=image_id, category_id=cls + 1, bbox=[x0, y0, x1 - x0, y1 - y0],
-                area=int(mask.sum()), iscrowd=0, segmentation=dict(size=list(rle["size"]),
-                                                                   counts=rle["counts"].decode("ascii")))
+    return dict(
+        id=ann_id,
+        image_id=image_id,
+        category_id=cls + 1,
+        bbox=[x0, y0, x1 - x0, y1 - y0],
+        area=int(mask.sum()),
+        iscrowd=0,
+        segmentation=dict(size=list(rle["size"]), counts=rle["counts"].decode("ascii")),
+    )
 
 
 def _prepare(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and any(out_dir.iterdir()):
         if not (out_dir / "scenes.json").is_file():
-            raise FileExistsError(f"{out_dir} exists and is not a scenes dataset made by datvit; choose an empty or "
-                                  "new directory (nothing there was changed)")
+            raise FileExistsError(
+                f"{out_dir} exists and is not a scenes dataset made by datvit; choose an empty or "
+                "new directory (nothing there was changed)"
+            )
         if not overwrite:
             raise FileExistsError(f"{out_dir} already holds a scenes dataset; pass overwrite=True to regenerate it")
         for name in ("images", "annotations", *SPLITS):
@@ -122,9 +131,17 @@ def _prepare(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def make_fashion_scenes(out_dir: str | os.PathLike, n_train: int, n_val: int, canvas: int = 128, seed: int = 0,
-                        fashion_mnist_dir: Optional[str | os.PathLike] = None, overwrite: bool = False,
-                        progress: bool = False, **scene_kwargs) -> dict:
+def make_fashion_scenes(
+    out_dir: str | os.PathLike,
+    n_train: int,
+    n_val: int,
+    canvas: int = 128,
+    seed: int = 0,
+    fashion_mnist_dir: Optional[str | os.PathLike] = None,
+    overwrite: bool = False,
+    progress: bool = False,
+    **scene_kwargs,
+) -> dict:
     """Write ``n_train`` + ``n_val`` scenes to ``out_dir`` in COCO and ADE20K layouts (module docstring).
 
     ``fashion_mnist_dir``: where the IDX files are (default: the Debian package's copy). ``scene_kwargs``:
@@ -147,6 +164,7 @@ def make_fashion_scenes(out_dir: str | os.PathLike, n_train: int, n_val: int, ca
         indices = range(n)
         if progress:
             from tqdm import tqdm
+
             indices = tqdm(indices, desc=f"scenes {split}", unit="scene")
         for i in indices:
             rng = np.random.default_rng([seed, split_index, i])
@@ -158,9 +176,12 @@ def make_fashion_scenes(out_dir: str | os.PathLike, n_train: int, n_val: int, ca
             for cls, mask in instances:
                 annotations.append(_coco_annotation(mask, cls, ann_id, i + 1))
                 ann_id += 1
-        coco = dict(images=images, annotations=annotations,
-                    categories=[dict(id=c + 1, name=name) for c, name in enumerate(CLASSES)],
-                    info=dict(description=f"Fashion-MNIST scenes ({split}, from Fashion-MNIST {source}), seed {seed}"))
+        coco = dict(
+            images=images,
+            annotations=annotations,
+            categories=[dict(id=c + 1, name=name) for c, name in enumerate(CLASSES)],
+            info=dict(description=f"Fashion-MNIST scenes ({split}, from Fashion-MNIST {source}), seed {seed}"),
+        )
         atomic_write_text(json.dumps(coco), out / "annotations" / f"instances_{split}.json")
         link = out / split
         try:

@@ -13,6 +13,7 @@ is 256), dropout 0.1 before the classifier; the auxiliary FCNHead on stage 3 (st
 BN + ReLU, dropout 0.1, 1×1 classifier, loss weight 0.4; Semantic FPN: pyramid 256, head 128, dropout 0.1 (smp's
 default 0.2), no auxiliary head. smp asks for H and W divisible by 32; ``segment()`` pads and crops back.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -33,8 +34,9 @@ class FCNHead(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, num_classes: int, dropout: float = 0.1):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        )
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
@@ -62,15 +64,25 @@ class Segmenter(nn.Module):
         if bb.drop_path_rate is not None:
             kwargs["drop_path_rate"] = bb.drop_path_rate
         if cfg.kind == "upernet":
-            self.net = smp.UPerNet(encoder_name=f"tu-{bb.model}", encoder_weights=None,
-                                   decoder_channels=cfg.decoder_channels, classes=cfg.num_classes, **kwargs)
+            self.net = smp.UPerNet(
+                encoder_name=f"tu-{bb.model}",
+                encoder_weights=None,
+                decoder_channels=cfg.decoder_channels,
+                classes=cfg.num_classes,
+                **kwargs,
+            )
             # Dropout before the classifier, as mmseg's decode heads (dropout_ratio 0.1).
             self.net.segmentation_head = nn.Sequential(nn.Dropout2d(cfg.dropout), *self.net.segmentation_head)
         else:
-            self.net = smp.FPN(encoder_name=f"tu-{bb.model}", encoder_weights=None,
-                               decoder_pyramid_channels=cfg.fpn_channels,
-                               decoder_segmentation_channels=cfg.decoder_channels, decoder_dropout=cfg.dropout,
-                               classes=cfg.num_classes, **kwargs)
+            self.net = smp.FPN(
+                encoder_name=f"tu-{bb.model}",
+                encoder_weights=None,
+                decoder_pyramid_channels=cfg.fpn_channels,
+                decoder_segmentation_channels=cfg.decoder_channels,
+                decoder_dropout=cfg.dropout,
+                classes=cfg.num_classes,
+                **kwargs,
+            )
         features = self.net.encoder.model
         self.pretrained_cfg = dict(getattr(features, "pretrained_cfg", None) or {})
         self.pretrained_cfg.setdefault("mean", IMAGENET_DEFAULT_MEAN)
@@ -110,12 +122,16 @@ class Segmenter(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or not x.is_floating_point():
-            raise ValueError(f"expected a float B×C×H×W batch, got {getattr(x, 'dtype', type(x).__name__)} of "
-                             f"shape {tuple(getattr(x, 'shape', ()))}")
+            raise ValueError(
+                f"expected a float B×C×H×W batch, got {getattr(x, 'dtype', type(x).__name__)} of "
+                f"shape {tuple(getattr(x, 'shape', ()))}"
+            )
         h, w = x.shape[-2:]
         if h % self.output_stride or w % self.output_stride:
-            raise ValueError(f"input {h}×{w}: height and width must be multiples of {self.output_stride}; "
-                             "datvit.dense.segment() pads any size and crops the logits back")
+            raise ValueError(
+                f"input {h}×{w}: height and width must be multiples of {self.output_stride}; "
+                "datvit.dense.segment() pads any size and crops the logits back"
+            )
 
     def forward(self, x: torch.Tensor):
         self.check_input(x)
@@ -138,6 +154,7 @@ def segmentation_loss(output, target: torch.Tensor, aux_weight: float = 0.4, ign
     ignoring ``ignore_index`` pixels — mmseg's ``loss_decode`` + ``loss_aux``."""
     if isinstance(output, (tuple, list)):
         logits, aux = output
-        return (F.cross_entropy(logits, target, ignore_index=ignore_index)
-                + aux_weight * F.cross_entropy(aux, target, ignore_index=ignore_index))
+        return F.cross_entropy(logits, target, ignore_index=ignore_index) + aux_weight * F.cross_entropy(
+            aux, target, ignore_index=ignore_index
+        )
     return F.cross_entropy(output, target, ignore_index=ignore_index)

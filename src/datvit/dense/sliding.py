@@ -7,6 +7,7 @@ back, so the padding only adds context. Sliding windows (mmseg's ``slide_inferen
 are for images much larger than the training crop: overlapping windows, each padded the same way, logits averaged
 where they overlap.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -26,15 +27,21 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int, min_size: int = 0) -> torch
 def _forward(model: nn.Module, x: torch.Tensor, multiple: int, min_size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     out = model(_pad_to_multiple(x, multiple, min_size))
-    if isinstance(out, (tuple, list)):   # a segmenter left in training mode returns (logits, aux_logits)
+    if isinstance(out, (tuple, list)):  # a segmenter left in training mode returns (logits, aux_logits)
         out = out[0]
     return out[..., :h, :w]
 
 
 @torch.no_grad()
-def segment(model: nn.Module, image: torch.Tensor, num_classes: Optional[int] = None, mode: str = "whole",
-            crop: int | Sequence[int] = 512, stride: int | Sequence[int] = 341,
-            out_size: Optional[Sequence[int]] = None) -> torch.Tensor:
+def segment(
+    model: nn.Module,
+    image: torch.Tensor,
+    num_classes: Optional[int] = None,
+    mode: str = "whole",
+    crop: int | Sequence[int] = 512,
+    stride: int | Sequence[int] = 341,
+    out_size: Optional[Sequence[int]] = None,
+) -> torch.Tensor:
     """Logits B×K×H×W (or K×H×W for an unbatched image) of ``model`` on a normalised image of any size.
 
     ``mode="whole"``: one pass over the padded image; ``"slide"``: ``crop``×``crop`` windows every ``stride``
@@ -43,8 +50,10 @@ def segment(model: nn.Module, image: torch.Tensor, num_classes: Optional[int] = 
     if mode not in ("whole", "slide"):
         raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
     if not isinstance(image, torch.Tensor) or image.ndim not in (3, 4) or not image.is_floating_point():
-        raise ValueError(f"expected a normalised float image C×H×W or B×C×H×W, got "
-                         f"{getattr(image, 'dtype', type(image).__name__)} {tuple(getattr(image, 'shape', ()))}")
+        raise ValueError(
+            f"expected a normalised float image C×H×W or B×C×H×W, got "
+            f"{getattr(image, 'dtype', type(image).__name__)} {tuple(getattr(image, 'shape', ()))}"
+        )
     unbatched = image.ndim == 3
     x = image.unsqueeze(0) if unbatched else image
     multiple = int(getattr(model, "output_stride", 32))

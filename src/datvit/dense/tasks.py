@@ -10,6 +10,7 @@ A dense checkpoint records ``task`` ("detection"/"segmentation") and ``dense_con
 DetectorConfig/SegmenterConfig as plain data, without the backbone-weights path), so ``datvit det eval`` and
 ``predict`` rebuild the model from the file alone.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,9 +30,9 @@ from ..train import distributed as dist_utils
 from ..train.errors import TrainingError
 from ..train.precision import AmpPlan, autocast
 from ..train.task import MetricSpec, StepOutput, Task
-from .run_config import DETECTION_RECIPE, SEGMENTATION_RECIPE, DetectionTrainConfig, SegmentationTrainConfig
 from .config import DetectorConfig, SegmenterConfig
 from .data import collate_detection, collate_segmentation
+from .run_config import DETECTION_RECIPE, SEGMENTATION_RECIPE, DetectionTrainConfig, SegmentationTrainConfig
 
 # The authors' dense configs exempt these parameter names from weight decay (`paramwise_cfg.custom_keys`); their
 # detection configs also exempt every normalisation layer (`norm_decay_mult 0`).
@@ -41,8 +42,10 @@ NORM_TYPES = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 # -- configs from flags -------------------------------------------------------------------------------------------
 
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
     """A (nested) config dataclass as plain data for YAML and checkpoints."""
+
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
             return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
@@ -51,6 +54,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
         if isinstance(v, dict):
             return {str(k): plain(x) for k, x in v.items()}
         return v
+
     return plain(cfg)
 
 
@@ -101,8 +105,9 @@ def resolve_dense_config(args: Any, cls: type, kind_default: str) -> Any:
             raise ValueError(f"unknown --preset '{args.preset}'{hint}; presets: {', '.join(sorted(DENSE_PRESETS))}")
         base = config_to_dict(DENSE_PRESETS[args.preset])
         if not isinstance(DENSE_PRESETS[args.preset], cls):
-            raise ValueError(f"--preset {args.preset} is a {type(DENSE_PRESETS[args.preset]).__name__}, "
-                             f"not a {cls.__name__}")
+            raise ValueError(
+                f"--preset {args.preset} is a {type(DENSE_PRESETS[args.preset]).__name__}, not a {cls.__name__}"
+            )
     else:
         base = {"kind": kind_default, "num_classes": args.num_classes or 1, "backbone": {}}
     backbone = dict(base.pop("backbone", {}) or {})
@@ -116,10 +121,14 @@ def resolve_dense_config(args: Any, cls: type, kind_default: str) -> Any:
             backbone["model_kwargs"] = {}  # a preset's custom kwargs belong to its backbone
         backbone["model"] = args.model
     if args.model_kwargs:
-        backbone["model_kwargs"] = dat_kwargs_with_stage_spec(backbone.get("model", "datpp_tiny"),
-                                                              backbone.get("model_kwargs", {}), args.model_kwargs)
-    for flag, key in (("drop_path", "drop_path_rate"), ("out_indices", "out_indices"),
-                      ("frozen_stages", "frozen_stages")):
+        backbone["model_kwargs"] = dat_kwargs_with_stage_spec(
+            backbone.get("model", "datpp_tiny"), backbone.get("model_kwargs", {}), args.model_kwargs
+        )
+    for flag, key in (
+        ("drop_path", "drop_path_rate"),
+        ("out_indices", "out_indices"),
+        ("frozen_stages", "frozen_stages"),
+    ):
         if getattr(args, flag, None) is not None:
             backbone[key] = getattr(args, flag)
     if args.grad_checkpointing:
@@ -211,9 +220,17 @@ class _DenseTask(Task):
         """The loader every task uses, with this task's collate (torchvision.transforms.v2 draws from the torch
         generator that the loader seeds per sample, so dense augmentation resumes exactly too)."""
         config, info = self.config, self.info
-        return create_loader(dataset, batch_size, training=training, workers=config.workers, seed=config.seed,
-                             rank=info.rank, world_size=info.world_size, pin_memory=config.pin_mem,
-                             collate_fn=self.collate_fn)
+        return create_loader(
+            dataset,
+            batch_size,
+            training=training,
+            workers=config.workers,
+            seed=config.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            pin_memory=config.pin_mem,
+            collate_fn=self.collate_fn,
+        )
 
     def batch_problems(self, batch: Any) -> list[tuple[str, str]]:
         return [(s.path, s.error) for s in batch.corrupt]
@@ -224,8 +241,12 @@ class _DenseTask(Task):
             self.warn(f"{split}: {summary}")
 
     def checkpoint_record(self) -> dict[str, Any]:
-        return {"dense_config": config_to_dict(self.dense_config), "class_names": self.class_names, "arch": None,
-                "data_config": self.data_config}
+        return {
+            "dense_config": config_to_dict(self.dense_config),
+            "class_names": self.class_names,
+            "arch": None,
+            "data_config": self.data_config,
+        }
 
     def check_resume(self, loaded: Any, path: str) -> None:
         from ..models import CheckpointError
@@ -238,18 +259,23 @@ class _DenseTask(Task):
         differs = [k for k in sorted(set(flat_saved) | set(flat_ours)) if flat_saved.get(k) != flat_ours.get(k)]
         if differs:
             shown = "; ".join(f"{k}: {flat_saved.get(k)!r} vs {flat_ours.get(k)!r}" for k in differs[:4])
-            raise CheckpointError(f"--resume {path}: the checkpoint was trained with another model ({shown}; "
-                                  "checkpoint vs this run); resume with the run's flags, or start from its backbone "
-                                  "with --backbone-weights")
+            raise CheckpointError(
+                f"--resume {path}: the checkpoint was trained with another model ({shown}; "
+                "checkpoint vs this run); resume with the run's flags, or start from its backbone "
+                "with --backbone-weights"
+            )
 
     def describe(self, model: nn.Module) -> str:
         cfg = self.dense_config
         backbone = cfg.backbone.model + (" (custom configuration)" if cfg.backbone.model_kwargs else "")
-        return (f"training {cfg.kind} with a {backbone} backbone ({self.n_params / 1e6:.2f}M parameters) "
-                f"on {self.config.data_dir} ({len(self.train_set)} training images, {len(self.class_names)} classes)")
+        return (
+            f"training {cfg.kind} with a {backbone} backbone ({self.n_params / 1e6:.2f}M parameters) "
+            f"on {self.config.data_dir} ({len(self.train_set)} training images, {len(self.class_names)} classes)"
+        )
 
 
 # -- detection --------------------------------------------------------------------------------------------------
+
 
 class DetectionTask(_DenseTask):
     """Faster/Mask R-CNN or RetinaNet (torchvision) with a DAT backbone on a COCO-format dataset; box and mask
@@ -261,15 +287,28 @@ class DetectionTask(_DenseTask):
     model_config_cls = DetectorConfig
     run_config_cls = DetectionTrainConfig
     recipe_values = DETECTION_RECIPE
-    find_unused_parameters = True   # a batch without positive proposals leaves the mask head without gradient
+    find_unused_parameters = True  # a batch without positive proposals leaves the mask head without gradient
     exempt_norm_layers = True
     collate_fn = staticmethod(collate_detection)
     metrics = MetricSpec(
         best="eval_bbox_mAP",
-        eval_columns=(("eval_bbox_mAP", "bbox_mAP", ".3f"), ("eval_bbox_mAP50", "bbox_mAP50", ".3f"),
-                      ("eval_segm_mAP", "segm_mAP", ".3f"), ("eval_segm_mAP50", "segm_mAP50", ".3f")),
-        plot=("map", "mAP (COCO)", "mAP", (("eval_bbox_mAP", "box mAP"), ("eval_bbox_mAP50", "box mAP@50"),
-                                           ("eval_segm_mAP", "mask mAP"), ("eval_segm_mAP50", "mask mAP@50"))),
+        eval_columns=(
+            ("eval_bbox_mAP", "bbox_mAP", ".3f"),
+            ("eval_bbox_mAP50", "bbox_mAP50", ".3f"),
+            ("eval_segm_mAP", "segm_mAP", ".3f"),
+            ("eval_segm_mAP50", "segm_mAP50", ".3f"),
+        ),
+        plot=(
+            "map",
+            "mAP (COCO)",
+            "mAP",
+            (
+                ("eval_bbox_mAP", "box mAP"),
+                ("eval_bbox_mAP50", "box mAP@50"),
+                ("eval_segm_mAP", "mask mAP"),
+                ("eval_segm_mAP50", "mask mAP@50"),
+            ),
+        ),
     )
 
     def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
@@ -277,8 +316,10 @@ class DetectionTask(_DenseTask):
 
         args = self.draft(values)
         if not args.data_dir:
-            raise TrainingError("--data-dir is required: a COCO-style directory with <split>/ images and "
-                                "annotations/instances_<split>.json")
+            raise TrainingError(
+                "--data-dir is required: a COCO-style directory with <split>/ images and "
+                "annotations/instances_<split>.json"
+            )
         # training skips images without usable annotations (mmdet's filter_empty_gt); evaluation keeps them, where
         # detections are false positives
         self.train_set = CocoDetection(args.data_dir, args.train_split, skip_empty=True, num_classes=args.num_classes)
@@ -298,9 +339,13 @@ class DetectionTask(_DenseTask):
 
     def _build(self, cfg: Any) -> nn.Module:
         from . import build_detector
+
         if self.config.img_size:
-            cfg = dataclasses.replace(cfg, min_size=self.config.img_size,
-                                      max_size=self.config.max_size or max(cfg.max_size, self.config.img_size))
+            cfg = dataclasses.replace(
+                cfg,
+                min_size=self.config.img_size,
+                max_size=self.config.max_size or max(cfg.max_size, self.config.img_size),
+            )
         elif self.config.max_size:
             cfg = dataclasses.replace(cfg, max_size=self.config.max_size)
         self.dense_config = cfg
@@ -319,22 +364,33 @@ class DetectionTask(_DenseTask):
         if images is None:  # every image of the batch was unreadable: under DDP every rank must still step
             size = self.dense_config.max_size
             images = [torch.zeros(3, size, size)]
-            targets = [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                        "masks": torch.zeros(0, size, size, dtype=torch.uint8)}]
+            targets = [
+                {
+                    "boxes": torch.zeros(0, 4),
+                    "labels": torch.zeros(0, dtype=torch.int64),
+                    "masks": torch.zeros(0, size, size, dtype=torch.uint8),
+                }
+            ]
             weight = 0.0
         images = [im.to(self.device, non_blocking=True) for im in images]
-        targets = [{k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
-                    for k, v in t.items() if k != "image_id"} for t in targets]
+        targets = [
+            {
+                k: (v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                for k, v in t.items()
+                if k != "image_id"
+            }
+            for t in targets
+        ]
         losses = model(images, targets)
         loss = sum(losses.values()) * weight
         return StepOutput(loss, int(len(images) * weight), {})
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader, amp: AmpPlan, progress: bool,
-                 desc: str) -> dict[str, Any]:
+    def evaluate(self, model: nn.Module, loader: DataLoader, amp: AmpPlan, progress: bool, desc: str) -> dict[str, Any]:
         result = evaluate_detection(model, loader, self.class_names, self.device, amp, self.info, progress, desc)
         return {key: _finite(result.get(key)) for key in ("bbox_mAP", "bbox_mAP50", "segm_mAP", "segm_mAP50")} | {
-            "problems": result.get("problems", [])}
+            "problems": result.get("problems", [])
+        }
 
     def run_summary(self, last_row: dict[str, Any]) -> dict[str, Any]:
         return {"final_bbox_mAP": last_row.get("eval_bbox_mAP"), "final_segm_mAP": last_row.get("eval_segm_mAP")}
@@ -346,9 +402,16 @@ def _finite(value: Any) -> Optional[float]:
 
 
 @torch.no_grad()
-def evaluate_detection(model: nn.Module, loader: DataLoader, class_names: list[str], device: torch.device,
-                       amp: Optional[AmpPlan] = None, info: Optional[dist_utils.DistInfo] = None,
-                       progress: bool = True, desc: str = "eval") -> dict[str, Any]:
+def evaluate_detection(
+    model: nn.Module,
+    loader: DataLoader,
+    class_names: list[str],
+    device: torch.device,
+    amp: Optional[AmpPlan] = None,
+    info: Optional[dist_utils.DistInfo] = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict[str, Any]:
     """COCO box (and mask) AP of ``model`` over the loader's shard; every rank's matches are merged, so the
     numbers equal a single-process evaluation. Returns CocoMetric's dict (``per_class`` included)."""
     from . import CocoMetric
@@ -365,8 +428,9 @@ def evaluate_detection(model: nn.Module, loader: DataLoader, class_names: list[s
             continue
         with autocast(device, amp):
             predictions = model([im.to(device) for im in batch.images])
-        predictions = [{k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()}
-                       for p in predictions]
+        predictions = [
+            {k: v.float().cpu() if v.is_floating_point() else v.cpu() for k, v in p.items()} for p in predictions
+        ]
         metric.update(predictions, list(batch.targets))
     if info.distributed:
         states = dist_utils.gather_objects(metric.state(), info)
@@ -380,6 +444,7 @@ def evaluate_detection(model: nn.Module, loader: DataLoader, class_names: list[s
 
 
 # -- segmentation ---------------------------------------------------------------------------------------------
+
 
 class SegmentationTask(_DenseTask):
     """UperNet or Semantic FPN (segmentation_models_pytorch) with a DAT backbone on an ADE20K-layout folder;
@@ -405,26 +470,32 @@ class SegmentationTask(_DenseTask):
 
         args = self.draft(values)
         if not args.data_dir:
-            raise TrainingError("--data-dir is required: an ADE20K-style directory with images/<split>/*.jpg and "
-                                "annotations/<split>/*.png")
+            raise TrainingError(
+                "--data-dir is required: an ADE20K-style directory with images/<split>/*.jpg and "
+                "annotations/<split>/*.png"
+            )
         if args.crop_size % 32:
-            raise TrainingError(f"--crop-size {args.crop_size}: training crops must be multiples of 32 (the "
-                                "segmenters' output stride); evaluation pads any size")
-        self.train_set = SegmentationFolder(args.data_dir, args.train_split, reduce_zero_label=args.reduce_zero_label,
-                                            num_classes=args.num_classes)
+            raise TrainingError(
+                f"--crop-size {args.crop_size}: training crops must be multiples of 32 (the "
+                "segmenters' output stride); evaluation pads any size"
+            )
+        self.train_set = SegmentationFolder(
+            args.data_dir, args.train_split, reduce_zero_label=args.reduce_zero_label, num_classes=args.num_classes
+        )
         names = self.train_set.class_names
         if args.num_classes is None:
             if not names:
-                raise TrainingError(f"{args.data_dir} has no classes.txt (one class name per line): give "
-                                    "--num-classes")
+                raise TrainingError(f"{args.data_dir} has no classes.txt (one class name per line): give --num-classes")
             args.num_classes = len(names) - (1 if args.reduce_zero_label else 0)
         if names and args.reduce_zero_label and len(names) == args.num_classes + 1:
-            names = names[1:]   # classes.txt lists label 0 too, which --reduce-zero-label ignores
-        self.class_names = list(names) if names and len(names) == args.num_classes else \
-            [f"class {i}" for i in range(args.num_classes)]
+            names = names[1:]  # classes.txt lists label 0 too, which --reduce-zero-label ignores
+        self.class_names = (
+            list(names) if names and len(names) == args.num_classes else [f"class {i}" for i in range(args.num_classes)]
+        )
         try:
-            self.eval_set = SegmentationFolder(args.data_dir, args.val_split, reduce_zero_label=args.reduce_zero_label,
-                                               num_classes=args.num_classes)
+            self.eval_set = SegmentationFolder(
+                args.data_dir, args.val_split, reduce_zero_label=args.reduce_zero_label, num_classes=args.num_classes
+            )
         except FileNotFoundError as e:
             self.warn(f"no evaluation split ({e}); best.pth will follow the training loss")
             self.eval_set = None
@@ -434,21 +505,29 @@ class SegmentationTask(_DenseTask):
 
     def _build(self, cfg: Any) -> nn.Module:
         from . import build_segmenter
+
         model = build_segmenter(cfg)
-        mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]   # the backbone's, else ImageNet's
-        self.data_config = {"mean": list(mean), "std": list(std), "crop_size": self.config.crop_size,
-                            "img_scale": list(self.config.img_scale), "reduce_zero_label": bool(self.config.reduce_zero_label)}
+        mean, std = model.pretrained_cfg["mean"], model.pretrained_cfg["std"]  # the backbone's, else ImageNet's
+        self.data_config = {
+            "mean": list(mean),
+            "std": list(std),
+            "crop_size": self.config.crop_size,
+            "img_scale": list(self.config.img_scale),
+            "reduce_zero_label": bool(self.config.reduce_zero_label),
+        }
         return model
 
     def attach_transforms(self, model: nn.Module) -> None:
         from . import segmentation_transforms
 
         config, data = self.config, self.data_config
-        self.train_set.transforms = segmentation_transforms(True, crop=config.crop_size, scale=config.img_scale,
-                                                            mean=data["mean"], std=data["std"], **config.aug_kwargs)
+        self.train_set.transforms = segmentation_transforms(
+            True, crop=config.crop_size, scale=config.img_scale, mean=data["mean"], std=data["std"], **config.aug_kwargs
+        )
         if self.eval_set is not None:
-            self.eval_set.transforms = segmentation_transforms(False, crop=config.crop_size, scale=config.img_scale,
-                                                               mean=data["mean"], std=data["std"])
+            self.eval_set.transforms = segmentation_transforms(
+                False, crop=config.crop_size, scale=config.img_scale, mean=data["mean"], std=data["std"]
+            )
 
     def training_loss(self, model: nn.Module, batch: Any, epoch: int) -> StepOutput:
         from . import segmentation_loss
@@ -470,23 +549,45 @@ class SegmentationTask(_DenseTask):
         return StepOutput(loss, n, {"acc": acc * n})
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, loader: DataLoader, amp: AmpPlan, progress: bool,
-                 desc: str) -> dict[str, Any]:
-        result = evaluate_segmentation(model, loader, len(self.class_names), self.device, amp, self.info,
-                                       progress, desc, mode=self.config.eval_mode, crop=self.config.crop_size,
-                                       stride=self.config.eval_stride)
-        return {"loss": result["loss"], "mIoU": _percent(result["mIoU"]), "aAcc": _percent(result["aAcc"]),
-                "problems": result["problems"]}
+    def evaluate(self, model: nn.Module, loader: DataLoader, amp: AmpPlan, progress: bool, desc: str) -> dict[str, Any]:
+        result = evaluate_segmentation(
+            model,
+            loader,
+            len(self.class_names),
+            self.device,
+            amp,
+            self.info,
+            progress,
+            desc,
+            mode=self.config.eval_mode,
+            crop=self.config.crop_size,
+            stride=self.config.eval_stride,
+        )
+        return {
+            "loss": result["loss"],
+            "mIoU": _percent(result["mIoU"]),
+            "aAcc": _percent(result["aAcc"]),
+            "problems": result["problems"],
+        }
 
     def run_summary(self, last_row: dict[str, Any]) -> dict[str, Any]:
         return {"final_mIoU": last_row.get("eval_mIoU"), "final_aAcc": last_row.get("eval_aAcc")}
 
 
 @torch.no_grad()
-def evaluate_segmentation(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device,
-                          amp: Optional[AmpPlan] = None, info: Optional[dist_utils.DistInfo] = None,
-                          progress: bool = True, desc: str = "eval", mode: str = "whole", crop: int = 512,
-                          stride: Optional[int] = None) -> dict[str, Any]:
+def evaluate_segmentation(
+    model: nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    device: torch.device,
+    amp: Optional[AmpPlan] = None,
+    info: Optional[dist_utils.DistInfo] = None,
+    progress: bool = True,
+    desc: str = "eval",
+    mode: str = "whole",
+    crop: int = 512,
+    stride: Optional[int] = None,
+) -> dict[str, Any]:
     """mIoU, per-class IoU and pixel accuracy (%) and the mean per-pixel loss over the loader's shard, with
     every rank's confusion matrix summed. Each image is segmented at its own size (``datvit.dense.segment``:
     padded to the network's multiple and cropped back, or by sliding windows)."""
@@ -506,9 +607,16 @@ def evaluate_segmentation(model: nn.Module, loader: DataLoader, num_classes: int
         for image, mask in zip(batch.images, batch.targets):
             image = image.to(device)
             mask = mask.to(device).long()
-            with autocast(device, amp):   # scored at the label's size, as mmseg (the image may be rescaled)
-                logits = segment(model, image[None], num_classes, mode=mode, crop=crop,
-                                 stride=stride or max(1, crop * 2 // 3), out_size=mask.shape[-2:])
+            with autocast(device, amp):  # scored at the label's size, as mmseg (the image may be rescaled)
+                logits = segment(
+                    model,
+                    image[None],
+                    num_classes,
+                    mode=mode,
+                    crop=crop,
+                    stride=stride or max(1, crop * 2 // 3),
+                    out_size=mask.shape[-2:],
+                )
             logits = logits.float()
             valid = int((mask != 255).sum())
             if valid:

@@ -12,6 +12,7 @@ image is smaller), flip, photometric distortion, normalise. mmseg's ``cat_max_ra
 reproduced. Evaluation rescales the image only (to fit 2048×512) and keeps the label at its full size, as mmseg
 scores at the original resolution (resize the logits back, ``segment(..., out_size=label.shape)``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -49,8 +50,9 @@ class RandomRescale(v2.Transform):
         return dict(size=list(rescale_size(h, w, [s * ratio for s in self.scale])))
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
-        return self._call_kernel(TF.resize, inpt, params["size"], interpolation=v2.InterpolationMode.BILINEAR,
-                                 antialias=True)
+        return self._call_kernel(
+            TF.resize, inpt, params["size"], interpolation=v2.InterpolationMode.BILINEAR, antialias=True
+        )
 
 
 class RandomSizeCrop(v2.Transform):
@@ -73,9 +75,14 @@ class RandomSizeCrop(v2.Transform):
         return self._call_kernel(TF.crop, inpt, **params)
 
 
-def detection_transforms(train: bool, flip: float = 0.5, crop_prob: float = 0.5,
-                         crop_resize: Sequence[int] = (400, 500, 600), crop_range: Sequence[int] = (384, 600),
-                         max_size: int = 1333) -> v2.Compose:
+def detection_transforms(
+    train: bool,
+    flip: float = 0.5,
+    crop_prob: float = 0.5,
+    crop_resize: Sequence[int] = (400, 500, 600),
+    crop_range: Sequence[int] = (384, 600),
+    max_size: int = 1333,
+) -> v2.Compose:
     """Train: flip + (with ``crop_prob``) DETR's resize-and-crop; boxes cropped away are removed with their labels
     and masks. The multi-scale resize is the detector's (``DetectorConfig.min_size`` as a tuple). Eval: nothing
     (the detector resizes to ``min_size``/``max_size``)."""
@@ -83,8 +90,11 @@ def detection_transforms(train: bool, flip: float = 0.5, crop_prob: float = 0.5,
         return v2.Compose([])
     steps: list[Any] = [v2.RandomHorizontalFlip(flip)]
     if crop_prob > 0:
-        steps.append(v2.RandomApply([v2.RandomShortestSize(list(crop_resize), max_size=max_size),
-                                     RandomSizeCrop(*crop_range)], p=crop_prob))
+        steps.append(
+            v2.RandomApply(
+                [v2.RandomShortestSize(list(crop_resize), max_size=max_size), RandomSizeCrop(*crop_range)], p=crop_prob
+            )
+        )
     steps += [v2.ClampBoundingBoxes(), v2.SanitizeBoundingBoxes(min_size=1)]
     return v2.Compose(steps)
 
@@ -107,10 +117,16 @@ class SegmentationEvalTransform:
         return f"SegmentationEvalTransform(scale={self.scale})"
 
 
-def segmentation_transforms(train: bool, crop: int | Sequence[int] = 512, scale: Sequence[int] = (2048, 512),
-                            ratio_range: Sequence[float] = (0.5, 2.0), flip: float = 0.5, photometric: bool = True,
-                            mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
-                            std: Sequence[float] = IMAGENET_DEFAULT_STD):
+def segmentation_transforms(
+    train: bool,
+    crop: int | Sequence[int] = 512,
+    scale: Sequence[int] = (2048, 512),
+    ratio_range: Sequence[float] = (0.5, 2.0),
+    flip: float = 0.5,
+    photometric: bool = True,
+    mean: Sequence[float] = IMAGENET_DEFAULT_MEAN,
+    std: Sequence[float] = IMAGENET_DEFAULT_STD,
+):
     """The ADE20K recipe (module docstring); ``crop``, ``scale`` (long, short) and ``ratio_range`` set its sizes
     (the authors': 512, (2048, 512), (0.5, 2.0)). Returns a callable ``(image, mask) → (image, mask)``."""
     if not train:
@@ -122,8 +138,13 @@ def segmentation_transforms(train: bool, crop: int | Sequence[int] = 512, scale:
     ]
     if photometric:
         # mmseg: brightness ±32/255, contrast and saturation 0.5–1.5, hue ±18° each with p 0.5, in random order
-        steps.append(v2.RandomPhotometricDistort(brightness=(0.875, 1.125), contrast=(0.5, 1.5),
-                                                 saturation=(0.5, 1.5), hue=(-0.05, 0.05), p=0.5))
-    steps += [v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
-              v2.Normalize(list(mean), list(std))]
+        steps.append(
+            v2.RandomPhotometricDistort(
+                brightness=(0.875, 1.125), contrast=(0.5, 1.5), saturation=(0.5, 1.5), hue=(-0.05, 0.05), p=0.5
+            )
+        )
+    steps += [
+        v2.ToDtype({tv_tensors.Image: torch.float32, "others": None}, scale=True),
+        v2.Normalize(list(mean), list(std)),
+    ]
     return v2.Compose(steps)

@@ -10,6 +10,7 @@ backbone key. Exceptions, reported and warned about: the classifier of a classif
 backbone), and per-stage output norms of stages only one side outputs (a classification file has none; a
 Mask R-CNN file loaded into a RetinaNet has ``norms.0`` too many) — those norms keep their init or are dropped.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,14 +22,24 @@ from typing import Any, Mapping
 from torch import nn
 
 from ..models import DAT
-from ..models.checkpoint import (CheckpointError, describe_architecture, extract_state_dict, fit_state_dict,
-                                 key_mismatches, read_checkpoint)
+from ..models.checkpoint import (
+    CheckpointError,
+    describe_architecture,
+    extract_state_dict,
+    fit_state_dict,
+    key_mismatches,
+    read_checkpoint,
+)
 
 _DENSE_PREFIXES = ("backbone.",)
 # Where the backbone sits inside datvit's own dense models: a torchvision detector (backbone.body.body[.model]) and
 # a Segmenter (net.encoder.model[.model]).
-_DATVIT_DENSE_PREFIXES = ("backbone.body.body.model.", "backbone.body.body.", "net.encoder.model.model.",
-                          "net.encoder.model.")
+_DATVIT_DENSE_PREFIXES = (
+    "backbone.body.body.model.",
+    "backbone.body.body.",
+    "net.encoder.model.model.",
+    "net.encoder.model.",
+)
 _NORM_KEY = re.compile(r"norms\.(\d+)\.")
 
 
@@ -37,11 +48,11 @@ class WeightsReport:
     """What ``load_backbone_weights`` did."""
 
     path: str
-    layout: str                                  # "dense (mmdet/mmseg)", "datvit dense model" or "classification"
-    loaded: int = 0                              # tensors copied into the backbone
+    layout: str  # "dense (mmdet/mmseg)", "datvit dense model" or "classification"
+    loaded: int = 0  # tensors copied into the backbone
     resized: list[str] = field(default_factory=list)
-    ignored: list[str] = field(default_factory=list)      # file keys that are not the backbone's
-    kept_init: list[str] = field(default_factory=list)    # backbone keys the file does not have (norms only)
+    ignored: list[str] = field(default_factory=list)  # file keys that are not the backbone's
+    kept_init: list[str] = field(default_factory=list)  # backbone keys the file does not have (norms only)
 
     def __str__(self) -> str:
         parts = [f"{self.path}: {self.loaded} backbone tensors loaded ({self.layout})"]
@@ -62,11 +73,11 @@ def find_backbone(model: nn.Module) -> nn.Module:
     dat = getattr(model, "dat", None)
     if isinstance(dat, DAT):
         return dat
-    for attr in ("backbone", "body"):          # torchvision detector → BackboneWithFPN → DenseBackbone
+    for attr in ("backbone", "body"):  # torchvision detector → BackboneWithFPN → DenseBackbone
         inner = getattr(model, attr, None)
         if isinstance(inner, nn.Module):
             return find_backbone(inner)
-    net = getattr(model, "net", None)           # Segmenter → smp model → encoder → timm feature extractor
+    net = getattr(model, "net", None)  # Segmenter → smp model → encoder → timm feature extractor
     if net is not None:
         return net.encoder.model
     if hasattr(model, "feature_info"):
@@ -99,7 +110,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, use_ema: bo
     # a datvit detector or segmenter checkpoint: take its backbone
     overlap = len(own.keys() & state.keys())
     for prefix in _DATVIT_DENSE_PREFIXES:
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if len(own.keys() & sub.keys()) > overlap:
             report.layout = "datvit dense model"
             report.ignored += [k for k in state if not k.startswith(prefix)]
@@ -111,8 +122,11 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, use_ema: bo
         classifier = [k for k in state if k.startswith(("cls_norm.", "cls_head.")) and k not in own]
     else:
         head = str((getattr(backbone, "pretrained_cfg", None) or {}).get("classifier", "fc"))
-        classifier = [k for k in state if k not in own and (k.startswith(head + ".") or
-                                                           k.startswith(("fc.", "head.", "classifier.")))]
+        classifier = [
+            k
+            for k in state
+            if k not in own and (k.startswith(head + ".") or k.startswith(("fc.", "head.", "classifier.")))
+        ]
     for k in classifier:
         del state[k]
     report.ignored += classifier
@@ -139,6 +153,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, use_ema: bo
     backbone.load_state_dict(state, strict=True)
     report.loaded = len(state) - len([k for k in report.kept_init if k in state])
     if report.kept_init and layout != "classification":
-        warnings.warn(f"{path}: per-stage norms {report.kept_init} are not in the file and keep their init",
-                      stacklevel=2)
+        warnings.warn(
+            f"{path}: per-stage norms {report.kept_init} are not in the file and keep their init", stacklevel=2
+        )
     return report

@@ -14,6 +14,7 @@ Files written before ``format_version`` existed (datvit 0.1.0 runs) are the same
 version 0. A file without ``arch`` is not a datvit checkpoint (the authors' ``.pth``, a bare state_dict):
 ``DatvitCheckpoint.is_datvit`` is False and its weights are still available.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,13 +61,14 @@ def build_checkpoint(
 @dataclass(frozen=True)
 class DatvitCheckpoint:
     """A checkpoint file read back: datvit's (``is_datvit``) or any other file holding DAT weights."""
+
     source: str
     model: dict[str, torch.Tensor]
     model_ema: Optional[dict[str, torch.Tensor]] = None
     arch: Optional[dict[str, Any]] = None
     data_config: Optional[dict[str, Any]] = None
     class_names: Optional[list[str]] = None
-    format_version: Optional[int] = None       # None: not a datvit checkpoint; 0: datvit before versioning
+    format_version: Optional[int] = None  # None: not a datvit checkpoint; 0: datvit before versioning
     training: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -85,17 +87,24 @@ class DatvitCheckpoint:
 def _check_arch(arch: Any, source: str) -> Optional[dict[str, Any]]:
     if arch is None:
         return None
-    if not (isinstance(arch, Mapping) and isinstance(arch.get("name"), str) and isinstance(arch.get("kwargs"), Mapping)):
-        raise CheckpointError(f"{source}: its 'arch' entry is malformed (expected {{'name': str, 'kwargs': dict}}, "
-                              f"found {type(arch).__name__})")
+    if not (
+        isinstance(arch, Mapping) and isinstance(arch.get("name"), str) and isinstance(arch.get("kwargs"), Mapping)
+    ):
+        raise CheckpointError(
+            f"{source}: its 'arch' entry is malformed (expected {{'name': str, 'kwargs': dict}}, "
+            f"found {type(arch).__name__})"
+        )
     return {"name": arch["name"], "kwargs": dict(arch["kwargs"])}
 
 
 def parse_checkpoint(obj: Any, source: str) -> DatvitCheckpoint:
     """Interpret a loaded checkpoint object (``read_checkpoint``'s result)."""
     source = os.fspath(source)
-    ours = isinstance(obj, Mapping) and isinstance(obj.get("model"), Mapping) and (
-        "format_version" in obj or "arch" in obj)
+    ours = (
+        isinstance(obj, Mapping)
+        and isinstance(obj.get("model"), Mapping)
+        and ("format_version" in obj or "arch" in obj)
+    )
     if not ours:
         ema = None
         if isinstance(obj, Mapping) and isinstance(obj.get("model_ema") or obj.get("state_dict_ema"), Mapping):
@@ -105,15 +114,18 @@ def parse_checkpoint(obj: Any, source: str) -> DatvitCheckpoint:
     if not isinstance(version, int) or version < 0:
         raise CheckpointError(f"{source}: format_version {version!r} is not a version number")
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{source} was written in checkpoint format {version}, newer than this datvit reads "
-                              f"({FORMAT_VERSION}): upgrade datvit")
+        raise CheckpointError(
+            f"{source} was written in checkpoint format {version}, newer than this datvit reads "
+            f"({FORMAT_VERSION}): upgrade datvit"
+        )
     arch = obj.get("arch")
-    if isinstance(arch, str):   # early files recorded only a name
+    if isinstance(arch, str):  # early files recorded only a name
         arch = None
     model = extract_state_dict(obj, source=source)
     ema = obj.get("model_ema")
-    model_ema = extract_state_dict({"model": ema}, source=f"{source} (EMA)") if isinstance(ema, Mapping) and ema \
-        else None
+    model_ema = (
+        extract_state_dict({"model": ema}, source=f"{source} (EMA)") if isinstance(ema, Mapping) and ema else None
+    )
     names = obj.get("class_names")
     if names is not None and not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
         raise CheckpointError(f"{source}: its 'class_names' entry is not a list of strings")
@@ -121,10 +133,15 @@ def parse_checkpoint(obj: Any, source: str) -> DatvitCheckpoint:
     if data_config is not None and not isinstance(data_config, Mapping):
         raise CheckpointError(f"{source}: its 'data_config' entry is not a mapping")
     return DatvitCheckpoint(
-        source, model, model_ema=model_ema, arch=_check_arch(arch, source),
+        source,
+        model,
+        model_ema=model_ema,
+        arch=_check_arch(arch, source),
         data_config=dict(data_config) if data_config is not None else None,
-        class_names=list(names) if names is not None else None, format_version=version,
-        training={k: v for k, v in obj.items() if k not in MODEL_KEYS})
+        class_names=list(names) if names is not None else None,
+        format_version=version,
+        training={k: v for k, v in obj.items() if k not in MODEL_KEYS},
+    )
 
 
 def read_datvit_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False) -> DatvitCheckpoint:
@@ -137,8 +154,11 @@ def describe_arch_difference(saved: Mapping[str, Any], current: Mapping[str, Any
     Regularisation (drop rates) does not change the weights' layout and is ignored."""
     ignored = {"drop_path_rate", "drop_rate", "attn_drop_rate", "proj_drop_rate"}
     a, b = dict(saved.get("kwargs", {})), dict(current.get("kwargs", {}))
-    diffs = [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in sorted((set(a) | set(b)) - ignored)
-             if k not in ignored and _norm(a.get(k)) != _norm(b.get(k))]
+    diffs = [
+        f"{k} {a.get(k)!r} vs {b.get(k)!r}"
+        for k in sorted((set(a) | set(b)) - ignored)
+        if k not in ignored and _norm(a.get(k)) != _norm(b.get(k))
+    ]
     if saved.get("name") != current.get("name") and diffs:
         diffs.insert(0, f"model {saved.get('name')!r} vs {current.get('name')!r}")
     return "; ".join(diffs) if diffs else None

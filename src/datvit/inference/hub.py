@@ -10,6 +10,7 @@ mean, std, crop_pct, crop_mode, interpolation, first_conv, classifier, ...), ``l
 timm name) is written with the registered variant of its generation as ``architecture``: timm builds the same
 network from it, because ``model_args`` sets every constructor argument.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,21 +37,31 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def hub_config(arch: Mapping[str, Any], data_config: Mapping[str, Any], model: torch.nn.Module,
-               class_names: Optional[list[str]] = None) -> dict[str, Any]:
+def hub_config(
+    arch: Mapping[str, Any],
+    data_config: Mapping[str, Any],
+    model: torch.nn.Module,
+    class_names: Optional[list[str]] = None,
+) -> dict[str, Any]:
     """The ``config.json`` dict for a model built from ``arch`` and preprocessed with ``data_config``."""
     kwargs = _jsonable(dict(arch["kwargs"]))
     name = arch["name"]
     if name not in VARIANTS:
         name = "datpp_tiny" if kwargs.get("generation", "v1") == "pp" else "dat_tiny"
     pretrained_cfg = {
-        "tag": "datvit", "custom_load": False,
-        "input_size": list(data_config["input_size"]), "fixed_input_size": False,
+        "tag": "datvit",
+        "custom_load": False,
+        "input_size": list(data_config["input_size"]),
+        "fixed_input_size": False,
         "interpolation": data_config.get("interpolation", "bicubic"),
-        "crop_pct": data_config.get("crop_pct", 0.875), "crop_mode": data_config.get("crop_mode", "center"),
-        "mean": list(data_config["mean"]), "std": list(data_config["std"]),
-        "num_classes": int(model.num_classes), "pool_size": [s // 32 for s in data_config["input_size"][1:]],
-        "first_conv": "patch_proj.0", "classifier": "cls_head",
+        "crop_pct": data_config.get("crop_pct", 0.875),
+        "crop_mode": data_config.get("crop_mode", "center"),
+        "mean": list(data_config["mean"]),
+        "std": list(data_config["std"]),
+        "num_classes": int(model.num_classes),
+        "pool_size": [s // 32 for s in data_config["input_size"][1:]],
+        "first_conv": "patch_proj.0",
+        "classifier": "cls_head",
     }
     config = {
         "architecture": name,
@@ -66,8 +77,9 @@ def hub_config(arch: Mapping[str, Any], data_config: Mapping[str, Any], model: t
     return config
 
 
-def save_hub_directory(directory: str | os.PathLike, state_dict: Mapping[str, torch.Tensor],
-                       config: Mapping[str, Any]) -> tuple[Path, Path]:
+def save_hub_directory(
+    directory: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+) -> tuple[Path, Path]:
     """Write ``model.safetensors`` and ``config.json`` into ``directory`` (each atomically)."""
     from safetensors.torch import save_file
 
@@ -92,8 +104,10 @@ def find_hub_files(path: str | os.PathLike) -> Optional[tuple[Path, Path]]:
     if path.is_dir():
         config = path / CONFIG_NAME
         if not config.is_file():
-            raise CheckpointError(f"{path} is a directory without {CONFIG_NAME}: give a checkpoint file, or a "
-                                  f"directory written by datvit convert ({WEIGHTS_NAME} + {CONFIG_NAME})")
+            raise CheckpointError(
+                f"{path} is a directory without {CONFIG_NAME}: give a checkpoint file, or a "
+                f"directory written by datvit convert ({WEIGHTS_NAME} + {CONFIG_NAME})"
+            )
         return path / WEIGHTS_NAME, config
     if path.name == CONFIG_NAME:
         return path.with_name(WEIGHTS_NAME), path
@@ -131,7 +145,7 @@ def arch_from_hub_config(config: Mapping[str, Any], source: str) -> dict[str, An
     name = config.get("architecture")
     if not isinstance(name, str):
         raise CheckpointError(f"{source}: config.json names no 'architecture'")
-    name = name.split("/")[-1].split(".")[0]   # "timm/dat_tiny.in1k" → "dat_tiny"
+    name = name.split("/")[-1].split(".")[0]  # "timm/dat_tiny.in1k" → "dat_tiny"
     kwargs = dict(config.get("model_args") or {})
     if "num_classes" in config and "num_classes" not in kwargs:
         kwargs["num_classes"] = config["num_classes"]

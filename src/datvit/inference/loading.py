@@ -14,6 +14,7 @@ What it reads (``load_model(checkpoint, model=...)``):
 ``img_size``). Loading is strict (``datvit.load_checkpoint``'s checks) and executes nothing from the file unless
 ``trust_checkpoint=True``.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,8 +27,14 @@ from torch import nn
 
 from ..data.loader import eval_transform as eval_transform  # re-exported: the preprocessing of a LoadedModel
 from ..models.checkpoint import CheckpointError, load_state_dict_checked
-from ..models.factory import (build_model, check_model_arguments, head_size, input_channels, model_from_arch,
-                              resolve_model_kwargs)
+from ..models.factory import (
+    build_model,
+    check_model_arguments,
+    head_size,
+    input_channels,
+    model_from_arch,
+    resolve_model_kwargs,
+)
 from .checkpoint_format import DatvitCheckpoint, parse_checkpoint, read_datvit_checkpoint
 from .hub import arch_from_hub_config, data_config_from_hub_config, find_hub_files, read_hub_config
 
@@ -35,12 +42,13 @@ from .hub import arch_from_hub_config, data_config_from_hub_config, find_hub_fil
 @dataclass
 class LoadedModel:
     """A model ready for inference and what it needs around it."""
-    model: nn.Module                     # in eval mode, on CPU
-    data_config: dict[str, Any]          # timm-style: input_size (C, H, W), mean, std, crop_pct, interpolation
+
+    model: nn.Module  # in eval mode, on CPU
+    data_config: dict[str, Any]  # timm-style: input_size (C, H, W), mean, std, crop_pct, interpolation
     class_names: Optional[list[str]]
-    arch: Optional[dict[str, Any]]       # {"name": ..., "kwargs": {...}}: what rebuilds the model
-    source: str                          # the file it came from
-    checkpoint: Optional[DatvitCheckpoint] = None   # the file's contents (training state of datvit checkpoints)
+    arch: Optional[dict[str, Any]]  # {"name": ..., "kwargs": {...}}: what rebuilds the model
+    source: str  # the file it came from
+    checkpoint: Optional[DatvitCheckpoint] = None  # the file's contents (training state of datvit checkpoints)
 
     @property
     def name(self) -> str:
@@ -62,12 +70,18 @@ def _read(checkpoint: str, use_ema: bool, trust_checkpoint: bool) -> tuple[Datvi
     if not weights.is_file():
         raise FileNotFoundError(f"{config_path.parent} has {config_path.name} but no {weights.name}")
     from ..models.checkpoint import read_checkpoint
+
     contents = parse_checkpoint(read_checkpoint(weights), str(weights))
     arch = arch_from_hub_config(config, str(config_path))
     names = config.get("label_names")
-    return DatvitCheckpoint(str(weights), contents.model, arch=arch, data_config=data_config_from_hub_config(config),
-                            class_names=list(names) if names else None,
-                            format_version=(config.get("datvit") or {}).get("format_version")), config
+    return DatvitCheckpoint(
+        str(weights),
+        contents.model,
+        arch=arch,
+        data_config=data_config_from_hub_config(config),
+        class_names=list(names) if names else None,
+        format_version=(config.get("datvit") or {}).get("format_version"),
+    ), config
 
 
 def resolve_data_config(
@@ -90,8 +104,14 @@ def resolve_data_config(
         base_cfg.setdefault("crop_pct", 0.875)
         base_cfg.setdefault("interpolation", "bicubic")
         base_cfg["input_size"] = (model.in_chans, model.img_size, model.img_size)
-    overrides = {"in_chans": model.in_chans, "img_size": img_size, "crop_pct": crop_pct,
-                 "interpolation": interpolation, "mean": mean, "std": std}
+    overrides = {
+        "in_chans": model.in_chans,
+        "img_size": img_size,
+        "crop_pct": crop_pct,
+        "interpolation": interpolation,
+        "mean": mean,
+        "std": std,
+    }
     if img_size is None:
         overrides["input_size"] = (model.in_chans, *tuple(base_cfg["input_size"])[1:])
     config = timm_resolve_data_config(args=overrides, pretrained_cfg=base_cfg)
@@ -99,8 +119,10 @@ def resolve_data_config(
         values = tuple(float(v) for v in config[key])
         if len(values) != model.in_chans:
             if model.in_chans != 1:
-                raise ValueError(f"the {key} has {len(values)} values for a {model.in_chans}-channel model: "
-                                 f"give {model.in_chans} values")
+                raise ValueError(
+                    f"the {key} has {len(values)} values for a {model.in_chans}-channel model: "
+                    f"give {model.in_chans} values"
+                )
             values = (sum(values) / len(values),)
         config[key] = values
     size = tuple(int(s) for s in config["input_size"])
@@ -130,8 +152,9 @@ def load_model(
     if checkpoint is None:
         if model is None:
             raise ValueError("give a checkpoint, a model name, or both")
-        kwargs = resolve_model_kwargs(model, None, model_kwargs, num_classes=num_classes, in_chans=in_chans,
-                                      img_size=img_size)
+        kwargs = resolve_model_kwargs(
+            model, None, model_kwargs, num_classes=num_classes, in_chans=in_chans, img_size=img_size
+        )
         net = build_model(model, kwargs).eval()
         return LoadedModel(net, resolve_data_config(None, net), None, {"name": model, "kwargs": kwargs}, model)
     source = os.fspath(checkpoint)
@@ -139,12 +162,18 @@ def load_model(
         check_model_arguments(model_kwargs)
     contents, _ = _read(source, use_ema, trust_checkpoint)
     state = contents.state_dict(use_ema)
-    fixed = dict(num_classes=num_classes or head_size(state), in_chans=in_chans or input_channels(state),
-                 img_size=img_size)
+    fixed = dict(
+        num_classes=num_classes or head_size(state), in_chans=in_chans or input_channels(state), img_size=img_size
+    )
     if contents.arch is not None and model is None:
-        arch = {"name": contents.arch["name"],
-                "kwargs": {**contents.arch["kwargs"], **dict(model_kwargs or {}),
-                           **{k: v for k, v in fixed.items() if v is not None}}}
+        arch = {
+            "name": contents.arch["name"],
+            "kwargs": {
+                **contents.arch["kwargs"],
+                **dict(model_kwargs or {}),
+                **{k: v for k, v in fixed.items() if v is not None},
+            },
+        }
         try:
             net = model_from_arch(arch)
         except (TypeError, ValueError) as e:
@@ -154,10 +183,15 @@ def load_model(
         arch = {"name": model, "kwargs": kwargs}
         net = build_model(model, kwargs)
     else:
-        raise CheckpointError(f"{source} does not record its architecture (the authors' file or a bare state_dict): "
-                              "pass --model NAME (Python: model=NAME), e.g. --model dat_tiny")
+        raise CheckpointError(
+            f"{source} does not record its architecture (the authors' file or a bare state_dict): "
+            "pass --model NAME (Python: model=NAME), e.g. --model dat_tiny"
+        )
     load_state_dict_checked(net, state, contents.source, reset_head_on_mismatch=False)
     net.eval()
-    data_config = resolve_data_config(contents.data_config if img_size is None or contents.data_config is None
-                                      else {**contents.data_config}, net, img_size=img_size)
+    data_config = resolve_data_config(
+        contents.data_config if img_size is None or contents.data_config is None else {**contents.data_config},
+        net,
+        img_size=img_size,
+    )
     return LoadedModel(net, data_config, contents.class_names, arch, source, contents)

@@ -7,6 +7,7 @@ form on the D block, ``datvit bench levers attention``). This helper uses SDPA f
 and on GPU, and the explicit form for CPU training and for bf16/fp16 on CPU, where CPU's flash kernel does not get
 faster (the explicit form is 1.2–2× faster per attention shape of dat_tiny).
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -18,15 +19,18 @@ from .ops import _needs_grad
 from .tracing import execution_mode
 
 
-def biased_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor],
-                     dropout_p: float = 0.0) -> torch.Tensor:
+def biased_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor], dropout_p: float = 0.0
+) -> torch.Tensor:
     """softmax(q·kᵀ/√c + bias)·v for q: N×…×L×c, k, v: N×…×S×c. ``bias`` is broadcastable to N×…×L×S, or
     has a leading dimension nW that divides N (N = B·nW, windows-minor: a per-window bias repeated over the
     batch). The explicit form adds such a bias by broadcasting over B; SDPA gets it expanded."""
     periodic = bias is not None and bias.dim() == q.dim() and bias.shape[0] not in (1, q.shape[0])
     # one condition, not a named flag: TorchScript refines the Optional bias only inside the test itself
-    if bias is None or not (q.device.type == "cpu" and (q.dtype in (torch.bfloat16, torch.float16)
-                                                        or (bias.requires_grad and torch.is_grad_enabled()))):
+    if bias is None or not (
+        q.device.type == "cpu"
+        and (q.dtype in (torch.bfloat16, torch.float16) or (bias.requires_grad and torch.is_grad_enabled()))
+    ):
         if bias is not None and periodic:
             n = bias.shape[0]
             bias = bias.unsqueeze(0).expand([q.shape[0] // n] + list(bias.shape)).flatten(0, 1)

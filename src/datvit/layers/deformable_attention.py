@@ -9,6 +9,7 @@ grid for the bias). ``forward`` is the fast path: channels-last tokens, the bias
 built in a single broadcast (the heads of a group share its interpolation weights), and
 ``scaled_dot_product_attention`` with the bias as an additive mask.
 """
+
 from __future__ import annotations
 
 from typing import Literal, Optional, Union
@@ -65,8 +66,14 @@ def _reference_axis(n: int, generation: str, dtype: torch.dtype, device: Optiona
 
 
 @register_notrace_function  # branches on the key-grid size (see layers/tracing.py)
-def reference_points(height: int, width: int, generation: str, batch: int = 1, dtype: torch.dtype = torch.float32,
-                     device: Optional[torch.device] = None) -> torch.Tensor:
+def reference_points(
+    height: int,
+    width: int,
+    generation: str,
+    batch: int = 1,
+    dtype: torch.dtype = torch.float32,
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
     """Uniform grid of pixel centres, normalised to [−1, 1], as (batch, H, W, 2) in (y, x) order.
 
     v1 divides by the size: ((i + 0.5) / H)·2 − 1. DAT++ divides by size − 1 (the grid is not centred), which is
@@ -84,8 +91,9 @@ def _query_axis(n: int, dtype: torch.dtype, device: Optional[torch.device]) -> t
 
 
 @register_notrace_function  # branches on the map size (see layers/tracing.py)
-def query_grid(height: int, width: int, generation: str, dtype: torch.dtype = torch.float32,
-               device: Optional[torch.device] = None) -> torch.Tensor:
+def query_grid(
+    height: int, width: int, generation: str, dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None
+) -> torch.Tensor:
     """Normalised positions of the queries (H, W, 2) used for the position bias.
 
     v1 uses its reference-point formula on the query map; DAT++ uses i / (H − 1)·2 − 1 (0 where H is 1).
@@ -133,9 +141,22 @@ class DeformableAttention(nn.Module):
         generation: "v1" or "pp": whose geometric conventions to follow (reference points, offset range).
     """
 
-    def __init__(self, dim: int, heads: int, groups: int, fmap_size: int, stride: int = 1, ksize: int = 3,
-                 offset_range_factor: float = 2.0, use_pe: bool = True, generation: Generation = "v1",
-                 attn_drop: float = 0.0, proj_drop: float = 0.0, no_off: bool = False, dwc_pe: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        groups: int,
+        fmap_size: int,
+        stride: int = 1,
+        ksize: int = 3,
+        offset_range_factor: float = 2.0,
+        use_pe: bool = True,
+        generation: Generation = "v1",
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        no_off: bool = False,
+        dwc_pe: bool = False,
+    ):
         super().__init__()
         if generation not in ("v1", "pp"):
             raise ValueError(f"generation must be 'v1' or 'pp', got {generation!r}")
@@ -148,7 +169,7 @@ class DeformableAttention(nn.Module):
         self.head_dim = dim // heads
         self.group_dim = dim // groups
         self.group_heads = heads // groups
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.fmap_size, self.stride, self.ksize = fmap_size, stride, ksize
         self.offset_range_factor = offset_range_factor
         self.generation = generation
@@ -220,17 +241,18 @@ class DeformableAttention(nn.Module):
         h = F.conv2d(q.permute(0, 3, 1, 2), weight, bias, self.stride, self.offset_conv_padding, groups=self.dim)
         hk, wk = h.shape[-2:]
         h = h.permute(0, 2, 3, 1).reshape(B, hk, wk, self.groups, self.group_dim)
-        h = F.gelu(self.conv_offset[1](h))                           # the LayerNorm
-        off = F.linear(h, pw.weight.flatten(1))                      # B×Hk×Wk×G×2
+        h = F.gelu(self.conv_offset[1](h))  # the LayerNorm
+        off = F.linear(h, pw.weight.flatten(1))  # B×Hk×Wk×G×2
         return off.permute(0, 3, 1, 2, 4).reshape(B * self.groups, hk, wk, 2)
 
-    def forward(self, x: torch.Tensor, return_positions: bool = False
-                ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def forward(
+        self, x: torch.Tensor, return_positions: bool = False
+    ) -> Union[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Fast path. ``x``: B×H×W×C (normalised). Returns B×H×W×C, and with ``return_positions`` also the
         sampled positions and reference points, each B×G×Hk×Wk×2 (y, x) in [−1, 1]."""
         B, H, W, C = x.shape
         G, heads = self.groups, self.heads
-        if isinstance(self.proj_q, nn.Linear):          # after use_linear_projections() (deployment)
+        if isinstance(self.proj_q, nn.Linear):  # after use_linear_projections() (deployment)
             q = self.proj_q(x)
         else:
             q = pointwise(x, self.proj_q.weight, self.proj_q.bias)
@@ -249,7 +271,7 @@ class DeformableAttention(nn.Module):
             sampled = F.avg_pool2d(x.permute(0, 3, 1, 2), kernel_size=self.stride, stride=self.stride)
             sampled = sampled.reshape(B, C, ns).transpose(1, 2).contiguous()  # B×Ns×C
         else:
-            sampled = sample_channels_last(x, pos, G)                          # B×Ns×C
+            sampled = sample_channels_last(x, pos, G)  # B×Ns×C
         if isinstance(self.proj_k, nn.Linear) and isinstance(self.proj_v, nn.Linear):
             k = self.proj_k(sampled).view(B, ns, heads, self.head_dim).transpose(1, 2)
             v = self.proj_v(sampled).view(B, ns, heads, self.head_dim).transpose(1, 2)
@@ -266,8 +288,7 @@ class DeformableAttention(nn.Module):
         bias: Optional[torch.Tensor] = None
         if self.rpe_table is not None and not self.dwc_pe:
             grid = query_grid(H, W, self.generation, pos.dtype, x.device)
-            bias = deformable_position_bias(self.rpe_table.to(pos.dtype), pos.reshape(B, G, ns, 2),
-                                            grid).to(qh.dtype)
+            bias = deformable_position_bias(self.rpe_table.to(pos.dtype), pos.reshape(B, G, ns, 2), grid).to(qh.dtype)
         out: Optional[torch.Tensor] = None
         if not torch.jit.is_scripting():  # capturing is for eager visualisation; TorchScript skips this branch
             if self.capture_attention:
@@ -286,8 +307,9 @@ class DeformableAttention(nn.Module):
         return y
 
     @torch.jit.unused
-    def _attention_captured(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                            bias: Optional[torch.Tensor]) -> torch.Tensor:
+    def _attention_captured(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> torch.Tensor:
         """softmax(q·kᵀ/√c + B)·v with the weights (B×heads×HW×Ns) kept in ``captured_attention``."""
         attn = torch.matmul(q * self.scale, k.transpose(-2, -1))
         if bias is not None:
@@ -317,8 +339,10 @@ class DeformableAttention(nn.Module):
     def reference_forward(self, x: torch.Tensor, return_positions: bool = False):
         """The authors' algorithm on B×C×H×W, step by step."""
         if isinstance(self.proj_q, nn.Linear):
-            raise RuntimeError("the reference path needs the 1×1-conv projections; this module was converted for "
-                               "deployment by use_linear_projections()")
+            raise RuntimeError(
+                "the reference path needs the 1×1-conv projections; this module was converted for "
+                "deployment by use_linear_projections()"
+            )
         B, C, H, W = x.shape
         G, heads, hc = self.groups, self.heads, self.head_dim
         q = self.proj_q(x)
@@ -327,15 +351,16 @@ class DeformableAttention(nn.Module):
         else:
             q_off = q.reshape(B * G, self.group_dim, H, W)
             dw, ln, act, pw = self.conv_offset
-            offset = pw(act(ln.reference_forward(dw(q_off))))         # (B·G)×2×Hk×Wk
+            offset = pw(act(ln.reference_forward(dw(q_off))))  # (B·G)×2×Hk×Wk
         hk, wk = offset.shape[-2:]
         ns = hk * wk
         pos, reference = self._positions(offset.permute(0, 2, 3, 1))
         if self.no_off:
             x_sampled = F.avg_pool2d(x, kernel_size=self.stride, stride=self.stride)
         else:
-            x_sampled = F.grid_sample(x.reshape(B * G, self.group_dim, H, W), pos[..., (1, 0)],
-                                      mode="bilinear", align_corners=True)
+            x_sampled = F.grid_sample(
+                x.reshape(B * G, self.group_dim, H, W), pos[..., (1, 0)], mode="bilinear", align_corners=True
+            )
         x_sampled = x_sampled.reshape(B, C, 1, ns)
         q = q.reshape(B * heads, hc, H * W)
         k = self.proj_k(x_sampled).reshape(B * heads, hc, ns)
@@ -344,10 +369,15 @@ class DeformableAttention(nn.Module):
         if self.rpe_table is not None and not self.dwc_pe:
             rpe_bias = self.rpe_table[None].expand(B, -1, -1, -1)
             grid = query_grid(H, W, self.generation, x.dtype, x.device)[None].expand(B * G, -1, -1, -1)
-            displacement = (grid.reshape(B * G, H * W, 2).unsqueeze(2)
-                            - pos.reshape(B * G, ns, 2).unsqueeze(1)).mul(0.5)
-            attn_bias = F.grid_sample(rpe_bias.reshape(B * G, self.group_heads, *self.rpe_table.shape[-2:]),
-                                      displacement[..., (1, 0)], mode="bilinear", align_corners=True)
+            displacement = (grid.reshape(B * G, H * W, 2).unsqueeze(2) - pos.reshape(B * G, ns, 2).unsqueeze(1)).mul(
+                0.5
+            )
+            attn_bias = F.grid_sample(
+                rpe_bias.reshape(B * G, self.group_heads, *self.rpe_table.shape[-2:]),
+                displacement[..., (1, 0)],
+                mode="bilinear",
+                align_corners=True,
+            )
             attn = attn + attn_bias.reshape(B * heads, H * W, ns)
         attn = self.attn_drop(F.softmax(attn, dim=2))
         out = torch.einsum("bmn,bcn->bcm", attn, v)

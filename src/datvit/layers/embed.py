@@ -1,4 +1,5 @@
 """Stems (image → stage-1 map) and the downsampling layers between stages."""
+
 from __future__ import annotations
 
 import torch
@@ -63,8 +64,11 @@ class Downsample(_ConvNormSequence):
     """Between stages: Conv (2×2 s2 for v1, 3×3 s2 p1 for DAT++), no bias → LayerNorm. Input channels-last."""
 
     def __init__(self, dim_in: int, dim_out: int, overlapping: bool, eps: float = 1e-5):
-        conv = (nn.Conv2d(dim_in, dim_out, 3, 2, 1, bias=False) if overlapping
-                else nn.Conv2d(dim_in, dim_out, 2, 2, 0, bias=False))
+        conv = (
+            nn.Conv2d(dim_in, dim_out, 3, 2, 1, bias=False)
+            if overlapping
+            else nn.Conv2d(dim_in, dim_out, 2, 2, 0, bias=False)
+        )
         super().__init__(conv, ChannelLayerNorm(dim_out, eps))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

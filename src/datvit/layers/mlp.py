@@ -1,4 +1,5 @@
 """The two feed-forward networks of DAT: the plain MLP (v1) and the MLP with a depthwise conv (DAT++)."""
+
 from __future__ import annotations
 
 import torch
@@ -64,7 +65,7 @@ class ConvMlp(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B×H×W×C."""
         first, second = self.linear1[0], self.linear2[0]
-        if isinstance(first, nn.Linear):        # after use_linear_projections() (deployment)
+        if isinstance(first, nn.Linear):  # after use_linear_projections() (deployment)
             h = first(x)
         else:
             h = pointwise(x, first.weight, first.bias)
@@ -86,8 +87,10 @@ class ConvMlp(nn.Module):
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B×C×H×W."""
         if isinstance(self.linear1[0], nn.Linear):
-            raise RuntimeError("the reference path needs the 1×1 convolutions; this module was converted for "
-                               "deployment by use_linear_projections()")
+            raise RuntimeError(
+                "the reference path needs the 1×1 convolutions; this module was converted for "
+                "deployment by use_linear_projections()"
+            )
         h = self.linear1(x)
         h = h + self.dwc(h)
         h = self.drop1(self.act(h))

@@ -10,6 +10,7 @@ Two implementations: ``reference_forward`` gathers each query's k×k keys explic
 windows, and runs one ``scaled_dot_product_attention`` with the bias and the out-of-window mask as an additive mask;
 maps up to 2t on a side are one tile (the whole map), which needs no halo copies at all.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -39,14 +40,14 @@ def neighborhood_attention_gather(q, k, v, rpb, kernel_size: int, attn_drop: nn.
     B, heads, H, W, c = q.shape
     ks = kernel_size
     ar = torch.arange(ks, device=q.device)
-    rows = window_starts(H, ks, q.device)[:, None] + ar          # H×k key rows of each query row
-    cols = window_starts(W, ks, q.device)[:, None] + ar          # W×k
+    rows = window_starts(H, ks, q.device)[:, None] + ar  # H×k key rows of each query row
+    cols = window_starts(W, ks, q.device)[:, None] + ar  # W×k
     k_n = k[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # B×h×H×W×k×k×c
     v_n = v[:, :, rows[:, None, :, None], cols[None, :, None, :]]
     attn = torch.einsum("bhijc,bhijxyc->bhijxy", q, k_n)
     dy = rows - torch.arange(H, device=q.device)[:, None] + ks - 1  # H×k
     dx = cols - torch.arange(W, device=q.device)[:, None] + ks - 1  # W×k
-    bias = rpb[:, dy[:, None, :, None], dx[None, :, None, :]]        # h×H×W×k×k
+    bias = rpb[:, dy[:, None, :, None], dx[None, :, None, :]]  # h×H×W×k×k
     attn = attn + bias.unsqueeze(0)
     attn = attn.reshape(B, heads, H, W, ks * ks).softmax(dim=-1).reshape(B, heads, H, W, ks, ks)
     if attn_drop is not None:
@@ -63,18 +64,20 @@ def _tile_halo(length: int, tile: int, kernel_size: int, device: Optional[torch.
     n_tiles = -(-length // tile)
     halo = min(tile + kernel_size - 1, length)
     starts = (torch.arange(n_tiles, device=device) * tile - kernel_size // 2).clamp(0, length - halo)
-    keys = starts[:, None] + torch.arange(halo, device=device)                       # n×L_k
-    queries = (torch.arange(n_tiles, device=device)[:, None] * tile
-               + torch.arange(tile, device=device)).clamp(max=length - 1)             # n×t (padding → last row)
-    first = window_starts(length, kernel_size, device)[queries]                      # n×t
+    keys = starts[:, None] + torch.arange(halo, device=device)  # n×L_k
+    queries = (torch.arange(n_tiles, device=device)[:, None] * tile + torch.arange(tile, device=device)).clamp(
+        max=length - 1
+    )  # n×t (padding → last row)
+    first = window_starts(length, kernel_size, device)[queries]  # n×t
     inside = (keys[:, None, :] >= first[:, :, None]) & (keys[:, None, :] < first[:, :, None] + kernel_size)
     bias_index = (keys[:, None, :] - queries[:, :, None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
     return keys, inside, bias_index
 
 
 @register_notrace_function  # chooses the tiling from the map size (see layers/tracing.py)
-def neighborhood_attention_tiled(qkv: torch.Tensor, rpb: torch.Tensor, kernel_size: int, tile: int = 7,
-                                 dropout_p: float = 0.0) -> torch.Tensor:
+def neighborhood_attention_tiled(
+    qkv: torch.Tensor, rpb: torch.Tensor, kernel_size: int, tile: int = 7, dropout_p: float = 0.0
+) -> torch.Tensor:
     """Fast NA by query tiles and SDPA. ``qkv``: B×H×W×3×heads×c (the projection's output, q not scaled).
 
     Returns B×H×W×(heads·c). The halos are cut with two ``index_select`` calls (rows, then columns) on the
@@ -87,7 +90,7 @@ def neighborhood_attention_tiled(qkv: torch.Tensor, rpb: torch.Tensor, kernel_si
         q, k, v = qkv.view(B, H * W, 3, heads, c).permute(2, 0, 3, 1, 4).unbind(0)  # B×heads×HW×c views
         rows, in_y, by = _tile_halo(H, H, kernel_size, qkv.device)
         cols, in_x, bx = _tile_halo(W, W, kernel_size, qkv.device)
-        bias = rpb[:, by[0][:, None, :, None], bx[0][None, :, None, :]]            # heads×H×W×H×W
+        bias = rpb[:, by[0][:, None, :, None], bx[0][None, :, None, :]]  # heads×H×W×H×W
         inside = in_y[0][:, None, :, None] & in_x[0][None, :, None, :]
         mask = bias.masked_fill(~inside, float("-inf")).reshape(1, heads, H * W, H * W)
         out = biased_attention(q, k, v, mask.to(q.dtype), dropout_p)
@@ -100,8 +103,8 @@ def neighborhood_attention_tiled(qkv: torch.Tensor, rpb: torch.Tensor, kernel_si
     n_tiles = heads * nty * ntx
 
     # heads-major copy of q, k, v (one pass), then one index_select per tensor straight into the tile layout
-    qkv = qkv.view(B, H * W, 3, heads, c).permute(2, 0, 3, 1, 4).contiguous()   # 3×B×heads×HW×c
-    halo = (rows[:, None, :, None] * W + cols[None, :, None, :]).flatten()       # nty×ntx×lky×lkx
+    qkv = qkv.view(B, H * W, 3, heads, c).permute(2, 0, 3, 1, 4).contiguous()  # 3×B×heads×HW×c
+    halo = (rows[:, None, :, None] * W + cols[None, :, None, :]).flatten()  # nty×ntx×lky×lkx
     q_rows = (torch.arange(nty * ty, device=qkv.device).clamp(max=H - 1)).view(nty, ty)
     q_cols = (torch.arange(ntx * tx, device=qkv.device).clamp(max=W - 1)).view(ntx, tx)
     tiles = (q_rows[:, None, :, None] * W + q_cols[None, :, None, :]).flatten()  # nty×ntx×ty×tx (padding → edge)
@@ -176,15 +179,16 @@ torch.fx.wrap("pad_to_kernel")
 class NeighborhoodAttention2D(nn.Module):
     """k×k neighborhood self-attention with relative position bias. Keys ``qkv``, ``proj``, ``rpb`` (NATTEN's)."""
 
-    def __init__(self, dim: int, kernel_size: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 tile_size: int = 7):
+    def __init__(
+        self, dim: int, kernel_size: int, heads: int, attn_drop: float = 0.0, proj_drop: float = 0.0, tile_size: int = 7
+    ):
         super().__init__()
         if kernel_size < 2 or kernel_size % 2 == 0:
             raise ValueError(f"neighborhood kernel must be odd and > 1, got {kernel_size}")
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads, self.head_dim, self.kernel_size = heads, dim // heads, kernel_size
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.tile_size = tile_size
         # flex_attention on CUDA in eager mode (None = auto); the tiled SDPA path everywhere else, including
         # inside torch.compile, where it compiles without graph breaks.

@@ -1,6 +1,7 @@
 """The fast paths' kernels on channels-last tokens (B×H×W×C): token projections, the depthwise residual
 convolution, and bilinear sampling. Each picks its kernel from the execution mode (``layers/tracing.py``) and is
 the plain PyTorch op wherever a faster kernel does not apply."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -47,6 +48,7 @@ def _conv_linear(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 # may give the view's size-1 dimensions stride 0 (with dynamic shapes it does); oneDNN then no longer recognises
 # the map as channels-last, computes in NCHW and returns a layout the compiled graph does not expect.
 
+
 @torch.library.custom_op("datvit::onednn_linear", mutates_args=())
 def _onednn_linear_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     return _conv_linear(x.contiguous(), weight, bias)
@@ -58,18 +60,30 @@ def _onednn_linear_shape(x: torch.Tensor, weight: torch.Tensor, bias: Optional[t
 
 
 @torch.library.custom_op("datvit::onednn_linear_backward", mutates_args=())
-def _onednn_linear_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
-                               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _onednn_linear_backward_op(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     grad, x = grad.contiguous(), x.contiguous()
     grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-        _token_map(grad), _token_map(x), weight[:, :, None, None], None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-        [True, True, False])
+        _token_map(grad),
+        _token_map(x),
+        weight[:, :, None, None],
+        None,
+        [1, 1],
+        [0, 0],
+        [1, 1],
+        False,
+        [0, 0],
+        1,
+        [True, True, False],
+    )
     return _map_tokens(grad_x), grad_w.flatten(1)
 
 
 @_onednn_linear_backward_op.register_fake
-def _onednn_linear_backward_shape(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
-                                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def _onednn_linear_backward_shape(
+    grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     return x.new_empty(x.shape), weight.new_empty(weight.shape)
 
 
@@ -109,20 +123,32 @@ def _onednn_operands(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if not (mode is ExecutionMode.EAGER_CPU or mode is ExecutionMode.COMPILED):
         return None
     # compiled graphs run on any device: the oneDNN convolution is for CPU tensors
-    if not (x.device.type == "cpu" and type(weight) in (torch.Tensor, nn.Parameter)
-            and type(x) in (torch.Tensor, nn.Parameter) and x.numel() > 0):
+    if not (
+        x.device.type == "cpu"
+        and type(weight) in (torch.Tensor, nn.Parameter)
+        and type(x) in (torch.Tensor, nn.Parameter)
+        and x.numel() > 0
+    ):
         return None
     compiled = mode is ExecutionMode.COMPILED
     if torch.is_autocast_enabled("cpu"):
         # the casts autocast would make for F.linear; the convolution then sees bf16 only
         dtype = torch.get_autocast_dtype("cpu")
-        if (compiled or dtype != torch.bfloat16 or not _NATIVE_BF16 or x.dtype not in _FLOATS
-                or weight.dtype not in _FLOATS):
+        if (
+            compiled
+            or dtype != torch.bfloat16
+            or not _NATIVE_BF16
+            or x.dtype not in _FLOATS
+            or weight.dtype not in _FLOATS
+        ):
             return None
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
-    elif not (x.dtype == weight.dtype and (bias is None or bias.dtype == x.dtype)
-              and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _NATIVE_BF16 and not compiled))):
+    elif not (
+        x.dtype == weight.dtype
+        and (bias is None or bias.dtype == x.dtype)
+        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _NATIVE_BF16 and not compiled))
+    ):
         return None
     return x, weight, bias, compiled
 
@@ -164,7 +190,7 @@ _POINTWISE_CONV = _pointwise_conv_op()
 def _post_op_operands(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
     """``_onednn_operands`` where a oneDNN post-op may be fused: eager (under torch.compile inductor runs its
     own GELU kernel), no gradients needed, the op present; else None."""
-    operands = _onednn_operands(x, weight, bias)     # first: it returns None while tracing (no grad flags)
+    operands = _onednn_operands(x, weight, bias)  # first: it returns None while tracing (no grad flags)
     if operands is None or operands[3] or _POINTWISE_CONV is None or _needs_grad(x, weight, bias):
         return None
     return operands
@@ -179,14 +205,25 @@ def _onednn_linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
         return None
     x, weight, bias, _ = operands
     c_in = x.shape[-1]
-    y = _POINTWISE_CONV(_token_map(x.reshape(-1, c_in).contiguous()), weight[:, :, None, None], bias, [0, 0], [1, 1],
-                        [1, 1], 1, "gelu", [], "none")
+    y = _POINTWISE_CONV(
+        _token_map(x.reshape(-1, c_in).contiguous()),
+        weight[:, :, None, None],
+        bias,
+        [0, 0],
+        [1, 1],
+        [1, 1],
+        1,
+        "gelu",
+        [],
+        "none",
+    )
     return _map_tokens(y).reshape(x.shape[:-1] + (weight.shape[0],))
 
 
 # The public kernels below run in TorchScript too. Each tries its fast path behind a literal
 # ``torch.jit.is_scripting()`` check, which TorchScript folds at compile time, dropping the Python-only branch (see
 # ``execution_mode``); scripted code then always takes the plain op.
+
 
 def dense(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` on tokens (..., C_in) → (..., C_out), through oneDNN on CPU in float32 (and
@@ -221,8 +258,13 @@ def linear_from_pointwise_conv(conv: nn.Conv2d) -> nn.Linear:
     """An ``nn.Linear`` computing what the 1×1 ``conv`` computes on channels-last tokens (same weights, copied)."""
     if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.stride != (1, 1):
         raise ValueError(f"not a pointwise convolution: {conv}")
-    linear = nn.Linear(conv.in_channels, conv.out_channels, bias=conv.bias is not None,
-                       device=conv.weight.device, dtype=conv.weight.dtype)
+    linear = nn.Linear(
+        conv.in_channels,
+        conv.out_channels,
+        bias=conv.bias is not None,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
     with torch.no_grad():
         linear.weight.copy_(conv.weight.flatten(1))
         if conv.bias is not None:
@@ -231,6 +273,7 @@ def linear_from_pointwise_conv(conv: nn.Conv2d) -> nn.Linear:
 
 
 # -- convolutions on channels-last maps --------------------------------------------------------------------------
+
 
 def conv2d_channels_last(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """Run ``conv`` on a B×H×W×C tensor and return B×H'×W'×C'.
@@ -247,8 +290,9 @@ def to_channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.jit.unused
-def _onednn_conv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: list[int]
-                      ) -> Optional[torch.Tensor]:
+def _onednn_conv_gelu(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: list[int]
+) -> Optional[torch.Tensor]:
     """GELU(depthwise conv) with the GELU as oneDNN post-op, under the conditions of ``_onednn_linear_gelu``."""
     operands = _post_op_operands(x, weight, bias)
     if operands is None:
@@ -257,8 +301,9 @@ def _onednn_conv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     return _POINTWISE_CONV(x, weight, bias, padding, [1, 1], [1, 1], weight.shape[0], "gelu", [], "none")
 
 
-def residual_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                            gelu: bool = False) -> torch.Tensor:
+def residual_depthwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gelu: bool = False
+) -> torch.Tensor:
     """``x + conv(x)`` on B×H×W×C for a depthwise, stride-1, same-padded ``conv`` (given by its ``weight``,
     C×1×k×k, and ``bias``), as a single convolution; with ``gelu``, ``GELU(x + conv(x))`` (exact GELU; fused
     into the convolution as oneDNN's post-op in eager CPU inference).
@@ -268,8 +313,10 @@ def residual_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
     """
     k = weight.shape[-2:]
     # the centre-tap kernel as a padded 1×1 of ones (no item assignment, which torch.fx cannot trace)
-    identity = F.pad(weight.new_ones(weight.shape[0], weight.shape[1], 1, 1),
-                     [k[1] // 2, k[1] - 1 - k[1] // 2, k[0] // 2, k[0] - 1 - k[0] // 2])
+    identity = F.pad(
+        weight.new_ones(weight.shape[0], weight.shape[1], 1, 1),
+        [k[1] // 2, k[1] - 1 - k[1] // 2, k[0] // 2, k[0] - 1 - k[0] // 2],
+    )
     padding = [k[0] // 2, k[1] // 2]
     x_map = x.permute(0, 3, 1, 2)
     if gelu and not torch.jit.is_scripting():
@@ -290,6 +337,7 @@ def residual_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optiona
 # (and its backward kernel for training); eager, TorchScript, torch.fx, torch.export and ONNX export see
 # ``F.grid_sample``.
 
+
 @torch.library.custom_op("datvit::grid_sample_bilinear", mutates_args=())
 def _grid_sample_op(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     # interpolation 0 = bilinear, padding 0 = zeros, align_corners=True
@@ -309,7 +357,8 @@ def _grid_sample_backward(ctx, grad: torch.Tensor):
     input, grid = ctx.saved_tensors
     need_input, need_grid = ctx.needs_input_grad
     grad_input, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
-        grad.contiguous(), input, grid, 0, 0, True, [need_input, need_grid])
+        grad.contiguous(), input, grid, 0, 0, True, [need_input, need_grid]
+    )
     return (grad_input if need_input else None), (grad_grid if need_grid else None)
 
 
@@ -326,8 +375,9 @@ def grid_sample_bilinear(input: torch.Tensor, grid: torch.Tensor) -> torch.Tenso
 
 
 @torch.jit.unused
-def _bilinear_corners(pos: torch.Tensor, batch: int, height: int, width: int, groups: int
-                      ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _bilinear_corners(
+    pos: torch.Tensor, batch: int, height: int, width: int, groups: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The four bilinear corners of ``pos`` ((B·G)×hk×wk×2, (y, x), align_corners=True) on an H×W map: for each,
     the row-major pixel index (B×G×Ns, clamped into the map) and the weight (B×G×Ns, zero where the corner lies
     outside — ``grid_sample``'s zero padding)."""
@@ -357,7 +407,7 @@ def _gather_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> to
     g = torch.arange(groups, device=x.device).view(1, groups, 1)
     out = None
     for index, weight in _bilinear_corners(pos, B, H, W, groups):
-        corner = rows[b, index, g].to(pos.dtype)                                  # B×G×Ns×C/G
+        corner = rows[b, index, g].to(pos.dtype)  # B×G×Ns×C/G
         out = weight.unsqueeze(-1) * corner if out is None else out + weight.unsqueeze(-1) * corner
     assert out is not None
     return out.transpose(1, 2).reshape(B, ns, C).to(x.dtype)
@@ -374,11 +424,15 @@ def _embedding_bag_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int
     corners = _bilinear_corners(pos, B, H, W, groups)
     image = torch.arange(B, device=x.device).view(B, 1, 1) * (H * W)
     group = torch.arange(groups, device=x.device).view(1, groups, 1)
-    rows = torch.stack([(image + index) * groups + group for index, _ in corners], -1)     # B×G×Ns×4
+    rows = torch.stack([(image + index) * groups + group for index, _ in corners], -1)  # B×G×Ns×4
     weights = torch.stack([weight for _, weight in corners], -1)
     table = x.reshape(B * H * W * groups, C // groups).to(pos.dtype)
-    out = F.embedding_bag(rows.transpose(1, 2).reshape(-1, 4), table,
-                          per_sample_weights=weights.transpose(1, 2).reshape(-1, 4), mode="sum")
+    out = F.embedding_bag(
+        rows.transpose(1, 2).reshape(-1, 4),
+        table,
+        per_sample_weights=weights.transpose(1, 2).reshape(-1, 4),
+        mode="sum",
+    )
     return out.view(B, ns, C).to(x.dtype)
 
 
@@ -399,8 +453,7 @@ def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> tor
         if mode is ExecutionMode.COMPILED:
             if not _needs_grad(x, pos):
                 return _gather_channels_last(x, pos, groups)
-        elif (mode is ExecutionMode.EAGER_CPU and pos.dtype in (torch.float32, torch.float64)
-              and x.is_floating_point()):
+        elif mode is ExecutionMode.EAGER_CPU and pos.dtype in (torch.float32, torch.float64) and x.is_floating_point():
             return _embedding_bag_channels_last(x, pos, groups)
     B, H, W, C = x.shape
     hk, wk = pos.shape[1], pos.shape[2]

@@ -22,6 +22,7 @@ divisor ``max(n − 1, 1)``, the choice of neighborhood tiling) cannot be traced
 ``register_notrace_function`` (timm's ``features_only=True, feature_cls='fx'``), the mechanism timm's Swin uses
 for ``window_reverse``.
 """
+
 from __future__ import annotations
 
 import enum
@@ -34,13 +35,13 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 class ExecutionMode(enum.Enum):
     """The kinds of call :func:`execution_mode` tells apart."""
 
-    EAGER_CPU = "eager_cpu"          # plain Python execution on CPU tensors
-    EAGER_OTHER = "eager_other"      # plain Python execution on another device (CUDA, meta, …)
-    COMPILED = "compiled"            # dynamo tracing for torch.compile (inductor or another backend), not export
-    FX_TRACING = "fx_tracing"        # torch.fx.symbolic_trace (timm's and torchvision's feature extractors)
-    JIT_TRACING = "jit_tracing"      # torch.jit.trace
-    SCRIPTED = "scripted"            # TorchScript code (torch.jit.script)
-    EXPORTING = "exporting"          # torch.export, and the ONNX exporter built on it (dynamo=True)
+    EAGER_CPU = "eager_cpu"  # plain Python execution on CPU tensors
+    EAGER_OTHER = "eager_other"  # plain Python execution on another device (CUDA, meta, …)
+    COMPILED = "compiled"  # dynamo tracing for torch.compile (inductor or another backend), not export
+    FX_TRACING = "fx_tracing"  # torch.fx.symbolic_trace (timm's and torchvision's feature extractors)
+    JIT_TRACING = "jit_tracing"  # torch.jit.trace
+    SCRIPTED = "scripted"  # TorchScript code (torch.jit.script)
+    EXPORTING = "exporting"  # torch.export, and the ONNX exporter built on it (dynamo=True)
 
     @property
     def is_eager(self) -> bool:

@@ -4,6 +4,7 @@ The authors' code needs H and W to be multiples of the window. Here the map is p
 window, padded keys are masked out, and the shifted-window region mask is computed for the actual (padded) size.
 At the configured size nothing is padded and the result is the authors'.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -74,8 +75,9 @@ def window_attention_mask(
 
 
 @register_notrace_function  # sizes are Proxies under torch.fx (see layers/tracing.py)
-def window_token_index(height: int, width: int, window_size: int, shift_size: int,
-                       device: Optional[torch.device] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def window_token_index(
+    height: int, width: int, window_size: int, shift_size: int, device: Optional[torch.device] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token orders for window attention on an H×W map (row-major tokens).
 
     ``gather`` lists, window by window, the token at every slot of the map padded to the window and rolled by
@@ -84,22 +86,30 @@ def window_token_index(height: int, width: int, window_size: int, shift_size: in
     """
     w, s = window_size, shift_size
     hp, wp = height + (-height) % w, width + (-width) % w
-    ys = (torch.arange(hp, device=device) + s) % hp            # padded-map row shown at each rolled row
+    ys = (torch.arange(hp, device=device) + s) % hp  # padded-map row shown at each rolled row
     xs = (torch.arange(wp, device=device) + s) % wp
     tokens = ys.clamp(max=height - 1)[:, None] * width + xs.clamp(max=width - 1)[None, :]
     gather = tokens.view(hp // w, w, wp // w, w).transpose(1, 2).reshape(-1)
     ry = (torch.arange(height, device=device) + (hp - s)) % hp  # rolled row of each real row (operands kept ≥ 0:
-    rx = (torch.arange(width, device=device) + (wp - s)) % wp   # inductor cannot bound a modulo of negatives)
-    scatter = (((ry // w)[:, None] * (wp // w) + (rx // w)[None, :]) * (w * w)
-               + (ry % w)[:, None] * w + (rx % w)[None, :])
+    rx = (torch.arange(width, device=device) + (wp - s)) % wp  # inductor cannot bound a modulo of negatives)
+    scatter = (
+        ((ry // w)[:, None] * (wp // w) + (rx // w)[None, :]) * (w * w) + (ry % w)[:, None] * w + (rx % w)[None, :]
+    )
     return gather, scatter.reshape(-1)
 
 
 @register_notrace_function  # branches on the map size (see layers/tracing.py)
-def window_layout(height: int, width: int, window_size: int, shift_size: int, cached_size: int,
-                  cached_gather: torch.Tensor, cached_scatter: torch.Tensor, cached_mask: Optional[torch.Tensor],
-                  device: Optional[torch.device] = None
-                  ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def window_layout(
+    height: int,
+    width: int,
+    window_size: int,
+    shift_size: int,
+    cached_size: int,
+    cached_gather: torch.Tensor,
+    cached_scatter: torch.Tensor,
+    cached_mask: Optional[torch.Tensor],
+    device: Optional[torch.device] = None,
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """``window_token_index`` and the region/padding mask of window attention on an H×W map: the ``cached_*``
     tensors when the map is ``cached_size`` square (built once with the module), else computed for this size.
 
@@ -135,14 +145,21 @@ torch.fx.wrap("biased_attention")
 class LocalAttention(nn.Module):
     """Multi-head self-attention inside non-overlapping w×w windows with a learned relative position bias."""
 
-    def __init__(self, dim: int, heads: int, window_size: int, attn_drop: float = 0.0, proj_drop: float = 0.0,
-                 fmap_size: Optional[int] = None):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        window_size: int,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        fmap_size: Optional[int] = None,
+    ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.dim, self.heads, self.window_size = dim, heads, int(window_size)
         self.head_dim = dim // heads
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.shift_size = 0
         self.proj_qkv = nn.Linear(dim, 3 * dim)
         self.proj_out = nn.Linear(dim, dim)
@@ -161,8 +178,9 @@ class LocalAttention(nn.Module):
         mask: Optional[torch.Tensor] = None
         if self.fmap_size:
             size = self.fmap_size
-            gather, scatter, mask = window_layout(size, size, self.window_size, self.shift_size, 0, gather, scatter,
-                                                  None)
+            gather, scatter, mask = window_layout(
+                size, size, self.window_size, self.shift_size, 0, gather, scatter, None
+            )
         self.register_buffer("layout_gather", gather, persistent=False)
         self.register_buffer("layout_scatter", scatter, persistent=False)
         self.register_buffer("layout_mask", mask, persistent=False)
@@ -191,11 +209,20 @@ class LocalAttention(nn.Module):
         pad_b, pad_r = self._padding(H, W)
         Hp, Wp = H + pad_b, W + pad_r
         num_windows, n = (Hp // w) * (Wp // w), w * w
-        gather, scatter, mask = window_layout(H, W, w, self.shift_size, self.fmap_size, self.layout_gather,
-                                              self.layout_scatter, self.layout_mask, x.device)
-        windows = x.reshape(B, H * W, C).index_select(1, gather)               # B×(nW·w²)×C
+        gather, scatter, mask = window_layout(
+            H,
+            W,
+            w,
+            self.shift_size,
+            self.fmap_size,
+            self.layout_gather,
+            self.layout_scatter,
+            self.layout_mask,
+            x.device,
+        )
+        windows = x.reshape(B, H * W, C).index_select(1, gather)  # B×(nW·w²)×C
         qkv = dense(windows, self.proj_qkv.weight, self.proj_qkv.bias).view(B * num_windows, n, 3, heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)                          # (B·nW)×heads×w²×c views
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B·nW)×heads×w²×c views
 
         bias = windowed_attention_bias(self.relative_position_bias(), mask)
         out = biased_attention(q, k, v, bias.to(q.dtype), self.attn_drop.p if self.training else 0.0)
@@ -241,8 +268,16 @@ class ShiftWindowAttention(LocalAttention):
     forward computes the mask for the actual input size instead.
     """
 
-    def __init__(self, dim: int, heads: int, window_size: int, shift_size: int, fmap_size: int,
-                 attn_drop: float = 0.0, proj_drop: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        window_size: int,
+        shift_size: int,
+        fmap_size: int,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
         super().__init__(dim, heads, window_size, attn_drop, proj_drop)
         if not 0 < shift_size < self.window_size:
             raise ValueError(f"shift size {shift_size} must be in (0, window {self.window_size})")

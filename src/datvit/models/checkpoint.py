@@ -7,6 +7,7 @@ file and vice versa, except the size-dependent buffers (rebuilt), the position t
 authors' loader does, when the model was built for another size) and the per-stage norms of the dense-prediction
 backbones (kept at their init when the file is a classification checkpoint).
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,7 @@ import pickle
 import re
 import warnings
 import zipfile
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -74,8 +75,10 @@ def _describe_foreign_bytes(head: bytes) -> str:
         more = "…" if len(" ".join(text.split())) > 60 else ""
         kind = "HTML" if snippet.lower().startswith(("<!doctype html", "<html")) else "text"
         return f"it holds {kind}, starting {snippet + more!r} (a failed download?)"
-    return f"it starts with bytes {head[:8].hex(' ')}, which are neither a zip archive (torch.save), a pickle nor " \
-           "a safetensors header"
+    return (
+        f"it starts with bytes {head[:8].hex(' ')}, which are neither a zip archive (torch.save), a pickle nor "
+        "a safetensors header"
+    )
 
 
 def _sniff(path: str) -> tuple[str, bytes]:
@@ -88,7 +91,7 @@ def _sniff(path: str) -> tuple[str, bytes]:
         return "zip", head
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100_000_000:
         return "safetensors", head
-    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:   # pickle protocol 2-5 (torch's legacy format)
+    if len(head) > 1 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocol 2-5 (torch's legacy format)
         return "pickle", head
     return "other", head
 
@@ -99,7 +102,7 @@ def _is_torchscript(path: str) -> bool:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError, ValueError):
-        return False   # truncated: torch.load says so below
+        return False  # truncated: torch.load says so below
     return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
 
 
@@ -109,8 +112,10 @@ class _InertUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         import _compat_pickle
+
         from torch._weights_only_unpickler import _get_allowed_globals
-        if (module, name) in _compat_pickle.NAME_MAPPING:     # protocol-2 pickles name Python 2 modules
+
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol-2 pickles name Python 2 modules
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         full = f"{module}.{name}"
@@ -124,6 +129,7 @@ class _InertUnpickler(pickle.Unpickler):
 
 class _InertPickleModule:
     """A ``pickle_module`` for ``torch.load`` whose unpickler executes nothing (see ``_InertUnpickler``)."""
+
     __name__ = "datvit_inert_pickle"
     Unpickler = _InertUnpickler
 
@@ -167,30 +173,50 @@ def read_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False) -> 
     if kind == "safetensors" or (path.endswith(".safetensors") and kind == "other"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
+
         try:
             return load_file(path, device="cpu")
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{path} is not a readable safetensors file (corrupt or truncated?): "
-                                  f"{_first_line(e)}") from e
+            raise CheckpointError(
+                f"{path} is not a readable safetensors file (corrupt or truncated?): {_first_line(e)}"
+            ) from e
     if kind == "other":
         raise CheckpointError(f"{path} is not a PyTorch checkpoint: {_describe_foreign_bytes(head)}")
     if kind == "zip" and _is_torchscript(path):
-        raise CheckpointError(f"{path} is a TorchScript archive (torch.jit.save), not a checkpoint: its weights are "
-                              "torch.jit.load(path).state_dict()")
+        raise CheckpointError(
+            f"{path} is a TorchScript archive (torch.jit.save), not a checkpoint: its weights are "
+            "torch.jit.load(path).state_dict()"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         unsafe = _unsafe_globals(path, kind, e)
         if not unsafe:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): "
-                                  f"{_first_line(e)}") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, IndexError, KeyError, TypeError,
-            AttributeError, MemoryError, OverflowError) as e:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): "
-                              f"{_first_line(e)}") from e
+            raise CheckpointError(
+                f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {_first_line(e)}"
+            ) from e
+    except (
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        OSError,
+        ValueError,
+        IndexError,
+        KeyError,
+        TypeError,
+        AttributeError,
+        MemoryError,
+        OverflowError,
+    ) as e:
+        raise CheckpointError(
+            f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?): {_first_line(e)}"
+        ) from e
     if trust_checkpoint:
-        warnings.warn(f"{path} pickles Python objects besides tensors ({', '.join(unsafe)}); loading it with "
-                      "weights_only=False because the file is trusted (this runs code the file names)", stacklevel=3)
+        warnings.warn(
+            f"{path} pickles Python objects besides tensors ({', '.join(unsafe)}); loading it with "
+            "weights_only=False because the file is trusted (this runs code the file names)",
+            stacklevel=3,
+        )
         try:
             return torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # any failure of an arbitrary pickle
@@ -199,12 +225,15 @@ def read_checkpoint(path: str | os.PathLike, trust_checkpoint: bool = False) -> 
     if code:
         raise CheckpointError(
             f"{path} pickles Python objects that loading would have to import or call ({', '.join(code)}); "
-            f"refused, nothing was executed. Only if you trust the file, load it with {_TRUST_HINT}")
+            f"refused, nothing was executed. Only if you trust the file, load it with {_TRUST_HINT}"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_InertPickleModule)
     except Exception as e:  # the stand-ins could not rebuild it: say what is inside, run nothing else
-        raise CheckpointError(f"{path} pickles {', '.join(unsafe)} in a form datvit cannot read without running "
-                              f"code ({_first_line(e)}); only if you trust the file, load it with {_TRUST_HINT}") from e
+        raise CheckpointError(
+            f"{path} pickles {', '.join(unsafe)} in a form datvit cannot read without running "
+            f"code ({_first_line(e)}); only if you trust the file, load it with {_TRUST_HINT}"
+        ) from e
 
 
 def _describe_object(obj: Any) -> str:
@@ -228,8 +257,10 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = False, source: str = "ch
                 state = checkpoint[key]
                 break
     if not isinstance(state, Mapping) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{source} holds no state_dict: expected a dict of tensors or a dict with 'model', "
-                              f"found {_describe_object(checkpoint)}")
+        raise CheckpointError(
+            f"{source} holds no state_dict: expected a dict of tensors or a dict with 'model', "
+            f"found {_describe_object(checkpoint)}"
+        )
     # "backbone." is mmdet's place for the backbone, stripped from a file of backbone keys only; in a whole
     # detector (datvit's own: backbone, rpn, roi_heads) it is part of every backbone key's name.
     only_backbone = all(str(k).startswith("backbone.") for k in state)
@@ -237,7 +268,7 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = False, source: str = "ch
     for key, value in state.items():
         for prefix in _PREFIXES:
             if key.startswith(prefix) and (prefix != "backbone." or only_backbone):
-                key = key[len(prefix):]
+                key = key[len(prefix) :]
         out[key] = value
     return out
 
@@ -245,7 +276,7 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = False, source: str = "ch
 def resize_relative_position_table(table: torch.Tensor, num_rows: int) -> torch.Tensor:
     """Swin-style ((2w−1)², heads) table → (num_rows, heads), bicubic on the (2w−1)×(2w−1) grid."""
     n, heads = table.shape
-    side, new_side = int(round(n ** 0.5)), int(round(num_rows ** 0.5))
+    side, new_side = int(round(n**0.5)), int(round(num_rows**0.5))
     grid = table.T.reshape(1, heads, side, side).float()
     grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
     return grid.reshape(heads, new_side * new_side).T.to(table.dtype)
@@ -290,8 +321,10 @@ def fit_state_dict(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -> 
         for k in file_norms:
             del out[k]
     if not any(k.startswith("cls_") for k in out) and any(k.startswith("cls_") for k in own):
-        warnings.warn("checkpoint has no classifier (a detection/segmentation backbone): cls_norm and cls_head "
-                      "keep their init", stacklevel=3)
+        warnings.warn(
+            "checkpoint has no classifier (a detection/segmentation backbone): cls_norm and cls_head keep their init",
+            stacklevel=3,
+        )
         out.update({k: v for k, v in own.items() if k.startswith("cls_")})
     return out
 
@@ -303,7 +336,11 @@ def describe_architecture(state_dict: Mapping[str, torch.Tensor]) -> str:
         m = re.match(r"stages\.(\d+)\.attns\.(\d+)\.", key)
         if m:
             depths[int(m[1])] = max(depths.get(int(m[1]), 0), int(m[2]) + 1)
-    dims = [state_dict[k].shape[0] for k in sorted(state_dict) if re.fullmatch(r"stages\.\d+\.layer_norms\.0\.norm\.weight", k)]
+    dims = [
+        state_dict[k].shape[0]
+        for k in sorted(state_dict)
+        if re.fullmatch(r"stages\.\d+\.layer_norms\.0\.norm\.weight", k)
+    ]
     family = "DAT++" if any(".local_perception_units." in k or ".rpb" in k for k in state_dict) else "DAT v1"
     head = state_dict.get("cls_head.weight")
     classes = f", {head.shape[0]} classes" if head is not None else ""
@@ -321,8 +358,11 @@ def key_mismatches(state: Mapping[str, torch.Tensor], own: Mapping[str, torch.Te
     loader below and the dense backbone loader (``datvit.dense.weights``)."""
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                  if k in state and state[k].shape != own[k].shape]
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     parts = []
     if missing:
         parts.append(f"missing keys ({len(missing)}): {_format_keys(missing)}")
@@ -348,8 +388,11 @@ def load_state_dict_checked(
     head_keys = [k for k in ("cls_head.weight", "cls_head.bias") if k in own and k in state]
     other_classes = head_keys and state["cls_head.weight"].shape[0] != own["cls_head.weight"].shape[0]
     if reset_head_on_mismatch and other_classes and all(state[k].shape[1:] == own[k].shape[1:] for k in head_keys):
-        warnings.warn(f"{source}: classifier has {state['cls_head.weight'].shape[0]} classes, the model "
-                      f"{own['cls_head.weight'].shape[0]}; the head is re-initialised", stacklevel=3)
+        warnings.warn(
+            f"{source}: classifier has {state['cls_head.weight'].shape[0]} classes, the model "
+            f"{own['cls_head.weight'].shape[0]}; the head is re-initialised",
+            stacklevel=3,
+        )
         for k in head_keys:
             state[k] = own[k]
     if "cls_head.weight" not in own:  # model without a classifier (num_classes=0 / features)
@@ -357,8 +400,15 @@ def load_state_dict_checked(
             state.pop(k, None)
     differences = key_mismatches(state, own)
     if strict and differences:
-        raise CheckpointError("; ".join([f"{source} does not match the model: file {describe_architecture(state)}, "
-                                         f"model {describe_architecture(own)}"] + differences))
+        raise CheckpointError(
+            "; ".join(
+                [
+                    f"{source} does not match the model: file {describe_architecture(state)}, "
+                    f"model {describe_architecture(own)}"
+                ]
+                + differences
+            )
+        )
     if not strict:
         state = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     model.load_state_dict(state, strict=strict)

@@ -1,5 +1,6 @@
 """The architecture as data: the per-stage configuration ``DATStage`` is built from, the block pattern of each
 generation, the released variants (constructor arguments of ``DAT``), and the authors' config translation."""
+
 from __future__ import annotations
 
 import copy
@@ -63,8 +64,9 @@ class StageConfig:
         object.__setattr__(self, "stage_spec", tuple(self.stage_spec))
         object.__setattr__(self, "drop_path", tuple(self.drop_path))
         if len(self.stage_spec) != self.depth:
-            raise ValueError(f"stage_spec {list(self.stage_spec)} has {len(self.stage_spec)} letters for depth "
-                             f"{self.depth}")
+            raise ValueError(
+                f"stage_spec {list(self.stage_spec)} has {len(self.stage_spec)} letters for depth {self.depth}"
+            )
         if len(self.drop_path) != self.depth:
             raise ValueError(f"drop_path has {len(self.drop_path)} rates for depth {self.depth}")
         for kind in self.stage_spec:
@@ -74,16 +76,37 @@ class StageConfig:
 
 # The authors' per-stage list arguments of DAT, and the StageConfig field each one fills.
 PER_STAGE_ARGUMENTS = {
-    "depths": "depth", "heads": "heads", "stage_spec": "stage_spec", "window_sizes": "window_size",
-    "groups": "groups", "strides": "stride", "offset_range_factor": "offset_range_factor", "use_pes": "use_pe",
-    "ksizes": "ksize", "nat_ksizes": "nat_ksize", "use_dwc_mlps": "use_dwc_mlp", "use_lpus": "use_lpu",
-    "no_offs": "no_off", "dwc_pes": "dwc_pe",
+    "depths": "depth",
+    "heads": "heads",
+    "stage_spec": "stage_spec",
+    "window_sizes": "window_size",
+    "groups": "groups",
+    "strides": "stride",
+    "offset_range_factor": "offset_range_factor",
+    "use_pes": "use_pe",
+    "ksizes": "ksize",
+    "nat_ksizes": "nat_ksize",
+    "use_dwc_mlps": "use_dwc_mlp",
+    "use_lpus": "use_lpu",
+    "no_offs": "no_off",
+    "dwc_pes": "dwc_pe",
 }
 
 
-def stage_configs(dims: Sequence[int], per_stage: Mapping[str, Sequence[Any]], *, dim_stem: int, img_size: int,
-                  patch_size: int, generation: str, expansion: int, drop_rate: float, attn_drop_rate: float,
-                  drop_path_rate: float, layer_norm_eps: float) -> tuple[StageConfig, ...]:
+def stage_configs(
+    dims: Sequence[int],
+    per_stage: Mapping[str, Sequence[Any]],
+    *,
+    dim_stem: int,
+    img_size: int,
+    patch_size: int,
+    generation: str,
+    expansion: int,
+    drop_rate: float,
+    attn_drop_rate: float,
+    drop_path_rate: float,
+    layer_norm_eps: float,
+) -> tuple[StageConfig, ...]:
     """One ``StageConfig`` per stage from ``DAT``'s arguments: ``per_stage`` holds the authors' per-stage lists
     (the keys of ``PER_STAGE_ARGUMENTS``), each with one entry per stage of ``dims``.
 
@@ -101,16 +124,26 @@ def stage_configs(dims: Sequence[int], per_stage: Mapping[str, Sequence[Any]], *
     fmap = img_size // patch_size
     configs = []
     for i in range(num_stages):
-        configs.append(StageConfig(
-            dim_in=dim_stem if i == 0 else dims[i], dim=dims[i], fmap_size=fmap, generation=generation,
-            expansion=expansion, drop=drop_rate, attn_drop=attn_drop_rate,
-            drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])], layer_norm_eps=layer_norm_eps,
-            **{field: per_stage[name][i] for name, field in PER_STAGE_ARGUMENTS.items()}))
+        configs.append(
+            StageConfig(
+                dim_in=dim_stem if i == 0 else dims[i],
+                dim=dims[i],
+                fmap_size=fmap,
+                generation=generation,
+                expansion=expansion,
+                drop=drop_rate,
+                attn_drop=attn_drop_rate,
+                drop_path=dpr[sum(depths[:i]) : sum(depths[: i + 1])],
+                layer_norm_eps=layer_norm_eps,
+                **{field: per_stage[name][i] for name, field in PER_STAGE_ARGUMENTS.items()},
+            )
+        )
         fmap //= 2
     return tuple(configs)
 
 
 # -- the block pattern ---------------------------------------------------------------------------------------------
+
 
 def _alternate(a: str, b: str, depth: int) -> list[str]:
     return [a if i % 2 == 0 else b for i in range(depth)]
@@ -131,34 +164,61 @@ def stage_spec_for(depths: Sequence[int], generation: str) -> list[list[str]]:
 # -- the released variants -----------------------------------------------------------------------------------------
 
 _V1 = dict(
-    generation="v1", patch_size=4, expansion=4, strides=(-1, -1, 1, 1), offset_range_factor=(-1, -1, 2, 2),
-    use_pes=(False, False, True, True), ksizes=(9, 7, 5, 3), use_conv_patches=False,
-    use_dwc_mlps=(False,) * 4, use_lpus=(False,) * 4,
+    generation="v1",
+    patch_size=4,
+    expansion=4,
+    strides=(-1, -1, 1, 1),
+    offset_range_factor=(-1, -1, 2, 2),
+    use_pes=(False, False, True, True),
+    ksizes=(9, 7, 5, 3),
+    use_conv_patches=False,
+    use_dwc_mlps=(False,) * 4,
+    use_lpus=(False,) * 4,
 )
 _PP = dict(
-    generation="pp", patch_size=4, expansion=4, strides=(8, 4, 2, 1), offset_range_factor=(-1, -1, -1, -1),
-    use_pes=(True,) * 4, ksizes=(9, 7, 5, 3), nat_ksizes=(7,) * 4, use_conv_patches=True,
-    use_dwc_mlps=(True,) * 4, use_lpus=(True,) * 4, window_sizes=(7,) * 4,
+    generation="pp",
+    patch_size=4,
+    expansion=4,
+    strides=(8, 4, 2, 1),
+    offset_range_factor=(-1, -1, -1, -1),
+    use_pes=(True,) * 4,
+    ksizes=(9, 7, 5, 3),
+    nat_ksizes=(7,) * 4,
+    use_conv_patches=True,
+    use_dwc_mlps=(True,) * 4,
+    use_lpus=(True,) * 4,
+    window_sizes=(7,) * 4,
 )
 _T = dict(dim_stem=96, dims=(96, 192, 384, 768), heads=(3, 6, 12, 24))
 _B = dict(dim_stem=128, dims=(128, 256, 512, 1024), heads=(4, 8, 16, 32))
 
 MODEL_CONFIGS: dict[str, dict[str, Any]] = {
-    "dat_tiny": dict(_V1, **_T, img_size=224, depths=(2, 2, 6, 2), groups=(-1, -1, 3, 6), window_sizes=(7,) * 4,
-                     drop_path_rate=0.2),
-    "dat_small": dict(_V1, **_T, img_size=224, depths=(2, 2, 18, 2), groups=(-1, -1, 3, 6), window_sizes=(7,) * 4,
-                      drop_path_rate=0.3),
-    "dat_base": dict(_V1, **_B, img_size=224, depths=(2, 2, 18, 2), groups=(-1, -1, 4, 8), window_sizes=(7,) * 4,
-                     drop_path_rate=0.5),
-    "dat_base_384": dict(_V1, **_B, img_size=384, depths=(2, 2, 18, 2), groups=(-1, -1, 4, 8),
-                         window_sizes=(12,) * 4, drop_path_rate=0.5),
-    "datpp_tiny": dict(_PP, img_size=224, dim_stem=64, dims=(64, 128, 256, 512), heads=(2, 4, 8, 16),
-                       depths=(2, 4, 18, 2), groups=(1, 2, 4, 8), drop_path_rate=0.2),
+    "dat_tiny": dict(
+        _V1, **_T, img_size=224, depths=(2, 2, 6, 2), groups=(-1, -1, 3, 6), window_sizes=(7,) * 4, drop_path_rate=0.2
+    ),
+    "dat_small": dict(
+        _V1, **_T, img_size=224, depths=(2, 2, 18, 2), groups=(-1, -1, 3, 6), window_sizes=(7,) * 4, drop_path_rate=0.3
+    ),
+    "dat_base": dict(
+        _V1, **_B, img_size=224, depths=(2, 2, 18, 2), groups=(-1, -1, 4, 8), window_sizes=(7,) * 4, drop_path_rate=0.5
+    ),
+    "dat_base_384": dict(
+        _V1, **_B, img_size=384, depths=(2, 2, 18, 2), groups=(-1, -1, 4, 8), window_sizes=(12,) * 4, drop_path_rate=0.5
+    ),
+    "datpp_tiny": dict(
+        _PP,
+        img_size=224,
+        dim_stem=64,
+        dims=(64, 128, 256, 512),
+        heads=(2, 4, 8, 16),
+        depths=(2, 4, 18, 2),
+        groups=(1, 2, 4, 8),
+        drop_path_rate=0.2,
+    ),
     "datpp_small": dict(_PP, **_T, img_size=224, depths=(2, 4, 18, 2), groups=(1, 2, 3, 6), drop_path_rate=0.4),
     "datpp_base": dict(_PP, **_B, img_size=224, depths=(2, 4, 18, 2), groups=(2, 4, 8, 16), drop_path_rate=0.7),
     # Built with 224-sized position tables and run at 384: DAT++ reads its tables in normalised coordinates.
-    "datpp_base_384": dict(_PP, **_B, img_size=224, depths=(2, 4, 18, 2), groups=(2, 4, 8, 16),
-                           drop_path_rate=0.6),
+    "datpp_base_384": dict(_PP, **_B, img_size=224, depths=(2, 4, 18, 2), groups=(2, 4, 8, 16), drop_path_rate=0.6),
 }
 for _cfg in MODEL_CONFIGS.values():
     _cfg["stage_spec"] = stage_spec_for(_cfg["depths"], _cfg["generation"])
@@ -175,20 +235,52 @@ def model_config(name: str) -> dict[str, Any]:
 
 # Arguments of the authors' DAT that datvit takes as they are.
 _DIRECT = {
-    "img_size", "patch_size", "num_classes", "expansion", "dim_stem", "dims", "depths", "heads", "window_sizes",
-    "drop_rate", "attn_drop_rate", "drop_path_rate", "strides", "offset_range_factor", "stage_spec", "groups",
-    "use_pes", "dwc_pes", "no_offs", "use_dwc_mlps", "use_conv_patches", "ksizes", "nat_ksizes", "use_lpus",
+    "img_size",
+    "patch_size",
+    "num_classes",
+    "expansion",
+    "dim_stem",
+    "dims",
+    "depths",
+    "heads",
+    "window_sizes",
+    "drop_rate",
+    "attn_drop_rate",
+    "drop_path_rate",
+    "strides",
+    "offset_range_factor",
+    "stage_spec",
+    "groups",
+    "use_pes",
+    "dwc_pes",
+    "no_offs",
+    "use_dwc_mlps",
+    "use_conv_patches",
+    "ksizes",
+    "nat_ksizes",
+    "use_lpus",
     "in_chans",
 }
 # Arguments that only matter for block kinds or options datvit does not build, with their inert values.
 _INERT = {
-    "sr_ratios": None,            # only for 'P' (pyramid) blocks
-    "ns_per_pts": None,           # unused by the released models
-    "heads_q": None,              # only for QnA blocks
-    "ksize_qnas": None, "nqs": None, "qna_activation": None, "deform_groups": None,
-    "fixed_pes": False, "log_cpb": False, "use_cmt_mlps": False, "layer_scale_values": -1,
-    "local_orf": None, "local_kv_sizes": None, "offset_pes": False, "lower_lr_kvs": None,
-    "out_indices": None, "use_checkpoint": None, "init_cfg": None,
+    "sr_ratios": None,  # only for 'P' (pyramid) blocks
+    "ns_per_pts": None,  # unused by the released models
+    "heads_q": None,  # only for QnA blocks
+    "ksize_qnas": None,
+    "nqs": None,
+    "qna_activation": None,
+    "deform_groups": None,
+    "fixed_pes": False,
+    "log_cpb": False,
+    "use_cmt_mlps": False,
+    "layer_scale_values": -1,
+    "local_orf": None,
+    "local_kv_sizes": None,
+    "offset_pes": False,
+    "lower_lr_kvs": None,
+    "out_indices": None,
+    "use_checkpoint": None,
+    "init_cfg": None,
 }
 
 
@@ -216,8 +308,9 @@ def translate_authors_config(config: Mapping[str, Any], **overrides: Any) -> dic
             if inert is None:
                 continue
             values = value if isinstance(value, (list, tuple)) else [value]
-            if any((v > 0 if isinstance(inert, (int, float)) and not isinstance(inert, bool) else bool(v))
-                   for v in values):
+            if any(
+                (v > 0 if isinstance(inert, (int, float)) and not isinstance(inert, bool) else bool(v)) for v in values
+            ):
                 raise ValueError(f"the authors' option {key}={value} is not supported by datvit")
         else:
             warnings.warn(f"ignoring unknown DAT constructor argument {key!r}", stacklevel=3)

@@ -5,6 +5,7 @@ local_perception_units}``, ``down_projs``, ``cls_norm``, ``cls_head``), so their
 matching. Internally the fast path keeps maps channels-last (B×H×W×C); ``reference=True`` (or
 ``set_reference(True)``) switches every layer to the authors' algorithm on B×C×H×W, the oracle of the fast path.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,16 +40,22 @@ def check_image_batch(x: torch.Tensor, in_chans: int, min_input_size: int, patch
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"expected a tensor, got {type(x).__name__}")
     if x.ndim != 4:
-        raise ValueError(f"expected a 4-D batch B×C×H×W, got a {x.ndim}-D tensor of shape {tuple(x.shape)}"
-                         + (" (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else ""))
+        raise ValueError(
+            f"expected a 4-D batch B×C×H×W, got a {x.ndim}-D tensor of shape {tuple(x.shape)}"
+            + (" (add a batch dimension with x.unsqueeze(0))" if x.ndim == 3 else "")
+        )
     if x.shape[1] != in_chans:
-        raise ValueError(f"expected {in_chans} input channels, got {x.shape[1]} (input shape "
-                         f"{tuple(x.shape)}; build the model with in_chans={x.shape[1]} for other inputs)")
+        raise ValueError(
+            f"expected {in_chans} input channels, got {x.shape[1]} (input shape "
+            f"{tuple(x.shape)}; build the model with in_chans={x.shape[1]} for other inputs)"
+        )
     h, w = x.shape[-2:]
     if h < min_input_size or w < min_input_size:
-        raise ValueError(f"input {h}×{w} is too small: this model downsamples by {min_input_size} "
-                         f"(patch {patch_size} and {num_stages - 1} downsamplings), so height and "
-                         f"width must be at least {min_input_size}")
+        raise ValueError(
+            f"input {h}×{w} is too small: this model downsamples by {min_input_size} "
+            f"(patch {patch_size} and {num_stages - 1} downsamplings), so height and "
+            f"width must be at least {min_input_size}"
+        )
     if not torch.is_floating_point(x):
         raise ValueError(f"expected a floating-point image tensor, got {x.dtype}")
 
@@ -62,12 +69,25 @@ def _block_attention(config: StageConfig, kind: str) -> nn.Module:
     if kind == "L":
         return LocalAttention(dim, heads, window, config.attn_drop, config.drop, config.fmap_size)
     if kind == "S":
-        return ShiftWindowAttention(dim, heads, window, math.ceil(window / 2), config.fmap_size, config.attn_drop,
-                                    config.drop)
+        return ShiftWindowAttention(
+            dim, heads, window, math.ceil(window / 2), config.fmap_size, config.attn_drop, config.drop
+        )
     if kind == "D":
-        return DeformableAttention(dim, heads, config.groups, config.fmap_size, config.stride, config.ksize,
-                                   config.offset_range_factor, config.use_pe, config.generation, config.attn_drop,
-                                   config.drop, no_off=config.no_off, dwc_pe=config.dwc_pe)
+        return DeformableAttention(
+            dim,
+            heads,
+            config.groups,
+            config.fmap_size,
+            config.stride,
+            config.ksize,
+            config.offset_range_factor,
+            config.use_pe,
+            config.generation,
+            config.attn_drop,
+            config.drop,
+            no_off=config.no_off,
+            dwc_pe=config.dwc_pe,
+        )
     if kind == "N":
         return NeighborhoodAttention2D(dim, config.nat_ksize, heads, config.attn_drop, config.drop)
     raise ValueError(f"unknown block kind {kind!r}")
@@ -93,7 +113,8 @@ class DATStage(nn.Module):
         self.attns = nn.ModuleList([_block_attention(config, kind) for kind in self.stage_spec])
         self.drop_path = nn.ModuleList([DropPath(p) if p > 0 else nn.Identity() for p in config.drop_path])
         self.local_perception_units = nn.ModuleList(
-            [nn.Conv2d(dim, dim, 3, 1, 1, groups=dim) if config.use_lpu else nn.Identity() for _ in range(depth)])
+            [nn.Conv2d(dim, dim, 3, 1, 1, groups=dim) if config.use_lpu else nn.Identity() for _ in range(depth)]
+        )
 
     def _block(self, x: torch.Tensor, d: int, reference: bool, return_positions: bool = False):
         """Block ``d`` on channels-last x (fast) or B×C×H×W x (reference)."""
@@ -131,8 +152,9 @@ class DATStage(nn.Module):
         positions = []
         for d in range(self.depth):
             if self.grad_checkpointing and self.training:
-                x, pos = torch.utils.checkpoint.checkpoint(self._block, x, d, reference, return_positions,
-                                                           use_reentrant=False)
+                x, pos = torch.utils.checkpoint.checkpoint(
+                    self._block, x, d, reference, return_positions, use_reentrant=False
+                )
             else:
                 x, pos = self._block(x, d, reference, return_positions)
             positions.append(pos)
@@ -183,15 +205,36 @@ class DAT(nn.Module):
     ):
         super().__init__()
         num_stages = len(dims)
-        per_stage = dict(depths=depths, heads=heads, stage_spec=stage_spec, window_sizes=window_sizes,
-                         groups=groups, strides=strides, offset_range_factor=offset_range_factor, use_pes=use_pes,
-                         ksizes=ksizes, nat_ksizes=nat_ksizes, use_dwc_mlps=use_dwc_mlps, use_lpus=use_lpus,
-                         no_offs=no_offs, dwc_pes=dwc_pes)
+        per_stage = dict(
+            depths=depths,
+            heads=heads,
+            stage_spec=stage_spec,
+            window_sizes=window_sizes,
+            groups=groups,
+            strides=strides,
+            offset_range_factor=offset_range_factor,
+            use_pes=use_pes,
+            ksizes=ksizes,
+            nat_ksizes=nat_ksizes,
+            use_dwc_mlps=use_dwc_mlps,
+            use_lpus=use_lpus,
+            no_offs=no_offs,
+            dwc_pes=dwc_pes,
+        )
         # every per-stage list is read here, once (and checked: one entry per stage, one letter per block)
-        configs = stage_configs(dims, per_stage, dim_stem=dim_stem, img_size=img_size, patch_size=patch_size,
-                                generation=generation, expansion=expansion, drop_rate=drop_rate,
-                                attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
-                                layer_norm_eps=layer_norm_eps)
+        configs = stage_configs(
+            dims,
+            per_stage,
+            dim_stem=dim_stem,
+            img_size=img_size,
+            patch_size=patch_size,
+            generation=generation,
+            expansion=expansion,
+            drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate,
+            drop_path_rate=drop_path_rate,
+            layer_norm_eps=layer_norm_eps,
+        )
         if generation not in ("v1", "pp"):
             raise ValueError(f"generation must be 'v1' (DAT) or 'pp' (DAT++), got {generation!r}")
         if global_pool not in ("avg", ""):
@@ -210,19 +253,23 @@ class DAT(nn.Module):
         # The smallest input for which every stage still has at least one pixel.
         self.min_input_size = patch_size * 2 ** (num_stages - 1)
         if img_size < self.min_input_size:  # the position tables of stage 4 would have a negative size
-            raise ValueError(f"img_size {img_size} is too small: this model downsamples by {self.min_input_size} "
-                             f"(patch {patch_size} and {num_stages - 1} downsamplings), so img_size must be at "
-                             f"least {self.min_input_size}")
+            raise ValueError(
+                f"img_size {img_size} is too small: this model downsamples by {self.min_input_size} "
+                f"(patch {patch_size} and {num_stages - 1} downsamplings), so img_size must be at "
+                f"least {self.min_input_size}"
+            )
 
         stem_cls = ConvStem if use_conv_patches else PatchStem
         self.patch_proj = stem_cls(in_chans, dim_stem, patch_size, layer_norm_eps)
 
         self.stages = nn.ModuleList([DATStage(config=config) for config in configs])
-        self.feature_info = [dict(num_chs=dims[i], reduction=patch_size * 2 ** i, module=f"stages.{i}")
-                             for i in range(num_stages)]
+        self.feature_info = [
+            dict(num_chs=dims[i], reduction=patch_size * 2**i, module=f"stages.{i}") for i in range(num_stages)
+        ]
         self.down_projs = nn.ModuleList(
-            [Downsample(dims[i], dims[i + 1], use_conv_patches, layer_norm_eps) for i in range(num_stages - 1)])
-        self.norms = (nn.ModuleList([ChannelLayerNorm(d, layer_norm_eps) for d in dims]) if dense_norms else None)
+            [Downsample(dims[i], dims[i + 1], use_conv_patches, layer_norm_eps) for i in range(num_stages - 1)]
+        )
+        self.norms = nn.ModuleList([ChannelLayerNorm(d, layer_norm_eps) for d in dims]) if dense_norms else None
         self.cls_norm = ChannelLayerNorm(dims[-1], layer_norm_eps)
         self.cls_head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
@@ -244,14 +291,17 @@ class DAT(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Position tables (biases and norms are excluded by timm's optimizer factory already)."""
-        return {n for n, _ in self.named_parameters()
-                if n.endswith(("relative_position_bias_table", "rpe_table", ".rpb"))}
+        return {
+            n for n, _ in self.named_parameters() if n.endswith(("relative_position_bias_table", "rpe_table", ".rpb"))
+        }
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return dict(
             stem=r"^patch_proj",
-            blocks=r"^stages\.(\d+)" if coarse else [
+            blocks=r"^stages\.(\d+)"
+            if coarse
+            else [
                 (r"^stages\.(\d+)\.(?:attns|mlps|local_perception_units)\.(\d+)", None),
                 (r"^stages\.(\d+)\.layer_norms\.(\d+)", None),
                 (r"^down_projs\.(\d+)", (0,)),
@@ -268,12 +318,14 @@ class DAT(nn.Module):
     def load_pretrained(self, path: str) -> None:
         """timm's ``custom_load`` hook: ``pretrained=True, pretrained_cfg_overlay=dict(file=...)`` lands here."""
         from .checkpoint import load_checkpoint
+
         load_checkpoint(self, path)
 
     def __prepare_scriptable__(self) -> nn.Module:
         """What ``torch.jit.script(model)`` compiles: the same modules regrouped per block (``models/scripting.py``;
         TorchScript cannot index ``ModuleList`` by a variable nor run the stage generator)."""
         from .scripting import ScriptableDAT
+
         return ScriptableDAT(self)
 
     def set_reference(self, enable: bool = True) -> "DAT":
@@ -377,16 +429,16 @@ class DAT(nn.Module):
             return intermediates
         return self._final_norm(last), intermediates
 
-    def prune_intermediate_layers(self, indices: Union[int, list[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> list[int]:
+    def prune_intermediate_layers(
+        self, indices: Union[int, list[int]] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
         """Drop the stages (and head) that the requested intermediates do not need."""
         take, max_index = feature_take_indices(len(self.stages), indices)
-        self.stages = self.stages[:max_index + 1]
+        self.stages = self.stages[: max_index + 1]
         self.down_projs = self.down_projs[:max_index]
         if self.norms is not None:
-            self.norms = self.norms[:max_index + 1]
+            self.norms = self.norms[: max_index + 1]
         if prune_head:
             self.cls_norm = nn.Identity()
             self.reset_classifier(0, "")
         return take
-

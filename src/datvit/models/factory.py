@@ -5,6 +5,7 @@ Inference (``datvit.inference.load_model``) and training (``datvit train``) both
 trained from ``--model-kwargs`` is rebuilt from its checkpoint exactly (``arch = {"name", "kwargs"}`` holds the
 complete constructor arguments).
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,17 +29,39 @@ from .registry import VARIANTS
 # in stages 1–2, an L/D pair in stages 3–4 (windows 4/4/4/2).
 PRESETS: dict[str, dict[str, Any]] = {
     "dat_nano": dict(
-        generation="v1", img_size=32, patch_size=2, dim_stem=32, dims=[32, 64, 128, 256], depths=[2, 2, 2, 2],
-        heads=[1, 2, 4, 8], stage_spec=[["L", "S"], ["L", "S"], ["L", "D"], ["L", "D"]], window_sizes=[4, 4, 4, 2],
-        groups=[1, 1, 2, 4], strides=[1, 1, 1, 1], offset_range_factor=[-1, -1, 2, 2],
-        use_pes=[False, False, True, True], ksizes=[9, 7, 5, 3], use_conv_patches=False,
-        use_dwc_mlps=[False] * 4, use_lpus=[False] * 4, drop_path_rate=0.0,
+        generation="v1",
+        img_size=32,
+        patch_size=2,
+        dim_stem=32,
+        dims=[32, 64, 128, 256],
+        depths=[2, 2, 2, 2],
+        heads=[1, 2, 4, 8],
+        stage_spec=[["L", "S"], ["L", "S"], ["L", "D"], ["L", "D"]],
+        window_sizes=[4, 4, 4, 2],
+        groups=[1, 1, 2, 4],
+        strides=[1, 1, 1, 1],
+        offset_range_factor=[-1, -1, 2, 2],
+        use_pes=[False, False, True, True],
+        ksizes=[9, 7, 5, 3],
+        use_conv_patches=False,
+        use_dwc_mlps=[False] * 4,
+        use_lpus=[False] * 4,
+        drop_path_rate=0.0,
     ),
 }
 
 # What timm.create_model accepts for a registered variant besides DAT's own arguments.
-_TIMM_ARGUMENTS = frozenset({"pretrained_cfg", "pretrained_cfg_overlay", "features_only", "out_indices",
-                             "feature_cls", "output_stride", "feature_cfg"})
+_TIMM_ARGUMENTS = frozenset(
+    {
+        "pretrained_cfg",
+        "pretrained_cfg_overlay",
+        "features_only",
+        "out_indices",
+        "feature_cls",
+        "output_stride",
+        "feature_cfg",
+    }
+)
 
 
 def known_models() -> list[str]:
@@ -69,8 +92,9 @@ def load_model_config(path: str | os.PathLike) -> dict[str, Any]:
     except FileNotFoundError:
         raise FileNotFoundError(f"model config file not found: {path}") from None
     except (json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid {'JSON' if os.fspath(path).endswith('.json') else 'YAML'}: "
-                         f"{str(e).splitlines()[0]}") from None
+        raise ValueError(
+            f"{path} is not valid {'JSON' if os.fspath(path).endswith('.json') else 'YAML'}: {str(e).splitlines()[0]}"
+        ) from None
     if isinstance(data, dict) and isinstance(data.get("model_kwargs"), dict):
         data = data["model_kwargs"]
     if not isinstance(data, dict):
@@ -105,8 +129,10 @@ def resolve_model_kwargs(
     else:
         close = difflib.get_close_matches(name, known_models(), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; use one of {', '.join(known_models())} or describe a custom "
-                         "model with --model-config FILE / --model-kwargs")
+        raise ValueError(
+            f"unknown model {name!r}{hint}; use one of {', '.join(known_models())} or describe a custom "
+            "model with --model-config FILE / --model-kwargs"
+        )
     custom = {**config, **overrides}
     kwargs = {**base, **custom, **{k: v for k, v in fixed.items() if v is not None}}
     spec = regenerated_stage_spec(name, kwargs, custom)

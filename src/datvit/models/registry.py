@@ -1,5 +1,6 @@
 """timm registration of the eight released variants, so ``timm.create_model("dat_tiny")`` works after
 ``import datvit``, with pretrained configs as the papers evaluate (ImageNet mean/std, bicubic, crop 0.875)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,23 +15,37 @@ from .dat import DAT
 
 def _cfg(paper: str, input_size: int = 224, **kwargs: Any) -> dict[str, Any]:
     return dict(
-        url="", num_classes=1000, input_size=(3, input_size, input_size), pool_size=(input_size // 32,) * 2,
-        crop_pct=0.875 if input_size == 224 else 1.0, interpolation="bicubic", fixed_input_size=False,
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv="patch_proj.0", classifier="cls_head",
-        license="apache-2.0", paper_ids=paper, custom_load=True, **kwargs)
+        url="",
+        num_classes=1000,
+        input_size=(3, input_size, input_size),
+        pool_size=(input_size // 32,) * 2,
+        crop_pct=0.875 if input_size == 224 else 1.0,
+        interpolation="bicubic",
+        fixed_input_size=False,
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        first_conv="patch_proj.0",
+        classifier="cls_head",
+        license="apache-2.0",
+        paper_ids=paper,
+        custom_load=True,
+        **kwargs,
+    )
 
 
 _V1_PAPER, _PP_PAPER = "arXiv:2201.00520", "arXiv:2309.01430"
-default_cfgs = generate_default_cfgs({
-    "dat_tiny.in1k": _cfg(_V1_PAPER),
-    "dat_small.in1k": _cfg(_V1_PAPER),
-    "dat_base.in1k": _cfg(_V1_PAPER),
-    "dat_base_384.in1k": _cfg(_V1_PAPER, 384),
-    "datpp_tiny.in1k": _cfg(_PP_PAPER),
-    "datpp_small.in1k": _cfg(_PP_PAPER),
-    "datpp_base.in1k": _cfg(_PP_PAPER),
-    "datpp_base_384.in1k": _cfg(_PP_PAPER, 384),
-})
+default_cfgs = generate_default_cfgs(
+    {
+        "dat_tiny.in1k": _cfg(_V1_PAPER),
+        "dat_small.in1k": _cfg(_V1_PAPER),
+        "dat_base.in1k": _cfg(_V1_PAPER),
+        "dat_base_384.in1k": _cfg(_V1_PAPER, 384),
+        "datpp_tiny.in1k": _cfg(_PP_PAPER),
+        "datpp_small.in1k": _cfg(_PP_PAPER),
+        "datpp_base.in1k": _cfg(_PP_PAPER),
+        "datpp_base_384.in1k": _cfg(_PP_PAPER, 384),
+    }
+)
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> DAT:
@@ -43,10 +58,13 @@ def _create(variant: str, pretrained: bool = False, **kwargs: Any) -> DAT:
         kwargs["pretrained_cfg_overlay"] = {"custom_load": True, **overlay}
     model_args = {**model_config(variant), **kwargs}
     return build_model_with_cfg(
-        DAT, variant, pretrained,
+        DAT,
+        variant,
+        pretrained,
         pretrained_filter_fn=fit_state_dict,
         feature_cfg=dict(feature_cls="getter", out_indices=(0, 1, 2, 3)),
-        **model_args)
+        **model_args,
+    )
 
 
 @register_model

@@ -6,6 +6,7 @@ submodule objects (shared, not copied) per block and per stage, so the scripted 
 fast path on channels-last maps, exactly the eager ``forward``. Its ``state_dict`` keys follow this grouping
 (``stages.<i>.blocks.<d>.attn...``), not the authors' names: load weights into ``DAT`` before scripting.
 """
+
 from typing import List, Optional
 
 import torch
@@ -20,6 +21,7 @@ _NONE, _TO_CHANNELS_LAST, _TO_CHANNELS_FIRST = 0, 1, 2
 class ScriptableConvNorm(nn.Module):
     """A stem or downsampling (``layers/embed.py``: convs on B×C×H×W, LayerNorms channels-last) with the permutes
     planned once here: scripted, the eager loop's ``channels_last`` flag loses a permute."""
+
     permutes: List[int]
     output_permute: int
 
@@ -102,8 +104,9 @@ class ScriptableDAT(nn.Module):
         self.average_pool: bool = model.global_pool == "avg"
         self.num_classes: int = model.num_classes
         self.patch_proj = ScriptableConvNorm(model.patch_proj, channels_last_input=False)
-        self.stages = nn.ModuleList([
-            ScriptableStage(stage, model.down_projs[i - 1] if i > 0 else None) for i, stage in enumerate(model.stages)])
+        self.stages = nn.ModuleList(
+            [ScriptableStage(stage, model.down_projs[i - 1] if i > 0 else None) for i, stage in enumerate(model.stages)]
+        )
         self.cls_norm = model.cls_norm
         self.cls_head = model.cls_head
 
@@ -113,8 +116,11 @@ class ScriptableDAT(nn.Module):
         if x.shape[1] != self.in_chans:
             raise ValueError("expected {} input channels, got {}".format(self.in_chans, x.shape[1]))
         if x.shape[2] < self.min_input_size or x.shape[3] < self.min_input_size:
-            raise ValueError("input {}×{} is too small: height and width must be at least {}".format(
-                x.shape[2], x.shape[3], self.min_input_size))
+            raise ValueError(
+                "input {}×{} is too small: height and width must be at least {}".format(
+                    x.shape[2], x.shape[3], self.min_input_size
+                )
+            )
         if not torch.is_floating_point(x):
             raise ValueError("expected a floating-point image tensor")
 

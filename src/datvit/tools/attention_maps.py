@@ -9,6 +9,7 @@ the block's output from them.
 Two views: for chosen queries (a star), their top-k sampled keys as circles whose area is the attention weight;
 and every sampled point sized by the attention it receives from all queries of the map.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ class DeformableAttentionMap:
     to 1). ``received``: G×Ns, the attention each sampled point receives, averaged over every query of the map and
     every head (sums to 1).
     """
+
     stage: int
     block: int
     map_size: tuple[int, int]
@@ -87,22 +89,29 @@ def parse_blocks(spec: str, model: nn.Module) -> list[tuple[int, int]]:
         try:
             parts = [int(p) for p in item.split(".")]
         except ValueError:
-            raise ValueError(f"--blocks: {item!r} is not STAGE or STAGE.BLOCK (1-based numbers, e.g. 3 or 3.2)") \
-                from None
+            raise ValueError(
+                f"--blocks: {item!r} is not STAGE or STAGE.BLOCK (1-based numbers, e.g. 3 or 3.2)"
+            ) from None
         if len(parts) > 2:
             raise ValueError(f"--blocks: {item!r} is not STAGE or STAGE.BLOCK (e.g. 3 or 3.2)")
         stage = parts[0] - 1
         if stage not in by_stage:
-            raise ValueError(f"--blocks: stage {parts[0]} has no deformable (D) blocks; the stages with D blocks "
-                             f"are {where}")
+            raise ValueError(
+                f"--blocks: stage {parts[0]} has no deformable (D) blocks; the stages with D blocks are {where}"
+            )
         if len(parts) == 1:
             chosen += [(stage, b) for b in by_stage[stage]]
         elif parts[1] - 1 not in by_stage[stage]:
             spec_letters = getattr(model.stages[stage], "stage_spec", None)
-            kind = (f"an {spec_letters[parts[1] - 1]} block" if spec_letters and 0 < parts[1] <= len(spec_letters)
-                    else "not a block")
-            raise ValueError(f"--blocks: stage {parts[0]} block {parts[1]} is {kind}; the D blocks of stage "
-                             f"{parts[0]} are {', '.join(str(b + 1) for b in by_stage[stage])}")
+            kind = (
+                f"an {spec_letters[parts[1] - 1]} block"
+                if spec_letters and 0 < parts[1] <= len(spec_letters)
+                else "not a block"
+            )
+            raise ValueError(
+                f"--blocks: stage {parts[0]} block {parts[1]} is {kind}; the D blocks of stage "
+                f"{parts[0]} are {', '.join(str(b + 1) for b in by_stage[stage])}"
+            )
         else:
             chosen.append((stage, parts[1] - 1))
     if not chosen:
@@ -140,8 +149,9 @@ def collect_deformable_attention(
     ih, iw = int(image.shape[-2]), int(image.shape[-1])
     for y, x in queries or []:
         if not (0 <= y < ih and 0 <= x < iw):
-            raise ValueError(f"query (y={y:g}, x={x:g}) is outside the {ih}×{iw} input image "
-                             f"(y in 0..{ih - 1}, x in 0..{iw - 1})")
+            raise ValueError(
+                f"query (y={y:g}, x={x:g}) is outside the {ih}×{iw} input image (y in 0..{ih - 1}, x in 0..{iw - 1})"
+            )
     if queries and top_queries:
         raise ValueError("give either queries or top_queries, not both")
     if top_queries is not None and top_queries < 1:
@@ -159,12 +169,15 @@ def collect_deformable_attention(
     handles = []
     for s, b, module in chosen:
         module.capture_attention = True
-        handles.append(module.register_forward_hook(      # fast-path input: B×H×W×C
-            lambda m, args, out: map_sizes.__setitem__(id(m), tuple(args[0].shape[1:3]))))
+        handles.append(
+            module.register_forward_hook(  # fast-path input: B×H×W×C
+                lambda m, args, out: map_sizes.__setitem__(id(m), tuple(args[0].shape[1:3]))
+            )
+        )
     was_training, was_reference = model.training, getattr(model, "reference", False)
     try:
         model.eval()
-        model.set_reference(False)      # the capture is on the fast path (the reference path has no flag)
+        model.set_reference(False)  # the capture is on the fast path (the reference path has no flag)
         logits, per_stage = model.forward_with_positions(image)
         captured = {(s, b): module.captured_attention for s, b, module in chosen}
         sizes = {(s, b): map_sizes[id(module)] for s, b, module in chosen}
@@ -181,36 +194,52 @@ def collect_deformable_attention(
     for s, b, module in chosen:
         sampled, reference = per_stage[s][b]
         mh, mw = sizes[(s, b)]
-        attn = captured[(s, b)][0].float()                            # heads×HW×Ns
+        attn = captured[(s, b)][0].float()  # heads×HW×Ns
         heads, G = module.heads, module.groups
         ns = attn.shape[-1]
         per_group = attn.reshape(G, heads // G, mh * mw, ns)
-        received = (per_group.sum(dim=(1, 2)) / (heads * mh * mw)).cpu().numpy()     # G×Ns, sums to 1
+        received = (per_group.sum(dim=(1, 2)) / (heads * mh * mw)).cpu().numpy()  # G×Ns, sums to 1
         sampled_px = _to_pixels(sampled[0], (mh, mw), (ih, iw))
         if top_queries:
             cells = _cells_of(sampled_px.reshape(-1, 2), (mh, mw), (ih, iw))
             score = np.zeros(mh * mw)
             np.add.at(score, cells[:, 0] * mw + cells[:, 1], received.reshape(-1))
-            flat = np.argsort(-score, kind="stable")[:min(top_queries, mh * mw)]
+            flat = np.argsort(-score, kind="stable")[: min(top_queries, mh * mw)]
             query_cells = np.stack([flat // mw, flat % mw], axis=-1)
         else:
             pts = np.array([(x, y) for y, x in (queries or [])], dtype=np.float64).reshape(-1, 2)
             query_cells = _cells_of(pts, (mh, mw), (ih, iw))
         index = torch.as_tensor(query_cells[:, 0] * mw + query_cells[:, 1], dtype=torch.long, device=attn.device)
-        head_weights = attn[:, index].permute(1, 0, 2)                  # Q×heads×Ns
+        head_weights = attn[:, index].permute(1, 0, 2)  # Q×heads×Ns
         weights = head_weights.reshape(len(index), G, heads // G, ns).sum(2) / heads
         query_pixels = np.stack([(query_cells[:, 1] + 0.5) * iw / mw, (query_cells[:, 0] + 0.5) * ih / mh], -1)
-        out.append(DeformableAttentionMap(
-            stage=s, block=b, map_size=(mh, mw), heads=heads, sampled=sampled_px,
-            reference=_to_pixels(reference[0], (mh, mw), (ih, iw)), query_cells=query_cells,
-            query_pixels=query_pixels.reshape(-1, 2), head_weights=head_weights.cpu().numpy(),
-            weights=weights.cpu().numpy(), received=received))
+        out.append(
+            DeformableAttentionMap(
+                stage=s,
+                block=b,
+                map_size=(mh, mw),
+                heads=heads,
+                sampled=sampled_px,
+                reference=_to_pixels(reference[0], (mh, mw), (ih, iw)),
+                query_cells=query_cells,
+                query_pixels=query_pixels.reshape(-1, 2),
+                head_weights=head_weights.cpu().numpy(),
+                weights=weights.cpu().numpy(),
+                received=received,
+            )
+        )
     return (logits, out) if return_logits else out
 
 
-def plot_deformable_attention(image: np.ndarray, maps: Sequence[DeformableAttentionMap], path: Union[str, Path],
-                              mode: str = "queries", topk: int = 8, title: Optional[str] = None,
-                              cols: int = 4) -> Path:
+def plot_deformable_attention(
+    image: np.ndarray,
+    maps: Sequence[DeformableAttentionMap],
+    path: Union[str, Path],
+    mode: str = "queries",
+    topk: int = 8,
+    title: Optional[str] = None,
+    cols: int = 4,
+) -> Path:
     """Write a PNG, one panel per D block over ``image`` (H×W or H×W×3, in [0, 1] or uint8).
 
     ``mode="queries"``: each query as a star and its ``topk`` most attended sampled keys as circles of area
@@ -221,7 +250,6 @@ def plot_deformable_attention(image: np.ndarray, maps: Sequence[DeformableAttent
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     if mode not in ("queries", "received"):
         raise ValueError(f"mode must be 'queries' or 'received', got {mode!r}")
@@ -241,8 +269,14 @@ def plot_deformable_attention(image: np.ndarray, maps: Sequence[DeformableAttent
             for q in range(len(m.query_cells)):
                 color = query_colors(q % 10)
                 pts, w, _ = m.top_keys(q, topk)
-                ax.scatter(pts[:, 0], pts[:, 1], s=260 * w / max(biggest, 1e-12), facecolors=(*color[:3], 0.35),
-                           edgecolors=color, linewidths=0.8)
+                ax.scatter(
+                    pts[:, 0],
+                    pts[:, 1],
+                    s=260 * w / max(biggest, 1e-12),
+                    facecolors=(*color[:3], 0.35),
+                    edgecolors=color,
+                    linewidths=0.8,
+                )
                 qx, qy = m.query_pixels[q]
                 ax.scatter([qx], [qy], marker="*", s=160, color=color, edgecolors="white", linewidths=0.7, zorder=5)
             what = f"{len(m.query_cells)} quer{'y' if len(m.query_cells) == 1 else 'ies'}, top-{topk} keys"
@@ -250,9 +284,16 @@ def plot_deformable_attention(image: np.ndarray, maps: Sequence[DeformableAttent
             biggest = float(m.received.max()) or 1.0
             for gi in range(g):
                 pts = m.sampled[gi].reshape(-1, 2)
-                ax.scatter(pts[:, 0], pts[:, 1], s=220 * m.received[gi] / biggest,
-                           color=group_colors(gi % 9), alpha=0.6, linewidths=0)
+                ax.scatter(
+                    pts[:, 0],
+                    pts[:, 1],
+                    s=220 * m.received[gi] / biggest,
+                    color=group_colors(gi % 9),
+                    alpha=0.6,
+                    linewidths=0,
+                )
             what = f"{g}×{hk}×{wk} keys by attention received"
-        ax.set_title(f"stage {m.stage + 1}, block {m.block + 1} ({m.map_size[0]}×{m.map_size[1]} map): {what}",
-                     fontsize=7)
+        ax.set_title(
+            f"stage {m.stage + 1}, block {m.block + 1} ({m.map_size[0]}×{m.map_size[1]} map): {what}", fontsize=7
+        )
     return save_panel_grid(fig, axes, len(maps), image.shape[:2], title, path)

@@ -4,6 +4,7 @@ Each D block samples an Hk×Wk grid of keys per offset group: a uniform referenc
 The figure shows, per D block, the reference points (grey) and the sampled positions (one colour per group)
 joined by their offsets, in the input image's pixel coordinates.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from torch import nn
 @dataclass
 class DeformablePoints:
     """One D block: ``sampled`` and ``reference`` are G×Hk×Wk×2 arrays of (x, y) input-image pixel coordinates."""
+
     stage: int
     block: int
     sampled: np.ndarray
@@ -64,15 +66,26 @@ def collect_deformable_points(model: nn.Module, image: torch.Tensor) -> tuple[to
             if entry is None:
                 continue
             sampled, reference = entry
-            out.append(DeformablePoints(stage, block, _to_pixels(sampled[0], map_sizes[stage], image_hw),
-                                        _to_pixels(reference[0], map_sizes[stage], image_hw)))
+            out.append(
+                DeformablePoints(
+                    stage,
+                    block,
+                    _to_pixels(sampled[0], map_sizes[stage], image_hw),
+                    _to_pixels(reference[0], map_sizes[stage], image_hw),
+                )
+            )
     if not out:
         raise ValueError("this model has no deformable (D) blocks: nothing to draw")
     return logits, out
 
 
-def plot_deformable_points(image: np.ndarray, points: Sequence[DeformablePoints], path: Union[str, Path],
-                           title: Optional[str] = None, max_blocks: int = 8) -> Path:
+def plot_deformable_points(
+    image: np.ndarray,
+    points: Sequence[DeformablePoints],
+    path: Union[str, Path],
+    title: Optional[str] = None,
+    max_blocks: int = 8,
+) -> Path:
     """Write a PNG: one panel per D block (at most ``max_blocks``, the deepest last) over ``image`` (H×W or
     H×W×3, values in [0, 1] or uint8)."""
     import matplotlib
@@ -94,13 +107,17 @@ def plot_deformable_points(image: np.ndarray, points: Sequence[DeformablePoints]
             color = cmap(g % 10)
             ax.plot(np.stack([r[:, 0], s[:, 0]]), np.stack([r[:, 1], s[:, 1]]), color=color, lw=0.5, alpha=0.6)
             ax.scatter(s[:, 0], s[:, 1], s=10, color=color, linewidths=0)
-        ax.set_title(f"stage {p.stage + 1}, block {p.block + 1}: {p.sampled.shape[0]} group(s), "
-                     f"{p.sampled.shape[1]}×{p.sampled.shape[2]} keys", fontsize=8)
+        ax.set_title(
+            f"stage {p.stage + 1}, block {p.block + 1}: {p.sampled.shape[0]} group(s), "
+            f"{p.sampled.shape[1]}×{p.sampled.shape[2]} keys",
+            fontsize=8,
+        )
     return save_panel_grid(fig, axes, len(points), image.shape[:2], title, path)
 
 
-def save_panel_grid(fig: Any, axes: Any, used: int, image_hw: tuple[int, int], title: Optional[str],
-                    path: Union[str, Path]) -> Path:
+def save_panel_grid(
+    fig: Any, axes: Any, used: int, image_hw: tuple[int, int], title: Optional[str], path: Union[str, Path]
+) -> Path:
     """Finish a grid of per-block panels over one image (pixel limits, no ticks, unused panels hidden, the title)
     and write it as a PNG atomically; shared by the sampling-point and the attention figures."""
     import matplotlib.pyplot as plt

@@ -14,6 +14,7 @@ as MatMul/Softmax. ``flex_attention`` (eager CUDA only) is switched off while tr
 (``layers/tracing.py``), and the size-dependent index maths runs at export time and lands in the graph as
 constants.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,6 +46,7 @@ class ExportError(RuntimeError):
 @dataclass(frozen=True)
 class ExportCheck:
     """The result of running an exported file against the eager model on the same random batch."""
+
     format: str
     path: str
     input_shape: tuple[int, ...]
@@ -67,8 +69,10 @@ def resolve_input_size(model: nn.Module, img_size: Optional[Sequence[int]] = Non
         raise ValueError(f"--img-size takes H or H W, got {len(img_size)} numbers: {list(img_size)}")
     minimum = int(getattr(model, "min_input_size", 1))
     if h < minimum or w < minimum:
-        raise ValueError(f"--img-size {h}×{w} is below this model's minimum input of {minimum}×{minimum} "
-                         f"(it downsamples by {minimum})")
+        raise ValueError(
+            f"--img-size {h}×{w} is below this model's minimum input of {minimum}×{minimum} "
+            f"(it downsamples by {minimum})"
+        )
     return in_chans, h, w
 
 
@@ -104,34 +108,51 @@ def _batch_dim():
     return torch.export.Dim("batch", min=1)
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int], dynamic_batch: bool = True,
-                opset: int = DEFAULT_OPSET) -> str:
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: Sequence[int],
+    dynamic_batch: bool = True,
+    opset: int = DEFAULT_OPSET,
+) -> str:
     """Export ``model`` (put in eval mode) to ONNX with torch's dynamo exporter; input ``image`` (B×C×H×W,
     float32, B dynamic unless ``dynamic_batch=False``), output ``logits``. Returns the path written."""
     if opset < MIN_OPSET:
-        raise ValueError(f"--opset {opset} is too old: torch's ONNX exporter writes opset {MIN_OPSET} or newer "
-                         f"(DAT's deformable sampling needs GridSample, opset 16+, in any case)")
+        raise ValueError(
+            f"--opset {opset} is too old: torch's ONNX exporter writes opset {MIN_OPSET} or newer "
+            f"(DAT's deformable sampling needs GridSample, opset 16+, in any case)"
+        )
     try:
         import onnx  # noqa: F401  (the exporter needs onnx and onnxscript)
         import onnxscript  # noqa: F401
     except ImportError as e:
-        raise ExportError(f"ONNX export needs the onnx and onnxscript packages ({e}); "
-                          "install them with: pip install 'datvit[export]'") from None
+        raise ExportError(
+            f"ONNX export needs the onnx and onnxscript packages ({e}); install them with: pip install 'datvit[export]'"
+        ) from None
     model.eval()
     x = example_batch(input_size)
     dynamic = ({0: _batch_dim()},) if dynamic_batch else None
     try:
         with _quiet(), torch.no_grad():
-            program = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, input_names=["image"],
-                                        output_names=["logits"], dynamic_shapes=dynamic, optimize=True,
-                                        external_data=False)
+            program = torch.onnx.export(
+                model,
+                (x,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=["image"],
+                output_names=["logits"],
+                dynamic_shapes=dynamic,
+                optimize=True,
+                external_data=False,
+            )
     except Exception as e:  # the exporter wraps its failures in many types
         raise ExportError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from e
     return _save_atomically(path, lambda p: program.save(p, external_data=False), ".onnx")
 
 
-def export_torch(model: nn.Module, path: str | os.PathLike, input_size: Sequence[int],
-                 dynamic_batch: bool = True) -> str:
+def export_torch(
+    model: nn.Module, path: str | os.PathLike, input_size: Sequence[int], dynamic_batch: bool = True
+) -> str:
     """``torch.export.export`` of ``model`` (eval mode) saved as a ``.pt2`` ExportedProgram (load it with
     ``torch.export.load(path).module()``). Batch dynamic unless ``dynamic_batch=False``."""
     model.eval()
@@ -157,8 +178,14 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, input_size: Op
     return _save_atomically(path, lambda p: torch.jit.save(scripted, p), ".pt")
 
 
-def export_model(model: nn.Module, fmt: str, path: str | os.PathLike, input_size: Sequence[int],
-                 dynamic_batch: bool = True, opset: int = DEFAULT_OPSET) -> str:
+def export_model(
+    model: nn.Module,
+    fmt: str,
+    path: str | os.PathLike,
+    input_size: Sequence[int],
+    dynamic_batch: bool = True,
+    opset: int = DEFAULT_OPSET,
+) -> str:
     """Dispatch on ``fmt`` (one of ``FORMATS``)."""
     if fmt == "onnx":
         return export_onnx(model, path, input_size, dynamic_batch, opset)
@@ -176,8 +203,10 @@ def load_exported(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor],
         try:
             import onnxruntime as ort
         except ImportError:
-            raise ExportError("checking an ONNX file needs onnxruntime, which is not installed: "
-                              "pip install onnxruntime (or pass --no-check)") from None
+            raise ExportError(
+                "checking an ONNX file needs onnxruntime, which is not installed: "
+                "pip install onnxruntime (or pass --no-check)"
+            ) from None
         options = ort.SessionOptions()
         options.log_severity_level = 3
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -185,6 +214,7 @@ def load_exported(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor],
 
         def run_onnx(x: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
+
         return run_onnx
     if fmt == "torch-export":
         with open(path, "rb") as f:  # a buffer: torch.export.load wants a .pt2 name otherwise
@@ -199,11 +229,13 @@ def load_exported(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor],
     def run_torch(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return module(x)
+
     return run_torch
 
 
-def check_export(path: str | os.PathLike, fmt: str, model: nn.Module, input_size: Sequence[int], batch: int = 2,
-                 seed: int = 1) -> ExportCheck:
+def check_export(
+    path: str | os.PathLike, fmt: str, model: nn.Module, input_size: Sequence[int], batch: int = 2, seed: int = 1
+) -> ExportCheck:
     """Run the exported file and the eager model on the same random batch; return max |Δ| of the logits."""
     x = example_batch(input_size, batch, seed)
     run = load_exported(path, fmt)
@@ -213,11 +245,12 @@ def check_export(path: str | os.PathLike, fmt: str, model: nn.Module, input_size
     try:
         actual = run(x)
     except Exception as e:
-        raise ExportError(f"running the exported {fmt} file {os.fspath(path)} failed: "
-                          f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from e
+        raise ExportError(
+            f"running the exported {fmt} file {os.fspath(path)} failed: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
+        ) from e
     if tuple(actual.shape) != tuple(expected.shape):
-        raise ExportError(f"the exported {fmt} file returns shape {tuple(actual.shape)}, eager "
-                          f"{tuple(expected.shape)}")
+        raise ExportError(f"the exported {fmt} file returns shape {tuple(actual.shape)}, eager {tuple(expected.shape)}")
     diff = (actual.float() - expected.float()).abs().max().item()
     return ExportCheck(fmt, os.fspath(path), tuple(x.shape), diff, expected.abs().max().item())
 

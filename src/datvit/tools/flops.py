@@ -21,6 +21,7 @@ deformable attention cost the same on both paths.
 (``torch.func.functional_call``), so counting takes a second or two for any variant on a CPU and needs no
 memory for activations; the model itself is not modified.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,12 +34,19 @@ from torch import nn
 
 # The papers' numbers (README "Models" table; arXiv 2201.00520 and 2309.01430): parameters (millions, as printed) and GFLOPs.
 PUBLISHED: dict[str, tuple[float, float]] = {
-    "dat_tiny": (29, 4.6), "dat_small": (50, 9.0), "dat_base": (88, 15.8), "dat_base_384": (88, 49.8),
-    "datpp_tiny": (24, 4.3), "datpp_small": (53, 9.4), "datpp_base": (93, 16.6), "datpp_base_384": (94, 49.7),
+    "dat_tiny": (29, 4.6),
+    "dat_small": (50, 9.0),
+    "dat_base": (88, 15.8),
+    "dat_base_384": (88, 49.8),
+    "datpp_tiny": (24, 4.3),
+    "datpp_small": (53, 9.4),
+    "datpp_base": (93, 16.6),
+    "datpp_base_384": (94, 49.7),
 }
 
 
 # -- counting rules (FlopCounterMode counts 2 per multiply-add; these handlers keep that unit) -------------------
+
 
 def _grid_sample_flop(input_shape, grid_shape, *args, out_shape=None, **kwargs) -> int:
     """Bilinear sampling: 4 multiply-adds per output element (the four corner weights), fvcore's rule."""
@@ -58,6 +66,7 @@ def _mean_flop(input_shape, *args, out_shape=None, **kwargs) -> int:
 def _sdpa_cpu_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     """``scaled_dot_product_attention`` on CPU (missing from torch's registry): q·kᵀ and attn·v."""
     from torch.utils.flop_counter import sdpa_flop_count
+
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
@@ -79,10 +88,12 @@ def paper_flop_formulas() -> dict[Any, Callable[..., int]]:
 
 # -- the report -----------------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class FlopsRow:
     """One part of the network: ``name`` (stem, stage 1…, head), what it is (``detail``: map size and block
     kinds), its parameters and multiply-adds, and the multiply-adds by operator."""
+
     name: str
     params: int
     macs: int
@@ -94,6 +105,7 @@ class FlopsRow:
 class FlopsReport:
     """Per-part and total parameters and multiply-adds (the papers' "FLOPs") of one forward at ``input_size``
     and batch 1. ``path`` is the path that was traced ("reference" for DAT models, else "model")."""
+
     model: str
     input_size: tuple[int, int, int]
     rows: tuple[FlopsRow, ...]
@@ -120,10 +132,17 @@ class FlopsReport:
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(model=self.model, input_size=list(self.input_size), path=self.path, params=self.params,
-                    macs=self.macs, gflops=self.gflops, by_op=self.by_op(),
-                    rows=[{**asdict(r), "by_op": dict(r.by_op)} for r in self.rows],
-                    published=_published_dict(self.model, self.input_size))
+        return dict(
+            model=self.model,
+            input_size=list(self.input_size),
+            path=self.path,
+            params=self.params,
+            macs=self.macs,
+            gflops=self.gflops,
+            by_op=self.by_op(),
+            rows=[{**asdict(r), "by_op": dict(r.by_op)} for r in self.rows],
+            published=_published_dict(self.model, self.input_size),
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -160,23 +179,25 @@ def format_report(report: FlopsReport) -> str:
     """A plain-text table: one line per part, the total and, for released variants, the papers' numbers."""
     c, h, w = report.input_size
     path = f", {report.path} path" if report.path in ("reference", "fast") else ""
-    lines = [f"{report.model} at {c}×{h}×{w}, batch 1 — multiply-adds (the papers' FLOPs, fvcore convention)"
-             + path]
+    lines = [f"{report.model} at {c}×{h}×{w}, batch 1 — multiply-adds (the papers' FLOPs, fvcore convention)" + path]
     width = max([len(r.detail) for r in report.rows] + [6])
     lines.append(f"{'part':8s}  {'':{width}s}  {'params':>10s}  {'FLOPs':>9s}  {'share':>6s}")
     total = max(report.macs, 1)
     for r in report.rows:
-        lines.append(f"{r.name:8s}  {r.detail:{width}s}  {_m(r.params):>10s}  {_g(r.macs):>9s}  "
-                     f"{100 * r.macs / total:5.1f}%")
+        lines.append(
+            f"{r.name:8s}  {r.detail:{width}s}  {_m(r.params):>10s}  {_g(r.macs):>9s}  {100 * r.macs / total:5.1f}%"
+        )
     lines.append(f"{'total':8s}  {'':{width}s}  {_m(report.params):>10s}  {_g(report.macs):>9s}")
     pub = published_for(report.model, report.input_size)
     if pub is not None:
-        lines.append(f"{'paper':8s}  {'':{width}s}  {pub[0]:>9g}M  {pub[1]:>8g}G  "
-                     f"({100 * (report.gflops / pub[1] - 1):+.2f}%)")
+        lines.append(
+            f"{'paper':8s}  {'':{width}s}  {pub[0]:>9g}M  {pub[1]:>8g}G  ({100 * (report.gflops / pub[1] - 1):+.2f}%)"
+        )
     return "\n".join(lines)
 
 
 # -- counting -------------------------------------------------------------------------------------------------------
+
 
 def _default_input_size(model: nn.Module) -> tuple[int, int, int]:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
@@ -202,9 +223,9 @@ def _part_of(param_name: str, stage_attr: str, num_stages: int) -> str:
         return "stem"
     if parts[0] == stage_attr and len(parts) > 1 and parts[1].isdigit():
         return f"stage {int(parts[1]) + 1}"
-    if parts[0] == "down_projs" and parts[1].isdigit():          # DAT: the downsampling before stage i + 2
+    if parts[0] == "down_projs" and parts[1].isdigit():  # DAT: the downsampling before stage i + 2
         return f"stage {int(parts[1]) + 2}"
-    if parts[0] == "norms" and parts[1].isdigit() and int(parts[1]) < num_stages:   # DAT's dense-task norms
+    if parts[0] == "norms" and parts[1].isdigit() and int(parts[1]) < num_stages:  # DAT's dense-task norms
         return f"stage {int(parts[1]) + 1}"
     return "head"
 
@@ -220,7 +241,7 @@ def _stage_detail(stage: nn.Module, out: Any, channels_last: Optional[bool]) -> 
         hw = t.shape[1:3] if channels_last else t.shape[-2:]
         size = f"{hw[0]}×{hw[1]}"
     spec = "".join(getattr(stage, "stage_spec", None) or [])
-    for n in range(1, len(spec) + 1):                    # "NDNDND" → "ND×3"
+    for n in range(1, len(spec) + 1):  # "NDNDND" → "ND×3"
         if len(spec) % n == 0 and spec[:n] * (len(spec) // n) == spec:
             spec = spec[:n] + (f"×{len(spec) // n}" if len(spec) > n else "")
             break
@@ -228,8 +249,9 @@ def _stage_detail(stage: nn.Module, out: Any, channels_last: Optional[bool]) -> 
 
 
 @torch.no_grad()
-def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, *, name: Optional[str] = None,
-                path: str = "reference") -> FlopsReport:
+def count_flops(
+    model: nn.Module, input_size: Optional[Sequence[int]] = None, *, name: Optional[str] = None, path: str = "reference"
+) -> FlopsReport:
     """Parameters and multiply-adds of ``model`` for one image of ``input_size`` (C, H, W; default: the model's
     pretrained_cfg input size, else its ``img_size``), per stem / stage (each with the downsampling into it) /
     head, in the papers' convention (see the module docstring).
@@ -252,12 +274,14 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, *,
     is_dat = hasattr(model, "set_reference") and hasattr(model, "reference")
     min_size = getattr(model, "min_input_size", None)
     if min_size is not None and min(size[1:]) < min_size:
-        raise ValueError(f"input size {size[1]}×{size[2]} is below this model's minimum of {min_size}×{min_size} "
-                         f"(patch size × 8)")
+        raise ValueError(
+            f"input size {size[1]}×{size[2]} is below this model's minimum of {min_size}×{min_size} (patch size × 8)"
+        )
     name = name or getattr(model, "default_cfg", {}).get("architecture") or type(model).__name__
 
-    meta = {n: torch.empty_like(t, device="meta") for n, t in
-            list(model.named_parameters()) + list(model.named_buffers())}
+    meta = {
+        n: torch.empty_like(t, device="meta") for n, t in list(model.named_parameters()) + list(model.named_buffers())
+    }
     x = torch.empty((1,) + size, device="meta")
     stages = _stage_list(model)
     stage_attr = "stages" if stages is getattr(model, "stages", None) else "layers"
@@ -266,11 +290,12 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, *,
     def snapshot() -> dict[str, int]:
         return {str(op).replace("aten.", ""): v for op, v in counter.flop_counts["Global"].items()}
 
-    layout = (path == "fast") if is_dat else None   # DAT: channels-last on the fast path only
-    starts: dict[int, dict[str, int]] = {}            # op counts when stage i starts / ends
+    layout = (path == "fast") if is_dat else None  # DAT: channels-last on the fast path only
+    starts: dict[int, dict[str, int]] = {}  # op counts when stage i starts / ends
     ends: dict[int, tuple[dict[str, int], str]] = {}
     handles = []
     for i, stage in enumerate(stages if stages is not None else []):
+
         def on_start(module, args, i=i) -> None:
             starts.setdefault(i, snapshot())
 
@@ -319,8 +344,7 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, *,
 
     rows: list[FlopsRow] = []
     if not ends or sorted(ends) != list(range(num_stages)):
-        rows.append(FlopsRow("model", sum(params.values()), sum(between({}, final).values()), "",
-                             between({}, final)))
+        rows.append(FlopsRow("model", sum(params.values()), sum(between({}, final).values()), "", between({}, final)))
     else:
         rows.append(row("stem", between({}, starts[0])))
         previous: Mapping[str, int] = starts[0]
@@ -329,13 +353,13 @@ def count_flops(model: nn.Module, input_size: Optional[Sequence[int]] = None, *,
             rows.append(row(f"stage {i + 1}", between(previous, end), detail))
             previous = end
         rows.append(row("head", between(previous, final)))
-        if params:                                        # parameters of parts that never ran
-            rows[-1] = FlopsRow("head", rows[-1].params + sum(params.values()), rows[-1].macs, "",
-                                rows[-1].by_op)
+        if params:  # parameters of parts that never ran
+            rows[-1] = FlopsRow("head", rows[-1].params + sum(params.values()), rows[-1].macs, "", rows[-1].by_op)
     return FlopsReport(name, size, tuple(rows), path if is_dat else "model")
 
 
 # -- the released variants and the DAT paper's stage ablation ----------------------------------------------------------------
+
 
 class _DropPathScheduleOnCpu(torch.overrides.TorchFunctionMode):
     """Inside ``torch.device("meta")``: keep ``torch.linspace`` on the CPU, because ``DAT.__init__`` reads the
@@ -363,6 +387,7 @@ def variant_input_size(name: str) -> tuple[int, int, int]:
     import timm
 
     import datvit  # noqa: F401  (registers the variants)
+
     return tuple(timm.models.get_pretrained_cfg(name).input_size)
 
 
@@ -378,6 +403,7 @@ def count_variant_flops(name: str, input_size: Optional[Sequence[int]] = None, *
 class AblationEntry:
     """One line of the DAT paper's stage ablation: the (1-based) stages that use D blocks; the parameters and
     GFLOPs of the authors' code (fvcore) and the published ones with the top-1."""
+
     d_stages: tuple[int, ...]
     authors_params_m: float
     authors_gflops: float
@@ -420,17 +446,20 @@ def count_ablation() -> list[tuple[AblationEntry, FlopsReport]]:
     out = []
     for entry in ABLATION:
         label = "dat_tiny, D in stages " + (",".join(map(str, entry.d_stages)) or "none")
-        out.append((entry, count_flops(build_on_meta(ablation_config(entry.d_stages)), (3, 224, 224),
-                                       name=label)))
+        out.append((entry, count_flops(build_on_meta(ablation_config(entry.d_stages)), (3, 224, 224), name=label)))
     return out
 
 
 def format_ablation(results: Sequence[tuple[AblationEntry, FlopsReport]]) -> str:
-    lines = ["The DAT paper's stage ablation (DAT-T, which stages use deformable attention; 224×224)",
-             f"{'D in stages':12s}  {'params':>9s}  {'FLOPs':>7s}  {'authors code':>16s}  {'published':>14s}  top-1"]
+    lines = [
+        "The DAT paper's stage ablation (DAT-T, which stages use deformable attention; 224×224)",
+        f"{'D in stages':12s}  {'params':>9s}  {'FLOPs':>7s}  {'authors code':>16s}  {'published':>14s}  top-1",
+    ]
     for entry, report in results:
         stages = ",".join(map(str, entry.d_stages)) or "none"
-        lines.append(f"{stages:12s}  {report.params / 1e6:8.3f}M  {report.gflops:6.3f}G  "
-                     f"{entry.authors_params_m:7.3f}M/{entry.authors_gflops:.3f}G  "
-                     f"{entry.published_params_m:6.2f}M/{entry.published_gflops:.2f}G  {entry.top1}")
+        lines.append(
+            f"{stages:12s}  {report.params / 1e6:8.3f}M  {report.gflops:6.3f}G  "
+            f"{entry.authors_params_m:7.3f}M/{entry.authors_gflops:.3f}G  "
+            f"{entry.published_params_m:6.2f}M/{entry.published_gflops:.2f}G  {entry.top1}"
+        )
     return "\n".join(lines)

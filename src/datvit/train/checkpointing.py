@@ -6,6 +6,7 @@ and ``best.pth`` are hard links to the same bytes as ``last.pth`` where the file
 
 Everything stored is tensors or plain Python values, so ``torch.load(weights_only=True)`` reads it.
 """
+
 from __future__ import annotations
 
 import glob
@@ -25,14 +26,20 @@ CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)\.pth$")
 
 # -- random state -------------------------------------------------------------------------------------------------
 
+
 def capture_rng_state() -> dict[str, Any]:
     """Python, NumPy, torch CPU and every CUDA generator, as tensors and plain values."""
     version, mt_state, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
         "python": {"version": version, "state": torch.tensor(mt_state, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -45,8 +52,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     py = state["python"]
     random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
     npy = state["numpy"]
-    np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                         npy["cached_gaussian"]))
+    np.random.set_state(
+        (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["cached_gaussian"])
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"]
@@ -55,6 +63,7 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- the run directory ------------------------------------------------------------------------------------------
+
 
 class CheckpointManager:
     """Writes ``last.pth`` (every save), ``checkpoint-<epoch>.pth`` (epoch ends; the newest ``hist`` kept) and
@@ -93,7 +102,7 @@ class CheckpointManager:
         return [p for _, p in sorted(found)]
 
     def prune(self) -> None:
-        for path in self.epoch_checkpoints()[:-self.hist]:
+        for path in self.epoch_checkpoints()[: -self.hist]:
             path.unlink(missing_ok=True)
 
 

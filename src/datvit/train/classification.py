@@ -1,5 +1,6 @@
 """Image classification as a training task: ImageNet-style folders or Fashion-MNIST, a DAT classifier, timm's
 transforms, Mixup/CutMix and label smoothing, top-1/top-5 evaluation — what ``datvit train`` runs."""
+
 from __future__ import annotations
 
 import os
@@ -17,10 +18,10 @@ from datvit.inference.checkpoint_format import describe_arch_difference
 from datvit.models import CheckpointError, load_checkpoint
 
 from ..data.loader import create_dataset, create_loader, eval_transform, resolve_dataset_kind, train_transform
+from ..models.factory import arch_record, build_model, count_parameters, load_model_config, resolve_model_kwargs
 from . import distributed as dist_utils
 from .config import TrainConfig, recipe_for
 from .errors import TrainingError
-from ..models.factory import arch_record, build_model, count_parameters, load_model_config, resolve_model_kwargs
 from .modeling import reset_linear_layers
 from .precision import AmpPlan, autocast
 from .task import MetricSpec, StepOutput, Task
@@ -56,8 +57,9 @@ def evaluate(
     model.eval()
     loss_sum = correct1 = correct5 = count = 0.0
     corrupt = []
-    for images, targets, bad in tqdm(loader, desc=desc, leave=False, dynamic_ncols=True,
-                                     disable=not (progress and info.is_main)):
+    for images, targets, bad in tqdm(
+        loader, desc=desc, leave=False, dynamic_ncols=True, disable=not (progress and info.is_main)
+    ):
         corrupt.extend(bad)
         if images is None:
             continue
@@ -77,8 +79,13 @@ def evaluate(
     model.train(was_training)
     if not count:
         return {"loss": None, "top1": None, "top5": None, "count": 0, "corrupt": corrupt}
-    return {"loss": loss_sum / count, "top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count,
-            "count": int(count), "corrupt": corrupt}
+    return {
+        "loss": loss_sum / count,
+        "top1": 100.0 * correct1 / count,
+        "top5": 100.0 * correct5 / count,
+        "count": int(count),
+        "corrupt": corrupt,
+    }
 
 
 class ClassificationTask(Task):
@@ -111,33 +118,44 @@ class ClassificationTask(Task):
         if values.get("num_classes") is None:
             values["num_classes"] = len(self.class_names)
         elif values["num_classes"] < len(self.class_names):
-            raise TrainingError(f"--num-classes {values['num_classes']} but the dataset has {len(self.class_names)} "
-                                "classes")
+            raise TrainingError(
+                f"--num-classes {values['num_classes']} but the dataset has {len(self.class_names)} classes"
+            )
         model_config = values.get("model_config")
         if model_config and not os.path.isfile(model_config):
             raise TrainingError(f"--model-config {model_config}: no such file")
         self.model_kwargs = resolve_model_kwargs(
-            values["model"], load_model_config(model_config) if model_config else None,
-            values.get("model_kwargs") or {}, num_classes=values["num_classes"], in_chans=in_chans,
-            img_size=values.get("img_size"), drop_path_rate=values.get("drop_path"), drop_rate=values.get("drop"))
+            values["model"],
+            load_model_config(model_config) if model_config else None,
+            values.get("model_kwargs") or {},
+            num_classes=values["num_classes"],
+            in_chans=in_chans,
+            img_size=values.get("img_size"),
+            drop_path_rate=values.get("drop_path"),
+            drop_rate=values.get("drop"),
+        )
         if values.get("img_size") is None:
             values["img_size"] = int(self.model_kwargs.get("img_size", 224))
         patch, stages = int(self.model_kwargs.get("patch_size", 4)), len(self.model_kwargs.get("dims") or [0] * 4)
         min_size = patch * 2 ** (stages - 1)  # = DAT.min_input_size, checked before building anything
         if values["img_size"] < min_size:
-            raise TrainingError(f"--img-size {values['img_size']} is below this model's minimum input {min_size} "
-                                f"(patch {patch} × {2 ** (stages - 1)})")
+            raise TrainingError(
+                f"--img-size {values['img_size']} is below this model's minimum input {min_size} "
+                f"(patch {patch} × {2 ** (stages - 1)})"
+            )
         return values
 
     def _open_datasets(self, kind: str, values: dict[str, Any]) -> None:
         image_mode = "L" if values["in_chans"] == 1 else "RGB"
         data_dir = values.get("data_dir")
-        self.train_set = create_dataset(kind, data_dir, values["train_split"], image_mode=image_mode,
-                                        download=values.get("dataset_download", False))
+        self.train_set = create_dataset(
+            kind, data_dir, values["train_split"], image_mode=image_mode, download=values.get("dataset_download", False)
+        )
         self.class_names = list(self.train_set.classes)
         try:
-            self.eval_set = create_dataset(kind, data_dir, values["val_split"], image_mode=image_mode,
-                                           class_names=self.class_names)
+            self.eval_set = create_dataset(
+                kind, data_dir, values["val_split"], image_mode=image_mode, class_names=self.class_names
+            )
         except FileNotFoundError as e:
             self.warn(f"no evaluation split ({e}); best.pth will follow the training loss")
             self.eval_set = None
@@ -156,8 +174,13 @@ class ClassificationTask(Task):
             model.set_grad_checkpointing(True)
         if config.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.data_config = {"input_size": [config.in_chans, config.img_size, config.img_size], "mean": config.mean,
-                            "std": config.std, "crop_pct": config.crop_pct, "interpolation": config.interpolation}
+        self.data_config = {
+            "input_size": [config.in_chans, config.img_size, config.img_size],
+            "mean": config.mean,
+            "std": config.std,
+            "crop_pct": config.crop_pct,
+            "interpolation": config.interpolation,
+        }
         self._setup_loss()
         return model
 
@@ -165,9 +188,16 @@ class ClassificationTask(Task):
         config = self.config
         self.mixup = None
         if config.mixup > 0 or config.cutmix > 0 or config.cutmix_minmax is not None:
-            self.mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, cutmix_minmax=config.cutmix_minmax,
-                               prob=config.mixup_prob, switch_prob=config.mixup_switch_prob, mode=config.mixup_mode,
-                               label_smoothing=config.smoothing, num_classes=config.num_classes)
+            self.mixup = Mixup(
+                mixup_alpha=config.mixup,
+                cutmix_alpha=config.cutmix,
+                cutmix_minmax=config.cutmix_minmax,
+                prob=config.mixup_prob,
+                switch_prob=config.mixup_switch_prob,
+                mode=config.mixup_mode,
+                label_smoothing=config.smoothing,
+                num_classes=config.num_classes,
+            )
             self.criterion = SoftTargetCrossEntropy()
         elif config.smoothing > 0:
             self.criterion = LabelSmoothingCrossEntropy(config.smoothing)
@@ -178,20 +208,40 @@ class ClassificationTask(Task):
         config = self.config
         try:
             self.train_set.transform = train_transform(
-                config.img_size, config.mean, config.std, interpolation=config.train_interpolation, no_aug=config.no_aug,
-                scale=config.scale, ratio=config.ratio, hflip=config.hflip, vflip=config.vflip,
-                color_jitter=config.color_jitter, auto_augment=config.aa, re_prob=config.reprob, re_mode=config.remode,
-                re_count=config.recount)
+                config.img_size,
+                config.mean,
+                config.std,
+                interpolation=config.train_interpolation,
+                no_aug=config.no_aug,
+                scale=config.scale,
+                ratio=config.ratio,
+                hflip=config.hflip,
+                vflip=config.vflip,
+                color_jitter=config.color_jitter,
+                auto_augment=config.aa,
+                re_prob=config.reprob,
+                re_mode=config.remode,
+                re_count=config.recount,
+            )
         except (AssertionError, KeyError) as e:  # timm asserts on an unknown --aa policy
-            raise TrainingError(f"the augmentation flags (--aa {config.aa}, --remode {config.remode}) are not valid: "
-                                f"{e}") from None
+            raise TrainingError(
+                f"the augmentation flags (--aa {config.aa}, --remode {config.remode}) are not valid: {e}"
+            ) from None
         if self.eval_set is not None:
             self.eval_set.transform = eval_transform(self.data_config)
 
     def create_loader(self, dataset: Dataset, batch_size: int, training: bool) -> DataLoader:
         config, info = self.config, self.info
-        return create_loader(dataset, batch_size, training=training, workers=config.workers, seed=config.seed,
-                             rank=info.rank, world_size=info.world_size, pin_memory=config.pin_mem)
+        return create_loader(
+            dataset,
+            batch_size,
+            training=training,
+            workers=config.workers,
+            seed=config.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            pin_memory=config.pin_mem,
+        )
 
     def batch_problems(self, batch: Any) -> list[tuple[str, str]]:
         return [(s.path, s.error) for s in batch.corrupt]
@@ -225,29 +275,47 @@ class ClassificationTask(Task):
         correct = (logits.detach().argmax(dim=1) == hard_targets).sum() * weight
         return StepOutput(loss, n, {"top1": 100.0 * correct})
 
-    def evaluate(self, model: nn.Module, loader: DataLoader, amp: AmpPlan, progress: bool,
-                 desc: str) -> dict[str, Any]:
-        result = evaluate(model, loader, self.device, amp, self.info, progress=progress, desc=desc,
-                          channels_last=self.config.channels_last)
-        return {"loss": result["loss"], "top1": result["top1"], "top5": result["top5"],
-                "problems": [(s.path, s.error) for s in result["corrupt"]]}
+    def evaluate(self, model: nn.Module, loader: DataLoader, amp: AmpPlan, progress: bool, desc: str) -> dict[str, Any]:
+        result = evaluate(
+            model,
+            loader,
+            self.device,
+            amp,
+            self.info,
+            progress=progress,
+            desc=desc,
+            channels_last=self.config.channels_last,
+        )
+        return {
+            "loss": result["loss"],
+            "top1": result["top1"],
+            "top5": result["top5"],
+            "problems": [(s.path, s.error) for s in result["corrupt"]],
+        }
 
     def describe(self, model: nn.Module) -> str:
         config = self.config
-        return (f"training {config.model} ({self.n_params / 1e6:.2f}M parameters) on {config.dataset} "
-                f"({len(self.train_set)} training images, {len(self.class_names)} classes)")
+        return (
+            f"training {config.model} ({self.n_params / 1e6:.2f}M parameters) on {config.dataset} "
+            f"({len(self.train_set)} training images, {len(self.class_names)} classes)"
+        )
 
     def checkpoint_record(self) -> dict[str, Any]:
-        return {"class_names": self.class_names, "arch": arch_record(self.config.model, self.model_kwargs),
-                "data_config": self.data_config}
+        return {
+            "class_names": self.class_names,
+            "arch": arch_record(self.config.model, self.model_kwargs),
+            "data_config": self.data_config,
+        }
 
     def check_resume(self, loaded: Any, path: str) -> None:
         if loaded.arch is not None:
             differs = describe_arch_difference(loaded.arch, arch_record(self.config.model, self.model_kwargs))
             if differs:
-                raise CheckpointError(f"--resume {path}: the checkpoint was trained with another model ({differs}; "
-                                      "checkpoint vs this run); resume with the run's --model/--model-kwargs, or "
-                                      "start from its weights with --initial-checkpoint")
+                raise CheckpointError(
+                    f"--resume {path}: the checkpoint was trained with another model ({differs}; "
+                    "checkpoint vs this run); resume with the run's --model/--model-kwargs, or "
+                    "start from its weights with --initial-checkpoint"
+                )
 
     def run_summary(self, last_row: dict[str, Any]) -> dict[str, Any]:
         return {"final_top1": last_row.get("eval_top1"), "final_top5": last_row.get("eval_top5")}

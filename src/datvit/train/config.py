@@ -11,6 +11,7 @@ stored in every checkpoint and read, never written, by the engine and the tasks.
 The keys are timm ``train.py``'s flag names with ``_`` for ``-``; the command line (``datvit.cli``) only collects
 which flags were given.
 """
+
 from __future__ import annotations
 
 import ast
@@ -30,23 +31,77 @@ from ..data.fashion_mnist import STD as FMNIST_STD
 
 # The papers' ImageNet-1k recipe. lr is derived from lr_base × global batch / lr_base_size.
 IMAGENET_RECIPE: dict[str, Any] = dict(
-    model="dat_tiny", in_chans=3, img_size=None, mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD), crop_pct=0.875,
-    interpolation="bicubic", train_interpolation="bicubic", batch_size=128, epochs=300,
-    opt="adamw", lr_base=1e-3, lr_base_size=1024, weight_decay=0.05, sched="cosine", warmup_epochs=20,
-    warmup_lr=1e-6, min_lr=1e-5, clip_grad=5.0, smoothing=0.1, aa="rand-m9-mstd0.5-inc1", reprob=0.25,
-    remode="pixel", mixup=0.8, cutmix=1.0, scale=[0.08, 1.0], ratio=[3 / 4, 4 / 3], hflip=0.5, color_jitter=0.4,
-    model_ema=True, model_ema_decay=0.9998, linear_init="model",
+    model="dat_tiny",
+    in_chans=3,
+    img_size=None,
+    mean=list(IMAGENET_MEAN),
+    std=list(IMAGENET_STD),
+    crop_pct=0.875,
+    interpolation="bicubic",
+    train_interpolation="bicubic",
+    batch_size=128,
+    epochs=300,
+    opt="adamw",
+    lr_base=1e-3,
+    lr_base_size=1024,
+    weight_decay=0.05,
+    sched="cosine",
+    warmup_epochs=20,
+    warmup_lr=1e-6,
+    min_lr=1e-5,
+    clip_grad=5.0,
+    smoothing=0.1,
+    aa="rand-m9-mstd0.5-inc1",
+    reprob=0.25,
+    remode="pixel",
+    mixup=0.8,
+    cutmix=1.0,
+    scale=[0.08, 1.0],
+    ratio=[3 / 4, 4 / 3],
+    hflip=0.5,
+    color_jitter=0.4,
+    model_ema=True,
+    model_ema_decay=0.9998,
+    linear_init="model",
 )
 # Fashion-MNIST, sized for a few minutes on 2 CPU cores: a small DAT at 32×32 (the 28×28 images resized),
 # flips only, one-cycle-like cosine schedule with a short warm-up, no Mixup/EMA/drop path (too short a run to
 # benefit: drop path 0.1 cost ~4 points after 1 epoch), PyTorch's default Linear init (learns faster early).
 FASHION_MNIST_RECIPE: dict[str, Any] = dict(
-    model="dat_nano", in_chans=1, img_size=32, mean=list(FMNIST_MEAN), std=list(FMNIST_STD), crop_pct=1.0,
-    interpolation="bicubic", train_interpolation="bicubic", batch_size=128, epochs=3,
-    opt="adamw", lr=1e-3, lr_base=1e-3, lr_base_size=1024, weight_decay=0.05, sched="cosine", warmup_epochs=0.3,
-    warmup_lr=1e-5, min_lr=1e-5, clip_grad=5.0, smoothing=0.1, aa=None, reprob=0.0, remode="pixel", mixup=0.0,
-    cutmix=0.0, scale=[1.0, 1.0], ratio=[1.0, 1.0], hflip=0.5, color_jitter=None, model_ema=False,
-    model_ema_decay=0.999, drop_path=0.0, linear_init="torch",
+    model="dat_nano",
+    in_chans=1,
+    img_size=32,
+    mean=list(FMNIST_MEAN),
+    std=list(FMNIST_STD),
+    crop_pct=1.0,
+    interpolation="bicubic",
+    train_interpolation="bicubic",
+    batch_size=128,
+    epochs=3,
+    opt="adamw",
+    lr=1e-3,
+    lr_base=1e-3,
+    lr_base_size=1024,
+    weight_decay=0.05,
+    sched="cosine",
+    warmup_epochs=0.3,
+    warmup_lr=1e-5,
+    min_lr=1e-5,
+    clip_grad=5.0,
+    smoothing=0.1,
+    aa=None,
+    reprob=0.0,
+    remode="pixel",
+    mixup=0.0,
+    cutmix=0.0,
+    scale=[1.0, 1.0],
+    ratio=[1.0, 1.0],
+    hflip=0.5,
+    color_jitter=None,
+    model_ema=False,
+    model_ema_decay=0.999,
+    drop_path=0.0,
+    linear_init="torch",
 )
 RECIPES = {"folder": IMAGENET_RECIPE, "fashion_mnist": FASHION_MNIST_RECIPE}
 
@@ -225,16 +280,22 @@ def build_config(cls: type[C], values: Mapping[str, Any]) -> C:
 
 def config_to_dict(config: EngineConfig) -> dict[str, Any]:
     """A config as plain YAML/checkpoint-safe data, keys sorted (``args.yaml`` and the checkpoints' ``args``)."""
-    return {f.name: to_plain(getattr(config, f.name)) for f in sorted(dataclasses.fields(config),
-                                                                      key=lambda f: f.name)}
+    return {f.name: to_plain(getattr(config, f.name)) for f in sorted(dataclasses.fields(config), key=lambda f: f.name)}
 
 
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
-                       ignore: Iterable[str] = ("resume", "trust_checkpoint", "no_resume_opt")) -> list[str]:
+def config_differences(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    ignore: Iterable[str] = ("resume", "trust_checkpoint", "no_resume_opt"),
+) -> list[str]:
     """``key: saved → current`` for every setting that differs between two configs as plain data."""
     skip = set(ignore)
     keys = sorted((set(saved) | set(current)) - skip)
-    return [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in keys if to_plain(saved.get(k)) != to_plain(current.get(k))]
+    return [
+        f"{k}: {saved.get(k)!r} → {current.get(k)!r}"
+        for k in keys
+        if to_plain(saved.get(k)) != to_plain(current.get(k))
+    ]
 
 
 def parse_literal(text: str) -> Any:
@@ -257,6 +318,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML (or JSON) mapping; a clear error for anything else. A name of a config shipped with datvit
     (``demo_fashion_mnist``) works from any directory."""
     from ..configs import resolve_config_path
+
     with open(resolve_config_path(path)) as f:
         data = yaml.safe_load(f)
     if data is None:
@@ -282,8 +344,12 @@ def resolve_learning_rate(values: dict[str, Any], world_size: int) -> dict[str, 
     ``warmup_lr = lr × warmup_ratio`` when a ratio is given."""
     values = dict(values)
     if values.get("lr") is None:
-        values["lr"] = scaled_lr(values["lr_base"], values["batch_size"] * world_size, values["lr_base_size"],
-                                 values.get("lr_base_scale", "linear"))
+        values["lr"] = scaled_lr(
+            values["lr_base"],
+            values["batch_size"] * world_size,
+            values["lr_base_size"],
+            values.get("lr_base_scale", "linear"),
+        )
     if values.get("warmup_ratio") is not None:
         values["warmup_lr"] = values["lr"] * values["warmup_ratio"]
     return values

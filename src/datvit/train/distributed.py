@@ -3,6 +3,7 @@
 ``torchrun --nproc_per_node N [--nnodes M ...] -m datvit train ...`` (or ``torchrun --no-python ... datvit train``)
 sets RANK / LOCAL_RANK / WORLD_SIZE; a plain ``datvit train`` runs as a world of one. NCCL on GPUs, gloo on CPU.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -54,8 +55,9 @@ def init_distributed(device: Optional[str] = None, timeout_minutes: float = 30.0
     dev = resolve_device(device, local_rank)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes),
-                                device_id=dev if dev.type == "cuda" else None)
+        dist.init_process_group(
+            backend, timeout=datetime.timedelta(minutes=timeout_minutes), device_id=dev if dev.type == "cuda" else None
+        )
     return DistInfo(rank, local_rank, world_size, dev)
 
 

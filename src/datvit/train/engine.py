@@ -9,6 +9,7 @@ optimizer updates). Resuming restores weights, EMA, optimizer, scheduler, scaler
 every RNG, and starts the data sampler at the same batch — data order and augmentation depend only on
 (seed, epoch, sample), see ``datvit.data.loader`` — so the resumed run computes what the uninterrupted one would.
 """
+
 from __future__ import annotations
 
 import random
@@ -39,11 +40,10 @@ from .checkpointing import CheckpointManager, capture_rng_state, restore_rng_sta
 from .classification import ClassificationTask, channels_for_mean, evaluate  # noqa: F401  (datvit.train's API)
 from .config import EngineConfig, config_differences, config_to_dict
 from .errors import TrainingError
-from .metrics import (PLOTS, RunningSum, format_summary_line, plot_curves, summary_columns, task_plots,
-                      write_summary)
+from .metrics import PLOTS, RunningSum, format_summary_line, plot_curves, summary_columns, task_plots, write_summary
 from .precision import autocast, resolve_amp
-from .resolve import as_layers, resolve_run_config
 from .preemption import RunInterrupted, StopSignals
+from .resolve import as_layers, resolve_run_config
 from .task import Task
 
 
@@ -84,8 +84,11 @@ def use_fused_optimizer(opt: Optional[str], device: torch.device, requested: Opt
         cls = get_optimizer_class((opt or "adamw").lower(), bind_defaults=False)
     except (ValueError, KeyError):
         return False
-    available = isinstance(cls, type) and issubclass(cls, _FUSED_OPTIMIZERS) \
+    available = (
+        isinstance(cls, type)
+        and issubclass(cls, _FUSED_OPTIMIZERS)
         and device.type in _get_fused_kernels_supported_devices()
+    )
     if requested and not available:
         raise TrainingError(f"--opt-fused: torch has no fused step for optimizer {opt!r} on {device.type}")
     return available if requested is None else bool(requested)
@@ -96,8 +99,12 @@ class Trainer:
     (:func:`resolve_run_config`); ``fit()`` trains. ``config`` may also be a mapping of settings (a YAML file's,
     say), resolved here; ``task`` defaults to classification (``datvit train``)."""
 
-    def __init__(self, config: EngineConfig | Mapping[str, Any], info: Optional[dist_utils.DistInfo] = None,
-                 task: Optional[Task] = None):
+    def __init__(
+        self,
+        config: EngineConfig | Mapping[str, Any],
+        info: Optional[dist_utils.DistInfo] = None,
+        task: Optional[Task] = None,
+    ):
         self.task = task or ClassificationTask()
         if not isinstance(config, EngineConfig):
             layers = as_layers(config)
@@ -115,8 +122,10 @@ class Trainer:
         if not isinstance(config, EngineConfig):
             config = resolve_run_config(self.task, layers, self.info)
         elif self.task.config is not config:
-            raise TrainingError("a resolved config belongs to the task that resolved it: pass the settings "
-                                "to Trainer, or resolve_run_config(task, ...) with the same task")
+            raise TrainingError(
+                "a resolved config belongs to the task that resolved it: pass the settings "
+                "to Trainer, or resolve_run_config(task, ...) with the same task"
+            )
         self.config = config
         self.run_dir = Path(config.output) / config.experiment
         self.resume_path = config.resume
@@ -128,17 +137,17 @@ class Trainer:
         self._setup_model()
         self._setup_optimization()
         self.checkpoints = CheckpointManager(self.run_dir, config.checkpoint_hist)
-        self.epoch = 0            # epochs completed
-        self.batch_in_epoch = 0   # batches done in epoch `self.epoch`
-        self.step = 0             # optimizer updates
+        self.epoch = 0  # epochs completed
+        self.batch_in_epoch = 0  # batches done in epoch `self.epoch`
+        self.step = 0  # optimizer updates
         self.history: dict[str, list] = {"epochs": [], "steps": []}
         self.best = {"metric": None, "epoch": None}
         self.meters = self._fresh_meters()
         self.corrupt: dict[str, str] = {}
         self._rng_to_restore: Optional[dict] = None
-        self.signals = StopSignals()       # installed by fit(); a flag the loop reads after every step
-        self._stop_signal = 0              # the signal every rank agreed to stop on (0: none)
-        self._bad_run: list[int] = []      # steps of the current run of consecutive non-finite losses
+        self.signals = StopSignals()  # installed by fit(); a flag the loop reads after every step
+        self._stop_signal = 0  # the signal every rank agreed to stop on (0: none)
+        self._bad_run: list[int] = []  # steps of the current run of consecutive non-finite losses
         self._last_saved: Optional[tuple[str, int]] = None  # (path, step) of the newest checkpoint written
         if self.resume_path:
             self._resume(self.resume_path)
@@ -171,8 +180,9 @@ class Trainer:
             if self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
             else:
-                self.warn("--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel): BatchNorm statistics stay "
-                          "per process")
+                self.warn(
+                    "--sync-bn needs CUDA (SyncBatchNorm has no CPU kernel): BatchNorm statistics stay per process"
+                )
         model.to(self.device)
         self.model = model
         task.attach_transforms(model)
@@ -181,8 +191,9 @@ class Trainer:
         self.updates_per_epoch = self.train_loader.sampler.epoch_length // config.batch_size
         self.eval_loader = None
         if self.eval_set is not None:
-            self.eval_loader = task.create_loader(self.eval_set, config.validation_batch_size or config.batch_size,
-                                                  training=False)
+            self.eval_loader = task.create_loader(
+                self.eval_set, config.validation_batch_size or config.batch_size, training=False
+            )
 
     def _setup_optimization(self) -> None:
         config = self.config
@@ -195,9 +206,14 @@ class Trainer:
         # no-decay group; a task may give its own groups (the dense tasks: the authors' name rules)
         if use_fused_optimizer(config.opt, self.device, config.opt_fused):
             opt_kwargs["fused"] = True
-        self.optimizer = create_optimizer_v2(self.task.optimizer_params(self.model), opt=config.opt, lr=config.lr,
-                                             weight_decay=config.weight_decay, momentum=config.momentum,
-                                             **opt_kwargs)
+        self.optimizer = create_optimizer_v2(
+            self.task.optimizer_params(self.model),
+            opt=config.opt,
+            lr=config.lr,
+            weight_decay=config.weight_decay,
+            momentum=config.momentum,
+            **opt_kwargs,
+        )
         self.amp = resolve_amp(self.device, config.amp, config.amp_dtype)
         if self.amp.message:
             self.warn(self.amp.message)
@@ -208,18 +224,28 @@ class Trainer:
         self.scheduler = None
         if config.sched and config.sched != "none":
             self.scheduler, self.total_epochs = create_scheduler_v2(
-                self.optimizer, sched=config.sched, num_epochs=config.epochs, decay_epochs=config.decay_epochs,
-                decay_milestones=config.decay_milestones, cooldown_epochs=config.cooldown_epochs,
-                decay_rate=config.decay_rate, min_lr=config.min_lr, warmup_lr=config.warmup_lr,
-                warmup_epochs=config.warmup_epochs, warmup_prefix=config.warmup_prefix,
-                step_on_epochs=not config.sched_on_updates, updates_per_epoch=self.updates_per_epoch)
+                self.optimizer,
+                sched=config.sched,
+                num_epochs=config.epochs,
+                decay_epochs=config.decay_epochs,
+                decay_milestones=config.decay_milestones,
+                cooldown_epochs=config.cooldown_epochs,
+                decay_rate=config.decay_rate,
+                min_lr=config.min_lr,
+                warmup_lr=config.warmup_lr,
+                warmup_epochs=config.warmup_epochs,
+                warmup_prefix=config.warmup_prefix,
+                step_on_epochs=not config.sched_on_updates,
+                updates_per_epoch=self.updates_per_epoch,
+            )
         else:
             self.total_epochs = config.epochs
         self.train_model = self.model
         if self.info.distributed:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids,
-                                                       find_unused_parameters=self.task.find_unused_parameters)
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=device_ids, find_unused_parameters=self.task.find_unused_parameters
+            )
 
     # -- checkpoints ------------------------------------------------------------------------------------------
 
@@ -248,8 +274,13 @@ class Trainer:
             "step": self.step,
             "rng": rng_all[0],
             "rng_per_rank": rng_all,
-            "data_state": {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "seed": config.seed,
-                           "batch_size": config.batch_size, "world_size": self.info.world_size},
+            "data_state": {
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "seed": config.seed,
+                "batch_size": config.batch_size,
+                "world_size": self.info.world_size,
+            },
             "meters": meters_all[0],
             "meters_per_rank": meters_all,
             "history": self.history,
@@ -261,16 +292,22 @@ class Trainer:
         record = self.task.checkpoint_record()  # arch, data_config, class_names (+ a dense task's model config)
         training.update({k: v for k, v in record.items() if k not in MODEL_KEYS})
         return build_checkpoint(
-            self.model.state_dict(), arch=record.get("arch"), data_config=record.get("data_config"),
+            self.model.state_dict(),
+            arch=record.get("arch"),
+            data_config=record.get("data_config"),
             class_names=record.get("class_names"),
-            model_ema=self.ema.module.state_dict() if self.ema is not None else None, training=training)
+            model_ema=self.ema.module.state_dict() if self.ema is not None else None,
+            training=training,
+        )
 
     def save(self, epoch_end: Optional[int] = None, is_best: bool = False) -> None:
         """Write last.pth (+ checkpoint-<epoch>.pth, best.pth) — never over a good one with non-finite weights."""
         bad = self._first_nonfinite_tensor()
         if bad is not None:
-            raise TrainingDiverged(f"{bad} is not finite at step {self.step} (epoch {self.epoch + 1}); nothing was "
-                                   f"saved. {self._last_good_hint()}")
+            raise TrainingDiverged(
+                f"{bad} is not finite at step {self.step} (epoch {self.epoch + 1}); nothing was "
+                f"saved. {self._last_good_hint()}"
+            )
         state = self.state_dict()
         if self.is_main:
             self.checkpoints.save(state, epoch_end=epoch_end, is_best=is_best)
@@ -283,8 +320,9 @@ class Trainer:
         if self.ema is not None:
             named += [(f"EMA weight {k}", v) for k, v in self.ema.module.state_dict().items()]
         for i, state in enumerate(self.optimizer.state.values()):
-            named += [(f"optimizer state {k} of parameter {i}", v) for k, v in state.items()
-                      if isinstance(v, torch.Tensor)]
+            named += [
+                (f"optimizer state {k} of parameter {i}", v) for k, v in state.items() if isinstance(v, torch.Tensor)
+            ]
         for name, tensor in named:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 return name
@@ -304,16 +342,21 @@ class Trainer:
         loaded = read_datvit_checkpoint(path, trust_checkpoint=getattr(self.config, "trust_checkpoint", False))
         ckpt = loaded.training
         if not loaded.is_datvit or "step" not in ckpt:
-            raise TrainingError(f"{path} is not a datvit training checkpoint; to start from its weights use "
-                                "--initial-checkpoint")
+            raise TrainingError(
+                f"{path} is not a datvit training checkpoint; to start from its weights use --initial-checkpoint"
+            )
         if ckpt.get("task", "classification") != self.task.name:
-            raise TrainingError(f"--resume {path}: the checkpoint is a {ckpt.get('task', 'classification')} run, "
-                                f"this is {self.task.name}")
+            raise TrainingError(
+                f"--resume {path}: the checkpoint is a {ckpt.get('task', 'classification')} run, "
+                f"this is {self.task.name}"
+            )
         self.task.check_resume(loaded, path)
         differs = config_differences(ckpt.get("args") or {}, config_to_dict(self.config))
         if differs:
-            self.warn(f"resuming {path} with settings that differ from the checkpoint's (checkpoint → this run): "
-                      + "; ".join(differs))
+            self.warn(
+                f"resuming {path} with settings that differ from the checkpoint's (checkpoint → this run): "
+                + "; ".join(differs)
+            )
         load_state_dict_checked(self.model, loaded.model, path, reset_head_on_mismatch=False)
         if self.config.no_resume_opt:
             self.log(f"resumed the weights of {path} (optimizer, schedule and position not restored)")
@@ -332,13 +375,17 @@ class Trainer:
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         data_state = ckpt.get("data_state", {})
-        same_layout = (data_state.get("world_size") == self.info.world_size
-                       and data_state.get("batch_size") == self.config.batch_size)
+        same_layout = (
+            data_state.get("world_size") == self.info.world_size
+            and data_state.get("batch_size") == self.config.batch_size
+        )
         if self.batch_in_epoch and not same_layout:
             done = self.batch_in_epoch * data_state["batch_size"] * data_state["world_size"]
             self.batch_in_epoch = done // (self.config.batch_size * self.info.world_size)
-            self.warn("batch size or number of processes changed since the checkpoint: the epoch continues near, "
-                      "not exactly at, where it stopped")
+            self.warn(
+                "batch size or number of processes changed since the checkpoint: the epoch continues near, "
+                "not exactly at, where it stopped"
+            )
         per_rank_meters = ckpt.get("meters_per_rank") or [ckpt.get("meters") or {}]
         meters = per_rank_meters[self.info.rank] if same_layout else {}
         self.meters = {name: RunningSum.from_state(meters.get(name)) for name in self._meter_names()}
@@ -380,7 +427,8 @@ class Trainer:
             loss.backward()
         # one all-reduce of two integers per step: every rank skips the same steps and stops after the same one
         nonfinite, self._stop_signal = dist_utils.max_over_ranks(
-            [not bool(torch.isfinite(loss.detach()).all()), self.signals.requested or 0], self.info)
+            [not bool(torch.isfinite(loss.detach()).all()), self.signals.requested or 0], self.info
+        )
         self.step += 1
         if nonfinite:  # the update is skipped (as GradScaler skips an overflowing fp16 step): weights stay good
             self.optimizer.zero_grad(set_to_none=True)
@@ -419,8 +467,15 @@ class Trainer:
         sampler = self.train_loader.sampler
         sampler.set_epoch(epoch, start=self.batch_in_epoch * config.batch_size)
         self.train_model.train()
-        pbar = tqdm(total=self.updates_per_epoch, initial=self.batch_in_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                    dynamic_ncols=True, leave=False, disable=not self.is_main or config.no_progress, file=sys.stderr)
+        pbar = tqdm(
+            total=self.updates_per_epoch,
+            initial=self.batch_in_epoch,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            dynamic_ncols=True,
+            leave=False,
+            disable=not self.is_main or config.no_progress,
+            file=sys.stderr,
+        )
         if self._rng_to_restore is not None:  # exactly where the checkpoint left every generator
             restore_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
@@ -438,13 +493,15 @@ class Trainer:
             window["samples"] += n
             last_batch = self.batch_in_epoch >= self.updates_per_epoch
             if self.step % config.log_interval == 0 or last_batch:
-                self._flush_window(window, pbar, session_samples * self.info.world_size,
-                                   time.perf_counter() - t_start)
+                self._flush_window(window, pbar, session_samples * self.info.world_size, time.perf_counter() - t_start)
             pbar.update(1)
-            if (config.checkpoint_interval and self.step % config.checkpoint_interval == 0 and not last_batch
-                    and not self._bad_run):  # no step checkpoint inside a run of non-finite losses
-                self._flush_window(window, pbar, session_samples * self.info.world_size,
-                                   time.perf_counter() - t_start)
+            if (
+                config.checkpoint_interval
+                and self.step % config.checkpoint_interval == 0
+                and not last_batch
+                and not self._bad_run
+            ):  # no step checkpoint inside a run of non-finite losses
+                self._flush_window(window, pbar, session_samples * self.info.world_size, time.perf_counter() - t_start)
                 self.meters["seconds"] += time.perf_counter() - t_start
                 self.save()
                 t_start = time.perf_counter()
@@ -466,8 +523,9 @@ class Trainer:
         self.meters["seconds"] += time.perf_counter() - t_start
         seconds = self.meters["seconds"]
         names = self._meter_names()
-        *totals, count = dist_utils.all_reduce_sum([self.meters[n].total for n in names]
-                                                   + [self.meters["loss"].count], self.info)
+        *totals, count = dist_utils.all_reduce_sum(
+            [self.meters[n].total for n in names] + [self.meters["loss"].count], self.info
+        )
         result = {name: total / count if count else float("nan") for name, total in zip(names, totals)}
         return {**result, "seconds": seconds, "images_per_s": count / seconds if seconds > 0 else 0.0}
 
@@ -476,24 +534,31 @@ class Trainer:
 
     def _diverged_message(self) -> str:
         first, last = self._bad_run[0], self._bad_run[-1]
-        return (f"the loss was not finite for {len(self._bad_run)} consecutive steps (steps {first}–{last}, epoch "
-                f"{self.epoch + 1}; --max-bad-steps {self.config.max_bad_steps}); their updates were skipped and "
-                f"nothing was saved after them. {self._last_good_hint()}")
+        return (
+            f"the loss was not finite for {len(self._bad_run)} consecutive steps (steps {first}–{last}, epoch "
+            f"{self.epoch + 1}; --max-bad-steps {self.config.max_bad_steps}); their updates were skipped and "
+            f"nothing was saved after them. {self._last_good_hint()}"
+        )
 
     def _stop_on_signal(self) -> None:
         """Write the checkpoint of the position reached (unless the step's checkpoint was just written) and raise
         ``RunInterrupted``. At an epoch's last batch the checkpoint holds the whole epoch as done
         (``batch_in_epoch == updates_per_epoch``): the resumed run goes straight to the epoch's evaluation."""
-        if self._last_saved is None or self._last_saved[1] != self.step or self._last_saved[0] != str(
-                self.checkpoints.last):
+        if (
+            self._last_saved is None
+            or self._last_saved[1] != self.step
+            or self._last_saved[0] != str(self.checkpoints.last)
+        ):
             self.save()
         name = signal.Signals(self._stop_signal).name
-        raise RunInterrupted(f"stopped on {name} after step {self.step} (epoch {self.epoch + 1}, batch "
-                             f"{self.batch_in_epoch}/{self.updates_per_epoch}); checkpoint: {self.checkpoints.last}. "
-                             "Continue with the same command plus --resume auto", self._stop_signal)
+        raise RunInterrupted(
+            f"stopped on {name} after step {self.step} (epoch {self.epoch + 1}, batch "
+            f"{self.batch_in_epoch}/{self.updates_per_epoch}); checkpoint: {self.checkpoints.last}. "
+            "Continue with the same command plus --resume auto",
+            self._stop_signal,
+        )
 
-    def _flush_window(self, window: dict[str, Any], pbar: Optional[tqdm], session_images: int,
-                      elapsed: float) -> None:
+    def _flush_window(self, window: dict[str, Any], pbar: Optional[tqdm], session_images: int, elapsed: float) -> None:
         """Move the step accumulators into the epoch's averages, add a curve point, refresh the progress bar."""
         n = window["samples"]
         if n:
@@ -508,10 +573,18 @@ class Trainer:
             window.update(self._fresh_window())
         if pbar is not None and not pbar.disable:
             shown = {"loss": f"{self.meters['loss'].mean:.4f}"}
-            shown.update({("acc" if name == "top1" else name): f"{self.meters[name].mean:.2f}"
-                          for name in self.task.metrics.step_metrics})
-            pbar.set_postfix(**shown, lr=f"{self._current_lr():.3g}",
-                             img_s=f"{session_images / elapsed:.0f}" if elapsed > 0 else "-", refresh=False)
+            shown.update(
+                {
+                    ("acc" if name == "top1" else name): f"{self.meters[name].mean:.2f}"
+                    for name in self.task.metrics.step_metrics
+                }
+            )
+            pbar.set_postfix(
+                **shown,
+                lr=f"{self._current_lr():.3g}",
+                img_s=f"{session_images / elapsed:.0f}" if elapsed > 0 else "-",
+                refresh=False,
+            )
 
     def _evaluate_epoch(self) -> dict[str, Any]:
         row: dict[str, Any] = {key: None for key, _, _ in self.task.metrics.eval_columns}
@@ -541,14 +614,22 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train the remaining epochs; returns the final summary (also printed)."""
         config = self.config
-        self.log(f"{self.task.describe(self.model)} for {config.epochs} epochs "
-                 f"({self.updates_per_epoch} steps each) on {self.info.world_size} × {self.device.type}, global batch "
-                 f"{config.batch_size * self.info.world_size}, lr {config.lr:.3g}; writing to {self.run_dir}")
+        self.log(
+            f"{self.task.describe(self.model)} for {config.epochs} epochs "
+            f"({self.updates_per_epoch} steps each) on {self.info.world_size} × {self.device.type}, global batch "
+            f"{config.batch_size * self.info.world_size}, lr {config.lr:.3g}; writing to {self.run_dir}"
+        )
         with self.signals:
             while self.epoch < config.epochs:
                 train = self.train_epoch()
-                row = {"epoch": self.epoch + 1, "train_loss": train["loss"], **self._evaluate_epoch(),
-                       "lr": self._current_lr(), "images/s": train["images_per_s"], "seconds": train["seconds"]}
+                row = {
+                    "epoch": self.epoch + 1,
+                    "train_loss": train["loss"],
+                    **self._evaluate_epoch(),
+                    "lr": self._current_lr(),
+                    "images/s": train["images_per_s"],
+                    "seconds": train["seconds"],
+                }
                 best_key = self.task.metrics.best
                 if self.scheduler is not None:
                     self.scheduler.step(self.epoch + 1, row.get(best_key))
@@ -564,12 +645,15 @@ class Trainer:
                 if self.is_main:
                     write_summary(self.run_dir, self.history["epochs"], self._summary_columns())
                     plot_curves(self.run_dir, self.history["epochs"], self.history["steps"], self._plots())
-                self.log(format_summary_line(row, config.epochs, self.task.metrics.eval_columns,
-                                             self.task.metrics.best))
+                self.log(
+                    format_summary_line(row, config.epochs, self.task.metrics.eval_columns, self.task.metrics.best)
+                )
                 skipped = self._skipped()
                 if any(skipped.values()):
-                    self.warn(f"skipped optimizer steps so far: {skipped['nonfinite_loss']} with a non-finite loss, "
-                              f"{skipped['amp_overflow']} fp16 overflows (GradScaler)")
+                    self.warn(
+                        f"skipped optimizer steps so far: {skipped['nonfinite_loss']} with a non-finite loss, "
+                        f"{skipped['amp_overflow']} fp16 overflows (GradScaler)"
+                    )
                 # a signal that came during the evaluation or the epoch's checkpoint: stop with that checkpoint
                 self._stop_signal = dist_utils.max_over_ranks([self.signals.requested or 0], self.info)[0]
                 if self._stop_signal and self.epoch < config.epochs:
@@ -581,27 +665,40 @@ class Trainer:
         if corrupt and self.is_main:
             lines = "".join(f"{p}\t{e}\n" for p, e in corrupt)
             (self.run_dir / "corrupt_files.txt").write_text(lines)
-            self.warn(f"{len(corrupt)} unreadable image file(s) were skipped; listed in "
-                      f"{self.run_dir / 'corrupt_files.txt'}")
+            self.warn(
+                f"{len(corrupt)} unreadable image file(s) were skipped; listed in {self.run_dir / 'corrupt_files.txt'}"
+            )
         last = self.history["epochs"][-1] if self.history["epochs"] else {}
-        summary = {"run_dir": str(self.run_dir), "epochs": self.epoch, "steps": self.step,
-                   "best_metric": self.best["metric"], "best_epoch": self.best["epoch"],
-                   **self.task.run_summary(last),
-                   "corrupt_files": len(corrupt), "parameters": self.n_params,
-                   "skipped_nonfinite_steps": self._skipped()["nonfinite_loss"],
-                   "skipped_amp_overflow_steps": self._skipped()["amp_overflow"],
-                   "train_seconds": sum(r["seconds"] for r in self.history["epochs"])}
+        summary = {
+            "run_dir": str(self.run_dir),
+            "epochs": self.epoch,
+            "steps": self.step,
+            "best_metric": self.best["metric"],
+            "best_epoch": self.best["epoch"],
+            **self.task.run_summary(last),
+            "corrupt_files": len(corrupt),
+            "parameters": self.n_params,
+            "skipped_nonfinite_steps": self._skipped()["nonfinite_loss"],
+            "skipped_amp_overflow_steps": self._skipped()["amp_overflow"],
+            "train_seconds": sum(r["seconds"] for r in self.history["epochs"]),
+        }
         if self.best["metric"] is not None:
             best_key = self.task.metrics.best
-            what = (("top-1" if best_key == "eval_top1" else best_key.removeprefix("eval_"))
-                    if last.get(best_key) is not None else "-train loss")
-            self.log(f"done: best {what} {self.best['metric']:.2f} at epoch {self.best['epoch']}; checkpoints, "
-                     f"summary.csv and plots in {self.run_dir}")
+            what = (
+                ("top-1" if best_key == "eval_top1" else best_key.removeprefix("eval_"))
+                if last.get(best_key) is not None
+                else "-train loss"
+            )
+            self.log(
+                f"done: best {what} {self.best['metric']:.2f} at epoch {self.best['epoch']}; checkpoints, "
+                f"summary.csv and plots in {self.run_dir}"
+            )
         return summary
 
 
-def train(settings: EngineConfig | Mapping[str, Any] | Iterable[tuple[str, Mapping[str, Any]]],
-          task: Optional[Task] = None) -> dict[str, Any]:
+def train(
+    settings: EngineConfig | Mapping[str, Any] | Iterable[tuple[str, Mapping[str, Any]]], task: Optional[Task] = None
+) -> dict[str, Any]:
     """Train ``task`` (default: classification, ``datvit train``); joins and leaves the torchrun process group.
 
     ``settings``: a config, a mapping of settings (the fields of :class:`~datvit.train.config.TrainConfig` or

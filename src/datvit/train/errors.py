@@ -1,4 +1,5 @@
 """The error a training run stops with when the user can fix the cause (the CLI prints it as one line)."""
+
 from __future__ import annotations
 
 

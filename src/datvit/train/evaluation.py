@@ -5,6 +5,7 @@ datvit checkpoints record their architecture (``arch``), class names, data confi
 need ``--model``; the class count and input channels are read from the weights. Evaluation is timm's: resize to
 ``img_size / crop_pct`` (bicubic), center crop, normalise — at any ``--img-size`` (position tables are resized).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,11 +17,11 @@ from typing import Any, Optional
 
 from ..data.loader import create_dataset, create_loader, resolve_dataset_kind
 from ..deploy import InferenceOptimization, optimize_for_inference
-from ..utils.files import atomic_write_text
-from .config import default_workers
 from ..inference import LoadedModel, eval_transform, load_model, resolve_data_config
 from ..models.factory import count_parameters
+from ..utils.files import atomic_write_text
 from . import distributed as dist_utils
+from .config import default_workers
 from .engine import TrainingError, evaluate
 from .precision import resolve_amp
 
@@ -58,13 +59,23 @@ class EvalConfig:
 def load_eval_model(config: EvalConfig) -> LoadedModel:
     """The checkpoint's model (rebuilt from its record, or ``--model``) with its weights and preprocessing, through
     the inference layer; ``--crop-pct``/``--interpolation``/``--mean``/``--std`` override the preprocessing."""
-    loaded = load_model(config.checkpoint, config.model, img_size=config.img_size, num_classes=config.num_classes,
-                        in_chans=config.in_chans, use_ema=config.use_ema,
-                        trust_checkpoint=config.trust_checkpoint)
+    loaded = load_model(
+        config.checkpoint,
+        config.model,
+        img_size=config.img_size,
+        num_classes=config.num_classes,
+        in_chans=config.in_chans,
+        use_ema=config.use_ema,
+        trust_checkpoint=config.trust_checkpoint,
+    )
     loaded.data_config = resolve_data_config(
-        loaded.data_config, loaded.model, crop_pct=config.crop_pct,
-        interpolation=config.interpolation, mean=config.mean,
-        std=config.std)
+        loaded.data_config,
+        loaded.model,
+        crop_pct=config.crop_pct,
+        interpolation=config.interpolation,
+        mean=config.mean,
+        std=config.std,
+    )
     return loaded
 
 
@@ -93,39 +104,70 @@ def _run_eval(config: EvalConfig, info: dist_utils.DistInfo) -> dict[str, Any]:
     kind = resolve_dataset_kind(dataset, data_dir)
     transform = eval_transform(data_config)
     class_names = loaded.class_names
-    data = create_dataset(kind, data_dir, split, transform=transform,
-                             image_mode="L" if model.in_chans == 1 else "RGB", class_names=class_names)
+    data = create_dataset(
+        kind,
+        data_dir,
+        split,
+        transform=transform,
+        image_mode="L" if model.in_chans == 1 else "RGB",
+        class_names=class_names,
+    )
     if len(data.classes) > model.num_classes:
-        raise TrainingError(f"the dataset has {len(data.classes)} classes, the model's classifier "
-                            f"{model.num_classes}: evaluate a checkpoint trained on this dataset")
-    loader = create_loader(data, config.batch_size, training=False, workers=config.workers, rank=info.rank,
-                           world_size=info.world_size)
+        raise TrainingError(
+            f"the dataset has {len(data.classes)} classes, the model's classifier "
+            f"{model.num_classes}: evaluate a checkpoint trained on this dataset"
+        )
+    loader = create_loader(
+        data, config.batch_size, training=False, workers=config.workers, rank=info.rank, world_size=info.world_size
+    )
     amp = resolve_amp(info.device, config.amp, config.amp_dtype)
     if amp.message and info.is_main:
         print(f"warning: {amp.message}", file=sys.stderr)
     if config.channels_last:
         import torch
+
         model.to(memory_format=torch.channels_last)
     start = time.perf_counter()
     if config.optimization is not None:
         model = optimize_for_inference(model, config.optimization)
-    result = evaluate(model, loader, info.device, amp, info, progress=config.progress,
-                      desc=f"eval {os.path.basename(config.checkpoint)}", channels_last=config.channels_last)
+    result = evaluate(
+        model,
+        loader,
+        info.device,
+        amp,
+        info,
+        progress=config.progress,
+        desc=f"eval {os.path.basename(config.checkpoint)}",
+        channels_last=config.channels_last,
+    )
     seconds = time.perf_counter() - start
     corrupt = sorted({c.path for part in dist_utils.gather_objects(result["corrupt"], info) for c in part})
     results = {
-        "model": name, "checkpoint": config.checkpoint, "ema": config.use_ema, "dataset": kind, "split": split,
-        "images": result["count"], "top1": result["top1"], "top5": result["top5"], "loss": result["loss"],
-        "img_size": img_size, "crop_pct": data_config["crop_pct"], "interpolation": data_config["interpolation"],
-        "param_count": count_parameters(model), "seconds": seconds, "corrupt_files": len(corrupt),
+        "model": name,
+        "checkpoint": config.checkpoint,
+        "ema": config.use_ema,
+        "dataset": kind,
+        "split": split,
+        "images": result["count"],
+        "top1": result["top1"],
+        "top5": result["top5"],
+        "loss": result["loss"],
+        "img_size": img_size,
+        "crop_pct": data_config["crop_pct"],
+        "interpolation": data_config["interpolation"],
+        "param_count": count_parameters(model),
+        "seconds": seconds,
+        "corrupt_files": len(corrupt),
     }
     if info.is_main:
         for path in corrupt[:20]:
             print(f"warning: skipped unreadable image {path}", file=sys.stderr)
         if result["count"]:
-            print(f"{name} on {kind}/{split} ({result['count']} images, {img_size}px, crop {data_config['crop_pct']}, "
-                  f"{data_config['interpolation']}): top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-                  f"loss {result['loss']:.4f}  ({seconds:.1f} s)")
+            print(
+                f"{name} on {kind}/{split} ({result['count']} images, {img_size}px, crop {data_config['crop_pct']}, "
+                f"{data_config['interpolation']}): top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+                f"loss {result['loss']:.4f}  ({seconds:.1f} s)"
+            )
         else:
             print(f"no readable images in {kind}/{split}", file=sys.stderr)
         if corrupt:

@@ -3,6 +3,7 @@
 The history (one row per epoch, and a point every ``--log-interval`` steps) lives in the checkpoint, so a resumed
 run rewrites complete files rather than appending to possibly torn ones.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,9 +45,12 @@ class RunningSum:
 CLASSIFICATION_EVAL = (("eval_loss", "eval_loss", ".4f"), ("eval_top1", "top1", ".2f"), ("eval_top5", "top5", ".2f"))
 
 
-def format_summary_line(row: dict[str, Any], epochs: int,
-                        eval_columns: Sequence[tuple[str, str, str]] = CLASSIFICATION_EVAL,
-                        best: str = "eval_top1") -> str:
+def format_summary_line(
+    row: dict[str, Any],
+    epochs: int,
+    eval_columns: Sequence[tuple[str, str, str]] = CLASSIFICATION_EVAL,
+    best: str = "eval_top1",
+) -> str:
     """The one line printed per epoch."""
     parts = [f"epoch {row['epoch']}/{epochs}", f"train_loss {row['train_loss']:.4f}"]
     for key, label, fmt in eval_columns:
@@ -56,7 +60,11 @@ def format_summary_line(row: dict[str, Any], epochs: int,
         label, fmt = next(((lb, f) for k, lb, f in eval_columns if k == best), (best, ".4f"))
         parts.append(f"ema_{label} {row['ema_' + best]:{fmt}}")
     speed = row["images/s"]
-    parts += [f"lr {row['lr']:.3g}", f"{speed:.0f} img/s" if speed >= 10 else f"{speed:.2f} img/s", f"{row['seconds']:.0f} s"]
+    parts += [
+        f"lr {row['lr']:.3g}",
+        f"{speed:.0f} img/s" if speed >= 10 else f"{speed:.2f} img/s",
+        f"{row['seconds']:.0f} s",
+    ]
     return "  ".join(parts)
 
 
@@ -84,8 +92,9 @@ def _fmt(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def write_summary(run_dir: str | os.PathLike, rows: Iterable[dict[str, Any]],
-                  columns: Sequence[str] = SUMMARY_COLUMNS) -> Path:
+def write_summary(
+    run_dir: str | os.PathLike, rows: Iterable[dict[str, Any]], columns: Sequence[str] = SUMMARY_COLUMNS
+) -> Path:
     path = Path(run_dir) / "summary.csv"
     atomic_write_text(summary_csv_text(rows, columns), path)
     return path
@@ -127,26 +136,41 @@ def _series(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[flo
 # file: (title, y label, per-step key and label, per-epoch (key, label) pairs) — classification's; other tasks pass
 # their own metric plot (``task_plot``) in place of accuracy.png
 PLOTS = {
-    "loss.png": ("loss", "loss", ("loss", "train (steps)"),
-                 (("train_loss", "train (epoch)"), ("eval_loss", "eval"), ("ema_eval_loss", "eval (EMA)"))),
-    "accuracy.png": ("accuracy", "accuracy (%)", ("top1", "train top-1 (steps)"),
-                     (("eval_top1", "eval top-1"), ("eval_top5", "eval top-5"), ("ema_eval_top1", "EMA top-1"))),
+    "loss.png": (
+        "loss",
+        "loss",
+        ("loss", "train (steps)"),
+        (("train_loss", "train (epoch)"), ("eval_loss", "eval"), ("ema_eval_loss", "eval (EMA)")),
+    ),
+    "accuracy.png": (
+        "accuracy",
+        "accuracy (%)",
+        ("top1", "train top-1 (steps)"),
+        (("eval_top1", "eval top-1"), ("eval_top5", "eval top-5"), ("ema_eval_top1", "EMA top-1")),
+    ),
     "lr.png": ("learning rate", "lr", ("lr", "lr"), ()),
 }
 
 
-def task_plots(name: str, title: str, ylabel: str, series: Sequence[tuple[str, str]],
-               step_metric: Optional[tuple[str, str]] = None) -> dict[str, tuple]:
+def task_plots(
+    name: str, title: str, ylabel: str, series: Sequence[tuple[str, str]], step_metric: Optional[tuple[str, str]] = None
+) -> dict[str, tuple]:
     """The three plots of a run whose evaluation curves are ``series`` ((key, label) per curve; each also drawn
     for the EMA model when it has values), in ``<name>.png``."""
     ema = tuple((f"ema_{k}", f"{label} (EMA)") for k, label in series[:1])
-    return {"loss.png": PLOTS["loss.png"], f"{name}.png": (title, ylabel, step_metric or (None, None),
-                                                           tuple(series) + ema),
-            "lr.png": PLOTS["lr.png"]}
+    return {
+        "loss.png": PLOTS["loss.png"],
+        f"{name}.png": (title, ylabel, step_metric or (None, None), tuple(series) + ema),
+        "lr.png": PLOTS["lr.png"],
+    }
 
 
-def plot_curves(run_dir: str | os.PathLike, rows: list[dict[str, Any]], steps: list[dict[str, Any]],
-                plots: Optional[dict[str, tuple]] = None) -> list[Path]:
+def plot_curves(
+    run_dir: str | os.PathLike,
+    rows: list[dict[str, Any]],
+    steps: list[dict[str, Any]],
+    plots: Optional[dict[str, tuple]] = None,
+) -> list[Path]:
     """loss.png, accuracy.png (or the task's metric plot) and lr.png in ``run_dir``: per-step training points
     (x in fractional epochs) and per-epoch evaluation points."""
     run_dir = Path(run_dir)

@@ -1,5 +1,6 @@
 """Model choices that belong to training only: the init of the linear layers. Building models from names,
 presets and configurations lives in ``datvit.models.factory`` (inference uses it too)."""
+
 from __future__ import annotations
 
 from torch import nn

@@ -4,6 +4,7 @@ GPUs: bf16 (no loss scaling) or fp16 (with a GradScaler). CPUs: bf16 only when t
 natively (AVX512-BF16 or AMX); on others (e.g. AVX2-only Zen 3) a bf16 matmul is hundreds of times slower than
 fp32, so ``--amp`` is refused there with a message and the run continues in fp32. fp16 on CPU is always refused.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,8 +45,9 @@ class AmpPlan:
     message: Optional[str] = None
 
 
-def resolve_amp(device: torch.device, requested: bool, dtype_name: str = "bfloat16",
-                native_bf16: Optional[bool] = None) -> AmpPlan:
+def resolve_amp(
+    device: torch.device, requested: bool, dtype_name: str = "bfloat16", native_bf16: Optional[bool] = None
+) -> AmpPlan:
     """Decide mixed precision for ``device``; ``message`` explains a refusal (the run goes on in fp32)."""
     dtype = torch.float16 if dtype_name in ("float16", "fp16", "half") else torch.bfloat16
     if not requested:
@@ -56,15 +58,23 @@ def resolve_amp(device: torch.device, requested: bool, dtype_name: str = "bfloat
         return AmpPlan(True, dtype, dtype == torch.float16)
     if device.type == "cpu":
         if dtype == torch.float16:
-            return AmpPlan(False, torch.float32, False,
-                           "--amp-dtype float16 is not supported on CPU: training in fp32 (use bfloat16 on a CPU "
-                           "with AVX512-BF16/AMX)")
+            return AmpPlan(
+                False,
+                torch.float32,
+                False,
+                "--amp-dtype float16 is not supported on CPU: training in fp32 (use bfloat16 on a CPU "
+                "with AVX512-BF16/AMX)",
+            )
         if native_bf16 is None:
             native_bf16 = cpu_has_native_bf16()
         if not native_bf16:
-            return AmpPlan(False, torch.float32, False,
-                           "--amp refused: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag), where a bf16 "
-                           "matmul is far slower than fp32: training in fp32")
+            return AmpPlan(
+                False,
+                torch.float32,
+                False,
+                "--amp refused: this CPU has no native bf16 (no avx512_bf16/amx_bf16 flag), where a bf16 "
+                "matmul is far slower than fp32: training in fp32",
+            )
         return AmpPlan(True, torch.bfloat16, False)
     return AmpPlan(False, torch.float32, False, f"--amp is not supported on {device.type}: training in fp32")
 

@@ -12,6 +12,7 @@ SLURM follows its SIGTERM with SIGKILL after ``KillWait`` (30 s by default), tor
 Under torchrun the ranks see the signal at slightly different steps, so the flag is summed over all ranks once
 per step (``distributed.max_over_ranks``) and every rank stops after the same step.
 """
+
 from __future__ import annotations
 
 import signal
@@ -64,4 +65,3 @@ class StopSignals:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
-

@@ -5,6 +5,7 @@ over the task's recipe, the task fills what depends on its data and model (it op
 is how it knows the class count), then the learning rate, the schedule in epochs and the run directory are
 derived. What it returns is what the run uses, and what ``args.yaml`` and the checkpoints record.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,13 +16,21 @@ from typing import Any, Iterable, Mapping
 from ..data.loader import EpochSampler
 from . import distributed as dist_utils
 from .checkpointing import find_auto_resume
-from .config import EngineConfig, build_config, config_to_dict, default_experiment_name, merge_settings, resolve_learning_rate
+from .config import (
+    EngineConfig,
+    build_config,
+    config_to_dict,
+    default_experiment_name,
+    merge_settings,
+    resolve_learning_rate,
+)
 from .errors import TrainingError
 from .task import Task
 
 
-def resolve_run_config(task: Task, layers: Iterable[tuple[str, Mapping[str, Any]]],
-                       info: dist_utils.DistInfo) -> EngineConfig:
+def resolve_run_config(
+    task: Task, layers: Iterable[tuple[str, Mapping[str, Any]]], info: dist_utils.DistInfo
+) -> EngineConfig:
     """The frozen config of a run of ``task`` from ``layers`` of settings ``(where, mapping)``, later layers
     winning (e.g. ``[("config.yaml", yaml), ("command line", flags)]``). The task is left holding the config and
     its datasets."""
@@ -40,8 +49,9 @@ def resolve_run_config(task: Task, layers: Iterable[tuple[str, Mapping[str, Any]
     return config
 
 
-def as_layers(settings: EngineConfig | Mapping[str, Any] | Iterable[tuple[str, Mapping[str, Any]]]
-              ) -> list[tuple[str, Mapping[str, Any]]]:
+def as_layers(
+    settings: EngineConfig | Mapping[str, Any] | Iterable[tuple[str, Mapping[str, Any]]],
+) -> list[tuple[str, Mapping[str, Any]]]:
     """Settings in any of the forms the engine takes — a config, one mapping, or layers ``[(where, mapping)]``
     — as layers."""
     if isinstance(settings, EngineConfig):
@@ -63,8 +73,10 @@ def resolve_schedule(values: Mapping[str, Any], train_samples: int, world_size: 
     batch_size = values["batch_size"]
     per_epoch = updates_per_epoch(train_samples, batch_size, world_size)
     if per_epoch == 0:
-        raise TrainingError(f"{train_samples} training images are fewer than one batch of {batch_size} × "
-                            f"{world_size} processes; lower --batch-size")
+        raise TrainingError(
+            f"{train_samples} training images are fewer than one batch of {batch_size} × "
+            f"{world_size} processes; lower --batch-size"
+        )
     out: dict[str, Any] = {}
     if values.get("iters"):
         out["epochs"] = max(1, -(-int(values["iters"]) // per_epoch))
@@ -87,8 +99,10 @@ def resolve_run_dir(values: Mapping[str, Any], info: dist_utils.DistInfo, log: A
     if resume == "auto":
         found = find_auto_resume(output, experiment)
         if found is None:
-            log(f"--resume auto: nothing to resume under {output}{'/' + experiment if experiment else ''}; "
-                "starting a new run")
+            log(
+                f"--resume auto: nothing to resume under {output}{'/' + experiment if experiment else ''}; "
+                "starting a new run"
+            )
         else:
             resume_path = str(found)
     elif resume:
@@ -105,7 +119,9 @@ def resolve_run_dir(values: Mapping[str, Any], info: dist_utils.DistInfo, log: A
             while (Path(output) / f"{name}-{i}" / "last.pth").exists():
                 i += 1
             run_dir = Path(output) / f"{name}-{i}"
-            warn(f"{Path(output) / name} already holds a run (use --resume auto to continue it); writing this one "
-                 f"to {run_dir}")
+            warn(
+                f"{Path(output) / name} already holds a run (use --resume auto to continue it); writing this one "
+                f"to {run_dir}"
+            )
     run_dir, resume_path = dist_utils.broadcast_object((str(run_dir), resume_path), info)
     return {"output": str(Path(run_dir).parent), "experiment": Path(run_dir).name, "resume": resume_path}

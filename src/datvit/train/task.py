@@ -13,6 +13,7 @@ Tasks: ``datvit.train.classification.ClassificationTask`` here; ``datvit.dense.t
 ``SegmentationTask`` live with the dense library (the engine never imports ``datvit.dense``, so training a
 classifier needs none of its dependencies).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

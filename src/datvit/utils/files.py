@@ -5,6 +5,7 @@ directory is fsync'ed. A reader sees either the old complete file or the new com
 Used by training (checkpoints, summary.csv, curves), the tools (PNG figures, exports) and the CLI; it imports
 nothing of datvit, so every layer may use it.
 """
+
 from __future__ import annotations
 
 import errno

@@ -17,6 +17,7 @@
   4-64× less memory for an image that will be resized to a few hundred pixels anyway. Smaller images are decoded
   in full, so results match a full decode bit for bit.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,9 @@ def _open(f, path) -> Image.Image:
         Image.MAX_IMAGE_PIXELS = limit
     width, height = img.size
     if width * height > MAX_PIXELS:
-        raise ImageTooLargeError(f"{path}: {width}×{height} pixels is more than datvit reads "
-                                 f"({MAX_PIXELS / 1e6:.0f}M pixels)")
+        raise ImageTooLargeError(
+            f"{path}: {width}×{height} pixels is more than datvit reads ({MAX_PIXELS / 1e6:.0f}M pixels)"
+        )
     return img
 
 
@@ -83,7 +85,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
 
 def _has_transparency(img: Image.Image) -> bool:
     return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        img.mode in ("P", "RGB", "L") and "transparency" in img.info)
+        img.mode in ("P", "RGB", "L") and "transparency" in img.info
+    )
 
 
 def to_mode(img: Image.Image, mode: str) -> Image.Image:

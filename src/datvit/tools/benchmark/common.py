@@ -3,6 +3,7 @@ counting, the matrix-multiply peak and a description of the machine.
 
 Nothing here imports torch at module import time except through the functions, so ``datvit --help`` stays fast.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,12 +21,13 @@ from typing import Any, Callable, Iterable, Optional
 
 # src/datvit/tools/benchmark/common.py → the repository root when the package runs from a source checkout
 _CHECKOUT = Path(__file__).resolve().parents[4]
-PACKAGE_PARENT = Path(__file__).resolve().parents[3]   # the directory that holds ``datvit`` (for worker processes)
+PACKAGE_PARENT = Path(__file__).resolve().parents[3]  # the directory that holds ``datvit`` (for worker processes)
 
 
 def source_checkout() -> Optional[Path]:
     """The git checkout this package runs from (editable install), or None for an installed package."""
     return _CHECKOUT if (_CHECKOUT / ".git").exists() and (_CHECKOUT / "src" / "datvit").is_dir() else None
+
 
 # timm models users would pick instead of DAT, with short labels used in tables and ratios.
 ALIASES = {
@@ -47,7 +49,8 @@ FLOP_COUNT_NOTE = (
     "3× the forward. For DAT the count of the reference path (the authors' algorithm) is used for both paths, so a "
     "faster path shows as more GFLOP/s; the fast path's own count is given as 'executed' (DAT++'s tiled "
     "neighborhood attention computes extra masked scores). The DeformableAttention module benchmark counts with "
-    "FlopCounterMode while running (matmuls, convolutions and their backward).")
+    "FlopCounterMode while running (matmuls, convolutions and their backward)."
+)
 
 
 def as_tuple(value: Any) -> tuple:
@@ -75,6 +78,7 @@ def resolve_model_name(name: str) -> str:
 
 def is_dat(model: str) -> bool:
     import datvit
+
     return model in datvit.list_models()
 
 
@@ -83,7 +87,7 @@ class Subject:
     """One thing to time: a model and, for DAT models, which implementation ("fast" or "reference")."""
 
     model: str
-    path: str = "timm"   # "fast" | "reference" for DAT models, "timm" otherwise; "onnxruntime": exported model
+    path: str = "timm"  # "fast" | "reference" for DAT models, "timm" otherwise; "onnxruntime": exported model
 
     @property
     def label(self) -> str:
@@ -114,6 +118,7 @@ def expand_subjects(models: Iterable[str], paths: Iterable[str] = DAT_PATHS) -> 
 
 def set_threads(threads: Optional[int]) -> int:
     import torch
+
     if threads is None or threads <= 0:
         try:
             threads = len(os.sched_getaffinity(0))
@@ -125,6 +130,7 @@ def set_threads(threads: Optional[int]) -> int:
 
 def pick_device(device: str):
     import torch
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(device)
@@ -163,6 +169,7 @@ def build_models(subjects: Iterable[Subject], device, img_size: int = 224) -> di
 
 def autocast_context(device, dtype_name: Optional[str]):
     import torch
+
     if dtype_name is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype_name))
@@ -170,8 +177,10 @@ def autocast_context(device, dtype_name: Optional[str]):
 
 # -- timing -------------------------------------------------------------------------------------------------------
 
+
 def synchronize(device) -> None:
     import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -195,9 +204,9 @@ class CpuMonitor:
             own = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, ValueError, IndexError):
             return None
-        busy = f[0] + f[1] + f[2] + f[5] + f[6]          # user nice system irq softirq
+        busy = f[0] + f[1] + f[2] + f[5] + f[6]  # user nice system irq softirq
         steal = f[7] if len(f) > 7 else 0
-        return time.monotonic(), busy, int(own[11]) + int(own[12]), steal   # utime + stime of this process
+        return time.monotonic(), busy, int(own[11]) + int(own[12]), steal  # utime + stime of this process
 
     def others(self, a, b) -> Optional[dict[str, float]]:
         """Cores used by other processes, and stolen by the hypervisor, between samples a and b."""
@@ -226,8 +235,13 @@ MONITOR = CpuMonitor()
 QUIET_WAIT_S = 0.0
 
 
-def time_interleaved(fns: dict[str, Callable[[], Any]], warmup: int, iters: int, device,
-                     background: Optional[dict[str, list[float]]] = None) -> dict[str, list[float]]:
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    warmup: int,
+    iters: int,
+    device,
+    background: Optional[dict[str, list[float]]] = None,
+) -> dict[str, list[float]]:
     """Run every function ``warmup`` times, then ``iters`` rounds in which each function runs once (order reversed
     every other round). Interleaving spreads background load on a shared machine evenly over all subjects, which
     is what makes their ratios trustworthy. Returns seconds per call for each key; ``background`` (if given) gets,
@@ -310,6 +324,7 @@ def onnxruntime_fn(session, x):
 
     def step():
         session.run(None, feed)
+
     return step
 
 
@@ -319,6 +334,7 @@ def inference_fn(model, x, device, autocast: Optional[str]):
     def step():
         with torch.no_grad(), autocast_context(device, autocast):
             model(x)
+
     return step
 
 
@@ -337,11 +353,13 @@ def train_fn(model, x, y, device, autocast: Optional[str], lr: float = 1e-4):
         loss = F.cross_entropy(out.float(), y)
         loss.backward()
         optimizer.step()
+
     return step, optimizer
 
 
 def random_batch(batch: int, img_size: int, device, num_classes: int = 1000, seed: int = 0):
     import torch
+
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 3, img_size, img_size, generator=g).to(device)
     y = torch.randint(0, num_classes, (batch,), generator=g).to(device)
@@ -350,8 +368,21 @@ def random_batch(batch: int, img_size: int, device, num_classes: int = 1000, see
 
 # -- FLOPs ---------------------------------------------------------------------------------------------------------
 
-def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                        _output_padding, _groups, output_mask, out_shape) -> int:
+
+def _conv_backward_flop(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape,
+) -> int:
     """torch's formula for ``convolution_backward`` with the weight gradient counted like the forward conv.
 
     torch's own formula computes the weight gradient as conv(inputᵀ, grad_outᵀ) without the groups, which
@@ -375,8 +406,7 @@ def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False,
-                              custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
+    counter = FlopCounterMode(display=False, custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
     with sdpa_kernel(SDPBackend.MATH), counter:
         fn()
     by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
@@ -393,12 +423,16 @@ def model_flops(model, img_size: int, device=None, path: str = "reference") -> d
     is_dat = hasattr(model, "set_reference")
     report = count_model_flops(model, (3, img_size, img_size), path=path if is_dat else "reference")
     forward = 2 * report.macs
-    return {"forward_gflop": forward / 1e9, "train_gflop": 3 * forward / 1e9,
-            "forward_by_op_gflop": {k: 2 * v / 1e9 for k, v in report.by_op().items()},
-            "params_m": report.params / 1e6}
+    return {
+        "forward_gflop": forward / 1e9,
+        "train_gflop": 3 * forward / 1e9,
+        "forward_by_op_gflop": {k: 2 * v / 1e9 for k, v in report.by_op().items()},
+        "params_m": report.params / 1e6,
+    }
 
 
 # -- matmul peak ---------------------------------------------------------------------------------------------------
+
 
 def matmul_peak(sizes: Iterable[int], device, iters: int = 5, dtype_name: str = "float32") -> dict[str, Any]:
     """GFLOP/s of torch.mm on n×n matrices, and on CPU in float32 also of ``datvit.layers.ops.dense`` (oneDNN; on
@@ -423,9 +457,12 @@ def matmul_peak(sizes: Iterable[int], device, iters: int = 5, dtype_name: str = 
             fns["onednn"] = lambda a=a, b=b: dense(a, b)
         bg: dict[str, list[float]] = {}
         times = time_interleaved(fns, warmup=2, iters=calls, device=device, background=bg)
-        flop = 2.0 * n ** 3
-        per_size[str(n)] = {"gflops_best": flop / min(times["mm"]) / 1e9,
-                            "gflops_median": flop / statistics.median(times["mm"]) / 1e9, "calls": calls}
+        flop = 2.0 * n**3
+        per_size[str(n)] = {
+            "gflops_best": flop / min(times["mm"]) / 1e9,
+            "gflops_median": flop / statistics.median(times["mm"]) / 1e9,
+            "calls": calls,
+        }
         if "onednn" in times:
             per_size[str(n)]["gflops_best_onednn"] = flop / min(times["onednn"]) / 1e9
         if bg.get("mm"):
@@ -433,9 +470,14 @@ def matmul_peak(sizes: Iterable[int], device, iters: int = 5, dtype_name: str = 
         del a, b, fns
     peak_mm = max(v["gflops_best"] for v in per_size.values())
     peak = max([peak_mm] + [v["gflops_best_onednn"] for v in per_size.values() if "gflops_best_onednn" in v])
-    return {"dtype": dtype_name, "sizes": per_size, "peak_gflops": peak, "peak_gflops_mm": peak_mm,
-            "how": "torch.mm n×n (and on CPU fp32 datvit's oneDNN dense) after 2 warm-up calls, iters × "
-                   "(largest/n)³ timed calls per size (≤ 40); peak = the best call"}
+    return {
+        "dtype": dtype_name,
+        "sizes": per_size,
+        "peak_gflops": peak,
+        "peak_gflops_mm": peak_mm,
+        "how": "torch.mm n×n (and on CPU fp32 datvit's oneDNN dense) after 2 warm-up calls, iters × "
+        "(largest/n)³ timed calls per size (≤ 40); peak = the best call",
+    }
 
 
 def bf16_probe(device) -> dict[str, float]:
@@ -449,12 +491,13 @@ def bf16_probe(device) -> dict[str, float]:
         a = torch.randn(n, n, device=device, dtype=getattr(torch, name))
         b = torch.randn(n, n, device=device, dtype=getattr(torch, name))
         t = time_interleaved({"mm": lambda: torch.mm(a, b)}, warmup=1, iters=3, device=device)["mm"]
-        out[name] = 2.0 * n ** 3 / min(t) / 1e9
+        out[name] = 2.0 * n**3 / min(t) / 1e9
     out["bf16_over_fp32"] = out["bfloat16"] / out["float32"]
     return out
 
 
 # -- machine -------------------------------------------------------------------------------------------------------
+
 
 def _cpu_model() -> dict[str, Any]:
     info: dict[str, Any] = {"model": platform.processor() or "unknown"}
@@ -472,8 +515,9 @@ def _cpu_model() -> dict[str, Any]:
     info["family"] = fields.get("cpu family")
     info["model_number"] = fields.get("model")
     flags = set(fields.get("flags", "").split())
-    info["flags"] = sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile",
-                                    "avx512_fp16"})
+    info["flags"] = sorted(
+        flags & {"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "avx512_fp16"}
+    )
     return info
 
 
@@ -482,10 +526,12 @@ def _git_commit() -> dict[str, Any]:
     if root is None:
         return {"commit": None, "installed_package": True}
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         return {"commit": commit or None, "src_modified": bool(dirty)}
     except (OSError, subprocess.SubprocessError):
         return {"commit": None}
@@ -529,17 +575,23 @@ def machine_info(device, threads: int) -> dict[str, Any]:
         "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     try:
-        info["memory_gb"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30
+        info["memory_gb"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError, AttributeError):
         pass
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        info["gpu"] = {"name": props.name, "memory_gb": props.total_memory / 2 ** 30, "cuda": torch.version.cuda,
-                       "capability": f"{props.major}.{props.minor}", "cudnn": torch.backends.cudnn.version()}
+        info["gpu"] = {
+            "name": props.name,
+            "memory_gb": props.total_memory / 2**30,
+            "cuda": torch.version.cuda,
+            "capability": f"{props.major}.{props.minor}",
+            "cudnn": torch.backends.cudnn.version(),
+        }
     return info
 
 
 # -- memory --------------------------------------------------------------------------------------------------------
+
 
 def _status_kb(field: str) -> Optional[int]:
     try:
@@ -589,5 +641,6 @@ def peak_rss_bytes() -> int:
     if kb is not None:
         return kb * 1024
     import resource
+
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb * (1 if sys.platform == "darwin" else 1024)

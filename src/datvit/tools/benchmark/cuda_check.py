@@ -16,6 +16,7 @@ CPU first:
 
 Writes ``output``/cuda_check.json after every model (a run cut short keeps what it finished) and prints a summary.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,11 @@ import torch
 
 from . import common
 
-SPEED_ARGS = ("--models dat_tiny,datpp_tiny,swin,convnext --paths fast --batch-sizes 128 --train-batch-sizes 128 "
-              "--modes eager,bf16,bf16-compile --compile-models dat_tiny,swin --compile-kinds inference,train "
-              "--compile-batch-sizes 128 --train-runs 2 --no-module --onnx-models '' --compile-timeout 200")
+SPEED_ARGS = (
+    "--models dat_tiny,datpp_tiny,swin,convnext --paths fast --batch-sizes 128 --train-batch-sizes 128 "
+    "--modes eager,bf16,bf16-compile --compile-models dat_tiny,swin --compile-kinds inference,train "
+    "--compile-batch-sizes 128 --train-runs 2 --no-module --onnx-models '' --compile-timeout 200"
+)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor, floor: float) -> float:
@@ -53,15 +56,18 @@ def check_model(name: str, device: torch.device, batch: int, img_size: int) -> d
 
     torch.manual_seed(0)
     model = timm.create_model(name, drop_path_rate=0.0, img_size=img_size).to(device).eval()
-    with torch.no_grad():      # offsets and position biases that are not zero, so the sampling paths matter
+    with torch.no_grad():  # offsets and position biases that are not zero, so the sampling paths matter
         for n, p in model.named_parameters():
             if n.endswith(("conv_offset.3.weight", "rpe_table", "rpb", "relative_position_bias_table")):
                 p.normal_(0, 0.05)
     x = torch.randn(batch, 3, img_size, img_size, device=device)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     out: dict = {"model": name, "batch": batch, "img_size": img_size}
-    flex = [m._flex_enabled(torch.empty(0, device=device)) for m in model.modules()
-            if isinstance(m, NeighborhoodAttention2D)]
+    flex = [
+        m._flex_enabled(torch.empty(0, device=device))
+        for m in model.modules()
+        if isinstance(m, NeighborhoodAttention2D)
+    ]
     out["neighborhood_kernel"] = ("flex_attention" if all(flex) else "tiled") if flex else "none"
 
     grads = {}
@@ -97,8 +103,13 @@ def check_model(name: str, device: torch.device, batch: int, img_size: int) -> d
     out["bf16_finite"] = bool(torch.isfinite(bf16).all())
     out["bf16_logits_rel_max"] = ((bf16.float() - fp32).abs().max() / fp32.abs().max()).item()
     out["bf16_top1_agreement"] = (bf16.float().argmax(1) == fp32.argmax(1)).float().mean().item()
-    out["pass"] = bool(out["logits_rel_max"] < 1e-4 and not missing and (out["grad_rel_max"] or 0) < 1e-3
-                       and out["bf16_finite"] and out["bf16_logits_rel_max"] < 0.05)
+    out["pass"] = bool(
+        out["logits_rel_max"] < 1e-4
+        and not missing
+        and (out["grad_rel_max"] or 0) < 1e-3
+        and out["bf16_finite"]
+        and out["bf16_logits_rel_max"] < 0.05
+    )
     return out
 
 
@@ -127,7 +138,7 @@ def run(config: CudaCheckConfig) -> int:
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("no CUDA device here (try --device cpu for the correctness part)")
-    torch.backends.cuda.matmul.allow_tf32 = False     # float32 comparisons at 1e-4 need true float32 GEMMs
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 comparisons at 1e-4 need true float32 GEMMs
     torch.backends.cudnn.allow_tf32 = False
     out_dir = Path(config.output)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,8 +157,17 @@ def run(config: CudaCheckConfig) -> int:
         print(json.dumps(row), flush=True)
 
     if config.speed:
-        cmd = [sys.executable, "-m", "datvit", "bench", *shlex.split(config.speed_args), "--device", str(device),
-               "--output", str(out_dir / "bench")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "datvit",
+            "bench",
+            *shlex.split(config.speed_args),
+            "--device",
+            str(device),
+            "--output",
+            str(out_dir / "bench"),
+        ]
         print("speed:", " ".join(shlex.quote(c) for c in cmd), flush=True)
         start = time.perf_counter()
         try:
@@ -159,4 +179,3 @@ def run(config: CudaCheckConfig) -> int:
     ok = all(m.get("pass") for m in report["models"])
     print(f"cuda-check: {'PASS' if ok else 'FAIL'} — {out_dir / 'cuda_check.json'}")
     return 0 if ok else 1
-

@@ -1,6 +1,7 @@
 """The DeformableAttention module alone, at dat_tiny's stage-3 shapes: the fast path (B×H×W×C) against the
 reference path (the authors' algorithm, B×C×H×W), forward and forward+backward. ``datvit bench`` times it (the
 report's module section) and :mod:`.profile` profiles it."""
+
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -8,8 +9,9 @@ from typing import Any, Callable, Optional
 from . import common
 
 # dat_tiny stage 3 at 224: 14×14 map, 384 channels, 12 heads, 3 offset groups, offset kernel 5, stride 1.
-MODULE_CONFIG = dict(dim=384, heads=12, groups=3, fmap_size=14, stride=1, ksize=5, offset_range_factor=2,
-                     use_pe=True, generation="v1")
+MODULE_CONFIG = dict(
+    dim=384, heads=12, groups=3, fmap_size=14, stride=1, ksize=5, offset_range_factor=2, use_pe=True, generation="v1"
+)
 PASSES = ("forward", "forward_backward")
 
 
@@ -54,12 +56,14 @@ def module_steps(m, x_cl, x_ref, device, autocast: Optional[str] = None) -> dict
             with common.autocast_context(device, autocast):
                 out = call(xg)
             out.backward(g.to(out.dtype))
+
         steps[f"{impl}/forward"], steps[f"{impl}/forward_backward"] = forward, forward_backward
     return {f"{impl}/{p}": steps[f"{impl}/{p}"] for p in PASSES for impl in ("fast", "reference")}
 
 
-def module_benchmark(device, batch: int, warmup: int, iters: int, autocast: Optional[str] = None,
-                     with_flops: bool = True) -> dict[str, Any]:
+def module_benchmark(
+    device, batch: int, warmup: int, iters: int, autocast: Optional[str] = None, with_flops: bool = True
+) -> dict[str, Any]:
     """Both paths timed interleaved (eval mode for the forward, train mode for forward+backward), their largest
     output difference and, ``with_flops``, the reference path's FLOPs and each timing's GFLOP/s."""
     import torch
@@ -72,11 +76,17 @@ def module_benchmark(device, batch: int, warmup: int, iters: int, autocast: Opti
     times: dict[str, list[float]] = {}
     for p in PASSES:
         m.train(p == "forward_backward")
-        times.update(common.time_interleaved({k: f for k, f in steps.items() if k.endswith("/" + p)}, warmup, iters,
-                                             device, bg))
+        times.update(
+            common.time_interleaved({k: f for k, f in steps.items() if k.endswith("/" + p)}, warmup, iters, device, bg)
+        )
     timings = {k: common.summarize(v, batch, bg.get(k)) for k, v in times.items()}
-    out: dict[str, Any] = {"config": dict(MODULE_CONFIG, batch=batch), "autocast": autocast, "shape": shape(batch),
-                           "timings": timings, "fast_vs_reference_max_abs_diff": diff}
+    out: dict[str, Any] = {
+        "config": dict(MODULE_CONFIG, batch=batch),
+        "autocast": autocast,
+        "shape": shape(batch),
+        "timings": timings,
+        "fast_vs_reference_max_abs_diff": diff,
+    }
     if with_flops:
         out["gflop"] = {p: common.count_flops(steps[f"reference/{p}"])[0] / 1e9 for p in PASSES}
         m.zero_grad(set_to_none=True)

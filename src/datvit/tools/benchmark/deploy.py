@@ -16,6 +16,7 @@ one process (``iters`` rounds, median).
 
 The int8 treatments need ``pip install torchao`` (not a datvit dependency). Writes ``output``/deploy.json.
 """
+
 from __future__ import annotations
 
 import copy
@@ -49,8 +50,9 @@ def treatments(model: nn.Module) -> dict[str, Callable[[], nn.Module]]:
     return {
         "fp32 eager": lambda: copy.deepcopy(model).eval(),
         "fp32 compiled": lambda: optimize_for_inference(copy.deepcopy(model)),
-        "bf16 eager": lambda: optimize_for_inference(copy.deepcopy(model), compile=False, freezing=False,
-                                                     dtype="bfloat16"),
+        "bf16 eager": lambda: optimize_for_inference(
+            copy.deepcopy(model), compile=False, freezing=False, dtype="bfloat16"
+        ),
         "bf16 compiled": lambda: optimize_for_inference(copy.deepcopy(model), dtype="bfloat16"),
         "int8 eager": lambda: quantize_int8(model),
         "int8 compiled": lambda: optimize_for_inference(quantize_int8(model)),
@@ -85,9 +87,14 @@ def checkpoint_accuracy(path: str, batch_size: int, chosen: tuple[str, ...] = TR
     args = (loaded.checkpoint.training.get("args") or {}) if loaded.checkpoint else {}
     kind = resolve_dataset_kind(args.get("dataset"), args.get("data_dir"))
     split = args.get("val_split") or "test"
-    dataset = create_dataset(kind, args.get("data_dir"), split, transform=eval_transform(loaded.data_config),
-                             image_mode="L" if loaded.model.in_chans == 1 else "RGB",
-                             class_names=loaded.class_names)
+    dataset = create_dataset(
+        kind,
+        args.get("data_dir"),
+        split,
+        transform=eval_transform(loaded.data_config),
+        image_mode="L" if loaded.model.in_chans == 1 else "RGB",
+        class_names=loaded.class_names,
+    )
     loader = create_loader(dataset, batch_size, training=False, workers=0)
     rows = {}
     for name, make in treatments(loaded.model).items():
@@ -96,11 +103,18 @@ def checkpoint_accuracy(path: str, batch_size: int, chosen: tuple[str, ...] = TR
         start = time.perf_counter()
         model = make()
         top1, ips, n = accuracy(model, loader)
-        rows[name] = {"top1": top1, "images_per_s": ips, "images": n,
-                      "seconds_incl_compile": time.perf_counter() - start}
-        print(f"{loaded.name} {kind}/{split} {name:14s} top-1 {top1:6.2f}%  {ips:7.0f} img/s  "
-              f"({rows[name]['seconds_incl_compile']:.0f} s with build/compile)", flush=True)
-    base = rows["fp32 eager"]["top1"]   # always measured: run() adds it
+        rows[name] = {
+            "top1": top1,
+            "images_per_s": ips,
+            "images": n,
+            "seconds_incl_compile": time.perf_counter() - start,
+        }
+        print(
+            f"{loaded.name} {kind}/{split} {name:14s} top-1 {top1:6.2f}%  {ips:7.0f} img/s  "
+            f"({rows[name]['seconds_incl_compile']:.0f} s with build/compile)",
+            flush=True,
+        )
+    base = rows["fp32 eager"]["top1"]  # always measured: run() adds it
     for row in rows.values():
         row["top1_change"] = row["top1"] - base
     return {"checkpoint": path, "model": loaded.name, "dataset": kind, "split": split, "rows": rows}
@@ -131,8 +145,10 @@ def speed(models: list[str], batch: int, iters: int, chosen: tuple[str, ...] = T
         for t in chosen:
             row = out[f"{m} {t}"]
             row["vs_fp32_eager"] = row["images_per_s"] / eager
-            print(f"{m:10s} {t:14s} {row['images_per_s']:7.1f} img/s  {row['vs_fp32_eager']:.2f}× fp32 eager  "
-                  f"(build {row['build_s']:.0f} s)")
+            print(
+                f"{m:10s} {t:14s} {row['images_per_s']:7.1f} img/s  {row['vs_fp32_eager']:.2f}× fp32 eager  "
+                f"(build {row['build_s']:.0f} s)"
+            )
     return {"batch": batch, "iters": iters, "rows": out}
 
 
@@ -166,6 +182,7 @@ def run(config: DeployConfig) -> dict:
     chosen = tuple(t for t in TREATMENTS if t in config.treatments or t == "fp32 eager")
 
     from datvit.runtime import tune_cpu_allocator
+
     tune_cpu_allocator()
     # This process compiles the same model code many times (fp32 and int8, several models and batch sizes); past
     # dynamo's default of 8 compiled versions per code object it silently runs the rest eagerly (and recompiles
@@ -177,8 +194,9 @@ def run(config: DeployConfig) -> dict:
         try:
             import torchao
         except ImportError:
-            raise ValueError("the int8 treatments need torchao: pip install torchao (or leave them out: "
-                             "--treatments)") from None
+            raise ValueError(
+                "the int8 treatments need torchao: pip install torchao (or leave them out: --treatments)"
+            ) from None
         result["torchao"] = torchao.__version__
     if config.checkpoint:
         result["accuracy"] = checkpoint_accuracy(config.checkpoint, config.batch_size, chosen)

@@ -5,6 +5,7 @@ test: minutes per variant.
     datvit bench export-all                  # all 8 variants, all 3 formats
     datvit bench export-all --models dat_tiny,datpp_tiny --formats onnx,torch-export
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,10 @@ def run(config: ExportAllConfig) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
-    print(f"{'model':<16} {'format':<13} {'size':<10} {'export s':>9} {'check s':>8} {'max |Δ|':>10} {'max |logit|':>11}",
-          flush=True)
+    print(
+        f"{'model':<16} {'format':<13} {'size':<10} {'export s':>9} {'check s':>8} {'max |Δ|':>10} {'max |logit|':>11}",
+        flush=True,
+    )
     failures = 0
     with tempfile.TemporaryDirectory() as tmp:
         for name in config.models or datvit.list_models():
@@ -55,14 +58,17 @@ def run(config: ExportAllConfig) -> int:
                 try:
                     _, exported = timed(export_model, model, fmt, path, size)
                     check, checked = timed(check_export, path, fmt, model, size, batch=2)
-                    print(f"{name:<16} {fmt:<13} {size[1]}×{size[2]:<6} {exported:9.1f} {checked:8.1f} "
-                          f"{check.max_abs_diff:10.2e} {check.output_max_abs:11.3g}", flush=True)
+                    print(
+                        f"{name:<16} {fmt:<13} {size[1]}×{size[2]:<6} {exported:9.1f} {checked:8.1f} "
+                        f"{check.max_abs_diff:10.2e} {check.output_max_abs:11.3g}",
+                        flush=True,
+                    )
                 except Exception as e:  # report and go on with the next one
                     failures += 1
-                    print(f"{name:<16} {fmt:<13} FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                          flush=True)
+                    print(
+                        f"{name:<16} {fmt:<13} FAILED: {type(e).__name__}: {str(e).splitlines()[0][:200]}", flush=True
+                    )
                 finally:
                     if os.path.exists(path):
                         os.unlink(path)
     return 1 if failures else 0
-

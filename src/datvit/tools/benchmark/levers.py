@@ -19,6 +19,7 @@ Levers:
   ``dense``, and dat_tiny: the context for the DAT/Swin-T ratios.
 * ``adamw`` — the optimizer step of a training step: torch's CPU default (per-parameter loop), foreach, fused.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -45,8 +46,10 @@ def ab(fns: dict[str, Callable[[], object]], pairs: int, warmup: int = 2) -> dic
 def _print(title: str, res: dict[str, dict]) -> None:
     print(f"\n{title}")
     for k, v in res.items():
-        print(f"  {k:34s} {v['ms']:9.1f} ms   speed-up over the first {v['speedup']:.3f} "
-              f"(pairs {v['min']:.2f}–{v['max']:.2f})")
+        print(
+            f"  {k:34s} {v['ms']:9.1f} ms   speed-up over the first {v['speedup']:.3f} "
+            f"(pairs {v['min']:.2f}–{v['max']:.2f})"
+        )
 
 
 def _flatten(t, n: int):
@@ -129,17 +132,23 @@ def lever_attention(batch: int, pairs: int) -> None:
                 if kind == "sdpa-math":
                     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
                 elif kind == "chunked":
-                    out = chunked.apply(q, k, v, bias, c ** -0.5)
+                    out = chunked.apply(q, k, v, bias, c**-0.5)
                 else:
                     out = attention.biased_attention(q, k, v, bias)
                 out.backward(grad)
+
             return step
+
         return {"explicit": run("explicit"), "chunked": run("chunked"), "sdpa-math": run("sdpa-math")}
 
-    _print(f"D-block attention fwd+bwd, B={batch}, 12 heads, 196×196, c=32, per-batch bias",
-           ab(case((batch, 12), 196, 196, 32, (batch, 12, 196, 196)), pairs))
-    _print(f"window attention fwd+bwd, {batch}·64 windows, 3 heads, 49×49, c=32, shared bias",
-           ab(case((batch * 64, 3), 49, 49, 32, (1, 3, 49, 49)), pairs))
+    _print(
+        f"D-block attention fwd+bwd, B={batch}, 12 heads, 196×196, c=32, per-batch bias",
+        ab(case((batch, 12), 196, 196, 32, (batch, 12, 196, 196)), pairs),
+    )
+    _print(
+        f"window attention fwd+bwd, {batch}·64 windows, 3 heads, 49×49, c=32, shared bias",
+        ab(case((batch * 64, 3), 49, 49, 32, (1, 3, 49, 49)), pairs),
+    )
 
 
 def lever_dwconv(batch: int, pairs: int) -> None:
@@ -159,12 +168,21 @@ def lever_dwconv(batch: int, pairs: int) -> None:
                 x.grad = w.grad = None
                 with torch.backends.mkldnn.flags(enabled=mkldnn):
                     F.conv2d(x, w, None, 1, 1, 1, channels).backward(grad)
+
             return step
-        _print(f"depthwise 3×3 fwd+bwd, B={batch}, {channels} channels, {size}×{size}",
-               ab({"mkldnn, channels-last": run(x_cl, grad_cl, True),
-                   "native, channels-last": run(x_cl, grad_cl, False),
-                   "mkldnn, NCHW": run(x_nchw, grad_nchw, True),
-                   "native, NCHW": run(x_nchw, grad_nchw, False)}, pairs))
+
+        _print(
+            f"depthwise 3×3 fwd+bwd, B={batch}, {channels} channels, {size}×{size}",
+            ab(
+                {
+                    "mkldnn, channels-last": run(x_cl, grad_cl, True),
+                    "native, channels-last": run(x_cl, grad_cl, False),
+                    "mkldnn, NCHW": run(x_nchw, grad_nchw, True),
+                    "native, NCHW": run(x_nchw, grad_nchw, False),
+                },
+                pairs,
+            ),
+        )
 
 
 def lever_adamw(models: Sequence[str], pairs: int) -> None:
@@ -177,11 +195,15 @@ def lever_adamw(models: Sequence[str], pairs: int) -> None:
         params = [p for p in model.parameters() if p.requires_grad]
         for p in params:
             p.grad = torch.randn_like(p)
-        opts = {"default": torch.optim.AdamW(params, lr=1e-4),
-                "foreach": torch.optim.AdamW(params, lr=1e-4, foreach=True),
-                "fused": torch.optim.AdamW(params, lr=1e-4, fused=True)}
-        _print(f"AdamW step, {name} ({sum(p.numel() for p in params) / 1e6:.1f}M parameters)",
-               ab({k: o.step for k, o in opts.items()}, pairs))
+        opts = {
+            "default": torch.optim.AdamW(params, lr=1e-4),
+            "foreach": torch.optim.AdamW(params, lr=1e-4, foreach=True),
+            "fused": torch.optim.AdamW(params, lr=1e-4, fused=True),
+        }
+        _print(
+            f"AdamW step, {name} ({sum(p.numel() for p in params) / 1e6:.1f}M parameters)",
+            ab({k: o.step for k, o in opts.items()}, pairs),
+        )
 
 
 def lever_linear(batch: int, pairs: int) -> None:
@@ -195,16 +217,20 @@ def lever_linear(batch: int, pairs: int) -> None:
     for hw, c in ((56, 96), (28, 192), (14, 384), (7, 768)):
         for name, c_in, c_out in (("qkv", c, 3 * c), ("fc1", c, 4 * c), ("fc2", 4 * c, c)):
             x = torch.randn(batch, hw, hw, c_in, requires_grad=True)
-            w = torch.randn(c_out, c_in).mul_(c_in ** -0.5).requires_grad_(True)
+            w = torch.randn(c_out, c_in).mul_(c_in**-0.5).requires_grad_(True)
             b = torch.zeros(c_out, requires_grad=True)
             grad = torch.randn(batch, hw, hw, c_out)
 
             def run(fn):
                 def step():
                     fn(x, w, b).backward(grad)
+
                 return step
-            _print(f"{name} {c_in}→{c_out} on B×{hw}×{hw} tokens, forward+backward",
-                   ab({"F.linear (MKL)": run(F.linear), "dense (oneDNN)": run(dense)}, pairs))
+
+            _print(
+                f"{name} {c_in}→{c_out} on B×{hw}×{hw} tokens, forward+backward",
+                ab({"F.linear (MKL)": run(F.linear), "dense (oneDNN)": run(dense)}, pairs),
+            )
 
 
 def lever_swin_linear(batch: int, pairs: int) -> None:
@@ -233,10 +259,17 @@ def lever_swin_linear(batch: int, pairs: int) -> None:
         def step():
             model.zero_grad(set_to_none=True)
             model(x).float().mean().backward()
+
         return step
-    _print(f"training step (forward+backward) at batch {batch}",
-           ab({"Swin-T (timm)": run(plain), "Swin-T, Linear → dense": run(routed), "dat_tiny (datvit)": run(dat)},
-              pairs, warmup=1))
+
+    _print(
+        f"training step (forward+backward) at batch {batch}",
+        ab(
+            {"Swin-T (timm)": run(plain), "Swin-T, Linear → dense": run(routed), "dat_tiny (datvit)": run(dat)},
+            pairs,
+            warmup=1,
+        ),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

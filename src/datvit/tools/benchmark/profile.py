@@ -14,6 +14,7 @@ For every case it prints (and writes to ``output``/profile_<case>.txt):
 
 One untimed warm-up call precedes the profiled call(s).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,20 +31,40 @@ BLOCK_PREFIX = "block::"
 def _block_name(module) -> Optional[str]:
     from torch import nn
 
-    from datvit.layers import (ChannelLayerNorm, ConvMlp, ConvStem, DeformableAttention, Downsample, LocalAttention,
-                               Mlp, NeighborhoodAttention2D, PatchStem, ShiftWindowAttention)
+    from datvit.layers import (
+        ChannelLayerNorm,
+        ConvMlp,
+        ConvStem,
+        DeformableAttention,
+        Downsample,
+        LocalAttention,
+        Mlp,
+        NeighborhoodAttention2D,
+        PatchStem,
+        ShiftWindowAttention,
+    )
 
     table = [
-        (ShiftWindowAttention, "S-attention"), (LocalAttention, "L-attention"),
-        (DeformableAttention, "D-attention"), (NeighborhoodAttention2D, "N-attention"),
-        (Mlp, "mlp"), (ConvMlp, "mlp"), (PatchStem, "stem"), (ConvStem, "stem"), (Downsample, "downsample"),
+        (ShiftWindowAttention, "S-attention"),
+        (LocalAttention, "L-attention"),
+        (DeformableAttention, "D-attention"),
+        (NeighborhoodAttention2D, "N-attention"),
+        (Mlp, "mlp"),
+        (ConvMlp, "mlp"),
+        (PatchStem, "stem"),
+        (ConvStem, "stem"),
+        (Downsample, "downsample"),
         (ChannelLayerNorm, "layernorm"),
     ]
     for cls, name in table:
         if isinstance(module, cls):
             return name
-    if isinstance(module, nn.Conv2d) and module.groups == module.in_channels and module.kernel_size == (3, 3) \
-            and module.in_channels == module.out_channels:
+    if (
+        isinstance(module, nn.Conv2d)
+        and module.groups == module.in_channels
+        and module.kernel_size == (3, 3)
+        and module.in_channels == module.out_channels
+    ):
         return "lpu/dwconv3x3"
     if isinstance(module, nn.Linear) and getattr(module, "_is_head", False):
         return "head"
@@ -65,6 +86,7 @@ def annotate_blocks(model) -> None:
         def inner(*a, **k):
             with torch.profiler.record_function(BLOCK_PREFIX + name):
                 return fn(*a, **k)
+
         return inner
 
     skip: set[int] = set()
@@ -85,7 +107,7 @@ def _block_table(prof, total_us: float) -> str:
     rows = {}
     for e in prof.key_averages():
         if e.key.startswith(BLOCK_PREFIX):
-            rows[e.key[len(BLOCK_PREFIX):]] = (e.cpu_time_total, e.count)
+            rows[e.key[len(BLOCK_PREFIX) :]] = (e.cpu_time_total, e.count)
     lines = [f"{'block (forward only)':24s} {'CPU total ms':>13s} {'% of step':>10s} {'calls':>6s}"]
     for name, (us, n) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
         lines.append(f"{name:24s} {us / 1e3:13.1f} {100 * us / total_us:9.1f}% {n:6d}")
@@ -114,16 +136,30 @@ def profile_call(fn, rows: int, title: str, warmup: int = 1, repeat: int = 1) ->
     total_self = sum(e.self_cpu_time_total for e in events) / repeat
     top = events.table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=48)
     by_shape = prof.key_averages(group_by_input_shape=True).table(
-        sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40, max_shapes_column_width=90)
+        sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=40, max_shapes_column_width=90
+    )
     blocks = _block_table(prof, total_self * repeat)
-    text = (f"=== {title} ===\nwall per call (profiled) {wall * 1e3:.1f} ms; self CPU total {total_self / 1e3:.1f} ms"
-            f"{' (per call, ' + str(repeat) + ' calls)' if repeat > 1 else ''}\n\n-- top {rows} ops by self CPU time"
-            f" --\n{top}\n-- by input shape --\n{by_shape}\n-- forward breakdown by block --\n{blocks}\n")
-    top_ops = [dict(name=e.key, self_cpu_ms=e.self_cpu_time_total / 1e3 / repeat, calls=e.count // repeat,
-                    pct=100 * e.self_cpu_time_total / (total_self * repeat))
-               for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]]
-    return {"title": title, "wall_ms": wall * 1e3, "self_cpu_total_ms": total_self / 1e3, "top_ops": top_ops,
-            "text": text}
+    text = (
+        f"=== {title} ===\nwall per call (profiled) {wall * 1e3:.1f} ms; self CPU total {total_self / 1e3:.1f} ms"
+        f"{' (per call, ' + str(repeat) + ' calls)' if repeat > 1 else ''}\n\n-- top {rows} ops by self CPU time"
+        f" --\n{top}\n-- by input shape --\n{by_shape}\n-- forward breakdown by block --\n{blocks}\n"
+    )
+    top_ops = [
+        dict(
+            name=e.key,
+            self_cpu_ms=e.self_cpu_time_total / 1e3 / repeat,
+            calls=e.count // repeat,
+            pct=100 * e.self_cpu_time_total / (total_self * repeat),
+        )
+        for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]
+    ]
+    return {
+        "title": title,
+        "wall_ms": wall * 1e3,
+        "self_cpu_total_ms": total_self / 1e3,
+        "top_ops": top_ops,
+        "text": text,
+    }
 
 
 def model_cases(subject: common.Subject, kinds: Sequence[str], batch: int, img: int, device, rows: int):
@@ -139,9 +175,14 @@ def model_cases(subject: common.Subject, kinds: Sequence[str], batch: int, img: 
         else:
             model.train()
             fn, _ = common.train_fn(model, x, y, device, None)
-        yield f"{subject.label}_{kind}_b{batch}", profile_call(
-            fn, rows, f"{subject.label} {kind} batch {batch} ({img}×{img}), fp32 eager, {torch.get_num_threads()} "
-                      "threads")
+        yield (
+            f"{subject.label}_{kind}_b{batch}",
+            profile_call(
+                fn,
+                rows,
+                f"{subject.label} {kind} batch {batch} ({img}×{img}), fp32 eager, {torch.get_num_threads()} threads",
+            ),
+        )
 
 
 def module_cases(batch: int, device, rows: int):
@@ -150,9 +191,16 @@ def module_cases(batch: int, device, rows: int):
     for impl in ("fast", "reference"):
         for p in deformable.PASSES:
             m.train(p == "forward_backward")
-            yield f"deformable_attention_{impl}_{p}_b{batch}", profile_call(
-                steps[f"{impl}/{p}"], rows, f"DeformableAttention {impl} {p.replace('_', '+')} "
-                                            f"({deformable.shape(batch)})", warmup=2, repeat=5)
+            yield (
+                f"deformable_attention_{impl}_{p}_b{batch}",
+                profile_call(
+                    steps[f"{impl}/{p}"],
+                    rows,
+                    f"DeformableAttention {impl} {p.replace('_', '+')} ({deformable.shape(batch)})",
+                    warmup=2,
+                    repeat=5,
+                ),
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

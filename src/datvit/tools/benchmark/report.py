@@ -1,24 +1,67 @@
 """Turning the measurements into ratios, target checks, text/markdown tables and a PNG bar chart."""
+
 from __future__ import annotations
 
 from typing import Any, Optional
 
 # The project's speed targets, for the 2-core CPU, fp32 eager, batch 32 (ratio = throughput ratio, > 1 = faster).
 TARGETS = [
-    dict(name="dat_tiny inference b32: fast / reference", model="dat_tiny", kind="inference", batch=32,
-         metric="fast_over_reference", threshold=1.4),
-    dict(name="dat_tiny training b32: fast / reference", model="dat_tiny", kind="train", batch=32,
-         metric="fast_over_reference", threshold=1.25),
-    dict(name="dat_tiny inference b32: fast / Swin-T", model="dat_tiny", kind="inference", batch=32,
-         metric="fast_over_swin_t", threshold=1.0),
-    dict(name="dat_tiny training b32: fast / Swin-T", model="dat_tiny", kind="train", batch=32,
-         metric="fast_over_swin_t", threshold=1.0),
-    dict(name="datpp_tiny inference b32: fast / Swin-T", model="datpp_tiny", kind="inference", batch=32,
-         metric="fast_over_swin_t", threshold=1.0),
-    dict(name="datpp_tiny training b32: fast / Swin-T", model="datpp_tiny", kind="train",
-         batch=32, metric="fast_over_swin_t", threshold=0.9),
-    dict(name="dat_tiny inference b32: fast, fraction of fp32 matmul peak", model="dat_tiny", kind="inference",
-         batch=32, metric="fraction_of_peak", threshold=0.6),
+    dict(
+        name="dat_tiny inference b32: fast / reference",
+        model="dat_tiny",
+        kind="inference",
+        batch=32,
+        metric="fast_over_reference",
+        threshold=1.4,
+    ),
+    dict(
+        name="dat_tiny training b32: fast / reference",
+        model="dat_tiny",
+        kind="train",
+        batch=32,
+        metric="fast_over_reference",
+        threshold=1.25,
+    ),
+    dict(
+        name="dat_tiny inference b32: fast / Swin-T",
+        model="dat_tiny",
+        kind="inference",
+        batch=32,
+        metric="fast_over_swin_t",
+        threshold=1.0,
+    ),
+    dict(
+        name="dat_tiny training b32: fast / Swin-T",
+        model="dat_tiny",
+        kind="train",
+        batch=32,
+        metric="fast_over_swin_t",
+        threshold=1.0,
+    ),
+    dict(
+        name="datpp_tiny inference b32: fast / Swin-T",
+        model="datpp_tiny",
+        kind="inference",
+        batch=32,
+        metric="fast_over_swin_t",
+        threshold=1.0,
+    ),
+    dict(
+        name="datpp_tiny training b32: fast / Swin-T",
+        model="datpp_tiny",
+        kind="train",
+        batch=32,
+        metric="fast_over_swin_t",
+        threshold=0.9,
+    ),
+    dict(
+        name="dat_tiny inference b32: fast, fraction of fp32 matmul peak",
+        model="dat_tiny",
+        kind="inference",
+        batch=32,
+        metric="fraction_of_peak",
+        threshold=0.6,
+    ),
 ]
 BASELINES = ("swin_t", "convnext_t")
 
@@ -34,8 +77,9 @@ def compute_ratios(results: list[dict]) -> list[dict]:
     """Throughput ratios per (model, mode, kind, batch): fast/reference and each DAT path over each baseline, from
     the medians and (suffix ``_best``) from the best calls."""
     ratios = []
-    keys = dict.fromkeys((r["model"], r["mode"], r["kind"], r["batch"]) for r in results
-                         if r["path"] in ("fast", "reference"))
+    keys = dict.fromkeys(
+        (r["model"], r["mode"], r["kind"], r["batch"]) for r in results if r["path"] in ("fast", "reference")
+    )
     for model, mode, kind, batch in keys:
         row: dict[str, Any] = dict(model=model, mode=mode, kind=kind, batch=batch)
         fast = _find(results, model=model, path="fast", mode=mode, kind=kind, batch=batch)
@@ -46,6 +90,7 @@ def compute_ratios(results: list[dict]) -> list[dict]:
                 row[name] = a["images_per_s"] / b["images_per_s"]
                 if a.get("images_per_s_best") and b.get("images_per_s_best"):
                     row[name + "_best"] = a["images_per_s_best"] / b["images_per_s_best"]
+
         put("fast_over_reference", fast, ref)
         for base in BASELINES:
             b = _find(results, label=base, mode=mode, kind=kind, batch=batch)
@@ -80,14 +125,34 @@ def train_ratio_spread(train_runs: list[dict]) -> list[dict]:
                     per_key.setdefault(key, []).append(timing[other]["ms_median"] / t["ms_median"])
     out = []
     for (mode, batch, label, other), values in per_key.items():
-        out.append(dict(mode=mode, batch=batch, numerator=label, denominator=other, runs=values,
-                        median=statistics.median(values), min=min(values), max=max(values)))
+        out.append(
+            dict(
+                mode=mode,
+                batch=batch,
+                numerator=label,
+                denominator=other,
+                runs=values,
+                median=statistics.median(values),
+                min=min(values),
+                max=max(values),
+            )
+        )
     return out
 
 
 def train_spread_table(spread: list[dict]) -> str:
-    rows = [[r["numerator"], r["denominator"], r["mode"], str(r["batch"]), _fmt(r["median"], ".3f"),
-             f"{r['min']:.3f}–{r['max']:.3f}", " ".join(f"{v:.3f}" for v in r["runs"])] for r in spread]
+    rows = [
+        [
+            r["numerator"],
+            r["denominator"],
+            r["mode"],
+            str(r["batch"]),
+            _fmt(r["median"], ".3f"),
+            f"{r['min']:.3f}–{r['max']:.3f}",
+            " ".join(f"{v:.3f}" for v in r["runs"]),
+        ]
+        for r in spread
+    ]
     return _md_table(["subject", "over", "mode", "batch", "median ratio", "spread (min–max)", "per run"], rows)
 
 
@@ -97,11 +162,18 @@ def onnxruntime_ratios(results: list[dict]) -> list[dict]:
     for r in results:
         if r.get("path") != "onnxruntime":
             continue
-        eager = (_find(results, model=r["model"], path="fast", mode=r["mode"], kind=r["kind"], batch=r["batch"])
-                 or _find(results, model=r["model"], path="timm", mode=r["mode"], kind=r["kind"], batch=r["batch"]))
-        out.append(dict(model=r["model"], batch=r["batch"], onnxruntime_images_per_s=r["images_per_s"],
-                        eager_images_per_s=eager and eager["images_per_s"],
-                        onnxruntime_over_eager=eager and r["images_per_s"] / eager["images_per_s"]))
+        eager = _find(
+            results, model=r["model"], path="fast", mode=r["mode"], kind=r["kind"], batch=r["batch"]
+        ) or _find(results, model=r["model"], path="timm", mode=r["mode"], kind=r["kind"], batch=r["batch"])
+        out.append(
+            dict(
+                model=r["model"],
+                batch=r["batch"],
+                onnxruntime_images_per_s=r["images_per_s"],
+                eager_images_per_s=eager and eager["images_per_s"],
+                onnxruntime_over_eager=eager and r["images_per_s"] / eager["images_per_s"],
+            )
+        )
     return out
 
 
@@ -111,12 +183,22 @@ def check_targets(ratios: list[dict], mode: str = "eager") -> list[dict]:
         row = _find(ratios, model=t["model"], mode=mode, kind=t["kind"], batch=t["batch"])
         value = None if row is None else row.get(t["metric"])
         best = None if row is None else row.get(t["metric"] + "_best")
-        out.append(dict(name=t["name"], mode=mode, metric=t["metric"], threshold=t["threshold"], value=value,
-                        value_best=best, met=None if value is None else bool(value >= t["threshold"])))
+        out.append(
+            dict(
+                name=t["name"],
+                mode=mode,
+                metric=t["metric"],
+                threshold=t["threshold"],
+                value=value,
+                value_best=best,
+                met=None if value is None else bool(value >= t["threshold"]),
+            )
+        )
     return out
 
 
 # -- tables ---------------------------------------------------------------------------------------------------------
+
 
 def _fmt(v, spec=".1f", none="–"):
     return none if v is None else format(v, spec)
@@ -167,13 +249,11 @@ def results_table(report: dict) -> str:
 
 
 def ratios_table(ratios: list[dict]) -> str:
-    cols = ["fast_over_reference"] + [f"fast_over_{b}" for b in BASELINES] + [f"reference_over_{b}"
-                                                                              for b in BASELINES]
+    cols = ["fast_over_reference"] + [f"fast_over_{b}" for b in BASELINES] + [f"reference_over_{b}" for b in BASELINES]
     cols = [c for c in cols if any(c in r for r in ratios)]
     cols = [c for c in cols if not c.endswith("_best")]
     header = ["model", "mode", "kind", "batch"] + [c.replace("_over_", " / ") for c in cols]
-    rows = [[r["model"], r["mode"], r["kind"], str(r["batch"])] + [_fmt(r.get(c), ".2f") for c in cols]
-            for r in ratios]
+    rows = [[r["model"], r["mode"], r["kind"], str(r["batch"])] + [_fmt(r.get(c), ".2f") for c in cols] for r in ratios]
     return _md_table(header, rows)
 
 
@@ -184,6 +264,7 @@ def targets_table(targets: list[dict]) -> str:
 
         def show(v):
             return (_fmt(v * 100, ".0f") + "%") if pct and v is not None else _fmt(v, ".2f")
+
         need = f"≥ {t['threshold'] * 100:.0f}%" if pct else f"≥ {t['threshold']:.2f}"
         met = "–" if t["met"] is None else ("met" if t["met"] else "NOT met")
         rows.append([t["name"], need, show(t["value"]), show(t.get("value_best")), met])
@@ -193,22 +274,60 @@ def targets_table(targets: list[dict]) -> str:
 def compile_table(compiles: list[dict]) -> str:
     """One row per compile measurement; 'compiled / Swin-T compiled' divides by timm's Swin-T under the same
     treatment (same kind, batch and mode; separate processes, so less exact than the in-process ratios)."""
-    swin = {(c["kind"], c["batch"], c["mode"]): c["compiled"]["images_per_s"] for c in compiles
-            if c.get("status") == "ok" and c.get("label") == "swin_t"}
+    swin = {
+        (c["kind"], c["batch"], c["mode"]): c["compiled"]["images_per_s"]
+        for c in compiles
+        if c.get("status") == "ok" and c.get("label") == "swin_t"
+    }
     rows = []
     for c in compiles:
         treatment = c["mode"] + (" + freezing" if c.get("freezing") else "")
         if c.get("status") == "ok":
             base = swin.get((c["kind"], c["batch"], c["mode"]))
-            rows.append([c["label"], c["kind"], str(c["batch"]), treatment, "ok", _fmt(c["compile_s"], ".0f"),
-                         _fmt(c["compiled"]["images_per_s"], ".2f"),
-                         _fmt(c["eager_same_process"]["images_per_s"], ".2f"), _fmt(c["speedup_vs_eager"], ".2f"),
-                         _fmt(base and c["compiled"]["images_per_s"] / base, ".2f")])
+            rows.append(
+                [
+                    c["label"],
+                    c["kind"],
+                    str(c["batch"]),
+                    treatment,
+                    "ok",
+                    _fmt(c["compile_s"], ".0f"),
+                    _fmt(c["compiled"]["images_per_s"], ".2f"),
+                    _fmt(c["eager_same_process"]["images_per_s"], ".2f"),
+                    _fmt(c["speedup_vs_eager"], ".2f"),
+                    _fmt(base and c["compiled"]["images_per_s"] / base, ".2f"),
+                ]
+            )
         else:
-            rows.append([c["label"], c["kind"], str(c["batch"]), treatment, c.get("status", "?"),
-                         _fmt(c.get("wall_s"), ".0f") + " (wall)", "–", "–", "–", "–"])
-    return _md_table(["model", "kind", "batch", "mode", "status", "compile s", "compiled img/s",
-                      "eager img/s (same process)", "compiled / eager", "compiled / Swin-T compiled"], rows)
+            rows.append(
+                [
+                    c["label"],
+                    c["kind"],
+                    str(c["batch"]),
+                    treatment,
+                    c.get("status", "?"),
+                    _fmt(c.get("wall_s"), ".0f") + " (wall)",
+                    "–",
+                    "–",
+                    "–",
+                    "–",
+                ]
+            )
+    return _md_table(
+        [
+            "model",
+            "kind",
+            "batch",
+            "mode",
+            "status",
+            "compile s",
+            "compiled img/s",
+            "eager img/s (same process)",
+            "compiled / eager",
+            "compiled / Swin-T compiled",
+        ],
+        rows,
+    )
 
 
 def module_table(module: dict) -> str:
@@ -218,11 +337,17 @@ def module_table(module: dict) -> str:
         r = module["timings"].get(f"reference/{kind}")
         if not f or not r:
             continue
-        rows.append([kind, _fmt(f["ms_median"], ".2f"), _fmt(r["ms_median"], ".2f"),
-                     _fmt(r["ms_median"] / f["ms_median"], ".2f"), _fmt(f.get("gflops"), ".1f"),
-                     _fmt(r.get("gflops"), ".1f")])
-    return _md_table(["pass", "fast ms", "reference ms", "fast speed-up", "fast GFLOP/s", "reference GFLOP/s"],
-                     rows)
+        rows.append(
+            [
+                kind,
+                _fmt(f["ms_median"], ".2f"),
+                _fmt(r["ms_median"], ".2f"),
+                _fmt(r["ms_median"] / f["ms_median"], ".2f"),
+                _fmt(f.get("gflops"), ".1f"),
+                _fmt(r.get("gflops"), ".1f"),
+            ]
+        )
+    return _md_table(["pass", "fast ms", "reference ms", "fast speed-up", "fast GFLOP/s", "reference GFLOP/s"], rows)
 
 
 def markdown_report(report: dict) -> str:
@@ -255,14 +380,29 @@ def markdown_report(report: dict) -> str:
         targets_table(report["targets"]),
     ]
     if report.get("onnxruntime"):
-        rows = [[r["model"], str(r["batch"]), _fmt(r["onnxruntime_images_per_s"], ".2f"),
-                 _fmt(r["eager_images_per_s"], ".2f"), _fmt(r["onnxruntime_over_eager"], ".2f")]
-                for r in report["onnxruntime"]]
-        parts += ["", "## ONNX Runtime (CPU, fp32) next to PyTorch eager, interleaved", "",
-                  _md_table(["model", "batch", "onnxruntime img/s", "eager img/s", "onnxruntime / eager"], rows)]
+        rows = [
+            [
+                r["model"],
+                str(r["batch"]),
+                _fmt(r["onnxruntime_images_per_s"], ".2f"),
+                _fmt(r["eager_images_per_s"], ".2f"),
+                _fmt(r["onnxruntime_over_eager"], ".2f"),
+            ]
+            for r in report["onnxruntime"]
+        ]
+        parts += [
+            "",
+            "## ONNX Runtime (CPU, fp32) next to PyTorch eager, interleaved",
+            "",
+            _md_table(["model", "batch", "onnxruntime img/s", "eager img/s", "onnxruntime / eager"], rows),
+        ]
     if report.get("train_ratio_spread"):
-        parts += ["", "## Training steps: ratios per interleaved run (> 1 = the subject is faster)", "",
-                  train_spread_table(report["train_ratio_spread"])]
+        parts += [
+            "",
+            "## Training steps: ratios per interleaved run (> 1 = the subject is faster)",
+            "",
+            train_spread_table(report["train_ratio_spread"]),
+        ]
     if report.get("compile"):
         parts += ["", "## torch.compile", "", compile_table(report["compile"])]
     if report.get("module"):
@@ -270,16 +410,28 @@ def markdown_report(report: dict) -> str:
         parts += ["", f"## DeformableAttention alone ({mod['shape']})", "", module_table(mod)]
     flops = report.get("flops", {})
     if flops:
-        rows = [[k, _fmt(v["forward_gflop"], ".3f"), _fmt(v.get("executed_fast_forward_gflop"), ".3f"),
-                 _fmt(v["train_gflop"], ".3f")] for k, v in flops.items()]
-        parts += ["", "## FLOPs per image (datvit.tools.flops.count_flops, 2 FLOPs per multiply-add)", "",
-                  _md_table(["model", "forward GFLOP", "fast path executes GFLOP", "train step GFLOP"], rows)]
+        rows = [
+            [
+                k,
+                _fmt(v["forward_gflop"], ".3f"),
+                _fmt(v.get("executed_fast_forward_gflop"), ".3f"),
+                _fmt(v["train_gflop"], ".3f"),
+            ]
+            for k, v in flops.items()
+        ]
+        parts += [
+            "",
+            "## FLOPs per image (datvit.tools.flops.count_flops, 2 FLOPs per multiply-add)",
+            "",
+            _md_table(["model", "forward GFLOP", "fast path executes GFLOP", "train step GFLOP"], rows),
+        ]
     if report.get("notes"):
         parts += ["", "## Notes", ""] + [f"* {n}" for n in report["notes"]]
     return "\n".join(parts) + "\n"
 
 
 # -- chart ----------------------------------------------------------------------------------------------------------
+
 
 def _bar_panel(ax, labels: list[str], values: list[float], colors: list[str], xlabel: str, title: str) -> None:
     """One horizontal bar chart, first label on top, each bar with its value."""
@@ -295,6 +447,7 @@ def _bar_panel(ax, labels: list[str], values: list[float], colors: list[str], xl
 
 def bar_chart(report: dict, path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -307,24 +460,39 @@ def bar_chart(report: dict, path) -> None:
     colors = {"fast": "tab:blue", "reference": "tab:gray", "timm": "tab:orange"}
     for ax, (mode, kind, batch) in zip(axes.flat, groups):
         rs = [r for r in results if (r["mode"], r["kind"], r["batch"]) == (mode, kind, batch)]
-        _bar_panel(ax, [r["label"] for r in rs], [r["images_per_s"] for r in rs],
-                   [colors.get(r["path"], "tab:green") for r in rs], "images/s (higher is better)",
-                   f"{kind} batch {batch} — {mode}")
+        _bar_panel(
+            ax,
+            [r["label"] for r in rs],
+            [r["images_per_s"] for r in rs],
+            [colors.get(r["path"], "tab:green") for r in rs],
+            "images/s (higher is better)",
+            f"{kind} batch {batch} — {mode}",
+        )
     i = len(groups)
     if report.get("module"):
         ax = axes.flat[i]
         t = report["module"]["timings"]
-        names = [k for k in ("fast/forward", "reference/forward", "fast/forward_backward",
-                             "reference/forward_backward") if k in t]
-        _bar_panel(ax, names, [t[k]["ms_median"] for k in names],
-                   ["tab:blue" if n.startswith("fast") else "tab:gray" for n in names], "ms (lower is better)",
-                   f"DeformableAttention {report['module']['shape']}")
+        names = [
+            k
+            for k in ("fast/forward", "reference/forward", "fast/forward_backward", "reference/forward_backward")
+            if k in t
+        ]
+        _bar_panel(
+            ax,
+            names,
+            [t[k]["ms_median"] for k in names],
+            ["tab:blue" if n.startswith("fast") else "tab:gray" for n in names],
+            "ms (lower is better)",
+            f"DeformableAttention {report['module']['shape']}",
+        )
         i += 1
     for ax in list(axes.flat)[i:]:
         ax.axis("off")
     m = report["machine"]
-    fig.suptitle(f"datvit benchmark — {m['cpu']['model']}, {m['torch_threads']} threads, {m['device']}, "
-                 f"torch {m['torch']}", fontsize=10)
+    fig.suptitle(
+        f"datvit benchmark — {m['cpu']['model']}, {m['torch_threads']} threads, {m['device']}, torch {m['torch']}",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

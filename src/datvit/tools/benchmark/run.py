@@ -18,6 +18,7 @@ It prints markdown tables and writes ``benchmark.json``, ``benchmark.md`` and ``
 :func:`run` calls one function per phase, in the order below; each adds its part to the report and rewrites
 ``benchmark.partial.json``. See docs/benchmarks.md.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,20 @@ ALL_MODES = ("eager", "compile", "bf16", "bf16-compile")
 
 
 # the sequence fields (a string given for one is a comma-separated list), and those that may stay None
-SEQUENCE_FIELDS = ("models", "paths", "batch_sizes", "train_batch_sizes", "modes", "compile_models", "compile_kinds",
-                   "compile_batch_sizes", "onnx_models", "matmul_sizes", "skip", "notes")
+SEQUENCE_FIELDS = (
+    "models",
+    "paths",
+    "batch_sizes",
+    "train_batch_sizes",
+    "modes",
+    "compile_models",
+    "compile_kinds",
+    "compile_batch_sizes",
+    "onnx_models",
+    "matmul_sizes",
+    "skip",
+    "notes",
+)
 OPTIONAL_SEQUENCES = ("batch_sizes", "train_batch_sizes", "modes", "compile_batch_sizes")
 
 
@@ -122,10 +135,12 @@ def _check_names(cfg: dict[str, Any]) -> None:
     import timm
 
     import datvit  # noqa: F401  (registers the DAT variants with timm)
+
     unknown = [m for m in cfg["models"] if not timm.is_model(m)]
     if unknown:
-        raise ValueError(f"--models: unknown model(s) {', '.join(unknown)} (DAT variants: `datvit models`; or any "
-                         "timm model name)")
+        raise ValueError(
+            f"--models: unknown model(s) {', '.join(unknown)} (DAT variants: `datvit models`; or any timm model name)"
+        )
     bad = [p for p in cfg["paths"] if p not in common.DAT_PATHS]
     if bad:
         raise ValueError(f"unknown --paths {bad}; choose from {common.DAT_PATHS}")
@@ -147,13 +162,18 @@ def resolve_options(config: BenchConfig, device) -> dict[str, Any]:
     quick = config.quick
     default_modes = ["eager", "bf16", "compile"] if device.type == "cuda" else ["eager", "compile"]
     cfg: dict[str, Any] = dict(
-        models=[common.resolve_model_name(m) for m in config.models], paths=list(config.paths),
+        models=[common.resolve_model_name(m) for m in config.models],
+        paths=list(config.paths),
         batch_sizes=_positive(config.batch_sizes if config.batch_sizes is not None else (1, 8) if quick else (1, 32)),
-        train_batch_sizes=_positive(config.train_batch_sizes if config.train_batch_sizes is not None
-                                    else (8,) if quick else (32,)),
+        train_batch_sizes=_positive(
+            config.train_batch_sizes if config.train_batch_sizes is not None else (8,) if quick else (32,)
+        ),
         modes=list(config.modes) if config.modes else default_modes,
-        iters=min(config.iters, 2) if quick else config.iters, warmup=min(config.warmup, 1) if quick else config.warmup,
-        matmul_sizes=_positive(config.matmul_sizes)[:1 if quick else None], skip=list(config.skip))
+        iters=min(config.iters, 2) if quick else config.iters,
+        warmup=min(config.warmup, 1) if quick else config.warmup,
+        matmul_sizes=_positive(config.matmul_sizes)[: 1 if quick else None],
+        skip=list(config.skip),
+    )
     _check_names(cfg)
     if quick or not config.compile:
         cfg["modes"] = [m for m in cfg["modes"] if "compile" not in m]
@@ -162,11 +182,21 @@ def resolve_options(config: BenchConfig, device) -> dict[str, Any]:
         compile_kinds=list(config.compile_kinds),
         # None: the largest inference / training batch
         compile_batch_sizes=_positive(config.compile_batch_sizes) if config.compile_batch_sizes else None,
-        compile_timeout_s=config.compile_timeout, compile_mode=config.compile_mode, freezing=config.freezing,
-        img_size=config.img_size, train_iters=config.train_iters or cfg["iters"], train_timeout_s=config.train_timeout,
-        train_runs=1 if quick else max(1, config.train_runs), train_memory=config.train_memory,
-        memory_fraction=config.memory_fraction, onnx_models=[common.resolve_model_name(m) for m in config.onnx_models],
-        module=config.module, module_batch=config.module_batch, flops=config.flops, wait_quiet_s=config.wait_quiet)
+        compile_timeout_s=config.compile_timeout,
+        compile_mode=config.compile_mode,
+        freezing=config.freezing,
+        img_size=config.img_size,
+        train_iters=config.train_iters or cfg["iters"],
+        train_timeout_s=config.train_timeout,
+        train_runs=1 if quick else max(1, config.train_runs),
+        train_memory=config.train_memory,
+        memory_fraction=config.memory_fraction,
+        onnx_models=[common.resolve_model_name(m) for m in config.onnx_models],
+        module=config.module,
+        module_batch=config.module_batch,
+        flops=config.flops,
+        wait_quiet_s=config.wait_quiet,
+    )
     return cfg
 
 
@@ -205,8 +235,15 @@ class Bench:
 
     def task(self, name: str, mode: str, batch: int, **fields) -> dict[str, Any]:
         """A worker task with what every task needs from this run."""
-        return dict(task=name, batch=batch, device=str(self.device), img_size=self.cfg["img_size"],
-                    threads=self.threads, autocast=_autocast_for(mode), **fields)
+        return dict(
+            task=name,
+            batch=batch,
+            device=str(self.device),
+            img_size=self.cfg["img_size"],
+            threads=self.threads,
+            autocast=_autocast_for(mode),
+            **fields,
+        )
 
     def save_partial(self) -> None:
         """Write what has been measured so far (a long run that dies keeps its results)."""
@@ -225,6 +262,7 @@ def _peak_iters(cfg: dict) -> int:
 
 
 # -- phases, in the order run() calls them ----------------------------------------------------------------------
+
 
 def start(config: BenchConfig) -> Bench:
     """Allocator, device and threads for this process and its workers; the options; the report's header."""
@@ -254,8 +292,9 @@ def drop_emulated_bf16(b: Bench) -> None:
         return
     probe = b.report["bf16_probe"] = common.bf16_probe(b.device)
     if b.device.type == "cpu" and probe["bf16_over_fp32"] < 0.5:
-        b.report["notes"].append(f"bf16 modes skipped: bf16 matmul runs at {probe['bf16_over_fp32']:.3f}× fp32 "
-                                 "on this CPU (no native bf16)")
+        b.report["notes"].append(
+            f"bf16 modes skipped: bf16 matmul runs at {probe['bf16_over_fp32']:.3f}× fp32 on this CPU (no native bf16)"
+        )
         b.cfg["modes"] = [m for m in b.cfg["modes"] if not m.startswith("bf16")]
 
 
@@ -265,8 +304,9 @@ def measure_matmul_peak(b: Bench) -> None:
     b.report["matmul_peak"] = common.matmul_peak(b.cfg["matmul_sizes"], b.device, iters=_peak_iters(b.cfg))
     b.peaks["float32"] = b.report["matmul_peak"]["peak_gflops"]
     if any(m.startswith("bf16") for m in b.cfg["modes"]):
-        b.report["matmul_peak_bf16"] = common.matmul_peak(b.cfg["matmul_sizes"], b.device, iters=3,
-                                                          dtype_name="bfloat16")
+        b.report["matmul_peak_bf16"] = common.matmul_peak(
+            b.cfg["matmul_sizes"], b.device, iters=3, dtype_name="bfloat16"
+        )
         b.peaks["bfloat16"] = b.report["matmul_peak_bf16"]["peak_gflops"]
     _log(f"fp32 matmul peak {b.peaks['float32']:.1f} GFLOP/s")
 
@@ -275,8 +315,7 @@ def build_subjects(b: Bench) -> dict[common.Subject, Any]:
     """One model per subject (a DAT model's paths share weights), recorded with its parameter count."""
     subjects = common.expand_subjects(b.cfg["models"], b.cfg["paths"])
     models = common.build_models(subjects, b.device, b.cfg["img_size"])
-    b.report["subjects"] = [dict(s.as_dict(), params_m=count_parameters(m) / 1e6)
-                            for s, m in models.items()]
+    b.report["subjects"] = [dict(s.as_dict(), params_m=count_parameters(m) / 1e6) for s, m in models.items()]
     return models
 
 
@@ -298,8 +337,10 @@ def count_flops(b: Bench, models: dict[common.Subject, Any]) -> None:
     b.report["flops"] = b.flops
     b.report["flops_note"] = common.FLOP_COUNT_NOTE
     if "dat_tiny" in b.flops:
-        b.report["notes"].append(f"dat_tiny counted {b.flops['dat_tiny']['forward_gflop']:.3f} GFLOP/image "
-                                 "(published: 4.59 GMAC = 9.18 GFLOP)")
+        b.report["notes"].append(
+            f"dat_tiny counted {b.flops['dat_tiny']['forward_gflop']:.3f} GFLOP/image "
+            "(published: 4.59 GMAC = 9.18 GFLOP)"
+        )
 
 
 def check_consistency(b: Bench, models: dict[common.Subject, Any]) -> None:
@@ -327,8 +368,9 @@ def time_inference(b: Bench, models: dict[common.Subject, Any]) -> None:
             b.save_partial()
 
 
-def _time_inference_batch(b: Bench, models: dict[common.Subject, Any], mode: str, batch: int,
-                          sessions: dict[str, Any]) -> None:
+def _time_inference_batch(
+    b: Bench, models: dict[common.Subject, Any], mode: str, batch: int, sessions: dict[str, Any]
+) -> None:
     _log(f"{mode} inference batch {batch}: {[s.label for s in models]}")
     x, _ = common.random_batch(batch, b.cfg["img_size"], b.device)
     timed = [s for s in models if not b.skipped(s, "inference")]
@@ -338,8 +380,15 @@ def _time_inference_batch(b: Bench, models: dict[common.Subject, Any], mode: str
     bg: dict[str, list[float]] = {}
     times = common.time_interleaved(fns, b.cfg["warmup"], _iters_for(batch, b.cfg["iters"]), b.device, bg)
     for s in timed:
-        row = b.add_row(dict(s.as_dict(), mode=mode, kind="inference", batch=batch,
-                             **common.summarize(times[s.label], batch, bg.get(s.label))))
+        row = b.add_row(
+            dict(
+                s.as_dict(),
+                mode=mode,
+                kind="inference",
+                batch=batch,
+                **common.summarize(times[s.label], batch, bg.get(s.label)),
+            )
+        )
         _log(f"  {s.label:28s} {row['images_per_s']:8.2f} img/s")
 
 
@@ -352,13 +401,14 @@ def _onnxruntime_subjects(b: Bench, models: dict[common.Subject, Any], x, fns: d
     for name in b.cfg["onnx_models"]:
         source = next((s for s in models if s.model == name and s.path in ("fast", "timm")), None)
         subject = common.Subject(name, "onnxruntime")
-        if source is None or sessions.get(subject.label, True) is None:   # not measured, or its export failed
+        if source is None or sessions.get(subject.label, True) is None:  # not measured, or its export failed
             continue
         try:
             if subject.label not in sessions:
                 _log(f"exporting {name} to ONNX for onnxruntime")
-                sessions[subject.label] = common.onnxruntime_session(models[source], b.cfg["img_size"],
-                                                                     tempfile.mkdtemp(prefix="datvit-bench-onnx-"))
+                sessions[subject.label] = common.onnxruntime_session(
+                    models[source], b.cfg["img_size"], tempfile.mkdtemp(prefix="datvit-bench-onnx-")
+                )
             fns[subject.label] = common.onnxruntime_fn(sessions[subject.label], x)
             added.append(subject)
         except Exception as exc:  # noqa: BLE001 (an exporter or runtime failure must not end the benchmark)
@@ -382,10 +432,19 @@ def _train_interleaved(b: Bench, timed: list[common.Subject], mode: str, batch: 
     step_times: dict[str, list[float]] = {s.label: [] for s in timed}
     for run_i in range(runs if timed else 0):
         _log(f"{mode} training batch {batch}, interleaved run {run_i + 1}/{runs}: {[s.label for s in timed]}")
-        res = worker.run_in_subprocess(b.task(
-            "train_interleaved", mode, batch, subjects=[[s.model, s.path] for s in timed],
-            warmup=max(b.cfg["warmup"], 1), iters=b.cfg["train_iters"], wait_quiet=b.cfg["wait_quiet_s"],
-            memory_fraction=b.cfg["memory_fraction"]), timeout=b.cfg["train_timeout_s"])
+        res = worker.run_in_subprocess(
+            b.task(
+                "train_interleaved",
+                mode,
+                batch,
+                subjects=[[s.model, s.path] for s in timed],
+                warmup=max(b.cfg["warmup"], 1),
+                iters=b.cfg["train_iters"],
+                wait_quiet=b.cfg["wait_quiet_s"],
+                memory_fraction=b.cfg["memory_fraction"],
+            ),
+            timeout=b.cfg["train_timeout_s"],
+        )
         b.report["train_runs"].append(dict(res, mode=mode, batch=batch, run=run_i + 1))
         if res.get("status") != "ok":
             _log(f"  {res.get('status')}: {res.get('output_tail', '')[-300:]}")
@@ -401,8 +460,14 @@ def _train_interleaved(b: Bench, timed: list[common.Subject], mode: str, batch: 
         b.save_partial()
     for s in timed:
         if step_times[s.label]:
-            row = dict(s.as_dict(), mode=mode, kind="train", batch=batch, runs=runs,
-                       **common.summarize(step_times[s.label], batch))
+            row = dict(
+                s.as_dict(),
+                mode=mode,
+                kind="train",
+                batch=batch,
+                runs=runs,
+                **common.summarize(step_times[s.label], batch),
+            )
             row["statistic"] = f"median of {len(step_times[s.label])} steps over {runs} interleaved runs"
             b.add_row(row)
 
@@ -423,20 +488,33 @@ def _training_memory(b: Bench, s: common.Subject, mode: str, batch: int) -> dict
     if b.skipped(s, "train"):
         return {"status": "skipped (--skip)"}
     _log(f"{mode} training batch {batch}: peak memory of {s.label} (own process)")
-    task = b.task("memory", mode, batch, model=s.model, path=s.path, warmup=max(b.cfg["warmup"], 1), iters=1,
-                  memory_fraction=b.cfg["memory_fraction"])
+    task = b.task(
+        "memory",
+        mode,
+        batch,
+        model=s.model,
+        path=s.path,
+        warmup=max(b.cfg["warmup"], 1),
+        iters=1,
+        memory_fraction=b.cfg["memory_fraction"],
+    )
     res = worker.run_in_subprocess(task, timeout=b.cfg["train_timeout_s"])
     if res.get("status") == "out_of_memory" and b.config.allocator == "tuned":
         # a heap that is never trimmed can fragment past the cap; glibc's default returns memory
         _log("  out of memory with the tuned allocator: again with glibc's default allocator")
-        res = worker.run_in_subprocess(task, timeout=b.cfg["train_timeout_s"],
-                                       env_overrides={"DATVIT_CPU_ALLOCATOR": "system"})
+        res = worker.run_in_subprocess(
+            task, timeout=b.cfg["train_timeout_s"], env_overrides={"DATVIT_CPU_ALLOCATOR": "system"}
+        )
         res["allocator"] = "system (the tuned allocator ran out of memory)"
-        b.report["notes"].append(f"{s.label} training batch {batch} " + (
-            "peak memory measured with glibc's default allocator: with the tuned one it ran out of memory"
-            if res.get("status") == "ok" else
-            f"ran out of memory (address space capped at {res.get('memory_cap_gb') or 0:.1f} GB) with both "
-            "allocators"))
+        b.report["notes"].append(
+            f"{s.label} training batch {batch} "
+            + (
+                "peak memory measured with glibc's default allocator: with the tuned one it ran out of memory"
+                if res.get("status") == "ok"
+                else f"ran out of memory (address space capped at {res.get('memory_cap_gb') or 0:.1f} GB) with both "
+                "allocators"
+            )
+        )
     if res.get("status") == "ok":
         _log(f"  peak {res['peak_extra_mb']:.0f} MB")
     else:
@@ -460,13 +538,27 @@ def time_compile(b: Bench) -> None:
 def _compile_one(b: Bench, s: common.Subject, mode: str, kind: str, batch: int) -> dict[str, Any]:
     _log(f"torch.compile {s.label} {kind} batch {batch} ({mode}), timeout {b.cfg['compile_timeout_s']:.0f}s")
     freezing = b.cfg["freezing"] and kind == "inference"
-    res = worker.run_in_subprocess(b.task(
-        "compile", mode, batch, model=s.model, path=s.path, kind=kind, warmup=1, iters=_peak_iters(b.cfg),
-        wait_quiet=b.cfg["wait_quiet_s"], compile_mode=b.cfg["compile_mode"], freezing=freezing),
-        timeout=b.cfg["compile_timeout_s"])
+    res = worker.run_in_subprocess(
+        b.task(
+            "compile",
+            mode,
+            batch,
+            model=s.model,
+            path=s.path,
+            kind=kind,
+            warmup=1,
+            iters=_peak_iters(b.cfg),
+            wait_quiet=b.cfg["wait_quiet_s"],
+            compile_mode=b.cfg["compile_mode"],
+            freezing=freezing,
+        ),
+        timeout=b.cfg["compile_timeout_s"],
+    )
     if res.get("status") == "ok":
-        _log(f"  compile {res['compile_s']:.0f}s, {res['compiled']['images_per_s']:.2f} img/s, "
-             f"{res['speedup_vs_eager']:.2f}× eager")
+        _log(
+            f"  compile {res['compile_s']:.0f}s, {res['compiled']['images_per_s']:.2f} img/s, "
+            f"{res['speedup_vs_eager']:.2f}× eager"
+        )
         b.add_row(dict(s.as_dict(), mode=mode, kind=kind, batch=batch, **res["compiled"]))
     else:
         _log(f"  {res.get('status')}: {res.get('output_tail', '')[-300:]}")
@@ -479,11 +571,11 @@ def time_module(b: Bench) -> None:
         return
     _log("DeformableAttention module benchmark")
     batch, iters = b.cfg["module_batch"], _iters_for(b.cfg["module_batch"], b.cfg["iters"]) * 2
-    b.report["module"] = deformable.module_benchmark(b.device, batch, b.cfg["warmup"], iters,
-                                                     with_flops=b.cfg["flops"])
+    b.report["module"] = deformable.module_benchmark(b.device, batch, b.cfg["warmup"], iters, with_flops=b.cfg["flops"])
     if "bf16" in b.cfg["modes"]:
-        b.report["module_bf16"] = deformable.module_benchmark(b.device, batch, b.cfg["warmup"], iters, "bfloat16",
-                                                              with_flops=False)
+        b.report["module_bf16"] = deformable.module_benchmark(
+            b.device, batch, b.cfg["warmup"], iters, "bfloat16", with_flops=False
+        )
 
 
 def remeasure_matmul_peak(b: Bench) -> None:
@@ -492,8 +584,7 @@ def remeasure_matmul_peak(b: Bench) -> None:
     if not b.cfg["flops"]:
         return
     _log("matmul peak again")
-    again = b.report["matmul_peak_end"] = common.matmul_peak(b.cfg["matmul_sizes"], b.device,
-                                                             iters=_peak_iters(b.cfg))
+    again = b.report["matmul_peak_end"] = common.matmul_peak(b.cfg["matmul_sizes"], b.device, iters=_peak_iters(b.cfg))
     first = b.report["matmul_peak"]
     if again["peak_gflops"] > b.peaks["float32"]:
         b.peaks["float32"] = again["peak_gflops"]
@@ -510,8 +601,9 @@ def write_report(b: Bench, t_start: float) -> dict[str, Any]:
     report["onnxruntime"] = rep.onnxruntime_ratios(b.results)
     report["targets"] = rep.check_targets(report["ratios"], "eager")
     if b.device.type != "cpu":
-        report["notes"].append("the targets are defined for the 2-core CPU; on this device they are shown for "
-                               "information")
+        report["notes"].append(
+            "the targets are defined for the 2-core CPU; on this device they are shown for information"
+        )
     report["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     report["wall_s"] = time.perf_counter() - t_start
     (b.out_dir / "benchmark.json").write_text(json.dumps(report, indent=1, default=str))
@@ -520,8 +612,11 @@ def write_report(b: Bench, t_start: float) -> dict[str, Any]:
     if b.config.chart:
         rep.bar_chart(report, b.out_dir / "benchmark.png")
     print(md)
-    _log(f"wrote {b.out_dir / 'benchmark.json'}, benchmark.md" + (", benchmark.png" if b.config.chart else "")
-         + f" in {report['wall_s']:.0f}s")
+    _log(
+        f"wrote {b.out_dir / 'benchmark.json'}, benchmark.md"
+        + (", benchmark.png" if b.config.chart else "")
+        + f" in {report['wall_s']:.0f}s"
+    )
     return report
 
 
@@ -536,9 +631,10 @@ def run(config: BenchConfig) -> dict[str, Any]:
     count_flops(b, models)
     check_consistency(b, models)
     time_inference(b, models)
-    del models           # the training and compile workers build their own
+    del models  # the training and compile workers build their own
     if b.device.type == "cuda":
         import torch
+
         torch.cuda.empty_cache()
     time_training(b, subjects)
     measure_training_memory(b, subjects)
@@ -546,4 +642,3 @@ def run(config: BenchConfig) -> dict[str, Any]:
     time_module(b)
     remeasure_matmul_peak(b)
     return write_report(b, t_start)
-

@@ -15,6 +15,7 @@
   call (which compiles) is timed, then the compiled and the eager model are timed interleaved in the same process.
   A fresh inductor cache directory is used, so the compile time is a cold compile. The parent enforces a timeout.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,13 +50,14 @@ def _limit_memory(task: dict[str, Any]) -> Optional[float]:
         return None
     try:
         import resource
+
         available = common.available_memory_bytes()
         size = common.virtual_size_bytes()
         if not available or not size:
             return None
         cap = size + int(frac * available)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-        return frac * available / 2 ** 30
+        return frac * available / 2**30
     except (ImportError, ValueError, OSError):
         return None
 
@@ -92,20 +94,26 @@ def memory(task: dict[str, Any]) -> dict[str, Any]:
     except (RuntimeError, MemoryError) as exc:
         if not _is_oom(exc):
             raise
-        return {"status": "out_of_memory", "error": str(exc)[:500], "memory_cap_gb": out.get("memory_cap_gb"),
-                "completed_steps": i}
+        return {
+            "status": "out_of_memory",
+            "error": str(exc)[:500],
+            "memory_cap_gb": out.get("memory_cap_gb"),
+            "completed_steps": i,
+        }
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
         out["memory_method"] = "torch.cuda.max_memory_allocated − memory_allocated before the first step"
     else:
         peak = common.peak_rss_bytes()
-        out["rss_after_mb"] = common.current_rss_bytes() / 2 ** 20
-        out["memory_method"] = ("peak resident set during the steps (VmHWM, reset just before the first step) − "
-                                "resident set just before the first step, in a fresh process")
+        out["rss_after_mb"] = common.current_rss_bytes() / 2**20
+        out["memory_method"] = (
+            "peak resident set during the steps (VmHWM, reset just before the first step) − "
+            "resident set just before the first step, in a fresh process"
+        )
         if not out["peak_reset"]:
             out["warning"] = "could not reset the peak-RSS mark; the value may include earlier peaks"
-    out["baseline_mb"] = base / 2 ** 20
-    out["peak_extra_mb"] = (peak - base) / 2 ** 20
+    out["baseline_mb"] = base / 2**20
+    out["peak_extra_mb"] = (peak - base) / 2**20
     return out
 
 
@@ -150,10 +158,16 @@ def compile_task(task: dict[str, Any]) -> dict[str, Any]:
                 out = compiled(x)
             F.cross_entropy(out.float(), y).backward()
             optimizer.step()
+
     first, second = _seconds(fast, device), _seconds(fast, device)
     bg: dict[str, list[float]] = {}
-    times = common.time_interleaved({"eager": eager, "compiled": fast}, warmup=int(task.get("warmup", 1)),
-                                    iters=int(task.get("iters", 3)), device=device, background=bg)
+    times = common.time_interleaved(
+        {"eager": eager, "compiled": fast},
+        warmup=int(task.get("warmup", 1)),
+        iters=int(task.get("iters", 3)),
+        device=device,
+        background=bg,
+    )
     comp = common.summarize(times["compiled"], batch, bg.get("compiled"))
     eag = common.summarize(times["eager"], batch, bg.get("eager"))
     return {
@@ -212,8 +226,11 @@ def train_interleaved(task: dict[str, Any]) -> dict[str, Any]:
                     background[k].append(o["others"] + o["steal"])
         if i >= warmup:
             rounds.append(this_round)
-    timing = {k: common.summarize(v, batch, background[k] if len(background[k]) == len(v) else None)
-              for k, v in times.items() if v and status[k] == "ok"}
+    timing = {
+        k: common.summarize(v, batch, background[k] if len(background[k]) == len(v) else None)
+        for k, v in times.items()
+        if v and status[k] == "ok"
+    }
     return {"batch": batch, "timing": timing, "rounds": rounds, "subject_status": status}
 
 
@@ -223,14 +240,15 @@ TASKS = {"memory": memory, "compile": compile_task, "train_interleaved": train_i
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     task = json.loads(argv[0])
-    common.apply_allocator(os.environ.get("DATVIT_CPU_ALLOCATOR") or "tuned")   # the parent's choice
+    common.apply_allocator(os.environ.get("DATVIT_CPU_ALLOCATOR") or "tuned")  # the parent's choice
     result = TASKS[task["task"]](task)
     print(RESULT_PREFIX + json.dumps(result), flush=True)
     return 0
 
 
-def run_in_subprocess(task: dict[str, Any], timeout: float | None = None,
-                      env_overrides: Optional[dict[str, str]] = None) -> dict[str, Any]:
+def run_in_subprocess(
+    task: dict[str, Any], timeout: float | None = None, env_overrides: Optional[dict[str, str]] = None
+) -> dict[str, Any]:
     """Run ``task`` in a fresh Python process (this interpreter); returns its result (``status`` "ok" unless the
     task set another, e.g. "out_of_memory"), or a dict with ``status`` "timeout"/"error" and the tail of its
     output."""
@@ -242,26 +260,33 @@ def run_in_subprocess(task: dict[str, Any], timeout: float | None = None,
     env.setdefault("PYTHONUNBUFFERED", "1")
     cmd = [sys.executable, "-m", "datvit.tools.benchmark.worker", json.dumps(task)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         output, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         import signal
+
         try:
-            os.killpg(proc.pid, signal.SIGKILL)   # the worker and the compile workers it started
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker and the compile workers it started
         except ProcessLookupError:
             pass
         output, _ = proc.communicate()
-        return {"status": "timeout", "timeout_s": timeout, "wall_s": time.perf_counter() - t0,
-                "output_tail": (output or "")[-2000:]}
+        return {
+            "status": "timeout",
+            "timeout_s": timeout,
+            "wall_s": time.perf_counter() - t0,
+            "output_tail": (output or "")[-2000:],
+        }
     finally:
         import shutil
+
         shutil.rmtree(cache, ignore_errors=True)
     wall = time.perf_counter() - t0
     for line in reversed((output or "").splitlines()):
         if line.startswith(RESULT_PREFIX):
-            result = json.loads(line[len(RESULT_PREFIX):])
+            result = json.loads(line[len(RESULT_PREFIX) :])
             result.setdefault("status", "ok")
             result["wall_s"] = wall
             return result
