@@ -191,3 +191,43 @@ def test_demo_dat_backbone_has_dat_nano_size():
     bb = DenseBackbone(DENSE_PRESETS["mask_rcnn_dat_nano_scenes"].backbone)
     n = sum(p.numel() for p in bb.parameters())
     assert 2.0e6 < n < 2.6e6, n  # dat_nano's 2.3M without the classifier, plus the four output norms
+
+
+def test_the_dense_package_loads_its_parts_on_first_use():
+    """``datvit.dense`` names every part once (``__all__``, the lazy map, the static imports agree), resolves each
+    on first use, and without the dense extra the parsers still build and a part that needs it names the extra."""
+    import ast
+    import inspect
+    import subprocess
+    import sys
+
+    import datvit.dense as dense
+
+    assert sorted(dense.__all__) == sorted(dense._EXPORTS)
+    tree = ast.parse(inspect.getsource(dense))
+    static = {
+        a.asname or a.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 1
+        for a in node.names
+    }
+    assert static == set(dense.__all__)
+    for name in dense.__all__:
+        assert getattr(dense, name) is getattr(
+            __import__(f"datvit.dense.{dense._EXPORTS[name]}", fromlist=[name]), name
+        )
+    script = (
+        "import sys\n"
+        "sys.modules['segmentation_models_pytorch'] = None\n"
+        "sys.modules['pycocotools'] = None\n"
+        "from datvit.cli.main import build_parser\n"
+        "build_parser().parse_args(['det', 'eval', '--checkpoint', 'c'])\n"
+        "import datvit.dense\n"
+        "try:\n"
+        "    datvit.dense.build_segmenter\n"
+        "except ModuleNotFoundError as e:\n"
+        "    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'datvit[dense]'" in out.stdout

@@ -120,6 +120,26 @@ def add_config_argument(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("-c", "--config", metavar="FILE", help=help)
 
 
+def show_defaults(parser: argparse.ArgumentParser, config_cls: type, recipe: Mapping[str, Any] | None = None) -> None:
+    """Append ``(default: X)`` to the help of every flag whose field has a default in ``config_cls`` (or in
+    ``recipe``, which wins) and whose help does not already say it."""
+    import dataclasses
+
+    defaults = {f.name: getattr(config_cls(), f.name) for f in dataclasses.fields(config_cls)}
+    defaults.update(recipe or {})
+    for action in parser._actions:
+        value = defaults.get(action.dest)
+        if (
+            not action.option_strings
+            or action.help in (None, argparse.SUPPRESS)
+            or value in (None, False, {}, [])
+            or "default" in action.help
+        ):
+            continue
+        shown = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
+        action.help = f"{action.help} (default: {shown})"
+
+
 def settings_layers(
     parser: argparse.ArgumentParser,
     args: argparse.Namespace,

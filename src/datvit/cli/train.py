@@ -7,7 +7,7 @@ import argparse
 from typing import Any, Mapping, Optional, Sequence
 
 from ._errors import run_with_user_errors
-from ._run_args import add_train_arguments, settings_layers
+from ._run_args import add_train_arguments, settings_layers, show_defaults
 
 EPILOG = """examples:
   datvit train                                        # a small DAT on Fashion-MNIST (offline)
@@ -28,6 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         argument_default=argparse.SUPPRESS,
     )
     add_train_arguments(p)
+    from ..train.config import TrainConfig
+
+    show_defaults(p, TrainConfig)
     p.set_defaults(func=lambda args: run(args, p))
 
 
