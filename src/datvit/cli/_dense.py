@@ -28,6 +28,7 @@ from ._run_args import (
     add_workers_argument,
     config_from_args,
     settings_layers,
+    show_defaults,
 )
 
 
@@ -245,6 +246,12 @@ def register_dense(subparsers: argparse._SubParsersAction, command: str, task: s
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     build_train_parser(train, task)
+    from ..dense import run_config
+
+    if task == "detection":
+        show_defaults(train, run_config.DetectionTrainConfig, run_config.DETECTION_RECIPE)
+    else:
+        show_defaults(train, run_config.SegmentationTrainConfig, run_config.SEGMENTATION_RECIPE)
     build_eval_parser(evaluate, task)
     build_predict_parser(predict, task)
     train.set_defaults(func=lambda args: run_with_user_errors(f"{command} train", lambda: _train(args, task, train)))
