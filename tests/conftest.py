@@ -110,3 +110,37 @@ class RecordOps(TorchDispatchMode):
     @property
     def ops(self) -> list[str]:
         return [name for name, _ in self.calls]
+
+
+# `make test-fast` runs what is not marked slow. Slow: whole processes (training runs, torchrun, signals, the
+# wheel), torch.compile and export graphs, the benchmark harness, and every variant at full size — each a second
+# or more on 2 cores. What stays is every layer against its reference, the authors' fixtures and manifests, the
+# checkpoint and config rules, the CLI's parsers and the small end-to-end paths.
+SLOW_TESTS = (
+    "tests/test_benchmarks.py",
+    "tests/test_dense_cli.py",
+    "tests/test_dense_signals.py",
+    "tests/test_dense_train.py",
+    "tests/test_dense_train_ddp.py",
+    "tests/test_export.py",
+    "tests/test_faults.py",
+    "tests/test_packaging.py",
+    "tests/test_runtime.py",
+    "tests/test_train_ddp.py",
+    "tests/test_train_resume.py",
+    "tests/test_compile_ops.py",
+    "tests/test_bf16_cpu.py::test_bf16_model_compiles_in_one_graph",
+    "tests/test_deploy.py::test_compiled_with_freezing_matches_eager",
+    "tests/test_flops.py::test_cli_tables_json_and_errors",
+    "tests/test_layers_neighborhood.py::test_flex_attention_path_matches_reference",
+    "tests/test_model_api.py::test_every_variant_forward_backward",
+    "tests/test_model_api.py::test_torch_compile_fullgraph_matches_eager",
+    "tests/test_ops_linear.py::test_inductor",
+    "tests/test_tracing.py::test_torch_export",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SLOW_TESTS):
+            item.add_marker(pytest.mark.slow)
