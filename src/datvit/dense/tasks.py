@@ -16,15 +16,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from types import SimpleNamespace
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..data.loader import create_loader
 from ..models.factory import count_parameters, regenerated_stage_spec
 from ..train import distributed as dist_utils
 from ..train.errors import TrainingError
@@ -194,7 +193,6 @@ class _DenseTask(Task):
 
     model_config_cls: type
     kind_default: str
-    collate_fn: Callable[[list], Any]
     recipe_values: dict[str, Any]
 
     def recipe(self, settings: dict[str, Any]) -> dict[str, Any]:
@@ -215,25 +213,6 @@ class _DenseTask(Task):
 
     def optimizer_params(self, model: nn.Module) -> Any:
         return dense_param_groups(model, self.config.weight_decay, exempt_norm_layers=self.exempt_norm_layers)
-
-    def create_loader(self, dataset: Dataset, batch_size: int, training: bool) -> DataLoader:
-        """The loader every task uses, with this task's collate (torchvision.transforms.v2 draws from the torch
-        generator that the loader seeds per sample, so dense augmentation resumes exactly too)."""
-        config, info = self.config, self.info
-        return create_loader(
-            dataset,
-            batch_size,
-            training=training,
-            workers=config.workers,
-            seed=config.seed,
-            rank=info.rank,
-            world_size=info.world_size,
-            pin_memory=config.pin_mem,
-            collate_fn=self.collate_fn,
-        )
-
-    def batch_problems(self, batch: Any) -> list[tuple[str, str]]:
-        return [(s.path, s.error) for s in batch.corrupt]
 
     def _report_skipped(self, dataset: Any, split: str) -> None:
         summary = dataset.skip_summary() if dataset is not None else ""

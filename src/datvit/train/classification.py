@@ -11,13 +11,13 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from datvit.inference.checkpoint_format import describe_arch_difference
 from datvit.models import CheckpointError, load_checkpoint
 
-from ..data.loader import create_dataset, create_loader, eval_transform, resolve_dataset_kind, train_transform
+from ..data.loader import create_dataset, eval_transform, resolve_dataset_kind, train_transform
 from ..models.factory import arch_record, build_model, count_parameters, load_model_config, resolve_model_kwargs
 from . import distributed as dist_utils
 from .config import TrainConfig, recipe_for
@@ -229,22 +229,6 @@ class ClassificationTask(Task):
             ) from None
         if self.eval_set is not None:
             self.eval_set.transform = eval_transform(self.data_config)
-
-    def create_loader(self, dataset: Dataset, batch_size: int, training: bool) -> DataLoader:
-        config, info = self.config, self.info
-        return create_loader(
-            dataset,
-            batch_size,
-            training=training,
-            workers=config.workers,
-            seed=config.seed,
-            rank=info.rank,
-            world_size=info.world_size,
-            pin_memory=config.pin_mem,
-        )
-
-    def batch_problems(self, batch: Any) -> list[tuple[str, str]]:
-        return [(s.path, s.error) for s in batch.corrupt]
 
     def training_loss(self, model: nn.Module, batch: Any, epoch: int) -> StepOutput:
         config = self.config

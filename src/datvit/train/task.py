@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.loader import collate_skip_corrupt, create_loader
 from . import distributed as dist_utils
 from .config import EngineConfig
 from .precision import AmpPlan
@@ -64,6 +65,8 @@ class Task:
 
     # the task's frozen run configuration (a subclass of EngineConfig with the task's own settings)
     run_config_cls: type[EngineConfig] = EngineConfig
+    # how a list of samples becomes a batch (classification: images and targets, unreadable files set aside)
+    collate_fn: Callable[[list], Any] = staticmethod(collate_skip_corrupt)
 
     def __init__(self) -> None:
         self.config: Optional[EngineConfig] = None
@@ -100,8 +103,21 @@ class Task:
         """Set the datasets' transforms once the model (and with it the input size) is known."""
 
     def create_loader(self, dataset: Dataset, batch_size: int, training: bool) -> DataLoader:
-        """A loader on ``EpochSampler`` (training: ``SeededDataset`` too, drop the last partial batch)."""
-        raise NotImplementedError
+        """The one loader factory (``datvit.data.loader.create_loader``) with the task's ``collate_fn``: an
+        ``EpochSampler`` (training: per-sample seeds, the last partial batch dropped) and workers that ignore
+        stop signals, so every task resumes exactly and stops cleanly."""
+        config, info = self.config, self.info
+        return create_loader(
+            dataset,
+            batch_size,
+            training=training,
+            workers=config.workers,
+            seed=config.seed,
+            rank=info.rank,
+            world_size=info.world_size,
+            pin_memory=config.pin_mem,
+            collate_fn=self.collate_fn,
+        )
 
     def optimizer_params(self, model: nn.Module) -> Any:
         """What the optimizer gets: the module (timm's default no-decay rule) or a list of parameter groups."""
@@ -116,7 +132,7 @@ class Task:
 
     def batch_problems(self, batch: Any) -> list[tuple[str, str]]:
         """(path, reason) of the samples of ``batch`` that were skipped (unreadable files); counted by the engine."""
-        return []
+        return [(s.path, s.error) for s in getattr(batch, "corrupt", ())]
 
     def evaluate(self, model: nn.Module, loader: DataLoader, amp: AmpPlan, progress: bool, desc: str) -> dict[str, Any]:
         """Metrics of ``model`` over ``loader`` summed over all ranks, keyed as ``metrics.eval_columns`` without
