@@ -6,6 +6,9 @@
 * 128 + N — training stopped on signal N after writing its checkpoint (143 SIGTERM, 130 SIGINT, 138 SIGUSR1),
   the status a shell reports for a process killed by that signal; ``--resume auto`` continues.
 
+A missing optional dependency is a usage error (2) whose line names the extra that installs it, e.g.
+``datvit seg train: error: needs segmentation_models_pytorch: pip install 'datvit[dense]'``.
+
 ``datvit --debug <command>`` or ``DATVIT_DEBUG=1`` re-raises instead, so the full traceback is printed.
 """
 
@@ -17,6 +20,42 @@ from typing import Any, Callable
 
 USAGE_ERROR = 2
 RUNTIME_FAILURE = 1
+
+# the extra (pyproject.toml's optional-dependencies) that installs each optional top-level module
+OPTIONAL_MODULES: dict[str, str] = {
+    "segmentation_models_pytorch": "dense",
+    "pycocotools": "dense",
+    "onnx": "export",
+    "onnxruntime": "export",
+    "onnxscript": "export",
+    "torchao": "int8",
+    "transformers": "hf",
+    "huggingface_hub": "hf",
+    "mkdocs": "docs",
+    "mkdocstrings": "docs",
+    "material": "docs",
+}
+
+
+def missing_optional_module(error: BaseException) -> str | None:
+    """The optional module (a key of ``OPTIONAL_MODULES``) whose absence caused ``error``, or None. The chain of
+    causes and contexts is searched, so an error that wraps the ModuleNotFoundError (``raise ... from e``, and
+    ``from None``, which keeps the context) counts too."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ModuleNotFoundError) and current.name:
+            root = current.name.split(".")[0]
+            if root in OPTIONAL_MODULES:
+                return root
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def missing_extra_line(command: str, module: str) -> str:
+    """The one line for a missing optional module: what the command needs and the extra that installs it."""
+    return f"datvit {command}: error: needs {module}: pip install 'datvit[{OPTIONAL_MODULES[module]}]'"
 
 
 def debug_enabled() -> bool:
@@ -73,19 +112,20 @@ def run_with_user_errors(command: str, func: Callable[[], Any]) -> int:
         )
         print(f"\ndatvit {command}: interrupted{hint}", file=sys.stderr)
         return 130
-    except _usage_errors() as e:
+    except Exception as e:
         if debug_enabled():
             raise
-        print(error_line(command, e), file=sys.stderr)
-        return USAGE_ERROR
-    except (OSError, MemoryError, TrainingDiverged) as e:
-        if debug_enabled():
-            raise
-        print(error_line(command, e), file=sys.stderr)
-        return RUNTIME_FAILURE
-    except Exception as e:  # a bug or an unforeseen failure: one line, the traceback with --debug
-        if debug_enabled():
-            raise
+        missing = missing_optional_module(e)
+        if missing is not None:  # checked first: the wrapping error may be of any class below
+            print(missing_extra_line(command, missing), file=sys.stderr)
+            return USAGE_ERROR
+        if isinstance(e, _usage_errors()):
+            print(error_line(command, e), file=sys.stderr)
+            return USAGE_ERROR
+        if isinstance(e, (OSError, MemoryError, TrainingDiverged)):
+            print(error_line(command, e), file=sys.stderr)
+            return RUNTIME_FAILURE
+        # a bug or an unforeseen failure: one line, the traceback with --debug
         print(
             error_line(command, f"{type(e).__name__}: {e} (run `datvit --debug {command} ...` for the traceback)"),
             file=sys.stderr,

@@ -13,7 +13,7 @@ import argparse
 import os
 import sys
 
-from ._errors import RUNTIME_FAILURE, debug_enabled, run_with_user_errors
+from ._errors import RUNTIME_FAILURE, debug_enabled, missing_optional_module, run_with_user_errors
 from ._run_args import add_trust_checkpoint_argument
 
 EPILOG = """examples:
@@ -79,7 +79,7 @@ def _export_or_report(args: argparse.Namespace) -> int:
     try:
         export(args)
     except ExportError as e:
-        if debug_enabled():
+        if debug_enabled() or missing_optional_module(e):  # a missing extra: run_with_user_errors names it
             raise
         print(f"datvit export: error: {e}", file=sys.stderr)
         return RUNTIME_FAILURE
