@@ -10,6 +10,8 @@ STAMP := $(VENV)/.datvit-installed
 CORE := $(VENV)/.datvit-core
 DENSE := $(VENV)/.datvit-dense
 DOCS := $(VENV)/.datvit-docs
+# Every install takes the tested versions pinned in constraints.txt (pyproject.toml only bounds the ranges).
+PIP_INSTALL := $(PY) -m pip install -c constraints.txt
 
 .PHONY: test test-fast lint demo venv clean bench fashion-mnist demo-dense docs
 
@@ -17,18 +19,18 @@ venv: $(STAMP)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip >/dev/null
+	$(PIP_INSTALL) --upgrade pip >/dev/null
 
-$(CORE): pyproject.toml | $(PY)
-	$(PY) -m pip install -e .
+$(CORE): pyproject.toml constraints.txt | $(PY)
+	$(PIP_INSTALL) -e .
 	touch $(CORE)
 
 $(DENSE): $(CORE)
-	$(PY) -m pip install -e '.[dense]'
+	$(PIP_INSTALL) -e '.[dense]'
 	touch $(DENSE)
 
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -e '.[test]'
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP_INSTALL) -e '.[test]'
 	touch $(STAMP) $(CORE) $(DENSE) $(DOCS)
 
 test: $(STAMP)
@@ -80,7 +82,7 @@ bench: $(STAMP)
 # `make docs`: the documentation site (mkdocs + Material; guides from docs/, the API reference from the
 # docstrings) built with --strict into site/ — a broken link or a docstring that does not render fails it.
 $(DOCS): $(CORE)
-	$(PY) -m pip install -e '.[docs]'
+	$(PIP_INSTALL) -e '.[docs]'
 	touch $(DOCS)
 
 docs: $(DOCS)
