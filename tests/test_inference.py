@@ -269,17 +269,20 @@ def test_convert_round_trip_through_timm_and_datvit(tmp_path, files, name, capsy
     assert cfg["input_size"][1:] == [32, 32] and cfg["crop_pct"] == 0.9 and cfg["interpolation"] == "bilinear"
     assert config["label_names"] == (CLASSES if name == "dat_tiny" else list("abcde"))
     x = torch.randn(2, model.in_chans, 32, 32)
-    through_timm = timm.create_model(
+    assert "num_classes" not in config["model_args"]  # timm's layout: the head size is the top-level key
+    through_timm = timm.create_model(f"local-dir:{dst}", pretrained=True).eval()
+    through_file = timm.create_model(
         config["architecture"],
         pretrained=True,
         pretrained_cfg_overlay=dict(file=str(dst / "model.safetensors")),
+        num_classes=config["num_classes"],
         **config["model_args"],
     ).eval()
     through_datvit = load_model(dst)
     assert through_datvit.arch["name"] == name and through_datvit.class_names == config["label_names"]
     assert through_datvit.data_config["input_size"][0] == model.in_chans
     expected = logits(model, x)
-    assert torch.equal(logits(through_timm, x), expected)
+    assert torch.equal(logits(through_timm, x), expected) and torch.equal(logits(through_file, x), expected)
     assert torch.equal(logits(through_datvit.model, x), expected)
     assert torch.equal(logits(load_model(dst / "model.safetensors").model, x), expected)
 

@@ -1,14 +1,18 @@
-"""Weights for sharing: ``model.safetensors`` + a timm-style ``config.json`` in one directory — the layout of timm
-models on the Hugging Face hub, which ``timm.create_model(name, pretrained=True,
-pretrained_cfg_overlay=dict(file=".../model.safetensors"), **config["model_args"])`` and
-``datvit.inference.load_model(DIR)`` both read.
+"""Weights for sharing in timm's hub layout: one directory with ``model.safetensors``, ``config.json`` and a model
+card ``README.md`` — what timm's ``push_to_hf_hub`` writes, so the same directory (or hub repository) loads
+through ``timm.create_model("local-dir:DIR", pretrained=True)`` (``"hf-hub:USER/REPO"`` once pushed), through
+transformers' ``AutoModelForImageClassification.from_pretrained(DIR)`` (its TimmWrapper, with
+``AutoImageProcessor`` giving timm's preprocessing) and through ``datvit.inference.load_model(DIR)``. timm and
+transformers need ``import datvit`` first: it registers the architecture names with timm.
 
-``config.json`` holds timm's keys — ``architecture``, ``num_classes``, ``num_features``, ``global_pool``,
-``model_args`` (the complete ``DAT`` arguments, so custom configurations rebuild), ``pretrained_cfg`` (input_size,
-mean, std, crop_pct, crop_mode, interpolation, first_conv, classifier, ...), ``label_names`` when known — plus a
-``datvit`` entry with the ``arch`` record and the checkpoint format version. A preset or custom model (not a
-timm name) is written with the registered variant of its generation as ``architecture``: timm builds the same
-network from it, because ``model_args`` sets every constructor argument.
+``config.json`` holds timm's keys: ``architecture`` (a registered variant: a preset or custom model is written
+as the variant of its generation, ``dat_tiny`` or ``datpp_tiny``, and ``model_args`` rebuild its network),
+``num_classes`` and ``label_names`` at the top level, ``num_features``, ``global_pool``, ``model_args`` (the
+architecture arguments only: never ``num_classes``, which TimmWrapper passes itself, nor training-only rates such
+as ``drop_path_rate``), ``pretrained_cfg`` (input_size, mean, std, crop_pct, crop_mode, interpolation,
+first_conv, classifier) — plus a ``datvit`` entry naming the model (``dat_nano``, a custom name) and the
+format version. Directories from earlier datvit versions (``datvit.arch`` with the complete constructor
+arguments, ``num_classes`` inside ``model_args``) still load through ``load_model``.
 """
 
 from __future__ import annotations
@@ -27,6 +31,45 @@ from .checkpoint_format import FORMAT_VERSION
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+README_NAME = "README.md"
+
+# DAT arguments that config.json's model_args leave out: the head size is the top-level num_classes (TimmWrapper
+# passes num_classes=... next to **model_args, so a second one fails), and drop rates only act in training.
+NOT_ARCHITECTURE = frozenset({"num_classes", "drop_rate", "attn_drop_rate", "drop_path_rate"})
+# Switches of how a model runs rather than what it holds, left out at their defaults: timm's features_only
+# turns dense_norms on for backbones unless model_args pin it off, and reference selects the slow oracle path.
+RUNTIME_DEFAULTS = {"dense_norms": False, "reference": False}
+
+PAPERS = {
+    "v1": ("2201.00520", "Vision Transformer with Deformable Attention", "CVPR 2022"),
+    "pp": ("2309.01430", "DAT++: Spatially Dynamic Vision Transformer with Deformable Attention", "arXiv 2023"),
+}
+CITATIONS = {
+    "v1": """@inproceedings{xia2022vision,
+  title={Vision Transformer with Deformable Attention},
+  author={Xia, Zhuofan and Pan, Xuran and Song, Shiji and Li, Li Erran and Huang, Gao},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  pages={4794--4803},
+  year={2022}
+}""",
+    "pp": """@article{xia2023dat,
+  title={DAT++: Spatially Dynamic Vision Transformer with Deformable Attention},
+  author={Xia, Zhuofan and Pan, Xuran and Song, Shiji and Li, Li Erran and Huang, Gao},
+  journal={arXiv preprint arXiv:2309.01430},
+  year={2023}
+}""",
+}
+# ImageNet-1k top-1 of the authors' released weights, as the papers report it.
+PUBLISHED_TOP1 = {
+    "dat_tiny": 82.0,
+    "dat_small": 83.7,
+    "dat_base": 84.0,
+    "dat_base_384": 84.8,
+    "datpp_tiny": 83.9,
+    "datpp_small": 84.6,
+    "datpp_base": 84.9,
+    "datpp_base_384": 85.9,
+}
 
 
 def _jsonable(value: Any) -> Any:
@@ -37,6 +80,23 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def architecture_args(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The constructor arguments that define the network and its weights (config.json's ``model_args``)."""
+    return {
+        k: _jsonable(v)
+        for k, v in kwargs.items()
+        if k not in NOT_ARCHITECTURE and not (k in RUNTIME_DEFAULTS and v == RUNTIME_DEFAULTS[k])
+    }
+
+
+def timm_architecture(name: str, kwargs: Mapping[str, Any]) -> str:
+    """The registered timm name config.json gives a model: its own for a released variant, else the variant of
+    its generation (``model_args`` set every argument, so timm builds the same network from it)."""
+    if name in VARIANTS:
+        return name
+    return "datpp_tiny" if kwargs.get("generation", "v1") == "pp" else "dat_tiny"
+
+
 def hub_config(
     arch: Mapping[str, Any],
     data_config: Mapping[str, Any],
@@ -44,10 +104,10 @@ def hub_config(
     class_names: Optional[list[str]] = None,
 ) -> dict[str, Any]:
     """The ``config.json`` dict for a model built from ``arch`` and preprocessed with ``data_config``."""
-    kwargs = _jsonable(dict(arch["kwargs"]))
-    name = arch["name"]
-    if name not in VARIANTS:
-        name = "datpp_tiny" if kwargs.get("generation", "v1") == "pp" else "dat_tiny"
+    from .. import __version__
+
+    model_args = architecture_args(arch["kwargs"])
+    model_args["in_chans"] = int(model.in_chans)  # the stem's weight shape: timm would adapt it otherwise
     pretrained_cfg = {
         "tag": "datvit",
         "custom_load": False,
@@ -63,24 +123,146 @@ def hub_config(
         "first_conv": "patch_proj.0",
         "classifier": "cls_head",
     }
-    config = {
-        "architecture": name,
+    config: dict[str, Any] = {
+        "architecture": timm_architecture(arch["name"], arch["kwargs"]),
         "num_classes": int(model.num_classes),
         "num_features": int(model.num_features),
         "global_pool": getattr(model, "global_pool", "avg"),
-        "model_args": kwargs,
-        "pretrained_cfg": pretrained_cfg,
-        "datvit": {"arch": {"name": arch["name"], "kwargs": kwargs}, "format_version": FORMAT_VERSION},
     }
     if class_names:
         config["label_names"] = list(class_names)
+    config["model_args"] = model_args
+    config["pretrained_cfg"] = pretrained_cfg
+    config["datvit"] = {"model": arch["name"], "format_version": FORMAT_VERSION, "datvit_version": __version__}
     return config
 
 
+def is_authors_variant(config: Mapping[str, Any]) -> bool:
+    """Whether config.json describes a released variant as the authors trained it: its name, its architecture
+    arguments and the 1000 ImageNet classes (so the papers' top-1 applies to the authors' weights)."""
+    import inspect
+
+    from ..models.configs import model_config
+    from ..models.dat import DAT
+
+    name = (config.get("datvit") or {}).get("model", config.get("architecture"))
+    if name not in VARIANTS or config.get("num_classes") != 1000:
+        return False
+    defaults = {
+        p.name: _jsonable(p.default)
+        for p in inspect.signature(DAT.__init__).parameters.values()
+        if p.default is not inspect.Parameter.empty
+    }
+
+    def explicit(args: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in args.items() if k not in defaults or defaults[k] != v}
+
+    expected = architecture_args({**model_config(name), "in_chans": 3})
+    return explicit(config.get("model_args") or {}) == explicit(expected)
+
+
+def model_card(config: Mapping[str, Any], model: torch.nn.Module, repo_id: Optional[str] = None) -> str:
+    """The hub model card (``README.md``): YAML front matter (``library_name: timm``, tags, license, the paper),
+    a table of parameters, FLOPs and input size (plus the published top-1 for an authors' variant), and how
+    to load the model through timm, transformers and datvit. ``repo_id`` names the hub repository in the
+    snippets; without it they read the local directory ``DIR``."""
+    from ..models import count_parameters
+
+    name = (config.get("datvit") or {}).get("model") or config["architecture"]
+    generation = "pp" if config.get("model_args", {}).get("generation", "v1") == "pp" else "v1"
+    arxiv, title, venue = PAPERS[generation]
+    family = "DAT++" if generation == "pp" else "DAT"
+    size = tuple(config["pretrained_cfg"]["input_size"])
+    authors = is_authors_variant(config)
+    gflops = None
+    try:
+        from ..tools.flops import count_flops
+
+        gflops = count_flops(model, size).gflops
+    except Exception:  # a count is a nicety of the card; the weights are written regardless
+        gflops = None
+    tags = ["image-classification", "timm", "transformers", "datvit", f"arxiv:{arxiv}"]
+    front = ["---", "tags:", *[f"- {t}" for t in tags], "library_name: timm", "license: apache-2.0"]
+    front.append("pipeline_tag: image-classification")
+    if authors:
+        front += ["datasets:", "- imagenet-1k"]
+    front.append("---")
+
+    rows = [
+        (
+            "architecture",
+            f"`{config['architecture']}`" + (f" (datvit model `{name}`)" if name != config["architecture"] else ""),
+        ),
+        ("parameters", f"{count_parameters(model) / 1e6:.2f}M"),
+        ("FLOPs (multiply-adds, the papers' count)", f"{gflops:.2f}G" if gflops is not None else "n/a"),
+        ("input size", f"{size[0]}×{size[1]}×{size[2]} (C×H×W)"),
+        ("classes", str(config["num_classes"])),
+    ]
+    if authors:
+        rows.append(("ImageNet-1k top-1 (published, the authors' weights)", f"{PUBLISHED_TOP1[name]}%"))
+    table = ["| | |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows]]
+
+    ref = repo_id or "DIR"
+    timm_ref = f"hf-hub:{repo_id}" if repo_id else "local-dir:DIR"
+    datvit_ref = f'load_model(snapshot_download("{repo_id}"))' if repo_id else 'load_model("DIR")'
+    datvit_import = "from huggingface_hub import snapshot_download\n" if repo_id else ""
+    body = f"""
+# Model card for {name}
+
+A {family} image classifier ([{title}](https://arxiv.org/abs/{arxiv}), {venue}), written by
+[datvit](https://pypi.org/project/datvit/) `datvit convert` in timm's hub layout: `model.safetensors` and a timm
+`config.json`.
+
+## Model details
+
+{chr(10).join(table)}
+
+## How to use
+
+`import datvit` registers the DAT architectures with timm; run it before loading through timm or transformers.
+
+```python
+import timm
+import datvit  # noqa: F401
+
+model = timm.create_model("{timm_ref}", pretrained=True).eval()
+config = timm.data.resolve_data_config(model=model)
+transform = timm.data.create_transform(**config)
+```
+
+```python
+import datvit  # noqa: F401
+from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+model = AutoModelForImageClassification.from_pretrained("{ref}").eval()
+processor = AutoImageProcessor.from_pretrained("{ref}")  # timm's preprocessing
+logits = model(**processor(image, return_tensors="pt")).logits
+```
+
+```python
+{datvit_import}from datvit.inference import eval_transform, load_model
+
+loaded = {datvit_ref}
+probs = loaded.model(eval_transform(loaded.data_config)(image)[None]).softmax(-1)
+```
+
+## Citation
+
+```bibtex
+{CITATIONS[generation]}
+```
+"""
+    return "\n".join(front) + "\n" + body
+
+
 def save_hub_directory(
-    directory: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]
+    directory: str | os.PathLike,
+    state_dict: Mapping[str, torch.Tensor],
+    config: Mapping[str, Any],
+    readme: Optional[str] = None,
 ) -> tuple[Path, Path]:
-    """Write ``model.safetensors`` and ``config.json`` into ``directory`` (each atomically)."""
+    """Write ``model.safetensors``, ``config.json`` and, when given, ``README.md`` into ``directory`` (each
+    atomically)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -94,7 +276,44 @@ def save_hub_directory(
         if tmp.exists():
             tmp.unlink()
     atomic_write_text(json.dumps(config, indent=2) + "\n", config_path)
+    if readme is not None:
+        atomic_write_text(readme, directory / README_NAME)
     return weights, config_path
+
+
+def push_to_hub(
+    directory: str | os.PathLike,
+    repo_id: str,
+    *,
+    token: Optional[str] = None,
+    private: bool = False,
+    revision: Optional[str] = None,
+    commit_message: str = "Add DAT model (datvit convert)",
+) -> str:
+    """Upload a hub directory (``model.safetensors``, ``config.json``, ``README.md``) to the Hugging Face hub
+    repository ``repo_id``, creating it when missing; returns the repository's URL. ``token``: else the one
+    ``hf auth login`` stored or ``HF_TOKEN``; without any, ``ValueError`` says how to log in."""
+    import huggingface_hub
+    from huggingface_hub import HfApi
+
+    from .. import __version__
+
+    directory = Path(directory)
+    token = token or huggingface_hub.get_token()
+    if not token:
+        raise ValueError("--push-to-hub needs a Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token")
+    api = HfApi(token=token, library_name="datvit", library_version=__version__)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    repo_id = getattr(repo, "repo_id", None) or repo_id
+    files = [n for n in (WEIGHTS_NAME, CONFIG_NAME, README_NAME) if (directory / n).is_file()]
+    api.upload_folder(
+        repo_id=repo_id,
+        folder_path=directory,
+        allow_patterns=files,
+        revision=revision,
+        commit_message=commit_message,
+    )
+    return str(repo)
 
 
 def find_hub_files(path: str | os.PathLike) -> Optional[tuple[Path, Path]]:
@@ -138,16 +357,19 @@ def read_hub_config(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def arch_from_hub_config(config: Mapping[str, Any], source: str) -> dict[str, Any]:
-    """The ``arch`` record a ``config.json`` describes (datvit's own entry first, else timm's keys)."""
-    arch = (config.get("datvit") or {}).get("arch")
+    """The ``arch`` record a ``config.json`` describes: the model datvit named (``datvit.model``, else timm's
+    ``architecture``) with ``model_args`` and the top-level ``num_classes``. A directory from an earlier datvit
+    (``datvit.arch`` with the complete constructor arguments) is read from that record."""
+    entry = config.get("datvit") or {}
+    arch = entry.get("arch")
     if isinstance(arch, dict) and isinstance(arch.get("name"), str) and isinstance(arch.get("kwargs"), dict):
         return {"name": arch["name"], "kwargs": dict(arch["kwargs"])}
-    name = config.get("architecture")
+    name = entry.get("model") if isinstance(entry.get("model"), str) else config.get("architecture")
     if not isinstance(name, str):
         raise CheckpointError(f"{source}: config.json names no 'architecture'")
     name = name.split("/")[-1].split(".")[0]  # "timm/dat_tiny.in1k" → "dat_tiny"
     kwargs = dict(config.get("model_args") or {})
-    if "num_classes" in config and "num_classes" not in kwargs:
+    if "num_classes" in config:
         kwargs["num_classes"] = config["num_classes"]
     return {"name": name, "kwargs": kwargs}
 
