@@ -122,6 +122,10 @@ def test_commands_without_their_extra_print_one_line(tmp_path):
         "det predict": (["det", "predict", "x.png", "--checkpoint", "m.pth"], "dense"),
         "export": (["export", "--checkpoint", "m.pth", "--format", "onnx", "-o", "m.onnx"], "export"),
         "predict": (["predict", "x.png", "--checkpoint", "m.pth", "--int8"], "int8"),
+        "convert": (
+            ["convert", "--checkpoint", "m.pth", "--output", "hub", "--push-to-hub", "u/m", "--token", "t"],
+            "hf",
+        ),
     }
     env = {k: v for k, v in os.environ.items() if k != "DATVIT_DEBUG"}
     env.update(OMP_NUM_THREADS="1", DATVIT_CPU_ALLOCATOR="system", PYTHONPATH=str(REPO / "src"))

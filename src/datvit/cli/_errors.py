@@ -31,6 +31,7 @@ OPTIONAL_MODULES: dict[str, str] = {
     "torchao": "int8",
     "transformers": "hf",
     "huggingface_hub": "hf",
+    "scipy": "hf",  # transformers' Mask2Former matching, with DAT as a transformers backbone
     "mkdocs": "docs",
     "mkdocstrings": "docs",
     "material": "docs",
