@@ -196,11 +196,11 @@ def test_push_to_hub_uploads_the_directory(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     # no token anywhere: refused in one line before anything is written or sent
-    assert main(["convert", str(src), "--push-to-hub", "me/dat-tiny-pets"]) == 2
-    assert "hf auth login" in capsys.readouterr().err and FakeHfApi.calls == []
+    out = tmp_path / "hub"
+    assert main(["convert", str(src), "--output", str(out), "--push-to-hub", "me/dat-tiny-pets"]) == 2
+    assert "hf auth login" in capsys.readouterr().err and FakeHfApi.calls == [] and not out.exists()
 
     monkeypatch.setattr(huggingface_hub, "get_token", lambda: "hf_stored")
-    out = tmp_path / "hub"
     args = ["convert", str(src), "--output", str(out), "--push-to-hub", "me/dat-tiny-pets", "--private"]
     assert main(args) == 0
     files = ["README.md", "config.json", "model.safetensors"]

@@ -86,6 +86,10 @@ def convert(args: argparse.Namespace) -> Path | str:
     """Write the directory and push it when asked; returns the directory, or the repository URL once pushed
     without --output."""
     src, dst = _paths(args)
+    if args.push_to_hub:  # no token: stop before any work
+        from ..inference.hub import hub_token
+
+        args.token = hub_token(args.token)
     if dst is None:
         import tempfile
 

@@ -281,6 +281,19 @@ def save_hub_directory(
     return weights, config_path
 
 
+def hub_token(token: Optional[str] = None) -> str:
+    """``token``, else the one ``hf auth login`` stored or ``HF_TOKEN``; ``ValueError`` saying how to log in
+    when there is none."""
+    import huggingface_hub
+
+    token = token or huggingface_hub.get_token()
+    if not token:
+        raise ValueError(
+            "pushing to the hub needs a Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token"
+        )
+    return token
+
+
 def push_to_hub(
     directory: str | os.PathLike,
     repo_id: str,
@@ -293,15 +306,12 @@ def push_to_hub(
     """Upload a hub directory (``model.safetensors``, ``config.json``, ``README.md``) to the Hugging Face hub
     repository ``repo_id``, creating it when missing; returns the repository's URL. ``token``: else the one
     ``hf auth login`` stored or ``HF_TOKEN``; without any, ``ValueError`` says how to log in."""
-    import huggingface_hub
     from huggingface_hub import HfApi
 
     from .. import __version__
 
     directory = Path(directory)
-    token = token or huggingface_hub.get_token()
-    if not token:
-        raise ValueError("--push-to-hub needs a Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token")
+    token = hub_token(token)
     api = HfApi(token=token, library_name="datvit", library_version=__version__)
     repo = api.create_repo(repo_id, private=private, exist_ok=True)
     repo_id = getattr(repo, "repo_id", None) or repo_id
