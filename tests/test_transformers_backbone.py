@@ -20,6 +20,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the netwo
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("scipy")  # Mask2Former's loss matches queries to masks with scipy
 
+pytestmark = pytest.mark.slow  # seconds of Mask2Former on 2 cores: left to the full suite, not `make test-fast`
+
 HEIGHT, WIDTH = 224, 288  # not square: timm's Swin-T refuses any input but 224×224 as a Mask2Former backbone
 
 
