@@ -185,6 +185,17 @@ class LocalAttention(nn.Module):
         self.register_buffer("layout_scatter", scatter, persistent=False)
         self.register_buffer("layout_mask", mask, persistent=False)
 
+    def init_buffers(self) -> None:
+        """Recompute every buffer that follows from the window, shift and map size (the position index, the
+        cached layout and, in S blocks, ``attn_mask``) on the table's device and in its dtype: after a change of
+        geometry (``DAT.set_input_size``) and after materialising a model built on the meta device."""
+        table = self.relative_position_bias_table
+        with torch.device(table.device):
+            self.register_buffer("relative_position_index", relative_position_index(self.window_size))
+            self._cache_layout()
+        if self.layout_mask is not None:
+            self.layout_mask = self.layout_mask.to(table.dtype)
+
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, w², w²) bias looked up from the table, contiguous in that order.
 
@@ -287,3 +298,10 @@ class ShiftWindowAttention(LocalAttention):
         pad = (-self.fmap_size) % self.window_size
         size = self.fmap_size + pad
         self.register_buffer("attn_mask", window_attention_mask(size, size, self.window_size, self.shift_size))
+
+    def init_buffers(self) -> None:
+        super().init_buffers()
+        table = self.relative_position_bias_table
+        size = self.fmap_size + (-self.fmap_size) % self.window_size
+        mask = window_attention_mask(size, size, self.window_size, self.shift_size, device=table.device)
+        self.register_buffer("attn_mask", mask.to(table.dtype))

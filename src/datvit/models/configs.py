@@ -121,14 +121,14 @@ def stage_configs(
     depths = per_stage["depths"]
     # on the CPU also under torch.device("meta"): the rates are read as Python floats
     dpr = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
-    fmap = img_size // patch_size
+    fmaps = stage_fmap_sizes(img_size, patch_size, num_stages)
     configs = []
     for i in range(num_stages):
         configs.append(
             StageConfig(
                 dim_in=dim_stem if i == 0 else dims[i],
                 dim=dims[i],
-                fmap_size=fmap,
+                fmap_size=fmaps[i],
                 generation=generation,
                 expansion=expansion,
                 drop=drop_rate,
@@ -138,8 +138,12 @@ def stage_configs(
                 **{field: per_stage[name][i] for name, field in PER_STAGE_ARGUMENTS.items()},
             )
         )
-        fmap //= 2
     return tuple(configs)
+
+
+def stage_fmap_sizes(img_size: int, patch_size: int, num_stages: int) -> list[int]:
+    """The side of each stage's map at ``img_size``: the patch stem's output, halved by every downsampling."""
+    return [(img_size // patch_size) // 2**i for i in range(num_stages)]
 
 
 # -- the block pattern ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ matching. Internally the fast path keeps maps channels-last (B×H×W×C); ``refe
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 from typing import Any, Optional, Sequence, Union
 
@@ -31,12 +33,21 @@ from ..layers import (
     ShiftWindowAttention,
 )
 from ..layers.ops import conv2d_channels_last, residual_depthwise_conv
-from .configs import StageConfig, stage_configs
+from .checkpoint import fit_state_dict
+from .configs import StageConfig, stage_configs, stage_fmap_sizes
 
 
 @register_notrace_function  # inspects the input's type and sizes, which are Proxies under torch.fx
-def check_image_batch(x: torch.Tensor, in_chans: int, min_input_size: int, patch_size: int, num_stages: int) -> None:
-    """Raise ValueError for inputs the network cannot take, naming the problem (see ``DAT.check_input``)."""
+def check_image_batch(
+    x: torch.Tensor,
+    in_chans: int,
+    min_input_size: int,
+    patch_size: int,
+    num_stages: int,
+    img_size: Optional[int] = None,
+) -> None:
+    """Raise ValueError for inputs the network cannot take, naming the problem (see ``DAT.check_input``).
+    ``img_size``: the only size a model built with ``strict_img_size=True`` takes (None: any size)."""
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"expected a tensor, got {type(x).__name__}")
     if x.ndim != 4:
@@ -50,6 +61,12 @@ def check_image_batch(x: torch.Tensor, in_chans: int, min_input_size: int, patch
             f"{tuple(x.shape)}; build the model with in_chans={x.shape[1]} for other inputs)"
         )
     h, w = x.shape[-2:]
+    if img_size is not None and (h != img_size or w != img_size):
+        raise ValueError(
+            f"input {h}×{w} differs from the model's img_size {img_size}×{img_size}: the model was built with "
+            "strict_img_size=True (build it with dynamic_img_size=True, or call "
+            "model.set_input_size(img_size=...), for other sizes)"
+        )
     if h < min_input_size or w < min_input_size:
         raise ValueError(
             f"input {h}×{w} is too small: this model downsamples by {min_input_size} "
@@ -61,6 +78,32 @@ def check_image_batch(x: torch.Tensor, in_chans: int, min_input_size: int, patch
 
 
 torch.fx.wrap("check_image_batch")
+
+
+def _square_size(size: Union[int, Sequence[int]], name: str) -> int:
+    """An int side from an int or a square (H, W) (timm passes sizes as pairs); the position tables are square."""
+    if isinstance(size, int):
+        return size
+    sides = tuple(int(s) for s in size)
+    if len(sides) != 2 or sides[0] != sides[1]:
+        raise ValueError(
+            f"{name} must be an int or a square (H, W) pair, got {size!r}: DAT's position tables are square"
+        )
+    return sides[0]
+
+
+def _stage_window_sizes(window_size: Union[int, Sequence[int]], num_stages: int) -> list[int]:
+    """One window side per stage from an int (every stage) or a sequence with one entry per stage."""
+    sizes = [int(window_size)] * num_stages if isinstance(window_size, int) else [int(w) for w in window_size]
+    if len(sizes) != num_stages:
+        raise ValueError(f"window_size has {len(sizes)} entries but there are {num_stages} stages")
+    return sizes
+
+
+def _empty_parameter_like(old: nn.Parameter, shape: tuple[int, ...]) -> nn.Parameter:
+    """An uninitialised parameter of ``shape`` on ``old``'s device, in its dtype, as trainable as it: filled by
+    ``fit_state_dict`` in ``DAT.set_input_size``."""
+    return nn.Parameter(torch.empty(shape, device=old.device, dtype=old.dtype), requires_grad=old.requires_grad)
 
 
 def _block_attention(config: StageConfig, kind: str) -> nn.Module:
@@ -168,6 +211,12 @@ class DAT(nn.Module):
     geometric conventions to follow), ``in_chans``, ``dense_norms`` (one LayerNorm per stage output, as in the
     authors' detection/segmentation backbones) and ``reference`` (use the plain reference path). The per-stage
     lists are read once, into one ``StageConfig`` per stage (``stages[i].config``).
+
+    timm's construction arguments: ``dynamic_img_size=True`` takes any input size ≥ ``min_input_size`` (the
+    default behaviour); ``strict_img_size=True`` (unless ``dynamic_img_size``) takes only ``img_size``×``img_size``
+    and raises ValueError naming both sizes otherwise. ``device`` builds the parameters and buffers there (e.g.
+    ``"meta"``: shapes only, materialised with ``to_empty(device=...)`` then ``init_weights()`` or a checkpoint
+    after ``init_non_persistent_buffers()``); ``dtype`` converts the floating-point parameters and buffers.
     """
 
     def __init__(
@@ -202,8 +251,62 @@ class DAT(nn.Module):
         dense_norms: bool = False,
         layer_norm_eps: float = 1e-5,
         reference: bool = False,
+        strict_img_size: bool = False,
+        dynamic_img_size: bool = False,
+        device: Optional[Union[str, torch.device]] = None,
+        dtype: Optional[torch.dtype] = None,
     ):
         super().__init__()
+        img_size = _square_size(img_size, "img_size")
+        # every factory call of the build (parameters, buffers, cached layouts) allocates on ``device``
+        with torch.device(device) if device is not None else contextlib.nullcontext():
+            self._build(
+                img_size, patch_size, in_chans, num_classes, expansion, dim_stem, dims, depths, heads, stage_spec,
+                window_sizes, groups, strides, offset_range_factor, use_pes, ksizes, nat_ksizes, use_dwc_mlps,
+                use_lpus, use_conv_patches, no_offs, dwc_pes, generation, drop_rate, attn_drop_rate,
+                drop_path_rate, global_pool, dense_norms, layer_norm_eps, reference,
+            )  # fmt: skip
+        if dtype is not None:
+            self.to(dtype=dtype)
+        # timm's precedence: a dynamic model takes any size, whatever strict_img_size says
+        self.strict_img_size = bool(strict_img_size) and not dynamic_img_size
+        self.dynamic_img_size = not self.strict_img_size
+        if self.strict_img_size:
+            self._traits = dict(fixed_input_size=True)  # what timm's get_model_input_config reports
+
+    def _build(
+        self,
+        img_size: int,
+        patch_size: int,
+        in_chans: int,
+        num_classes: int,
+        expansion: int,
+        dim_stem: int,
+        dims: Sequence[int],
+        depths: Sequence[int],
+        heads: Sequence[int],
+        stage_spec: Sequence[Sequence[str]],
+        window_sizes: Sequence[int],
+        groups: Sequence[int],
+        strides: Sequence[int],
+        offset_range_factor: Sequence[float],
+        use_pes: Sequence[bool],
+        ksizes: Sequence[int],
+        nat_ksizes: Sequence[int],
+        use_dwc_mlps: Sequence[bool],
+        use_lpus: Sequence[bool],
+        use_conv_patches: bool,
+        no_offs: Sequence[bool],
+        dwc_pes: Sequence[bool],
+        generation: str,
+        drop_rate: float,
+        attn_drop_rate: float,
+        drop_path_rate: float,
+        global_pool: str,
+        dense_norms: bool,
+        layer_norm_eps: float,
+        reference: bool,
+    ) -> None:
         num_stages = len(dims)
         per_stage = dict(
             depths=depths,
@@ -273,6 +376,9 @@ class DAT(nn.Module):
         self.cls_norm = ChannelLayerNorm(dims[-1], layer_norm_eps)
         self.cls_head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
         self.apply(self._init_weights)
+        self._zero_offsets()
+
+    def _zero_offsets(self) -> None:
         for m in self.modules():
             if isinstance(m, DeformableAttention):
                 # Start with zero offsets: every group samples its reference grid, as a strided attention would.
@@ -287,6 +393,92 @@ class DAT(nn.Module):
                 nn.init.zeros_(m.bias)
 
     # -- timm model API -------------------------------------------------------------------------------------
+
+    @torch.jit.ignore
+    def init_weights(self, mode: str = "", needs_reset: bool = True) -> None:
+        """Initialise every parameter as the constructor does and recompute the size-derived buffers: a model
+        built with ``device="meta"`` and materialised with ``to_empty(device=...)`` is then ready to train.
+
+        timm's signature: ``mode`` is '' (or 'reset', the same); ``needs_reset=False`` skips the
+        ``reset_parameters`` of torch's own layers (convolutions, norms) and keeps their current values."""
+        if mode not in ("", "reset"):
+            raise ValueError(f"init_weights mode must be '' or 'reset', got {mode!r}")
+        with torch.no_grad():
+            for m in self.modules():
+                if needs_reset and m is not self and hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+                # the position tables, with the layers' constructors' initialisation
+                if isinstance(m, LocalAttention):
+                    trunc_normal_(m.relative_position_bias_table, std=0.01)
+                elif isinstance(m, DeformableAttention) and isinstance(m.rpe_table, nn.Parameter):
+                    trunc_normal_(m.rpe_table, std=0.01)
+                elif isinstance(m, NeighborhoodAttention2D):
+                    trunc_normal_(m.rpb, std=0.02, mean=0.0, a=-2.0, b=2.0)
+            self.apply(self._init_weights)
+            self._zero_offsets()
+        self.init_non_persistent_buffers()
+
+    @torch.jit.ignore
+    def init_non_persistent_buffers(self) -> None:
+        """Recompute the buffers that follow from the geometry (window position indices, shifted-window masks,
+        cached window layouts), on each layer's device. timm's ``reinit_non_persistent_buffers`` calls this; a
+        model materialised from the meta device needs it before a checkpoint is loaded into it."""
+        for m in self.modules():
+            if isinstance(m, LocalAttention):
+                m.init_buffers()
+
+    @torch.jit.ignore
+    def set_input_size(
+        self,
+        img_size: Optional[Union[int, Sequence[int]]] = None,
+        window_size: Optional[Union[int, Sequence[int]]] = None,
+    ) -> None:
+        """Change the configured input size (and optionally the window side of the L/S blocks, an int or one
+        per stage) in place.
+
+        The position tables are resized exactly as loading this model's state_dict into a model built at the
+        new size resizes them (``fit_state_dict``: bicubic), and the size-dependent buffers and cached window
+        layouts are rebuilt, so the logits equal that model's. Resized tables are new parameters: build the
+        optimizer after this call. A ``strict_img_size`` model then takes the new size only."""
+        num_stages = len(self.stages)
+        size = self.img_size if img_size is None else _square_size(img_size, "img_size")
+        if size < self.min_input_size:
+            raise ValueError(
+                f"img_size {size} is too small: this model downsamples by {self.min_input_size}, so img_size must "
+                f"be at least {self.min_input_size}"
+            )
+        current = [stage.config.window_size for stage in self.stages]
+        windows = current if window_size is None else _stage_window_sizes(window_size, num_stages)
+        for i, (stage, w) in enumerate(zip(self.stages, windows)):
+            smallest = 2 if "S" in stage.stage_spec else 1  # a shifted window shifts by ⌈w/2⌉ < w
+            if w < smallest:
+                raise ValueError(f"window_size {w} of stage {i + 1} is too small: at least {smallest}")
+        old = self.state_dict()
+        fmaps = stage_fmap_sizes(size, self.patch_size, num_stages)
+        for stage, fmap, w in zip(self.stages, fmaps, windows):
+            for attn in stage.attns:
+                if isinstance(attn, LocalAttention):
+                    if w != attn.window_size:
+                        attn.window_size = w
+                        attn.relative_position_bias_table = _empty_parameter_like(
+                            attn.relative_position_bias_table, ((2 * w - 1) ** 2, attn.heads)
+                        )
+                    if isinstance(attn, ShiftWindowAttention):
+                        attn.shift_size = math.ceil(w / 2)  # as _block_attention builds it
+                    attn.fmap_size = fmap
+                    attn.init_buffers()
+                elif isinstance(attn, DeformableAttention):
+                    attn.fmap_size = fmap
+                    if isinstance(attn.rpe_table, nn.Parameter):
+                        attn.rpe_table = _empty_parameter_like(attn.rpe_table, (attn.heads, 2 * fmap - 1, 2 * fmap - 1))
+            stage.config = dataclasses.replace(stage.config, fmap_size=fmap, window_size=w)
+        self.img_size = size
+        self.load_state_dict(fit_state_dict(old, self))
+        try:  # timm ≥ 1.0.31 records the size for get_model_input_config and hub configs
+            from timm.models._input import update_model_input_size
+        except ImportError:
+            return
+        update_model_input_size(self, size, window_sizes=tuple(windows))
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -349,7 +541,14 @@ class DAT(nn.Module):
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise ValueError for inputs the network cannot take, naming the problem."""
-        check_image_batch(x, self.in_chans, self.min_input_size, self.patch_size, len(self.stages))
+        check_image_batch(
+            x,
+            self.in_chans,
+            self.min_input_size,
+            self.patch_size,
+            len(self.stages),
+            self.img_size if self.strict_img_size else None,
+        )
 
     def _stage_outputs(self, x: torch.Tensor, stop: Optional[int] = None, return_positions: bool = False):
         """Run stem and stages; yield (index, stage output in the internal layout, positions) per stage."""

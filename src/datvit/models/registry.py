@@ -12,12 +12,29 @@ from .checkpoint import fit_state_dict
 from .configs import MODEL_CONFIGS, model_config, translate_authors_config
 from .dat import DAT
 
+# The authors publish their weights on their own pages (linked from ORIGIN_URL), not on the Hugging Face Hub, and
+# datvit has no hub repositories: hf_hub_id stays None, so timm never tries a download that cannot succeed.
+# ``pretrained=True`` takes a local copy through ``pretrained_cfg_overlay=dict(file=...)``; a hub copy of the
+# authors' weights would go in hf_hub_id (timm's "<organisation>/<name>.<tag>" convention, e.g. "timm/" + name).
+ORIGIN_URL = "https://github.com/LeapLabTHU/DAT"
+MIN_INPUT_SIZE = (3, 32, 32)  # patch 4 × three downsamplings: every stage keeps at least one pixel
+_PAPERS = {
+    "v1": dict(paper_ids="arXiv:2201.00520", paper_name="Vision Transformer with Deformable Attention"),
+    "pp": dict(
+        paper_ids="arXiv:2309.01430",
+        paper_name="DAT++: Spatially Dynamic Vision Transformer with Deformable Attention",
+    ),
+}
 
-def _cfg(paper: str, input_size: int = 224, **kwargs: Any) -> dict[str, Any]:
+
+def _cfg(generation: str, input_size: int = 224, **kwargs: Any) -> dict[str, Any]:
     return dict(
         url="",
+        hf_hub_id=None,
         num_classes=1000,
         input_size=(3, input_size, input_size),
+        test_input_size=(3, input_size, input_size),  # the papers evaluate at the training size
+        min_input_size=MIN_INPUT_SIZE,
         pool_size=(input_size // 32,) * 2,
         crop_pct=0.875 if input_size == 224 else 1.0,
         interpolation="bicubic",
@@ -27,23 +44,23 @@ def _cfg(paper: str, input_size: int = 224, **kwargs: Any) -> dict[str, Any]:
         first_conv="patch_proj.0",
         classifier="cls_head",
         license="apache-2.0",
-        paper_ids=paper,
+        origin_url=ORIGIN_URL,
+        **_PAPERS[generation],
         custom_load=True,
         **kwargs,
     )
 
 
-_V1_PAPER, _PP_PAPER = "arXiv:2201.00520", "arXiv:2309.01430"
 default_cfgs = generate_default_cfgs(
     {
-        "dat_tiny.in1k": _cfg(_V1_PAPER),
-        "dat_small.in1k": _cfg(_V1_PAPER),
-        "dat_base.in1k": _cfg(_V1_PAPER),
-        "dat_base_384.in1k": _cfg(_V1_PAPER, 384),
-        "datpp_tiny.in1k": _cfg(_PP_PAPER),
-        "datpp_small.in1k": _cfg(_PP_PAPER),
-        "datpp_base.in1k": _cfg(_PP_PAPER),
-        "datpp_base_384.in1k": _cfg(_PP_PAPER, 384),
+        "dat_tiny.in1k": _cfg("v1"),
+        "dat_small.in1k": _cfg("v1"),
+        "dat_base.in1k": _cfg("v1"),
+        "dat_base_384.in1k": _cfg("v1", 384),
+        "datpp_tiny.in1k": _cfg("pp"),
+        "datpp_small.in1k": _cfg("pp"),
+        "datpp_base.in1k": _cfg("pp"),
+        "datpp_base_384.in1k": _cfg("pp", 384),
     }
 )
 
