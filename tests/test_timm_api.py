@@ -29,6 +29,7 @@ except ImportError:  # older timm: the model's own methods
 import datvit  # noqa: F401  (registers the variants)
 from datvit.layers import DeformableAttention, LocalAttention
 from datvit.models import load_state_dict_checked, model_config
+from datvit.models.scripting import ScriptableDAT
 
 TINY = ["dat_tiny", "datpp_tiny"]
 
@@ -118,6 +119,10 @@ def test_strict_img_size_refuses_other_sizes():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
         with pytest.raises(ValueError, match=r"input 32×32 differs from the model's img_size 64×64"):
             model(torch.randn(1, 3, 32, 32))
+    scriptable = ScriptableDAT(model)  # what torch.jit.script compiles checks the same
+    scriptable.check_input(torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match=r"input 32×64 differs from the model's img_size 64×64"):
+        scriptable.check_input(torch.randn(1, 3, 32, 64))
 
 
 # -- set_input_size ----------------------------------------------------------------------------------------------

@@ -101,6 +101,7 @@ class ScriptableDAT(nn.Module):
             raise ValueError("torch.jit.script scripts the fast path: call model.set_reference(False) first")
         self.in_chans: int = model.in_chans
         self.min_input_size: int = model.min_input_size
+        self.strict_size: int = model.img_size if model.strict_img_size else 0  # 0: any size
         self.average_pool: bool = model.global_pool == "avg"
         self.num_classes: int = model.num_classes
         self.patch_proj = ScriptableConvNorm(model.patch_proj, channels_last_input=False)
@@ -115,6 +116,12 @@ class ScriptableDAT(nn.Module):
             raise ValueError("expected a 4-D batch B×C×H×W, got a {}-D tensor".format(x.dim()))
         if x.shape[1] != self.in_chans:
             raise ValueError("expected {} input channels, got {}".format(self.in_chans, x.shape[1]))
+        if self.strict_size > 0 and (x.shape[2] != self.strict_size or x.shape[3] != self.strict_size):
+            raise ValueError(
+                "input {}×{} differs from the model's img_size {}×{} (strict_img_size=True)".format(
+                    x.shape[2], x.shape[3], self.strict_size, self.strict_size
+                )
+            )
         if x.shape[2] < self.min_input_size or x.shape[3] < self.min_input_size:
             raise ValueError(
                 "input {}×{} is too small: height and width must be at least {}".format(
