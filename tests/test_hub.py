@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -149,7 +150,8 @@ def test_model_card_front_matter_table_and_snippets(tmp_path):
         assert line in front.splitlines()
     assert "datasets" not in front and "top-1" not in body  # a custom model: no published accuracy
     assert "| input size | 3×32×32 (C×H×W) |" in body and "| classes | 2 |" in body
-    assert "| parameters |" in body and "G |" in body.split("FLOPs")[1].splitlines()[0]
+    assert re.search(r"^\| FLOPs [^|]*\| \d+\.\d+[MG] \|$", body, re.M) and "| parameters |" in body
+    assert "| architecture | `datpp_tiny` with the `model_args` of `config.json` (datvit model `my-datpp`) |" in body
     assert 'create_model("local-dir:DIR"' in body and "import datvit" in body and "DAT++" in body
 
 
@@ -164,6 +166,7 @@ def test_an_authors_variant_card_has_the_published_top1():
     assert is_authors_variant(config) and config["model_args"]["img_size"] == 224
     card = model_card(config, model, "someone/dat_tiny")
     assert "| ImageNet-1k top-1 (published, the authors' weights) | 82.0% |" in card
+    assert "| architecture | `dat_tiny` |" in card and "| FLOPs (multiply-adds, the papers' count) | 4.59G |" in card
     assert "| parameters | 28.32M |" in card and "- imagenet-1k" in card and "- arxiv:2201.00520" in card
     assert 'create_model("hf-hub:someone/dat_tiny"' in card and 'from_pretrained("someone/dat_tiny")' in card
     assert not is_authors_variant({**config, "num_classes": 10})

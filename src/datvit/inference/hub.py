@@ -137,16 +137,16 @@ def hub_config(
     return config
 
 
-def is_authors_variant(config: Mapping[str, Any]) -> bool:
-    """Whether config.json describes a released variant as the authors trained it: its name, its architecture
-    arguments and the 1000 ImageNet classes (so the papers' top-1 applies to the authors' weights)."""
+def has_variant_arguments(config: Mapping[str, Any]) -> bool:
+    """Whether config.json's ``model_args`` are those of the released variant it names (arguments at DAT's
+    defaults aside)."""
     import inspect
 
     from ..models.configs import model_config
     from ..models.dat import DAT
 
     name = (config.get("datvit") or {}).get("model", config.get("architecture"))
-    if name not in VARIANTS or config.get("num_classes") != 1000:
+    if name not in VARIANTS:
         return False
     defaults = {
         p.name: _jsonable(p.default)
@@ -159,6 +159,12 @@ def is_authors_variant(config: Mapping[str, Any]) -> bool:
 
     expected = architecture_args({**model_config(name), "in_chans": 3})
     return explicit(config.get("model_args") or {}) == explicit(expected)
+
+
+def is_authors_variant(config: Mapping[str, Any]) -> bool:
+    """Whether config.json describes a released variant as the authors trained it: its name, its architecture
+    arguments and the 1000 ImageNet classes (so the papers' top-1 applies to the authors' weights)."""
+    return config.get("num_classes") == 1000 and has_variant_arguments(config)
 
 
 def model_card(config: Mapping[str, Any], model: torch.nn.Module, repo_id: Optional[str] = None) -> str:
@@ -174,13 +180,14 @@ def model_card(config: Mapping[str, Any], model: torch.nn.Module, repo_id: Optio
     family = "DAT++" if generation == "pp" else "DAT"
     size = tuple(config["pretrained_cfg"]["input_size"])
     authors = is_authors_variant(config)
-    gflops = None
+    flops = "n/a"
     try:
         from ..tools.flops import count_flops
 
-        gflops = count_flops(model, size).gflops
+        macs = count_flops(model, size).macs
+        flops = f"{macs / 1e9:.2f}G" if macs >= 1e8 else f"{macs / 1e6:.1f}M"
     except Exception:  # a count is a nicety of the card; the weights are written regardless
-        gflops = None
+        pass
     tags = ["image-classification", "timm", "transformers", "datvit", f"arxiv:{arxiv}"]
     front = ["---", "tags:", *[f"- {t}" for t in tags], "library_name: timm", "license: apache-2.0"]
     front.append("pipeline_tag: image-classification")
@@ -191,10 +198,12 @@ def model_card(config: Mapping[str, Any], model: torch.nn.Module, repo_id: Optio
     rows = [
         (
             "architecture",
-            f"`{config['architecture']}`" + (f" (datvit model `{name}`)" if name != config["architecture"] else ""),
+            f"`{config['architecture']}`"
+            + ("" if has_variant_arguments(config) else " with the `model_args` of `config.json`")
+            + (f" (datvit model `{name}`)" if name != config["architecture"] else ""),
         ),
         ("parameters", f"{count_parameters(model) / 1e6:.2f}M"),
-        ("FLOPs (multiply-adds, the papers' count)", f"{gflops:.2f}G" if gflops is not None else "n/a"),
+        ("FLOPs (multiply-adds, the papers' count)", flops),
         ("input size", f"{size[0]}×{size[1]}×{size[2]} (C×H×W)"),
         ("classes", str(config["num_classes"])),
     ]
@@ -206,6 +215,7 @@ def model_card(config: Mapping[str, Any], model: torch.nn.Module, repo_id: Optio
     timm_ref = f"hf-hub:{repo_id}" if repo_id else "local-dir:DIR"
     datvit_ref = f'load_model(snapshot_download("{repo_id}"))' if repo_id else 'load_model("DIR")'
     datvit_import = "from huggingface_hub import snapshot_download\n" if repo_id else ""
+    mode = "L" if size[0] == 1 else "RGB"
     body = f"""
 # Model card for {name}
 
@@ -224,25 +234,30 @@ A {family} image classifier ([{title}](https://arxiv.org/abs/{arxiv}), {venue}),
 ```python
 import timm
 import datvit  # noqa: F401
+from PIL import Image
 
 model = timm.create_model("{timm_ref}", pretrained=True).eval()
-config = timm.data.resolve_data_config(model=model)
-transform = timm.data.create_transform(**config)
+transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))
+logits = model(transform(Image.open("image.jpg").convert("{mode}"))[None])
 ```
 
 ```python
 import datvit  # noqa: F401
+from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageClassification
 
 model = AutoModelForImageClassification.from_pretrained("{ref}").eval()
 processor = AutoImageProcessor.from_pretrained("{ref}")  # timm's preprocessing
-logits = model(**processor(image, return_tensors="pt")).logits
+logits = model(**processor(Image.open("image.jpg").convert("{mode}"), return_tensors="pt")).logits
+label = model.config.id2label[logits.argmax(-1).item()]
 ```
 
 ```python
-{datvit_import}from datvit.inference import eval_transform, load_model
+{datvit_import}from PIL import Image
+from datvit.inference import eval_transform, load_model
 
 loaded = {datvit_ref}
+image = Image.open("image.jpg").convert(loaded.image_mode)
 probs = loaded.model(eval_transform(loaded.data_config)(image)[None]).softmax(-1)
 ```
 
