@@ -139,6 +139,11 @@ def test_directories_of_earlier_datvit_versions_still_load(tmp_path):
     plain = load_model(tmp_path / "plain" / "config.json")
     assert plain.arch["name"] == "dat_tiny" and plain.class_names == CASES["dat_tiny"][3]
     assert torch.equal(logits(plain.model, x), logits(model, x))
+    # datvit convert rewrites an earlier directory in the current layout
+    assert main(["convert", str(tmp_path / "old"), str(tmp_path / "new")]) == 0
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    assert "num_classes" not in config["model_args"] and "drop_path_rate" not in config["model_args"]
+    assert torch.equal(logits(load_model(tmp_path / "new").model, x), logits(model, x))
 
 
 def test_model_card_front_matter_table_and_snippets(tmp_path):
