@@ -7,7 +7,6 @@ directory loads with identical logits through ``timm.create_model("local-dir:DIR
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 
@@ -22,8 +21,6 @@ from datvit.inference import build_checkpoint, eval_transform, hub_config, load_
 from datvit.inference.hub import is_authors_variant, model_card
 from datvit.models.factory import arch_record, build_model, resolve_model_kwargs
 from train_helpers import TINY_MODEL_KWARGS
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
 
 DATA_CONFIG = {"input_size": [3, 32, 32], "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3], "crop_pct": 0.9}
 # A DAT++ configuration of its own (N and D blocks, not a registered variant): config.json names datpp_tiny.
@@ -52,6 +49,16 @@ CASES = {
     "dat_nano": ("dat_nano", {}, 1, list("abcde")),
     "custom_pp": ("my-datpp", TINY_PP_KWARGS, 3, ["x", "y"]),
 }
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Nothing here may reach the network: huggingface_hub read HF_HUB_OFFLINE when timm imported it, so its
+    constant is set too."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def logits(model, x):

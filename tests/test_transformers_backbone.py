@@ -5,8 +5,6 @@ loss and finite gradients in every backbone parameter. Tiny configurations keep 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import timm
 import torch
@@ -16,13 +14,22 @@ from datvit.models.factory import arch_record, build_model, resolve_model_kwargs
 from test_hub import TINY_PP_KWARGS
 from train_helpers import TINY_MODEL_KWARGS
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may reach the network
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("scipy")  # Mask2Former's loss matches queries to masks with scipy
 
 pytestmark = pytest.mark.slow  # seconds of Mask2Former on 2 cores: left to the full suite, not `make test-fast`
 
 HEIGHT, WIDTH = 224, 288  # not square: timm's Swin-T refuses any input but 224×224 as a Mask2Former backbone
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Nothing here may reach the network: huggingface_hub read HF_HUB_OFFLINE when timm imported it, so its
+    constant is set too."""
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def backbone_directory(tmp_path, generation):
