@@ -160,7 +160,8 @@ def test_attention_layouts_and_flex_attention_follow_the_mode(mode, monkeypatch)
 
 def test_cpu_fast_paths_under_the_real_tracers():
     """The oneDNN projection and the embedding_bag sampling in eager CPU; the custom ops under torch.compile;
-    F.linear and grid_sample in the graphs of torch.fx, torch.jit.trace and torch.export."""
+    the same kernels in a torch.fx graph, which calls them as leaves (its output bit-identical to eager's);
+    F.linear and grid_sample in the graphs of torch.jit.trace and torch.export."""
 
     class Block(nn.Module):
         def __init__(self):
@@ -183,9 +184,13 @@ def test_cpu_fast_paths_under_the_real_tracers():
     assert any("datvit.onednn_linear" in t for t in targets), targets
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
-    plain = {"linear", "grid_sample"}
-    fx_targets = {getattr(n.target, "__name__", str(n.target)) for n in torch.fx.symbolic_trace(m).graph.nodes}
-    assert plain <= fx_targets and not any("embedding_bag" in t for t in fx_targets), fx_targets
+    gm = torch.fx.symbolic_trace(m)
+    fx_targets = {getattr(n.target, "__name__", str(n.target)) for n in gm.graph.nodes}
+    assert {"dense", "sample_channels_last"} <= fx_targets and "linear" not in fx_targets, fx_targets
+    with torch.no_grad(), RecordOps() as rec:
+        assert torch.equal(gm(*args), want)
+    assert any("embedding_bag" in op for op in rec.ops), rec.ops
+    assert "aten.convolution" in rec.ops and "aten.addmm" not in rec.ops, rec.ops
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         jit_graph = str(torch.jit.trace(m, args).graph)

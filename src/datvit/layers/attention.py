@@ -8,17 +8,17 @@ and on GPU, and the explicit form for CPU training and for bf16/fp16 on CPU, whe
 faster (the explicit form is 1.2–2× faster per attention shape of dat_tiny).
 """
 
-from __future__ import annotations
-
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 
-from .ops import _needs_grad
+from .ops import _needs_grad, _scripted_needs_grad
 from .tracing import execution_mode
 
 
+@register_notrace_function  # a fast-path switch: a leaf of fx graphs, which run what eager runs (see layers/tracing.py)
 def biased_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: Optional[torch.Tensor], dropout_p: float = 0.0
 ) -> torch.Tensor:
@@ -39,6 +39,8 @@ def biased_attention(
     eager = False
     if not torch.jit.is_scripting():  # folded by TorchScript, which drops the branch (see ``execution_mode``)
         eager = _eager_inference(q, k, bias)
+    else:  # scripted code runs as eager does: the same layouts in inference
+        eager = not _scripted_needs_grad(q, k, bias)
     if eager:
         # q scaled straight into a contiguous tensor, and k copied row by row before its transposed view: matmul
         # then copies neither with a transposing gather (1.5× on dat_tiny's stage-1 windows in bf16)

@@ -10,8 +10,6 @@ built in a single broadcast (the heads of a group share its interpolation weight
 ``scaled_dot_product_attention`` with the bias as an additive mask.
 """
 
-from __future__ import annotations
-
 from typing import Literal, Optional, Union
 
 import torch
@@ -124,6 +122,10 @@ torch.fx.wrap("reference_points")
 torch.fx.wrap("query_grid")
 torch.fx.wrap("offset_range")
 torch.fx.wrap("biased_attention")
+torch.fx.wrap("dense")
+torch.fx.wrap("pointwise")
+torch.fx.wrap("sample_channels_last")
+torch.fx.wrap("grid_sample_bilinear")
 
 
 class DeformableAttention(nn.Module):

@@ -1,7 +1,5 @@
 """Stems (image → stage-1 map) and the downsampling layers between stages."""
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 

@@ -1,8 +1,7 @@
 """The two feed-forward networks of DAT: the plain MLP (v1) and the MLP with a depthwise conv (DAT++)."""
 
-from __future__ import annotations
-
 import torch
+import torch.fx
 from torch import nn
 
 from .ops import (
@@ -12,6 +11,12 @@ from .ops import (
     pointwise,
     residual_depthwise_conv,
 )
+
+# the fast-path kernels are leaves of fx graphs (see layers/tracing.py)
+torch.fx.wrap("dense")
+torch.fx.wrap("dense_gelu")
+torch.fx.wrap("pointwise")
+torch.fx.wrap("residual_depthwise_conv")
 
 
 class Mlp(nn.Module):

@@ -11,8 +11,6 @@ windows, and runs one ``scaled_dot_product_attention`` with the bias and the out
 maps up to 2t on a side are one tile (the whole map), which needs no halo copies at all.
 """
 
-from __future__ import annotations
-
 from typing import Optional
 
 import torch
@@ -172,8 +170,35 @@ def pad_to_kernel(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
     return x
 
 
+@torch.jit.unused
+def _flex_chosen(x: torch.Tensor, use_flex: Optional[bool]) -> bool:
+    """Whether the N block runs ``flex_attention`` on ``x``: eager, and under torch.jit.trace, which records what
+    eager runs; graphs traced by dynamo keep the tiled path. ``use_flex``: None picks it on CUDA."""
+    mode = execution_mode(x)
+    if not (mode.is_eager or mode is ExecutionMode.JIT_TRACING):
+        return False
+    if use_flex is None:
+        return x.is_cuda and _flex_attention() is not None
+    # flex_attention has no backward on CPU: there it can only serve inference
+    return use_flex and (x.is_cuda or not torch.is_grad_enabled()) and _flex_attention() is not None
+
+
+@register_notrace_function  # a fast-path switch: a leaf of fx graphs, which run what eager runs (see layers/tracing.py)
+def neighborhood_attention(
+    qkv: torch.Tensor, rpb: torch.Tensor, kernel_size: int, tile: int, dropout_p: float, use_flex: Optional[bool]
+) -> torch.Tensor:
+    """NA of ``qkv`` (B×H×W×3×heads×c) → B×H×W×(heads·c): ``flex_attention`` where :func:`_flex_chosen` picks it
+    (and no dropout), else the tiled SDPA path."""
+    if not torch.jit.is_scripting():  # folded by TorchScript: flex_attention is a dynamo-compiled function
+        if dropout_p == 0.0 and _flex_chosen(qkv, use_flex):
+            return neighborhood_attention_flex(qkv, rpb, kernel_size)
+    return neighborhood_attention_tiled(qkv, rpb, kernel_size, tile, dropout_p)
+
+
+torch.fx.wrap("neighborhood_attention")
 torch.fx.wrap("neighborhood_attention_tiled")
 torch.fx.wrap("pad_to_kernel")
+torch.fx.wrap("dense")
 
 
 class NeighborhoodAttention2D(nn.Module):
@@ -212,25 +237,12 @@ class NeighborhoodAttention2D(nn.Module):
         B, H, W, C = x.shape
         qkv = self._qkv(x, fast=True)
         dropout = self.attn_drop.p if self.training else 0.0
-        out: Optional[torch.Tensor] = None
-        if not torch.jit.is_scripting():  # folded by TorchScript: flex_attention is a dynamo-compiled function
-            if self._flex_enabled(x) and dropout == 0.0:
-                out = neighborhood_attention_flex(qkv, self.rpb, self.kernel_size)
-        if out is None:
-            out = neighborhood_attention_tiled(qkv, self.rpb, self.kernel_size, self.tile_size, dropout)
+        out = neighborhood_attention(qkv, self.rpb, self.kernel_size, self.tile_size, dropout, self.use_flex)
         return self.proj_drop(dense(out[:, :H, :W], self.proj.weight, self.proj.bias))
 
     @torch.jit.unused
     def _flex_enabled(self, x: torch.Tensor) -> bool:
-        # eager, and under torch.jit.trace, which records what eager runs; graphs traced by dynamo or torch.fx
-        # keep the tiled path
-        mode = execution_mode(x)
-        if not (mode.is_eager or mode is ExecutionMode.JIT_TRACING):
-            return False
-        if self.use_flex is None:
-            return x.is_cuda and _flex_attention() is not None
-        # flex_attention has no backward on CPU: there it can only serve inference
-        return self.use_flex and (x.is_cuda or not torch.is_grad_enabled()) and _flex_attention() is not None
+        return _flex_chosen(x, self.use_flex)
 
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Plain path on B×C×H×W: explicit k×k neighborhoods, as NATTEN defines them."""

@@ -1,7 +1,5 @@
 """Layer normalisation over the channel dimension of a feature map."""
 
-from __future__ import annotations
-
 import torch
 from torch import nn
 

@@ -2,12 +2,12 @@
 convolution, and bilinear sampling. Each picks its kernel from the execution mode (``layers/tracing.py``) and is
 the plain PyTorch op wherever a faster kernel does not apply."""
 
-from __future__ import annotations
-
-from typing import Optional
+from typing import List, Optional, Tuple, Union
 
 import torch
+import torch.fx
 import torch.nn.functional as F
+from timm.layers import register_notrace_function
 from torch import nn
 
 from .tracing import ExecutionMode, execution_mode
@@ -186,6 +186,80 @@ def _pointwise_conv_op():
 _POINTWISE_CONV = _pointwise_conv_op()
 
 
+# -- the same kernels in TorchScript --------------------------------------------------------------------------
+#
+# Scripted code runs what eager runs (bit for bit): TorchScript cannot read autocast, tensor subclasses or the
+# execution mode, so these helpers decide from what it can read — device, dtypes, whether gradients are needed —
+# which in a scripted model (plain tensors, no autocast) gives the eager decision. TorchScript reads no module
+# globals: what the import found out (native bf16, the fused op) is a function returning a literal.
+
+if _NATIVE_BF16:
+
+    def _scripted_native_bf16() -> bool:
+        return True
+
+else:
+
+    def _scripted_native_bf16() -> bool:
+        return False
+
+
+def _scripted_onednn(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether eager CPU runs the oneDNN projection on these operands (``_onednn_operands`` without autocast)."""
+    if bias is not None and bias.dtype != x.dtype:
+        return False
+    return (
+        x.device.type == "cpu"
+        and x.numel() > 0
+        and x.dtype == weight.dtype
+        and (x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _scripted_native_bf16()))
+    )
+
+
+def _scripted_needs_grad(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    if bias is not None and bias.requires_grad:
+        return True
+    return x.requires_grad or weight.requires_grad
+
+
+def _scripted_post_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether eager CPU fuses the GELU into the oneDNN convolution (``_post_op_operands`` without autocast)."""
+    return _scripted_has_post_op() and _scripted_onednn(x, weight, bias) and not _scripted_needs_grad(x, weight, bias)
+
+
+def _scripted_conv_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``_onednn_linear``'s eager computation: the 1×1 convolution on the tokens as a channels-last map."""
+    c_in = x.shape[-1]
+    return _conv_linear(x.reshape(-1, c_in), weight, bias).reshape(list(x.shape[:-1]) + [weight.shape[0]])
+
+
+if _POINTWISE_CONV is not None:
+
+    def _scripted_has_post_op() -> bool:
+        return True
+
+    def _scripted_conv_gelu(
+        x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: List[int], groups: int
+    ) -> torch.Tensor:
+        """GELU(conv) with the GELU as oneDNN post-op: the eager op, spelled so that TorchScript resolves it."""
+        no_scalars = torch.jit.annotate(List[Optional[Union[int, float, complex]]], [])
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, weight, bias, padding, [1, 1], [1, 1], groups, "gelu", no_scalars, "none"
+        )
+
+else:  # a build without the op: _scripted_post_op is False, this is never called
+
+    def _scripted_has_post_op() -> bool:
+        return False
+
+    def _scripted_conv_gelu(
+        x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], padding: List[int], groups: int
+    ) -> torch.Tensor:
+        return F.gelu(F.conv2d(x, weight, bias, 1, padding, 1, groups))
+
+
 @torch.jit.unused
 def _post_op_operands(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
     """``_onednn_operands`` where a oneDNN post-op may be fused: eager (under torch.compile inductor runs its
@@ -222,22 +296,28 @@ def _onednn_linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[to
 
 # The public kernels below run in TorchScript too. Each tries its fast path behind a literal
 # ``torch.jit.is_scripting()`` check, which TorchScript folds at compile time, dropping the Python-only branch (see
-# ``execution_mode``); scripted code then always takes the plain op.
+# ``execution_mode``); the scripted branch decides through the ``_scripted_*`` helpers above and runs the kernel
+# eager runs, so a scripted model computes what the eager model computes.
 
 
+@register_notrace_function  # a leaf of fx graphs: they run the kernel eager runs (see layers/tracing.py)
 def dense(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)`` on tokens (..., C_in) → (..., C_out), through oneDNN on CPU in float32 (and
     in bf16 where the CPU has native bf16: a bf16 model or bf16 autocast, eager).
 
     Same result as ``F.linear`` up to float rounding (another summation order, ~1e-6 relative in float32); in every
-    other case (GPU, other dtypes, tensor subclasses, TorchScript, tracing, export) it is ``F.linear``."""
+    other case (GPU, other dtypes, tensor subclasses, jit tracing, export) it is ``F.linear``. TorchScript and
+    torch.fx graphs run what eager runs."""
     if not torch.jit.is_scripting():
         y = _onednn_linear(x, weight, bias)
         if y is not None:
             return y
+    elif _scripted_onednn(x, weight, bias):
+        return _scripted_conv_linear(x, weight, bias)
     return F.linear(x, weight, bias)
 
 
+@register_notrace_function  # a leaf of fx graphs: they run the kernel eager runs (see layers/tracing.py)
 def dense_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``F.gelu(dense(x, weight, bias))`` (exact GELU). In eager CPU inference (float32, or bf16 where ``dense``
     runs bf16 on oneDNN) the activation is the convolution's fused post-op; elsewhere the two separate steps."""
@@ -245,9 +325,15 @@ def dense_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         y = _onednn_linear_gelu(x, weight, bias)
         if y is not None:
             return y
+    elif _scripted_post_op(x, weight, bias):
+        c_in = x.shape[-1]
+        x_map = _token_map(x.reshape(-1, c_in).contiguous())
+        y = _scripted_conv_gelu(x_map, weight[:, :, None, None], bias, [0, 0], 1)
+        return _map_tokens(y).reshape(list(x.shape[:-1]) + [weight.shape[0]])
     return F.gelu(dense(x, weight, bias))
 
 
+@register_notrace_function  # a leaf of fx graphs: they run the kernel eager runs (see layers/tracing.py)
 def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """Apply a 1×1 convolution (``weight`` C_out×C_in×1×1 and ``bias`` of a ``nn.Conv2d``) to channels-last ``x``
     (..., C_in) as a matrix multiply. Tensors, not the module: TorchScript cannot pass modules to functions."""
@@ -301,6 +387,7 @@ def _onednn_conv_gelu(
     return _POINTWISE_CONV(x, weight, bias, padding, [1, 1], [1, 1], weight.shape[0], "gelu", [], "none")
 
 
+@register_notrace_function  # a leaf of fx graphs: they run the kernel eager runs (see layers/tracing.py)
 def residual_depthwise_conv(
     x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], gelu: bool = False
 ) -> torch.Tensor:
@@ -323,6 +410,8 @@ def residual_depthwise_conv(
         out = _onednn_conv_gelu(x_map, weight + identity, bias, padding)
         if out is not None:
             return out.permute(0, 2, 3, 1)
+    elif gelu and _scripted_post_op(x_map, weight, bias):
+        return _scripted_conv_gelu(x_map, weight + identity, bias, padding, weight.shape[0]).permute(0, 2, 3, 1)
     out = F.conv2d(x_map, weight + identity, bias, 1, padding, 1, weight.shape[0])
     if gelu:
         out = F.gelu(out)
@@ -365,6 +454,7 @@ def _grid_sample_backward(ctx, grad: torch.Tensor):
 _grid_sample_op.register_autograd(_grid_sample_backward, setup_context=_grid_sample_setup)
 
 
+@register_notrace_function  # a leaf of fx graphs: they run the kernel eager runs (see layers/tracing.py)
 def grid_sample_bilinear(input: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """``F.grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=True)``; under
     torch.compile (not export) through ATen's kernel as an opaque op (see above)."""
@@ -374,10 +464,9 @@ def grid_sample_bilinear(input: torch.Tensor, grid: torch.Tensor) -> torch.Tenso
     return F.grid_sample(input, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
 
 
-@torch.jit.unused
 def _bilinear_corners(
     pos: torch.Tensor, batch: int, height: int, width: int, groups: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+) -> List[Tuple[torch.Tensor, torch.Tensor]]:
     """The four bilinear corners of ``pos`` ((B·G)×hk×wk×2, (y, x), align_corners=True) on an H×W map: for each,
     the row-major pixel index (B×G×Ns, clamped into the map) and the weight (B×G×Ns, zero where the corner lies
     outside — ``grid_sample``'s zero padding)."""
@@ -387,7 +476,7 @@ def _bilinear_corners(
     y0, x0 = py.floor(), px.floor()
     wy1, wx1 = py - y0, px - x0
     y0, x0 = y0.long(), x0.long()
-    corners = []
+    corners: List[Tuple[torch.Tensor, torch.Tensor]] = []
     for dy, wy in ((0, 1 - wy1), (1, wy1)):
         for dx, wx in ((0, 1 - wx1), (1, wx1)):
             yy, xx = y0 + dy, x0 + dx
@@ -413,7 +502,6 @@ def _gather_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> to
     return out.transpose(1, 2).reshape(B, ns, C).to(x.dtype)
 
 
-@torch.jit.unused
 def _embedding_bag_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> torch.Tensor:
     """``sample_channels_last`` as one ``F.embedding_bag``: the table is ``x``'s rows of C/G channels
     ((B·H·W·G)×C/G, a view of the channels-last map), each sample a bag of its four corner rows with the bilinear
@@ -424,8 +512,13 @@ def _embedding_bag_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int
     corners = _bilinear_corners(pos, B, H, W, groups)
     image = torch.arange(B, device=x.device).view(B, 1, 1) * (H * W)
     group = torch.arange(groups, device=x.device).view(1, groups, 1)
-    rows = torch.stack([(image + index) * groups + group for index, _ in corners], -1)  # B×G×Ns×4
-    weights = torch.stack([weight for _, weight in corners], -1)
+    # (loops, not comprehensions over pairs: TorchScript compiles this too)
+    rows_list: List[torch.Tensor] = []
+    weights_list: List[torch.Tensor] = []
+    for index, weight in corners:
+        rows_list.append((image + index) * groups + group)
+        weights_list.append(weight)
+    rows, weights = torch.stack(rows_list, -1), torch.stack(weights_list, -1)  # B×G×Ns×4
     table = x.reshape(B * H * W * groups, C // groups).to(pos.dtype)
     out = F.embedding_bag(
         rows.transpose(1, 2).reshape(-1, 4),
@@ -436,6 +529,7 @@ def _embedding_bag_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int
     return out.view(B, ns, C).to(x.dtype)
 
 
+@register_notrace_function  # a leaf of fx graphs: they run the kernel eager runs (see layers/tracing.py)
 def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> torch.Tensor:
     """Bilinear samples of channels-last ``x`` (B×H×W×C, ``groups`` groups of C/G channels) at ``pos``
     ((B·G)×hk×wk×2, (y, x) in [−1, 1], one set of positions per group; align_corners=True, zeros outside) →
@@ -447,7 +541,8 @@ def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> tor
       rows of channels, weighted by their bilinear weights (zero outside), and the bags come out channels-last:
       no NCHW copy before and no transpose after (dat_tiny stage 3 at batch 32: 3× faster in float32);
     - compiled inference: the same four corners as gathers that inductor fuses into one vectorised pass;
-    - ``F.grid_sample`` itself on other devices, in compiled training, TorchScript, tracing and export."""
+    - ``F.grid_sample`` itself on other devices, in compiled training, jit tracing and export (TorchScript and
+      torch.fx graphs run what eager runs)."""
     if not torch.jit.is_scripting():
         mode = execution_mode(x)
         if mode is ExecutionMode.COMPILED:
@@ -455,8 +550,21 @@ def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> tor
                 return _gather_channels_last(x, pos, groups)
         elif mode is ExecutionMode.EAGER_CPU and pos.dtype in (torch.float32, torch.float64) and x.is_floating_point():
             return _embedding_bag_channels_last(x, pos, groups)
+    elif (
+        x.device.type == "cpu" and (pos.dtype == torch.float32 or pos.dtype == torch.float64) and x.is_floating_point()
+    ):
+        return _embedding_bag_channels_last(x, pos, groups)  # what eager runs on CPU
     B, H, W, C = x.shape
     hk, wk = pos.shape[1], pos.shape[2]
     x_groups = x.permute(0, 3, 1, 2).reshape(B * groups, C // groups, H, W)
     sampled = grid_sample_bilinear(x_groups.to(pos.dtype), pos.flip(-1)).to(x.dtype)
     return sampled.reshape(B, C, hk * wk).transpose(1, 2).contiguous()
+
+
+# plain torch.fx.symbolic_trace records calls made through this module (``ops.dense``) as leaves too
+torch.fx.wrap("dense")
+torch.fx.wrap("dense_gelu")
+torch.fx.wrap("pointwise")
+torch.fx.wrap("residual_depthwise_conv")
+torch.fx.wrap("grid_sample_bilinear")
+torch.fx.wrap("sample_channels_last")

@@ -3,7 +3,9 @@
 **The execution mode.** The layers' fast paths use kernels that only some ways of running a model can take: the
 oneDNN 1×1-convolution projections and the ``embedding_bag`` sampling of the D block are eager-CPU kernels, the
 opaque custom ops are for torch.compile, ``flex_attention`` is compiled on its own; graphs recorded for export
-keep the plain ops (``F.linear``, ``F.grid_sample``) every exporter understands. :func:`execution_mode` is the one
+keep the plain ops (``F.linear``, ``F.grid_sample``) every exporter understands. A graph that PyTorch itself runs
+(torch.fx, TorchScript) computes what eager computes: the fast-path kernels are leaves of fx graphs, and scripted
+code takes the same kernels where TorchScript can call them. :func:`execution_mode` is the one
 place that says which kind of call this is; every fast-path switch reads it, so changing what a mode runs
 starts here. What each mode runs:
 
@@ -12,8 +14,18 @@ starts here. What each mode runs:
 - ``EAGER_OTHER``: the plain ops; ``flex_attention`` for the N blocks on CUDA;
 - ``COMPILED``: the custom ops ``datvit::onednn_linear`` (CPU) and ``datvit::grid_sample_bilinear``, gathered
   sampling in inference;
-- ``FX_TRACING``, ``EXPORTING``, ``SCRIPTED``: the plain ops; ``JIT_TRACING`` too, except that the N blocks'
-  ``flex_attention`` switch treats it as eager.
+- ``FX_TRACING``: none of the switches sees it in practice. The kernels that hold them (``ops.dense``,
+  ``ops.dense_gelu``, ``ops.pointwise``, ``ops.residual_depthwise_conv``, ``ops.sample_channels_last``,
+  ``ops.grid_sample_bilinear``, ``attention.biased_attention``, ``neighborhood_attention.neighborhood_attention``)
+  are fx leaves (``torch.fx.wrap`` and timm's ``register_notrace_function``), so the graph calls them and they
+  decide when the graph runs, as eager: a GraphModule's output is bit-identical to the module's. A switch reached
+  while tracing anyway (a tracer without the wraps) takes the plain ops, the only ones it can record;
+- ``EXPORTING``, ``JIT_TRACING``: the plain ops, for graphs run by other runtimes (ONNX, ExecuTorch); under
+  ``JIT_TRACING`` the N blocks' ``flex_attention`` switch treats it as eager;
+- ``SCRIPTED``: the switches on TorchScript's path are decided by what TorchScript can read (device, dtype,
+  whether gradients are needed), and pick the eager kernels: a scripted model's output is bit-identical to the
+  eager model's. Autocast is the exception: TorchScript does not read it, so a scripted model under CPU autocast
+  takes the plain ops where eager casts for oneDNN.
 
 **Shape arithmetic under torch.fx.** Shape arithmetic that branches on sizes (window padding, the DAT++ grid
 divisor ``max(n − 1, 1)``, the choice of neighborhood tiling) cannot be traced by ``torch.fx``, whose sizes are
@@ -22,8 +34,6 @@ divisor ``max(n − 1, 1)``, the choice of neighborhood tiling) cannot be traced
 ``register_notrace_function`` (timm's ``features_only=True, feature_cls='fx'``), the mechanism timm's Swin uses
 for ``window_reverse``.
 """
-
-from __future__ import annotations
 
 import enum
 from typing import Optional

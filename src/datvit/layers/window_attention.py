@@ -5,8 +5,6 @@ window, padded keys are masked out, and the shifted-window region mask is comput
 At the configured size nothing is padded and the result is the authors'.
 """
 
-from __future__ import annotations
-
 from typing import Optional
 
 import torch
@@ -140,6 +138,7 @@ torch.fx.wrap("window_token_index")
 torch.fx.wrap("window_layout")
 torch.fx.wrap("windowed_attention_bias")
 torch.fx.wrap("biased_attention")
+torch.fx.wrap("dense")
 
 
 class LocalAttention(nn.Module):

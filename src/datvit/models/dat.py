@@ -6,8 +6,6 @@ matching. Internally the fast path keeps maps channels-last (B×H×W×C); ``refe
 ``set_reference(True)``) switches every layer to the authors' algorithm on B×C×H×W, the oracle of the fast path.
 """
 
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 import math
@@ -78,6 +76,7 @@ def check_image_batch(
 
 
 torch.fx.wrap("check_image_batch")
+torch.fx.wrap("residual_depthwise_conv")  # a fast-path kernel: a leaf of fx graphs (see layers/tracing.py)
 
 
 def _square_size(size: Union[int, Sequence[int]], name: str) -> int:
