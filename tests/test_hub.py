@@ -23,7 +23,9 @@ from datvit.models.factory import arch_record, build_model, resolve_model_kwargs
 from train_helpers import TINY_MODEL_KWARGS
 
 DATA_CONFIG = {"input_size": [3, 32, 32], "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3], "crop_pct": 0.9}
-# A DAT++ configuration of its own (N and D blocks, not a registered variant): config.json names datpp_tiny.
+# A DAT++ configuration of its own (N and D blocks, not a registered variant): config.json names datpp_tiny. What
+# it leaves to DAT's defaults differs from datpp_tiny's configuration (the patch stem: datpp_tiny has a conv stem),
+# so model_args must spell those out for timm and transformers to build the same network.
 TINY_PP_KWARGS = dict(
     generation="pp",
     img_size=32,
@@ -37,7 +39,6 @@ TINY_PP_KWARGS = dict(
     use_pes=[True] * 4,
     use_dwc_mlps=[True] * 4,
     use_lpus=[True] * 4,
-    use_conv_patches=True,
     window_sizes=[4, 4, 4, 4],
     nat_ksizes=[3, 3, 3, 3],
     stage_spec=[["N"], ["N"], ["D", "D"], ["D"]],
@@ -107,6 +108,7 @@ def test_one_directory_loads_identically_through_timm_transformers_and_datvit(tm
     assert config["num_classes"] == len(classes) and config["label_names"] == classes
     assert not {"num_classes", "drop_path_rate", "drop_rate", "attn_drop_rate"} & set(config["model_args"])
     assert config["model_args"]["in_chans"] == in_chans and config["datvit"]["model"] == name
+    assert config["model_args"]["use_conv_patches"] is False and config["model_args"]["layer_norm_eps"] == 1e-5
     assert config["pretrained_cfg"]["input_size"] == [in_chans, 32, 32]
 
     x = torch.randn(2, in_chans, 32, 32)

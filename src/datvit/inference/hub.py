@@ -34,11 +34,13 @@ CONFIG_NAME = "config.json"
 README_NAME = "README.md"
 
 # DAT arguments that config.json's model_args leave out: the head size is the top-level num_classes (TimmWrapper
-# passes num_classes=... next to **model_args, so a second one fails), and drop rates only act in training.
-NOT_ARCHITECTURE = frozenset({"num_classes", "drop_rate", "attn_drop_rate", "drop_path_rate"})
+# passes num_classes=... next to **model_args, so a second one fails), drop rates only act in training, and where
+# the parameters are built is the loader's choice.
+NOT_ARCHITECTURE = frozenset({"num_classes", "drop_rate", "attn_drop_rate", "drop_path_rate", "device", "dtype"})
 # Switches of how a model runs rather than what it holds, left out at their defaults: timm's features_only
-# turns dense_norms on for backbones unless model_args pin it off, and reference selects the slow oracle path.
-RUNTIME_DEFAULTS = {"dense_norms": False, "reference": False}
+# turns dense_norms on for backbones unless model_args pin it off, reference selects the slow oracle path, and the
+# input-size switches keep timm's meaning.
+RUNTIME_DEFAULTS = {"dense_norms": False, "reference": False, "strict_img_size": False, "dynamic_img_size": False}
 
 PAPERS = {
     "v1": ("2201.00520", "Vision Transformer with Deformable Attention", "CVPR 2022"),
@@ -80,13 +82,35 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _dat_defaults() -> dict[str, Any]:
+    import inspect
+
+    from ..models.dat import DAT
+
+    return {
+        p.name: _jsonable(p.default)
+        for p in inspect.signature(DAT.__init__).parameters.values()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
 def architecture_args(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The constructor arguments that define the network and its weights (config.json's ``model_args``)."""
     return {
         k: _jsonable(v)
         for k, v in kwargs.items()
-        if k not in NOT_ARCHITECTURE and not (k in RUNTIME_DEFAULTS and v == RUNTIME_DEFAULTS[k])
+        if k not in NOT_ARCHITECTURE and v is not None and not (k in RUNTIME_DEFAULTS and v == RUNTIME_DEFAULTS[k])
     }
+
+
+def constructor_args(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Every DAT argument of the model ``name`` + ``kwargs`` builds: DAT's defaults ← the variant's configuration
+    (a registered name) ← ``kwargs``. Written out in full because timm fills what model_args lack from the
+    registered variant config.json names, whose values (say datpp_tiny's conv stem) differ from DAT's defaults
+    that built a custom model."""
+    from ..models.configs import model_config
+
+    return {**_dat_defaults(), **(model_config(name) if name in VARIANTS else {}), **kwargs}
 
 
 def timm_architecture(name: str, kwargs: Mapping[str, Any]) -> str:
@@ -106,7 +130,7 @@ def hub_config(
     """The ``config.json`` dict for a model built from ``arch`` and preprocessed with ``data_config``."""
     from .. import __version__
 
-    model_args = architecture_args(arch["kwargs"])
+    model_args = architecture_args(constructor_args(arch["name"], arch["kwargs"]))
     model_args["in_chans"] = int(model.in_chans)  # the stem's weight shape: timm would adapt it otherwise
     pretrained_cfg = {
         "tag": "datvit",
@@ -140,24 +164,15 @@ def hub_config(
 def has_variant_arguments(config: Mapping[str, Any]) -> bool:
     """Whether config.json's ``model_args`` are those of the released variant it names (arguments at DAT's
     defaults aside)."""
-    import inspect
-
-    from ..models.configs import model_config
-    from ..models.dat import DAT
-
     name = (config.get("datvit") or {}).get("model", config.get("architecture"))
     if name not in VARIANTS:
         return False
-    defaults = {
-        p.name: _jsonable(p.default)
-        for p in inspect.signature(DAT.__init__).parameters.values()
-        if p.default is not inspect.Parameter.empty
-    }
+    defaults = _dat_defaults()
 
     def explicit(args: Mapping[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in args.items() if k not in defaults or defaults[k] != v}
 
-    expected = architecture_args({**model_config(name), "in_chans": 3})
+    expected = architecture_args(constructor_args(name, {"in_chans": 3}))
     return explicit(config.get("model_args") or {}) == explicit(expected)
 
 
