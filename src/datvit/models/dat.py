@@ -220,7 +220,7 @@ class DAT(nn.Module):
 
     def __init__(
         self,
-        img_size: int = 224,
+        img_size: Union[int, Sequence[int]] = 224,
         patch_size: int = 4,
         in_chans: int = 3,
         num_classes: int = 1000,
@@ -260,10 +260,13 @@ class DAT(nn.Module):
         # every factory call of the build (parameters, buffers, cached layouts) allocates on ``device``
         with torch.device(device) if device is not None else contextlib.nullcontext():
             self._build(
-                img_size, patch_size, in_chans, num_classes, expansion, dim_stem, dims, depths, heads, stage_spec,
-                window_sizes, groups, strides, offset_range_factor, use_pes, ksizes, nat_ksizes, use_dwc_mlps,
-                use_lpus, use_conv_patches, no_offs, dwc_pes, generation, drop_rate, attn_drop_rate,
-                drop_path_rate, global_pool, dense_norms, layer_norm_eps, reference,
+                img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
+                expansion=expansion, dim_stem=dim_stem, dims=dims, depths=depths, heads=heads, stage_spec=stage_spec,
+                window_sizes=window_sizes, groups=groups, strides=strides, offset_range_factor=offset_range_factor,
+                use_pes=use_pes, ksizes=ksizes, nat_ksizes=nat_ksizes, use_dwc_mlps=use_dwc_mlps, use_lpus=use_lpus,
+                use_conv_patches=use_conv_patches, no_offs=no_offs, dwc_pes=dwc_pes, generation=generation,
+                drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+                global_pool=global_pool, dense_norms=dense_norms, layer_norm_eps=layer_norm_eps, reference=reference,
             )  # fmt: skip
         if dtype is not None:
             self.to(dtype=dtype)
@@ -275,6 +278,7 @@ class DAT(nn.Module):
 
     def _build(
         self,
+        *,
         img_size: int,
         patch_size: int,
         in_chans: int,
@@ -306,6 +310,7 @@ class DAT(nn.Module):
         layer_norm_eps: float,
         reference: bool,
     ) -> None:
+        """The network from the constructor's arguments (on the device the constructor selects)."""
         num_stages = len(dims)
         per_stage = dict(
             depths=depths,
