@@ -135,5 +135,5 @@ def push(args: argparse.Namespace, directory: Path) -> str:
     from ..inference.hub import push_to_hub
 
     url = push_to_hub(directory, args.push_to_hub, token=args.token, private=args.private, revision=args.revision)
-    print(f"pushed {directory} to {url}", file=sys.stderr)
+    print(f"pushed model.safetensors, config.json and README.md to {url}", file=sys.stderr)
     return url
