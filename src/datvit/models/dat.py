@@ -36,6 +36,7 @@ from .configs import StageConfig, stage_configs, stage_fmap_sizes
 
 
 @register_notrace_function  # inspects the input's type and sizes, which are Proxies under torch.fx
+@torch.jit.ignore  # scripted fx graphs call it in Python (its messages format sizes TorchScript cannot)
 def check_image_batch(
     x: torch.Tensor,
     in_chans: int,
