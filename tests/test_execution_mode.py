@@ -199,3 +199,35 @@ def test_cpu_fast_paths_under_the_real_tracers():
     exported = {str(n.target) for n in torch.export.export(m, args).graph.nodes if n.op == "call_function"}
     assert any("linear" in t for t in exported) and any("grid_sampler" in t for t in exported), exported
     assert not any("datvit" in t or "embedding_bag" in t or "convolution" in t for t in exported), exported
+
+
+def test_scripted_code_takes_the_eager_kernels():
+    """TorchScript drops the Python-only switches; its own branch picks the same kernels (the oneDNN projection,
+    the fused GELU, the embedding_bag sampling, the inference layouts), so scripted output is eager's bit for bit,
+    in inference and with gradients recorded."""
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(8, 16)
+            self.dwc = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+            self.bias = nn.Parameter(torch.randn(2, 9, 9))
+
+        def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+            tokens = ops.sample_channels_last(x, pos, 2)  # B×9×8
+            h = ops.dense_gelu(tokens, self.proj.weight, self.proj.bias).view(2, 3, 3, 16)
+            h = ops.residual_depthwise_conv(h, self.dwc.weight, self.dwc.bias, gelu=True).reshape(2, 9, 2, 8)
+            q = h.transpose(1, 2)
+            return attention.biased_attention(q, q, q, self.bias)
+
+    torch.manual_seed(0)
+    m = Block().eval()
+    args = (torch.randn(2, 6, 7, 8), torch.rand(4, 3, 3, 2) * 2 - 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.script(m)
+    graph = str(scripted.inlined_graph)
+    assert "embedding_bag" in graph and "_convolution_pointwise" in graph, graph
+    with torch.no_grad():
+        assert torch.equal(scripted(*args), m(*args))
+    assert torch.equal(scripted(*args), m(*args))
