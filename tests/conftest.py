@@ -137,6 +137,11 @@ SLOW_TESTS = (
     "tests/test_model_api.py::test_torch_compile_fullgraph_matches_eager",
     "tests/test_ops_linear.py::test_inductor",
     "tests/test_tracing.py::test_torch_export",
+    "tests/test_timm_contract.py::test_torchscript",
+    "tests/test_timm_contract.py::test_fx_forward",
+    "tests/test_timm_api.py::test_meta_model",
+    "tests/test_timm_api.py::test_set_input_size_equals",
+    "tests/test_hub.py::test_one_directory_loads_identically",
 )
 
 
