@@ -293,28 +293,30 @@ class DetectionTask(_DenseTask):
     def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
         from . import CocoDetection
 
-        args = self.draft(values)
-        if not args.data_dir:
+        draft = self.draft(values)
+        if not draft.data_dir:
             raise TrainingError(
                 "--data-dir is required: a COCO-style directory with <split>/ images and "
                 "annotations/instances_<split>.json"
             )
         # training skips images without usable annotations (mmdet's filter_empty_gt); evaluation keeps them, where
         # detections are false positives
-        self.train_set = CocoDetection(args.data_dir, args.train_split, skip_empty=True, num_classes=args.num_classes)
+        self.train_set = CocoDetection(
+            draft.data_dir, draft.train_split, skip_empty=True, num_classes=draft.num_classes
+        )
         self.class_names = list(self.train_set.categories)
         try:
-            self.eval_set = CocoDetection(args.data_dir, args.val_split, num_classes=args.num_classes)
+            self.eval_set = CocoDetection(draft.data_dir, draft.val_split, num_classes=draft.num_classes)
         except FileNotFoundError as e:
             self.warn(f"no evaluation split ({e}); best.pth will follow the training loss")
             self.eval_set = None
         if self.eval_set is not None and list(self.eval_set.categories) != self.class_names:
-            raise TrainingError(f"the categories of {args.val_split} differ from those of {args.train_split}")
-        self._report_skipped(self.train_set, args.train_split)
-        self._report_skipped(self.eval_set, args.val_split)
-        if args.num_classes is None:
-            args.num_classes = len(self.class_names)
-        return vars(args)
+            raise TrainingError(f"the categories of {draft.val_split} differ from those of {draft.train_split}")
+        self._report_skipped(self.train_set, draft.train_split)
+        self._report_skipped(self.eval_set, draft.val_split)
+        if draft.num_classes is None:
+            draft.num_classes = len(self.class_names)
+        return vars(draft)
 
     def _build(self, cfg: Any) -> nn.Module:
         from . import build_detector
@@ -447,40 +449,47 @@ class SegmentationTask(_DenseTask):
     def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
         from . import SegmentationFolder
 
-        args = self.draft(values)
-        if not args.data_dir:
+        draft = self.draft(values)
+        if not draft.data_dir:
             raise TrainingError(
                 "--data-dir is required: an ADE20K-style directory with images/<split>/*.jpg and "
                 "annotations/<split>/*.png"
             )
-        if args.crop_size % 32:
+        if draft.crop_size % 32:
             raise TrainingError(
-                f"--crop-size {args.crop_size}: training crops must be multiples of 32 (the "
+                f"--crop-size {draft.crop_size}: training crops must be multiples of 32 (the "
                 "segmenters' output stride); evaluation pads any size"
             )
         self.train_set = SegmentationFolder(
-            args.data_dir, args.train_split, reduce_zero_label=args.reduce_zero_label, num_classes=args.num_classes
+            draft.data_dir, draft.train_split, reduce_zero_label=draft.reduce_zero_label, num_classes=draft.num_classes
         )
         names = self.train_set.class_names
-        if args.num_classes is None:
+        if draft.num_classes is None:
             if not names:
-                raise TrainingError(f"{args.data_dir} has no classes.txt (one class name per line): give --num-classes")
-            args.num_classes = len(names) - (1 if args.reduce_zero_label else 0)
-        if names and args.reduce_zero_label and len(names) == args.num_classes + 1:
+                raise TrainingError(
+                    f"{draft.data_dir} has no classes.txt (one class name per line): give --num-classes"
+                )
+            draft.num_classes = len(names) - (1 if draft.reduce_zero_label else 0)
+        if names and draft.reduce_zero_label and len(names) == draft.num_classes + 1:
             names = names[1:]  # classes.txt lists label 0 too, which --reduce-zero-label ignores
         self.class_names = (
-            list(names) if names and len(names) == args.num_classes else [f"class {i}" for i in range(args.num_classes)]
+            list(names)
+            if names and len(names) == draft.num_classes
+            else [f"class {i}" for i in range(draft.num_classes)]
         )
         try:
             self.eval_set = SegmentationFolder(
-                args.data_dir, args.val_split, reduce_zero_label=args.reduce_zero_label, num_classes=args.num_classes
+                draft.data_dir,
+                draft.val_split,
+                reduce_zero_label=draft.reduce_zero_label,
+                num_classes=draft.num_classes,
             )
         except FileNotFoundError as e:
             self.warn(f"no evaluation split ({e}); best.pth will follow the training loss")
             self.eval_set = None
-        self._report_skipped(self.train_set, args.train_split)
-        self._report_skipped(self.eval_set, args.val_split)
-        return vars(args)
+        self._report_skipped(self.train_set, draft.train_split)
+        self._report_skipped(self.eval_set, draft.val_split)
+        return vars(draft)
 
     def _build(self, cfg: Any) -> nn.Module:
         from . import build_segmenter
