@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from ..train.config import ConfigError, load_yaml, normalise_keys, parse_literal
+from ..train.config import ConfigError, config_defaults, load_yaml, normalise_keys, parse_literal
 
 # namespace entries that belong to the command line, not to the run
 CLI_KEYS = frozenset({"func", "command", "action", "debug", "config"})
@@ -123,9 +123,8 @@ def add_config_argument(p: argparse.ArgumentParser, help: str) -> None:
 def show_defaults(parser: argparse.ArgumentParser, config_cls: type, recipe: Mapping[str, Any] | None = None) -> None:
     """Append ``(default: X)`` to the help of every flag whose field has a default in ``config_cls`` (or in
     ``recipe``, which wins) and whose help does not already say it."""
-    import dataclasses
 
-    defaults = {f.name: getattr(config_cls(), f.name) for f in dataclasses.fields(config_cls)}
+    defaults = config_defaults(config_cls)
     defaults.update(recipe or {})
     for action in parser._actions:
         value = defaults.get(action.dest)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from ..models.factory import count_parameters, regenerated_stage_spec
 from ..train import distributed as dist_utils
+from ..train.config import config_defaults
 from ..train.errors import TrainingError
 from ..train.precision import AmpPlan, autocast
 from ..train.task import MetricSpec, StepOutput, Task
@@ -199,8 +200,8 @@ class _DenseTask(Task):
         return dict(self.recipe_values)
 
     def draft(self, values: dict[str, Any]) -> SimpleNamespace:
-        """The values being resolved, with the config's defaults for the rest, as attributes."""
-        return SimpleNamespace(**{**dataclasses.asdict(self.run_config_cls()), **values})
+        """The values being resolved, with the config's defaults for the rest (unset ones included), as attributes."""
+        return SimpleNamespace(**{**config_defaults(self.run_config_cls), **values})
 
     def build_model(self) -> nn.Module:
         config = self.config

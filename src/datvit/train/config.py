@@ -236,6 +236,17 @@ _MERGED_DICTS = ("model_kwargs", "aug_kwargs", "head_kwargs")
 _LENGTHS = ("epochs", "iters")
 
 
+def config_defaults(cls: type) -> dict[str, Any]:
+    """Every field of a config class with its default (one instance built: default factories run once)."""
+    default = cls()
+    return {f.name: getattr(default, f.name) for f in dataclasses.fields(cls)}
+
+
+def settings_device(layers: Iterable[tuple[str, Mapping[str, Any]]]) -> Optional[str]:
+    """The ``device`` the last layer that names one asks for (needed before the processes are set up)."""
+    return next((dict(layer)["device"] for _, layer in reversed(list(layers)) if dict(layer).get("device")), None)
+
+
 def config_fields(cls: type) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(cls)}
 

@@ -38,7 +38,7 @@ from ..utils.files import atomic_write_text, remove_stale_temp_files
 from . import distributed as dist_utils
 from .checkpointing import CheckpointManager, capture_rng_state, restore_rng_state
 from .classification import ClassificationTask, channels_for_mean, evaluate  # noqa: F401  (datvit.train's API)
-from .config import EngineConfig, config_differences, config_to_dict
+from .config import EngineConfig, config_differences, config_to_dict, settings_device
 from .errors import TrainingError
 from .metrics import PLOTS, RunningSum, format_summary_line, plot_curves, summary_columns, task_plots, write_summary
 from .precision import autocast, resolve_amp
@@ -108,8 +108,7 @@ class Trainer:
         self.task = task or ClassificationTask()
         if not isinstance(config, EngineConfig):
             layers = as_layers(config)
-            device = next((dict(layer)["device"] for _, layer in reversed(layers) if dict(layer).get("device")), None)
-            info = info or dist_utils.init_distributed(device)
+            info = info or dist_utils.init_distributed(settings_device(layers))
         self.info = info or dist_utils.init_distributed(config.device)
         self.device = self.info.device
         self.is_main = self.info.is_main
@@ -705,8 +704,7 @@ def train(
     of the task's config; unset values come from the task's recipe), or layers ``[(where, mapping), ...]``, later
     ones winning (the command line passes ``[(yaml file, its values), ("command line", the flags given)]``)."""
     layers = as_layers(settings)
-    device = next((dict(layer)["device"] for _, layer in reversed(layers) if dict(layer).get("device")), None)
-    info = dist_utils.init_distributed(device)
+    info = dist_utils.init_distributed(settings_device(layers))
     try:
         return Trainer(layers, info, task).fit()
     finally:

@@ -8,7 +8,6 @@ derived. What it returns is what the run uses, and what ``args.yaml`` and the ch
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -19,6 +18,7 @@ from .checkpointing import find_auto_resume
 from .config import (
     EngineConfig,
     build_config,
+    config_defaults,
     config_to_dict,
     default_experiment_name,
     merge_settings,
@@ -36,8 +36,9 @@ def resolve_run_config(
     its datasets."""
     cls = task.run_config_cls
     given = merge_settings(cls, layers)
-    defaults = {f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}
-    values = merge_settings(cls, [("defaults", defaults), ("recipe", task.recipe(given)), ("settings", given)])
+    values = merge_settings(
+        cls, [("defaults", config_defaults(cls)), ("recipe", task.recipe(given)), ("settings", given)]
+    )
     values = task.resolve(values)
     if values.get("batch_size") is None:
         raise TrainingError("give --batch-size")
