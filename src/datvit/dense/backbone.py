@@ -10,7 +10,7 @@ strides 4, 8, 16, 32 are stages 0–3.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Optional
+from typing import Dict, List, Optional
 
 import timm
 import torch
@@ -135,3 +135,73 @@ class DenseBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         maps = self.body(x)
         return OrderedDict((str(i), m) for i, m in enumerate(maps))
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script`` compiles in place of this module (``ScriptableDenseBackbone``)."""
+        return ScriptableDenseBackbone(self)
+
+
+class _ScriptableFeatureStage(nn.Module):
+    """One stage of a scripted DAT feature extractor: the stage (``models/scripting.py``'s ``ScriptableStage``,
+    channels-last in and out) and, when its output is returned, its LayerNorm (``norms.<i>``)."""
+
+    def __init__(self, stage: nn.Module, norm: nn.Module, take: bool):
+        super().__init__()
+        self.stage = stage
+        self.norm = norm
+        self.take = take
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage(x)
+
+
+class ScriptableDenseBackbone(nn.Module):
+    """``DenseBackbone.forward`` in a form TorchScript compiles (``torch.jit.script`` of a whole detector picks it
+    through ``DenseBackbone.__prepare_scriptable__``).
+
+    timm's feature wrapper calls ``DAT.forward_intermediates``, which TorchScript cannot compile (the stage
+    generator); the scripted DAT (``ScriptableDAT``) has the same stem and stages regrouped per block, so this runs
+    them up to the last returned stage and applies each returned stage's norm, as ``forward_intermediates`` with
+    ``intermediates_only=True`` does. The modules are shared with the eager backbone, not copied. CNN backbones
+    keep timm's feature extractor, which scripts as it is. Output: a dict ``{"0": map, "1": …}`` in stage order
+    (TorchScript dicts keep insertion order), B×C×H×W maps."""
+
+    def __init__(self, backbone: DenseBackbone):
+        super().__init__()
+        dat = backbone.dat
+        if dat is not None:
+            from ..models.scripting import ScriptableDAT
+
+            scripted = ScriptableDAT(dat)
+            self.in_chans: int = scripted.in_chans
+            self.min_input_size: int = scripted.min_input_size
+            self.patch_proj = scripted.patch_proj
+            take = set(backbone.out_indices)
+            last = max(take)
+            self.stages = nn.ModuleList(
+                [
+                    _ScriptableFeatureStage(
+                        scripted.stages[i], dat.norms[i] if dat.norms is not None else nn.Identity(), i in take
+                    )
+                    for i in range(last + 1)
+                ]
+            )
+            self._check = scripted
+        else:
+            self.body = backbone.body
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        maps: List[torch.Tensor] = []
+        if hasattr(self, "body"):  # a static check in TorchScript
+            maps = self.body(x)
+        else:
+            self._check.check_input(x)
+            x = self.patch_proj(x)
+            for stage in self.stages:
+                x = stage(x)
+                if stage.take:
+                    maps.append(stage.norm(x).permute(0, 3, 1, 2))
+        out: Dict[str, torch.Tensor] = {}
+        for i, m in enumerate(maps):
+            out[str(i)] = m
+        return out

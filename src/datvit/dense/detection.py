@@ -14,8 +14,8 @@ the zero padding as in the authors' code, which pads COCO batches the same way).
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Optional
+import copy
+from typing import Dict, Optional
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -63,7 +63,7 @@ class BackboneWithFPN(nn.Module):
         self.fpn = FeaturePyramidNetwork(body.out_channels, out_channels, extra_blocks=extra)
         self.out_channels = out_channels
 
-    def forward(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         return self.fpn(self.body(x))
 
 
@@ -115,13 +115,22 @@ def check_detection_inputs(images, targets, num_classes: int, channels: int = 3)
 class _CheckedMixin:
     """Input checks before torchvision's forward."""
 
-    dense_num_classes: int
-
     def forward(self, images, targets=None):  # noqa: D401
         check_detection_inputs(
             images, targets if self.training else None, self.dense_num_classes, len(self.transform.image_mean)
         )
         return super().forward(images, targets)
+
+    def __prepare_scriptable__(self) -> nn.Module:
+        """What ``torch.jit.script(detector)`` compiles: the same detector as its torchvision class (a shallow copy
+        sharing every submodule; the input checks above are Python, and TorchScript has no ``super()``). The
+        scripted detector returns torchvision's scripted pair ``(losses, detections)``. Scripting replaces
+        submodules by their scriptable forms in place (``DenseBackbone``'s): script a ``copy.deepcopy`` to keep the
+        eager model as it is (``datvit.dense.export_detector`` does)."""
+        base = next(c for c in type(self).__mro__ if c.__module__.startswith("torchvision."))
+        clone = copy.copy(self)
+        clone.__class__ = base
+        return clone
 
 
 class DATMaskRCNN(_CheckedMixin, MaskRCNN):
