@@ -7,6 +7,7 @@ are not checked."""
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -223,7 +224,7 @@ def bench_parser():
     return commands.choices["bench"]
 
 
-@pytest.mark.parametrize("tool", ["profile", "levers", "deploy", "cuda-check", "export-all"])
+@pytest.mark.parametrize("tool", ["profile", "levers", "deploy", "runtimes", "cuda-check", "export-all"])
 def test_bench_tool_help(tool, capsys):
     """Each tool is a subcommand of ``datvit bench`` with its own help; its flags parse into its config."""
     from datvit.cli.bench import TOOLS, tool_config
@@ -245,7 +246,9 @@ def test_bench_help_lists_the_tools(capsys):
         main(["bench", "--help"])
     text = capsys.readouterr().out
     assert exit_.value.code == 0
-    assert all(f"    {tool} " in text for tool in ("profile", "levers", "deploy", "cuda-check", "export-all"))
+    assert all(
+        f"    {tool} " in text for tool in ("profile", "levers", "deploy", "runtimes", "cuda-check", "export-all")
+    )
 
 
 def test_bench_tool_flags(capsys):
@@ -463,3 +466,45 @@ def test_levers_and_profile_tools(tmp_path, capsys):
     assert sorted(summary) == sorted(
         f"deformable_attention_{i}_{p}_b1" for i in ("fast", "reference") for p in ("forward", "forward_backward")
     )
+
+
+def test_runtimes_tool(tmp_path, capsys):
+    """``datvit bench runtimes``: a DAT model and a timm model in eager, ONNX Runtime and OpenVINO (when installed),
+    interleaved; ratios against the baseline and against the model's own eager speed; ONNX Runtime's profile."""
+    pytest.importorskip("onnxruntime")
+    from datvit.cli.main import main
+
+    code = main(
+        ["bench", "runtimes", "--models", "dat_tiny,resnet10t", "--baseline", "resnet10t", "--img-size", "32"]
+        + ["--batch-sizes", "1", "--rounds", "1", "--profile-rounds", "1", "--output", str(tmp_path)]
+    )
+    assert code == 0
+    report = json.loads((tmp_path / "runtimes.json").read_text())
+    runtimes = {"eager", "onnxruntime"} | ({"openvino"} if importlib.util.find_spec("openvino") else set())
+    assert {(r["model"], r["runtime"]) for r in report["results"]} == {
+        (m, r) for m in ("dat_tiny", "resnet10t") for r in runtimes
+    }
+    ratio = {(r["model"], r["runtime"]): r for r in report["ratios"]}
+    assert ratio[("resnet10t", "onnxruntime")]["vs_baseline"] == 1.0
+    assert ratio[("dat_tiny", "eager")]["vs_own_eager"] is None
+    assert ratio[("dat_tiny", "onnxruntime")]["vs_own_eager"] > 0
+    profile = report["profiles"]["dat_tiny"]
+    assert profile["ms_per_call"] > 0 and abs(sum(t["share"] for t in profile["by_type"]) - 1) < 1e-6
+    assert "| dat_tiny | onnxruntime | 1 |" in (tmp_path / "runtimes.md").read_text()
+
+
+def test_ort_profile_summary(tmp_path):
+    """ONNX Runtime's profile JSON → ms per call by node type and the heaviest nodes."""
+    from datvit.tools.benchmark.runtimes import summarize_ort_profile
+
+    def node(op, name, us):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": us, "args": {"op_name": op}}
+
+    events = [node("MatMul", "a", 300), node("MatMul", "b", 100), node("GridSample", "c", 600)]
+    events.append({"cat": "Session", "name": "model_run", "dur": 5000})
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(events))
+    summary = summarize_ort_profile(str(path), calls=2)
+    assert summary["ms_per_call"] == 0.5
+    assert [(t["op"], t["share"]) for t in summary["by_type"]] == [("GridSample", 0.6), ("MatMul", 0.4)]
+    assert summary["top_nodes"][0]["node"] == "c" and summary["top_nodes"][0]["ms"] == 0.3

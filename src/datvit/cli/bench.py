@@ -1,5 +1,5 @@
 """``datvit bench``: the speed/memory benchmark (:mod:`datvit.tools.benchmark.run`), and ``datvit bench <tool>``:
-the measuring tools around it (profile, levers, deploy, cuda-check, export-all). The harness is part of the
+the measuring tools around it (profile, levers, deploy, runtimes, cuda-check, export-all). The harness is part of the
 package, so this works from any directory.
 
 Every parser here has ``argparse.SUPPRESS`` as its default: the parsed namespace holds only the flags given, and
@@ -25,7 +25,7 @@ EXAMPLES = """examples:
 """
 
 USAGE = """%(prog)s [options]                 the benchmark
-       %(prog)s <tool> [tool options]     a tool: profile, levers, deploy, cuda-check, export-all"""
+       %(prog)s <tool> [tool options]     a tool: profile, levers, deploy, runtimes, cuda-check, export-all"""
 
 
 # -- flag types: comma-separated lists ---------------------------------------------------------------------------
@@ -377,6 +377,31 @@ def add_export_all_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
 
 
+def add_runtimes_arguments(p: argparse.ArgumentParser) -> None:
+    from ..tools.benchmark.runtimes import RUNTIMES, RuntimesConfig
+
+    d = _defaults(RuntimesConfig)
+    p.add_argument("--models", type=names, help=f"models timed (default {d('models')})")
+    p.add_argument("--baseline", help=f"the model the others are divided by (default {d('baseline')})")
+    p.add_argument("--runtimes", type=names, help=f"from {', '.join(RUNTIMES)} (default {d('runtimes')})")
+    p.add_argument("--batch-sizes", type=sizes, help=f"batch sizes (default {d('batch_sizes')})")
+    p.add_argument("--img-size", type=int, help=f"input resolution (default {d('img_size')})")
+    p.add_argument(
+        "--sampling",
+        type=names,
+        help="DAT export graphs to time, from default, grid-sample, gather (datvit export --sampling; default "
+        f"{d('sampling')})",
+    )
+    p.add_argument("--rounds", type=int, help=f"interleaved timed rounds per batch size (default {d('rounds')})")
+    p.add_argument(
+        "--profile-rounds",
+        type=int,
+        help=f"ONNX Runtime profiler calls per graph, 0 for none (default {d('profile_rounds')})",
+    )
+    p.add_argument("--threads", type=int, help="threads of every runtime (default: the usable CPU count)")
+    _output_argument(p, RuntimesConfig)
+
+
 @dataclasses.dataclass(frozen=True)
 class Tool:
     """A ``datvit bench <tool>``: its module under :mod:`datvit.tools.benchmark` (whose ``run(config)`` runs it,
@@ -419,6 +444,12 @@ TOOLS: dict[str, Tool] = {
         add_cuda_check_arguments,
         "the GPU checks in one command: fast vs reference path (logits, gradients), bf16, then the "
         "benchmark on the GPU",
+    ),
+    "runtimes": Tool(
+        "runtimes",
+        "RuntimesConfig",
+        add_runtimes_arguments,
+        "DAT and Swin-T in PyTorch eager, ONNX Runtime and OpenVINO (CPU, fp32), interleaved, with ORT's profile",
     ),
     "export-all": Tool(
         "export_all",
