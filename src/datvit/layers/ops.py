@@ -314,7 +314,18 @@ def dense(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = 
             return y
     elif _scripted_onednn(x, weight, bias):
         return _scripted_conv_linear(x, weight, bias)
+    if not torch.jit.is_scripting():
+        if x.dim() > 2 and torch.compiler.is_exporting():
+            return _linear_2d(x, weight, bias)
     return F.linear(x, weight, bias)
+
+
+@torch.jit.unused
+def _linear_2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``F.linear`` on the tokens flattened to a matrix: exported, a 2-D MatMul + bias Add is what ONNX Runtime
+    fuses into one Gemm (its bias in the GEMM's epilogue); on (B, H, W, C) tokens it stays a MatMul and a
+    separate Add over the output."""
+    return F.linear(x.reshape(-1, x.shape[-1]), weight, bias).reshape(x.shape[:-1] + (weight.shape[0],))
 
 
 @register_notrace_function  # a leaf of fx graphs: they run the kernel eager runs (see layers/tracing.py)
