@@ -46,6 +46,8 @@ def test_onnx_dynamic_batch_matches_fast_and_reference_paths(family, sizes, tmp_
             out = run(x)
             torch.testing.assert_close(out, fast, atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
+            if b == 3 and "openvino" in _onnx_runtimes():  # the same file in OpenVINO (CPU, f32)
+                torch.testing.assert_close(load_exported(path, "onnx", "openvino")(x), fast, atol=1e-4, rtol=1e-4)
         with pytest.raises(Exception):  # another spatial size is refused by the fixed graph
             run(example_batch((3, h + 32, w), 1))
 
@@ -70,6 +72,8 @@ def test_cli_constants_match_the_tools():
     import datvit.tools.export as tools
 
     assert cli.FORMATS == tools.FORMATS and cli.DEFAULT_OPSET == tools.DEFAULT_OPSET
+    assert cli.SAMPLINGS == tools.SAMPLINGS and cli.DEFAULT_SAMPLING == tools.DEFAULT_SAMPLING
+    assert cli.RUNTIMES == tools.RUNTIMES
 
 
 def test_resolve_input_size():
@@ -155,3 +159,102 @@ def test_missing_onnxruntime_is_an_export_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime → ImportError
     with pytest.raises(ExportError, match="needs onnxruntime"):
         load_exported(tmp_path / "m.onnx", "onnx")
+
+
+# -- the GridSample-free graph (--sampling gather) and OpenVINO ---------------------------------------------------
+
+
+def test_gather_formulations_equal_grid_sample():
+    """The exported graphs' gather formulations, run eagerly: the D block's sampling and its position bias equal
+    grid_sample (align_corners=True, zeros outside) with positions well outside the map and table, non-square maps,
+    and one group or several."""
+    import torch.nn.functional as F
+
+    from datvit.layers import deformable_position_bias, query_grid
+    from datvit.layers.ops import _gather_sample_export, position_bias_gather
+
+    g = torch.Generator().manual_seed(0)
+    for b, h, w, c, groups, hk, wk in [(2, 6, 7, 8, 2, 3, 4), (1, 5, 3, 6, 1, 5, 3)]:
+        x = torch.randn(b, h, w, c, generator=g)
+        pos = torch.rand(b * groups, hk, wk, 2, generator=g) * 3 - 1.5  # a good share outside [−1, 1]
+        want = F.grid_sample(
+            x.permute(0, 3, 1, 2).reshape(b * groups, c // groups, h, w), pos.flip(-1), align_corners=True
+        ).reshape(b, c, hk * wk)
+        torch.testing.assert_close(_gather_sample_export(x, pos, groups), want.transpose(1, 2), atol=1e-6, rtol=1e-6)
+    for heads, groups, t, (h, w) in [(4, 2, 9, (5, 6)), (3, 1, 7, (4, 4))]:
+        table = torch.randn(heads, t, t + 2, generator=g)
+        pos = torch.rand(2, groups, 10, 2, generator=g) * 4 - 2
+        grid = query_grid(h, w, "pp")
+        torch.testing.assert_close(
+            position_bias_gather(table, pos, grid), deformable_position_bias(table, pos, grid), atol=1e-5, rtol=1e-5
+        )
+
+
+def test_export_options_scope():
+    from datvit.layers.tracing import export_options, export_sampling
+
+    assert export_sampling() == "grid-sample"
+    with export_options(sampling="gather"):
+        assert export_sampling() == "gather"
+        with export_options():  # None keeps the choice
+            assert export_sampling() == "gather"
+    assert export_sampling() == "grid-sample"
+    with pytest.raises(ValueError, match="sampling must be one of grid-sample, gather"):
+        with export_options(sampling="nearest"):
+            pass
+    with pytest.raises(ValueError, match="--sampling 'bicubic' is not one of"):
+        export_onnx(small("dat"), "unused.onnx", (3, 32, 32), sampling="bicubic")
+
+
+def _onnx_runtimes() -> list[str]:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return ["onnxruntime"]
+    return ["onnxruntime", "openvino"]
+
+
+@pytest.mark.parametrize("family", ["dat", "datpp"])
+def test_gather_graph_has_no_grid_sample_and_runs_in_onnxruntime_and_openvino(family, tmp_path):
+    """--sampling gather: no GridSample in the graph; in onnxruntime and OpenVINO (when installed), at a dynamic
+    batch, within 1e-5 of eager — and so of the default graph, which test_onnx_dynamic_batch_matches_fast_and_
+    reference_paths holds to eager (both runtimes; ~2e-7 measured)."""
+    m = small(family)
+    x = example_batch((3, 64, 48), 3, seed=7)
+    with torch.no_grad():
+        eager = m(x)
+    path = export_onnx(m, tmp_path / "gather.onnx", (3, 64, 48), sampling="gather")
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert "GridSample" not in ops and {"Gather", "GatherElements"} <= ops
+    for runtime in _onnx_runtimes():
+        torch.testing.assert_close(load_exported(path, "onnx", runtime)(x), eager, atol=1e-5, rtol=1e-5)
+
+
+def test_cli_export_sampling_gather_checked_in_openvino(tiny_checkpoint, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    path, model = tiny_checkpoint
+    out = tmp_path / "tiny_gather.onnx"
+    argv = ["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(out), "--sampling", "gather"]
+    assert main([*argv, "--check-runtime", "openvino"]) == 0
+    text = capsys.readouterr().out
+    assert "GridSample-free (gather sampling)" in text and "OpenVINO (CPU, f32) vs eager" in text
+    assert float(text.split("max |Δ| = ")[1].split()[0]) < 1e-4
+    assert "GridSample" not in {n.op_type for n in onnx.load(out).graph.node}
+    # TorchScript runs the eager kernels: --sampling is refused there, with the usual one line
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(path),
+                "--format",
+                "torchscript",
+                "--output",
+                str(tmp_path / "m.pt"),
+                "--sampling",
+                "gather",
+            ]
+        )
+        == 2
+    )
+    assert "--sampling applies to the onnx and torch-export formats" in capsys.readouterr().err

@@ -2,10 +2,14 @@
 
 The model is loaded by the inference layer like every other command (a datvit checkpoint or a safetensors +
 config.json directory records its architecture; the authors' .pth needs --model), exported on CPU in float32
-with a dynamic batch size, written atomically, then checked: the file is run (onnxruntime on CPU, the loaded
-ExportedProgram, the loaded ScriptModule) against the eager model on a random batch of 2 and the largest logit
-difference is printed. ONNX and torch.export fix the image size (--img-size, default the checkpoint's);
-TorchScript takes any size."""
+with a dynamic batch size, written atomically, then checked: the file is run (onnxruntime or OpenVINO on CPU,
+the loaded ExportedProgram, the loaded ScriptModule) against the eager model on a random batch of 2 and the largest
+logit difference is printed. ONNX and torch.export fix the image size (--img-size, default the checkpoint's);
+TorchScript takes any size.
+
+--sampling gather writes the deformable blocks' bilinear sampling and position bias as gathers and arithmetic
+instead of ONNX GridSample (equal to the default graph within 1e-5): for runtimes that lack GridSample or get it
+wrong (TensorRT has miscompiled it). --check-runtime openvino checks an ONNX file in OpenVINO (CPU, float32)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ EPILOG = """examples:
   datvit export --model dat_tiny --checkpoint dat_tiny_in1k_224.pth --format torch-export --output dat_tiny.pt2
   datvit export --model datpp_tiny --checkpoint datpp_tiny.pth --format onnx --img-size 288 --output datpp_288.onnx
   datvit export --checkpoint best.pth --format torchscript --output dat_scripted.pt
+  datvit export --checkpoint best.pth --format onnx --sampling gather --check-runtime openvino --output dat.onnx
 """
 
 # Largest accepted |exported − eager| on the check batch, relative to max(1, largest |logit|): float32 exports
@@ -31,6 +36,9 @@ CHECK_TOLERANCE = 1e-4
 # The same as datvit.tools.export's (a test holds them equal); repeated so that `datvit --help` imports no torch.
 FORMATS = ("onnx", "torch-export", "torchscript")
 DEFAULT_OPSET = 20
+SAMPLINGS = ("grid-sample", "gather")
+DEFAULT_SAMPLING = "grid-sample"
+RUNTIMES = ("onnxruntime", "openvino")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,6 +68,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "files run at this size only",
     )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, 18+)")
+    p.add_argument(
+        "--sampling",
+        choices=SAMPLINGS,
+        default=None,
+        help=f"how ONNX and torch-export graphs write the deformable sampling and position bias: grid-sample "
+        f"(ONNX GridSample) or gather (gathers and arithmetic, no GridSample: for TensorRT and runtimes without "
+        f"it); default {DEFAULT_SAMPLING}",
+    )
+    p.add_argument(
+        "--check-runtime",
+        choices=RUNTIMES,
+        default="onnxruntime",
+        help="what runs an ONNX file for the check: onnxruntime (default) or openvino (CPU, float32)",
+    )
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to 1 instead of dynamic")
     p.add_argument("--no-check", action="store_true", help="do not run the exported file against eager")
     p.add_argument("--use-ema", action="store_true", help="export the checkpoint's EMA weights")
@@ -126,6 +148,11 @@ def export(args: argparse.Namespace) -> None:
 
     if args.format not in FORMATS:
         raise ValueError(f"--format {args.format!r} is not one of {', '.join(FORMATS)}")
+    sampling = getattr(args, "sampling", None)
+    if sampling is not None and args.format == "torchscript":
+        raise ValueError("--sampling applies to the onnx and torch-export formats; TorchScript runs the eager kernels")
+    sampling = sampling or DEFAULT_SAMPLING
+    check_runtime = getattr(args, "check_runtime", "onnxruntime")
     _check_output(args.output)
     model, name, trained_size = _load(args)
     input_size = resolve_input_size(model, args.img_size or trained_size)
@@ -133,19 +160,29 @@ def export(args: argparse.Namespace) -> None:
     what = {"onnx": f"ONNX (opset {args.opset})", "torch-export": "torch.export", "torchscript": "TorchScript"}
     batch = "batch 1" if args.static_batch else "dynamic batch"
     size = "any size" if args.format == "torchscript" else f"{c}×{h}×{w}"
-    print(f"exporting {name} to {what[args.format]}, {size}, {batch} ...", flush=True)
+    graph = ", GridSample-free (gather sampling)" if sampling == "gather" else ""
+    print(f"exporting {name} to {what[args.format]}, {size}, {batch}{graph} ...", flush=True)
     path, seconds = timed(
-        export_model, model, args.format, args.output, input_size, dynamic_batch=not args.static_batch, opset=args.opset
+        export_model,
+        model,
+        args.format,
+        args.output,
+        input_size,
+        dynamic_batch=not args.static_batch,
+        opset=args.opset,
+        sampling=sampling,
     )
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) in {seconds:.1f} s", flush=True)
     if args.no_check:
         return
     runner = {
-        "onnx": "onnxruntime (CPU)",
+        "onnx": "OpenVINO (CPU, f32)" if check_runtime == "openvino" else "onnxruntime (CPU)",
         "torch-export": "the loaded ExportedProgram",
         "torchscript": "the loaded ScriptModule",
     }[args.format]
-    check = check_export(path, args.format, model, input_size, batch=1 if args.static_batch else 2)
+    check = check_export(
+        path, args.format, model, input_size, batch=1 if args.static_batch else 2, runtime=check_runtime
+    )
     print(
         f"check: {runner} vs eager on a random batch {check.input_shape}: max |Δ| = {check.max_abs_diff:.3g} "
         f"(logits up to {check.output_max_abs:.3g})"

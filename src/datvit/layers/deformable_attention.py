@@ -26,8 +26,10 @@ from .ops import (
     linear_from_pointwise_conv,
     pointwise,
     sample_channels_last,
+    position_bias_gather,
 )
 
+from .tracing import ExecutionMode, execution_mode, export_sampling
 Generation = Literal["v1", "pp"]
 
 
@@ -38,9 +40,13 @@ def deformable_position_bias(table: torch.Tensor, pos: torch.Tensor, q_grid: tor
     Same ``grid_sample`` call as the authors (align_corners=True, zeros outside; the heads of a group are its
     channels, so they share the interpolation weights), but the (x, y)-ordered grid is built in one broadcast
     instead of a displacement tensor plus a reordering copy. ``grid_sample``'s fused kernel stays: on CPU it is
-    1.2–1.7× faster than a direct four-corner gather forward, 2–4× backward.
+    1.2–1.7× faster than a direct four-corner gather forward, 2–4× backward. Graphs exported under
+    ``export_options(sampling="gather")`` read the table by gathers instead (``ops.position_bias_gather``).
     """
     heads, th, tw = table.shape
+    if not torch.jit.is_scripting():
+        if execution_mode(table) is ExecutionMode.EXPORTING and export_sampling() == "gather":
+            return position_bias_gather(table, pos, q_grid)
     B, G, ns, _ = pos.shape
     H, W, _ = q_grid.shape
     # halved before the broadcast (exact: a power of two), so the grid is written in one pass; the query half is

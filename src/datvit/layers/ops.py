@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function
 from torch import nn
 
-from .tracing import ExecutionMode, execution_mode
+from .tracing import ExecutionMode, execution_mode, export_sampling
 
 
 def _needs_grad(*tensors: Optional[torch.Tensor]) -> bool:
@@ -540,6 +540,92 @@ def _embedding_bag_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int
     return out.view(B, ns, C).to(x.dtype)
 
 
+# -- gather formulations for exported graphs (``export_options(sampling="gather")``) --------------------------------
+#
+# For runtimes without ONNX ``GridSample`` or with a wrong one (TensorRT has miscompiled it), the D block's two
+# bilinear reads are written as gathers of a flattened table plus arithmetic, shaped for ONNX Runtime's and
+# OpenVINO's CPU kernels (measured on ORT 1.32): a ``Gather`` costs ~15 ns per index whatever the row size up to a
+# few dozen floats, a ``GatherElements`` of scalars ~4 ns per element, and ORT's broadcasting and transposes are
+# slow where the innermost dimension is tiny. So the sampling gathers whole channel rows (C/G floats, one
+# ``Gather`` per corner), and the position bias gathers scalars (``GatherElements``) into the output's own layout.
+# Indices are int64 from ``floor``; sizes may be symbolic (dynamic H×W exports).
+
+
+def _gather_sample_export(x: torch.Tensor, pos: torch.Tensor, groups: int) -> torch.Tensor:
+    """``sample_channels_last`` as four ``Gather``s of channel rows: the table is ``x`` as (B·H·W·G)×(C/G) rows,
+    each corner's indices (B×Ns×G, clamped into the map) pick one row per sample and group, and the bilinear
+    weights carry ``grid_sample``'s zero padding (a corner outside the map weighs 0). Indices are ordered (image,
+    sample, group), so the weighted sum is B×Ns×C as it comes."""
+    B, H, W, C = x.shape
+    ns = pos.shape[1] * pos.shape[2]
+    p = pos.reshape(B, groups, ns, 2).transpose(1, 2)  # B×Ns×G×2 (small)
+    # align_corners=True: [-1, 1] → [0, size − 1], as ATen's vectorised kernel computes it
+    py = (p[..., 0] + 1) * ((H - 1) * 0.5)
+    px = (p[..., 1] + 1) * ((W - 1) * 0.5)
+    y0, x0 = py.floor(), px.floor()
+    wy1, wx1 = py - y0, px - x0
+    axes_y: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    axes_x: List[Tuple[torch.Tensor, torch.Tensor]] = []
+    for lo, w, size, axes in ((y0, wy1, H, axes_y), (x0, wx1, W, axes_x)):
+        for corner, weight in ((lo, 1 - w), (lo + 1, w)):
+            inside = corner.clamp(0, size - 1)
+            # a clamped corner lies outside the map: weight 0 (zero padding)
+            axes.append((inside.long(), weight * (inside == corner).to(weight.dtype)))
+    # row of (image b, pixel (y, x), group g) in the table: ((b·H + y)·W + x)·G + g
+    image = torch.arange(B, device=x.device).view(B, 1, 1) * (H * W * groups)
+    base = image + torch.arange(groups, device=x.device).view(1, 1, groups)
+    table = x.reshape(B * H * W * groups, C // groups).to(pos.dtype)
+    out: Optional[torch.Tensor] = None
+    for yi, wy in axes_y:
+        row = yi * (W * groups) + base
+        for xi, wx in axes_x:
+            corner = F.embedding(row + xi * groups, table) * (wy * wx).unsqueeze(-1)  # B×Ns×G×C/G
+            out = corner if out is None else out + corner
+    assert out is not None
+    return out.reshape(B, ns, C).to(x.dtype)
+
+
+def position_bias_gather(table: torch.Tensor, pos: torch.Tensor, q_grid: torch.Tensor) -> torch.Tensor:
+    """``deformable_position_bias`` (bias B×heads×(H·W)×Ns: ``table``, heads×Th×Tw, read bilinearly at
+    (q − p)/2, align_corners=True, zeros outside) without ``grid_sample``, for exported graphs.
+
+    The table is zero-padded (one row/column before, two after) and the coordinates clamped to [−1, T], so every
+    read lands in the padded table and reads zeros where ``grid_sample`` pads: no validity masks. Each cell then
+    stores its bilinear coefficients a, b, c, d (value, x step, y step, cross term; the table is small), so a read
+    is a + wx·b + wy·(c + wx·d): one index per (query, sample) for all four, shared by the heads of a group, and
+    one ``GatherElements`` of scalars per coefficient and head writes straight into the output's layout."""
+    heads, th, tw = table.shape
+    B, G, ns, _ = pos.shape
+    H, W, _ = q_grid.shape
+    hg = heads // G
+    padded = F.pad(table, (1, 2, 1, 2))  # heads×(Th+3)×(Tw+3)
+    a = padded[:, :-1, :-1]
+    b = padded[:, :-1, 1:] - a
+    c = padded[:, 1:, :-1] - a
+    d = padded[:, 1:, 1:] - padded[:, 1:, :-1] - b
+    row = tw + 2
+    cells = (th + 2) * row
+    # coefficient k of head j of group g at cell i: coefs[k, j, g·cells + i]
+    coefs = torch.stack([a, b, c, d]).reshape(4, G, hg, cells).transpose(1, 2).reshape(4, hg, G * cells)
+    # the grid grid_sample sees ((q − p)/2 from halves, as deformable_position_bias builds it), unnormalised as
+    # ATen does ((g + 1)·(T − 1)/2), then clamped into the padded table
+    q_half = q_grid.reshape(1, 1, H * W, 1, 2) * 0.5
+    p_half = pos.reshape(B, G, 1, ns, 2) * 0.5
+    g = q_half - p_half  # B×G×HW×Ns×2
+    y = ((g[..., 0] + 1) * ((th - 1) * 0.5)).clamp(-1.0, float(th))
+    x = ((g[..., 1] + 1) * ((tw - 1) * 0.5)).clamp(-1.0, float(tw))
+    y0, x0 = y.floor(), x.floor()
+    wy, wx = y - y0, x - x0
+    # cell (y0 + 1, x0 + 1) of the padded table, in group g's block (exact in float: the table is small)
+    group = torch.arange(G, dtype=y.dtype, device=y.device).view(1, G, 1, 1) * cells + (row + 1)
+    index = (y0 * row + x0 + group).long().flatten()
+    per_head: List[torch.Tensor] = []
+    for j in range(hg):
+        va, vb, vc, vd = [torch.gather(coefs[k, j], 0, index).view(B, G, H * W, ns) for k in range(4)]
+        per_head.append(va + wx * vb + wy * (vc + wx * vd))
+    return torch.stack(per_head, 2).reshape(B, heads, H * W, ns)
+
+
 @register_notrace_function  # a leaf of fx graphs: they run the kernel eager runs (see layers/tracing.py)
 def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> torch.Tensor:
     """Bilinear samples of channels-last ``x`` (B×H×W×C, ``groups`` groups of C/G channels) at ``pos``
@@ -553,10 +639,14 @@ def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> tor
       no NCHW copy before and no transpose after (dat_tiny stage 3 at batch 32: 3× faster in float32);
     - compiled inference: the same four corners as gathers that inductor fuses into one vectorised pass;
     - ``F.grid_sample`` itself on other devices, in compiled training, jit tracing and export (TorchScript and
-      torch.fx graphs run what eager runs)."""
+      torch.fx graphs run what eager runs); under ``export_options(sampling="gather")`` exports record four row
+      gathers instead (``_gather_sample_export``)."""
     if not torch.jit.is_scripting():
         mode = execution_mode(x)
-        if mode is ExecutionMode.COMPILED:
+        if mode is ExecutionMode.EXPORTING:
+            if export_sampling() == "gather":
+                return _gather_sample_export(x, pos, groups)
+        elif mode is ExecutionMode.COMPILED:
             if not _needs_grad(x, pos):
                 return _gather_channels_last(x, pos, groups)
         elif mode is ExecutionMode.EAGER_CPU and pos.dtype in (torch.float32, torch.float64) and x.is_floating_point():

@@ -27,6 +27,12 @@ starts here. What each mode runs:
   eager model's. Autocast is the exception: TorchScript does not read it, so a scripted model under CPU autocast
   takes the plain ops where eager casts for oneDNN.
 
+**Export options.** What an exported graph is made of, where more than one formulation is correct, is chosen by
+:func:`export_options` around the export call and read by the layer functions only under ``EXPORTING``
+(:func:`export_sampling`): the D block's bilinear sampling and its position-bias interpolation are ONNX
+``GridSample`` (``"grid-sample"``) or four gathers of a flattened table with explicit weights (``"gather"``, for
+runtimes without ``GridSample`` or with a wrong one). Eager, compiled, scripted and fx graphs ignore them.
+
 **Shape arithmetic under torch.fx.** Shape arithmetic that branches on sizes (window padding, the DAT++ grid
 divisor ``max(n − 1, 1)``, the choice of neighborhood tiling) cannot be traced by ``torch.fx``, whose sizes are
 ``Proxy`` objects. Those steps live in free functions that each module registers with ``torch.fx.wrap`` (so any
@@ -35,8 +41,9 @@ divisor ``max(n − 1, 1)``, the choice of neighborhood tiling) cannot be traced
 for ``window_reverse``.
 """
 
+import contextlib
 import enum
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
@@ -91,3 +98,33 @@ def _python_execution_mode(x: Optional[torch.Tensor]) -> ExecutionMode:
         return ExecutionMode.COMPILED
     device = x.device if x is not None else torch.get_default_device()
     return ExecutionMode.EAGER_CPU if device.type == "cpu" else ExecutionMode.EAGER_OTHER
+
+
+# -- export options -----------------------------------------------------------------------------------------------
+
+SAMPLINGS = ("grid-sample", "gather")
+DEFAULT_SAMPLING = "grid-sample"
+_export_sampling = DEFAULT_SAMPLING
+
+
+@contextlib.contextmanager
+def export_options(sampling: Optional[str] = None) -> Iterator[None]:
+    """Choose the formulations of graphs recorded for export inside the block (``torch.export`` and the ONNX
+    exporter; see the module docstring). ``sampling``: ``"grid-sample"`` (ONNX ``GridSample``) or ``"gather"``
+    (gathers and arithmetic) for the D block's sampling and position bias; None keeps the current choice.
+    Restored on exit; eager, compiled, scripted and fx-traced calls never read it."""
+    global _export_sampling
+    if sampling is not None and sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+    previous = _export_sampling
+    if sampling is not None:
+        _export_sampling = sampling
+    try:
+        yield
+    finally:
+        _export_sampling = previous
+
+
+def export_sampling() -> str:
+    """The sampling formulation :func:`export_options` chose: ``"grid-sample"`` or ``"gather"``."""
+    return _export_sampling

@@ -9,6 +9,10 @@ another export; the TorchScript module runs the Python control flow itself and t
 Formulations: nothing in the graph needs replacing for these exporters (measured on torch 2.14.1). The deformable
 sampling and its position bias are ``grid_sample`` calls, which the ONNX exporter writes as ``GridSample``
 (opset ≥ 16 for 4-D inputs; torch's exporter writes 18+, the default here is 20), and onnxruntime's CPU kernel matches PyTorch to ~1e-6.
+``sampling="gather"`` (``datvit export --sampling gather``) writes both as gathers and arithmetic instead
+(``layers.tracing.export_options``), for runtimes without ``GridSample`` or with a wrong one (TensorRT has
+miscompiled it). ONNX files are checked in onnxruntime or OpenVINO (``runtime``; OpenVINO in float32: its CPU
+plugin would otherwise run bf16 on CPUs with native bf16).
 Attention goes through ``scaled_dot_product_attention`` with an additive float mask, which the exporter writes
 as MatMul/Softmax. ``flex_attention`` (eager CUDA only) is switched off while tracing or scripting
 (``layers/tracing.py``), and the size-dependent index maths runs at export time and lands in the graph as
@@ -29,9 +33,12 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from ..layers.tracing import DEFAULT_SAMPLING, SAMPLINGS, export_options
 from ..utils.files import atomic_link
 
 FORMATS = ("onnx", "torch-export", "torchscript")
+# what runs an ONNX file in load_exported / check_export
+RUNTIMES = ("onnxruntime", "openvino")
 SUFFIXES = {"onnx": ".onnx", "torch-export": ".pt2", "torchscript": ".pt"}
 # ONNX opset: GridSample exists from opset 16 (4-D inputs, which is what DAT samples), but torch's dynamo
 # exporter writes opset 18 natively and cannot convert its graph down (onnx's converter has no Pad adapter to 17).
@@ -108,15 +115,24 @@ def _batch_dim():
     return torch.export.Dim("batch", min=1)
 
 
+def _check_sampling(sampling: str) -> None:
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"--sampling {sampling!r} is not one of {', '.join(SAMPLINGS)}")
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
     input_size: Sequence[int],
     dynamic_batch: bool = True,
     opset: int = DEFAULT_OPSET,
+    sampling: str = DEFAULT_SAMPLING,
 ) -> str:
     """Export ``model`` (put in eval mode) to ONNX with torch's dynamo exporter; input ``image`` (B×C×H×W,
-    float32, B dynamic unless ``dynamic_batch=False``), output ``logits``. Returns the path written."""
+    float32, B dynamic unless ``dynamic_batch=False``), output ``logits``. ``sampling``: the D blocks' bilinear
+    reads as ONNX ``GridSample`` (``"grid-sample"``) or as gathers and arithmetic (``"gather"``, no
+    ``GridSample`` in the graph). Returns the path written."""
+    _check_sampling(sampling)
     if opset < MIN_OPSET:
         raise ValueError(
             f"--opset {opset} is too old: torch's ONNX exporter writes opset {MIN_OPSET} or newer "
@@ -133,7 +149,7 @@ def export_onnx(
     x = example_batch(input_size)
     dynamic = ({0: _batch_dim()},) if dynamic_batch else None
     try:
-        with _quiet(), torch.no_grad():
+        with _quiet(), torch.no_grad(), export_options(sampling=sampling):
             program = torch.onnx.export(
                 model,
                 (x,),
@@ -151,15 +167,21 @@ def export_onnx(
 
 
 def export_torch(
-    model: nn.Module, path: str | os.PathLike, input_size: Sequence[int], dynamic_batch: bool = True
+    model: nn.Module,
+    path: str | os.PathLike,
+    input_size: Sequence[int],
+    dynamic_batch: bool = True,
+    sampling: str = DEFAULT_SAMPLING,
 ) -> str:
     """``torch.export.export`` of ``model`` (eval mode) saved as a ``.pt2`` ExportedProgram (load it with
-    ``torch.export.load(path).module()``). Batch dynamic unless ``dynamic_batch=False``."""
+    ``torch.export.load(path).module()``). Batch dynamic unless ``dynamic_batch=False``; ``sampling`` as for
+    ``export_onnx`` (``grid_sampler_2d`` or gathers in the program)."""
+    _check_sampling(sampling)
     model.eval()
     x = example_batch(input_size)
     dynamic = ({0: _batch_dim()},) if dynamic_batch else None
     try:
-        with _quiet(), torch.no_grad():
+        with _quiet(), torch.no_grad(), export_options(sampling=sampling):
             program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
     except Exception as e:
         raise ExportError(f"torch.export failed: {str(e).strip().splitlines()[0]}") from e
@@ -185,20 +207,56 @@ def export_model(
     input_size: Sequence[int],
     dynamic_batch: bool = True,
     opset: int = DEFAULT_OPSET,
+    sampling: str = DEFAULT_SAMPLING,
 ) -> str:
-    """Dispatch on ``fmt`` (one of ``FORMATS``)."""
+    """Dispatch on ``fmt`` (one of ``FORMATS``). ``sampling`` applies to the recorded graphs (ONNX,
+    torch.export); TorchScript runs the eager kernels and takes the default only."""
     if fmt == "onnx":
-        return export_onnx(model, path, input_size, dynamic_batch, opset)
+        return export_onnx(model, path, input_size, dynamic_batch, opset, sampling)
     if fmt == "torch-export":
-        return export_torch(model, path, input_size, dynamic_batch)
+        return export_torch(model, path, input_size, dynamic_batch, sampling)
     if fmt == "torchscript":
+        if sampling != DEFAULT_SAMPLING:
+            raise ValueError(
+                "--sampling applies to the onnx and torch-export formats; TorchScript runs the eager kernels"
+            )
         return export_torchscript(model, path, input_size)
     raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def load_exported(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function image batch → logits that runs the exported file (onnxruntime on CPU for ONNX)."""
+def _openvino_runner(path: str, threads: Optional[int] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Image batch → logits through OpenVINO's CPU plugin, compiled from the ONNX file in float32 (the plugin
+    defaults to bf16 on CPUs with native bf16)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        raise ExportError(
+            "running an ONNX file in OpenVINO needs the openvino package, which is not installed: "
+            "pip install 'datvit[export]' (or check in onnxruntime)"
+        ) from None
+    config: dict = {"INFERENCE_PRECISION_HINT": "f32"}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(path), "CPU", config)
+    output = compiled.output(0)
+
+    def run_openvino(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(compiled(x.detach().cpu().numpy())[output].copy())
+
+    return run_openvino
+
+
+def load_exported(
+    path: str | os.PathLike, fmt: str, runtime: str = "onnxruntime"
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function image batch → logits that runs the exported file: ONNX in ``runtime`` on CPU
+    (``"onnxruntime"`` or ``"openvino"``, float32), the others in PyTorch."""
     path = os.fspath(path)
+    if fmt == "onnx" and runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
+    if fmt == "onnx" and runtime == "openvino":
+        return _openvino_runner(path)
     if fmt == "onnx":
         try:
             import onnxruntime as ort
@@ -234,11 +292,18 @@ def load_exported(path: str | os.PathLike, fmt: str) -> Callable[[torch.Tensor],
 
 
 def check_export(
-    path: str | os.PathLike, fmt: str, model: nn.Module, input_size: Sequence[int], batch: int = 2, seed: int = 1
+    path: str | os.PathLike,
+    fmt: str,
+    model: nn.Module,
+    input_size: Sequence[int],
+    batch: int = 2,
+    seed: int = 1,
+    runtime: str = "onnxruntime",
 ) -> ExportCheck:
-    """Run the exported file and the eager model on the same random batch; return max |Δ| of the logits."""
+    """Run the exported file (ONNX in ``runtime``) and the eager model on the same random batch; return max |Δ|
+    of the logits."""
     x = example_batch(input_size, batch, seed)
-    run = load_exported(path, fmt)
+    run = load_exported(path, fmt, runtime)
     model.eval()
     with torch.no_grad():
         expected = model(x)
@@ -246,7 +311,7 @@ def check_export(
         actual = run(x)
     except Exception as e:
         raise ExportError(
-            f"running the exported {fmt} file {os.fspath(path)} failed: "
+            f"running the exported {fmt} file {os.fspath(path)}{' in ' + runtime if fmt == 'onnx' else ''} failed: "
             f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}"
         ) from e
     if tuple(actual.shape) != tuple(expected.shape):
