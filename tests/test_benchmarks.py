@@ -167,7 +167,8 @@ def test_bench_bad_model_is_one_line(capsys):
 
 
 def test_onnxruntime_rows():
-    """The onnxruntime subject: exported with datvit.tools.export.export_onnx, timed next to eager, its ratio."""
+    """The onnxruntime and OpenVINO subjects: exported with datvit.tools.export.export_onnx, timed next to eager,
+    their ratios."""
     pytest.importorskip("onnxruntime")
     import torch
 
@@ -189,11 +190,26 @@ def test_onnxruntime_rows():
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), tiny(x), atol=1e-5, rtol=1e-5)
     fns["tiny:onnxruntime"]()
+    # the OpenVINO row runs the same file, compiled at this batch size; without openvino, one note
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        assert run._openvino_subjects(b, x, fns, sessions) == []
+        assert b.report["notes"] == ["openvino rows skipped: openvino is not installed (pip install 'datvit[export]')"]
+    else:
+        added = run._openvino_subjects(b, x, fns, sessions)
+        assert [s.label for s in added] == ["tiny:openvino"] and b.report["notes"] == []
+        out = sessions["tiny:openvino@2"](x.numpy())[0]
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(out), tiny(x), atol=1e-5, rtol=1e-5)
+        fns["tiny:openvino"]()
     rows = [
         dict(model="tiny", path="timm", mode="eager", kind="inference", batch=2, images_per_s=10.0),
         dict(model="tiny", path="onnxruntime", mode="eager", kind="inference", batch=2, images_per_s=15.0),
+        dict(model="tiny", path="openvino", mode="eager", kind="inference", batch=2, images_per_s=25.0),
     ]
     assert rep.onnxruntime_ratios(rows)[0]["onnxruntime_over_eager"] == 1.5
+    assert rep.onnxruntime_ratios(rows, runtime="openvino")[0]["openvino_over_eager"] == 2.5
 
 
 def test_cli_registers_bench():

@@ -308,15 +308,44 @@ def summarize(seconds: list[float], batch: int, background: Optional[list[float]
     return out
 
 
-def onnxruntime_session(model, img_size: int, directory: str):
-    """Export ``model`` with :func:`datvit.tools.export.export_onnx` (dynamic batch, fp32) into ``directory`` and
-    open it in onnxruntime's CPU provider (default session options: all graph optimisations)."""
-    import onnxruntime as ort
-
+def export_onnx_file(model, img_size: int, directory: str) -> str:
+    """Export ``model`` with :func:`datvit.tools.export.export_onnx` (dynamic batch, fp32) into ``directory``."""
     from datvit.tools.export import export_onnx
 
-    path = export_onnx(model, os.path.join(directory, "model.onnx"), (3, img_size, img_size))
+    return export_onnx(model, os.path.join(directory, "model.onnx"), (3, img_size, img_size))
+
+
+def onnxruntime_session(path: str):
+    """The ONNX file at ``path`` in onnxruntime's CPU provider (default session options: all graph
+    optimisations)."""
+    import onnxruntime as ort
+
     return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def openvino_compiled(path: str, batch: int, threads: int):
+    """The ONNX file at ``path`` compiled by OpenVINO for its CPU plugin at a fixed ``batch`` (reshaped: what a
+    deployment does), in float32 (``INFERENCE_PRECISION_HINT=f32``: the plugin runs bf16 by default on CPUs with
+    native bf16) on ``threads`` threads."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(path)
+    shape = model.input(0).get_partial_shape()
+    shape[0] = batch
+    model.reshape({model.input(0): shape})
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads)}
+    return core.compile_model(model, "CPU", config)
+
+
+def openvino_fn(compiled, x):
+    request = compiled.create_infer_request()
+    array = x.detach().cpu().numpy()
+
+    def step():
+        request.infer([array])
+
+    return step
 
 
 def onnxruntime_fn(session, x):

@@ -156,11 +156,12 @@ def train_spread_table(spread: list[dict]) -> str:
     return _md_table(["subject", "over", "mode", "batch", "median ratio", "spread (min–max)", "per run"], rows)
 
 
-def onnxruntime_ratios(results: list[dict]) -> list[dict]:
-    """onnxruntime rows against PyTorch eager of the same model and batch (DAT: the fast path), same run."""
+def onnxruntime_ratios(results: list[dict], runtime: str = "onnxruntime") -> list[dict]:
+    """The rows of ``runtime`` (path ``onnxruntime`` or ``openvino``) against PyTorch eager of the same model and
+    batch (DAT: the fast path), same run; keys ``{runtime}_images_per_s`` and ``{runtime}_over_eager``."""
     out = []
     for r in results:
-        if r.get("path") != "onnxruntime":
+        if r.get("path") != runtime:
             continue
         eager = _find(
             results, model=r["model"], path="fast", mode=r["mode"], kind=r["kind"], batch=r["batch"]
@@ -169,9 +170,11 @@ def onnxruntime_ratios(results: list[dict]) -> list[dict]:
             dict(
                 model=r["model"],
                 batch=r["batch"],
-                onnxruntime_images_per_s=r["images_per_s"],
                 eager_images_per_s=eager and eager["images_per_s"],
-                onnxruntime_over_eager=eager and r["images_per_s"] / eager["images_per_s"],
+                **{
+                    f"{runtime}_images_per_s": r["images_per_s"],
+                    f"{runtime}_over_eager": eager and r["images_per_s"] / eager["images_per_s"],
+                },
             )
         )
     return out
@@ -379,22 +382,24 @@ def markdown_report(report: dict) -> str:
         "",
         targets_table(report["targets"]),
     ]
-    if report.get("onnxruntime"):
+    for runtime, title in (("onnxruntime", "ONNX Runtime"), ("openvino", "OpenVINO")):
+        if not report.get(runtime):
+            continue
         rows = [
             [
                 r["model"],
                 str(r["batch"]),
-                _fmt(r["onnxruntime_images_per_s"], ".2f"),
+                _fmt(r[f"{runtime}_images_per_s"], ".2f"),
                 _fmt(r["eager_images_per_s"], ".2f"),
-                _fmt(r["onnxruntime_over_eager"], ".2f"),
+                _fmt(r[f"{runtime}_over_eager"], ".2f"),
             ]
-            for r in report["onnxruntime"]
+            for r in report[runtime]
         ]
         parts += [
             "",
-            "## ONNX Runtime (CPU, fp32) next to PyTorch eager, interleaved",
+            f"## {title} (CPU, fp32) next to PyTorch eager, interleaved",
             "",
-            _md_table(["model", "batch", "onnxruntime img/s", "eager img/s", "onnxruntime / eager"], rows),
+            _md_table(["model", "batch", f"{runtime} img/s", "eager img/s", f"{runtime} / eager"], rows),
         ]
     if report.get("train_ratio_spread"):
         parts += [

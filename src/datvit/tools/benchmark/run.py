@@ -74,7 +74,8 @@ class BenchConfig:
       (None: ``iters``) timed training steps in each of ``train_runs`` fresh processes;
     * ``train_memory``: the per-subject processes that measure a training step's peak memory, each capped at
       ``memory_fraction`` of the memory available (0: no cap) and abandoned after ``train_timeout`` seconds;
-    * ``onnx_models``: also timed in onnxruntime (CPU, fp32); ``module``: the DeformableAttention module alone at
+    * ``onnx_models``: also timed in onnxruntime and in OpenVINO (CPU, fp32; the same ONNX file; OpenVINO rows
+      skipped with a note where it is not installed); ``module``: the DeformableAttention module alone at
       ``module_batch``; ``flops``: FLOP counting, for GFLOP/s against the peak of ``matmul_sizes`` matmuls;
     * ``skip``: ``LABEL:KIND`` measurements to leave out (``swin_t:train``); ``notes``: text for the report;
     * ``wait_quiet``: seconds a timed call may wait for other processes to go quiet; ``allocator``: ``tuned``
@@ -359,7 +360,7 @@ def check_consistency(b: Bench, models: dict[common.Subject, Any]) -> None:
 
 
 def time_inference(b: Bench, models: dict[common.Subject, Any]) -> None:
-    """Images/s of every subject (and the onnxruntime rows) per in-process mode and batch size."""
+    """Images/s of every subject (and the onnxruntime and OpenVINO rows) per in-process mode and batch size."""
     b.report["results"] = b.results
     sessions: dict[str, Any] = {}
     for mode in b.in_process_modes():
@@ -377,6 +378,7 @@ def _time_inference_batch(
     fns = {s.label: common.inference_fn(models[s].eval(), x, b.device, _autocast_for(mode)) for s in timed}
     if mode == "eager" and b.device.type == "cpu":
         timed += _onnxruntime_subjects(b, models, x, fns, sessions)
+        timed += _openvino_subjects(b, x, fns, sessions)
     bg: dict[str, list[float]] = {}
     times = common.time_interleaved(fns, b.cfg["warmup"], _iters_for(batch, b.cfg["iters"]), b.device, bg)
     for s in timed:
@@ -406,14 +408,53 @@ def _onnxruntime_subjects(b: Bench, models: dict[common.Subject, Any], x, fns: d
         try:
             if subject.label not in sessions:
                 _log(f"exporting {name} to ONNX for onnxruntime")
-                sessions[subject.label] = common.onnxruntime_session(
+                path = common.export_onnx_file(
                     models[source], b.cfg["img_size"], tempfile.mkdtemp(prefix="datvit-bench-onnx-")
                 )
+                sessions[subject.label] = common.onnxruntime_session(path)
+                sessions[f"{name}:onnx-file"] = path  # for the OpenVINO row
             fns[subject.label] = common.onnxruntime_fn(sessions[subject.label], x)
             added.append(subject)
         except Exception as exc:  # noqa: BLE001 (an exporter or runtime failure must not end the benchmark)
             sessions[subject.label] = None
             b.report["notes"].append(f"onnxruntime row of {name} skipped: {str(exc).strip().splitlines()[0][:300]}")
+    return added
+
+
+def _openvino_subjects(b: Bench, x, fns: dict, sessions: dict) -> list:
+    """OpenVINO (CPU, fp32) subjects for ``--onnx-models``: the ONNX file each onnxruntime row runs, compiled by
+    OpenVINO at this batch size (kept in ``sessions``), on torch's thread count. Without the openvino package the
+    rows are skipped with one note; a compile failure becomes a note too."""
+    exported = [
+        (name, sessions[f"{name}:onnx-file"]) for name in b.cfg["onnx_models"] if f"{name}:onnx-file" in sessions
+    ]
+    if not exported:
+        return []
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        note = "openvino rows skipped: openvino is not installed (pip install 'datvit[export]')"
+        if note not in b.report["notes"]:
+            b.report["notes"].append(note)
+        return []
+    import torch
+
+    added = []
+    batch = int(x.shape[0])
+    for name, path in exported:
+        subject = common.Subject(name, "openvino")
+        key = f"{subject.label}@{batch}"
+        if sessions.get(subject.label, True) is None:  # its compile failed at another batch size
+            continue
+        try:
+            if key not in sessions:
+                _log(f"compiling {name} in OpenVINO at batch {batch}")
+                sessions[key] = common.openvino_compiled(path, batch, torch.get_num_threads())
+            fns[subject.label] = common.openvino_fn(sessions[key], x)
+            added.append(subject)
+        except Exception as exc:  # noqa: BLE001 (a runtime failure must not end the benchmark)
+            sessions[subject.label] = None
+            b.report["notes"].append(f"openvino row of {name} skipped: {str(exc).strip().splitlines()[0][:300]}")
     return added
 
 
@@ -599,6 +640,7 @@ def write_report(b: Bench, t_start: float) -> dict[str, Any]:
     report = b.report
     report["ratios"] = rep.compute_ratios(b.results)
     report["onnxruntime"] = rep.onnxruntime_ratios(b.results)
+    report["openvino"] = rep.onnxruntime_ratios(b.results, runtime="openvino")
     report["targets"] = rep.check_targets(report["ratios"], "eager")
     if b.device.type != "cpu":
         report["notes"].append(
