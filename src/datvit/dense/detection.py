@@ -15,7 +15,8 @@ the zero padding as in the authors' code, which pads COCO batches the same way).
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional
+from collections import OrderedDict
+from typing import Dict, Optional, Tuple
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -25,6 +26,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.models.detection.retinanet import RetinaNetHead
+from torchvision.models.detection.transform import GeneralizedRCNNTransform, _resize_image_and_masks, resize_boxes
 from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
@@ -130,7 +132,35 @@ class _CheckedMixin:
         base = next(c for c in type(self).__mro__ if c.__module__.startswith("torchvision."))
         clone = copy.copy(self)
         clone.__class__ = base
+        clone._modules = OrderedDict(self._modules)  # a shallow copy shares the dict; keep ours as it is
+        transform = copy.copy(self.transform)
+        transform.__class__ = ScriptableRCNNTransform
+        clone.transform = transform
         return clone
+
+
+class ScriptableRCNNTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform as scripted detectors run it, resizing to exactly the size eager resizes
+    to. torchvision's scripted (and traced) resize computes the scale factor in float32, eager in double: for a
+    45×77 image and ``max_size`` 96, eager gives 96/77·77 = 96 columns, float32 95.99… → 95, a one-pixel different
+    input and different detections. Here the eval-mode resize computes it in double as eager does; training and
+    ``fixed_size`` keep torchvision's code."""
+
+    def resize(
+        self, image: torch.Tensor, target: Optional[Dict[str, torch.Tensor]] = None
+    ) -> Tuple[torch.Tensor, Optional[Dict[str, torch.Tensor]]]:
+        h, w = image.shape[-2], image.shape[-1]
+        if self.training or target is not None or self.fixed_size is not None:
+            size = self.torch_choice(self.min_size) if self.training else self.min_size[-1]
+            image, target = _resize_image_and_masks(image, size, self.max_size, target, self.fixed_size)
+            if target is not None:
+                target["boxes"] = resize_boxes(target["boxes"], (h, w), image.shape[-2:])
+            return image, target
+        scale = min(float(self.min_size[-1]) / float(min(h, w)), float(self.max_size) / float(max(h, w)))
+        image = nn.functional.interpolate(
+            image[None], scale_factor=scale, mode="bilinear", recompute_scale_factor=True, align_corners=False
+        )[0]
+        return image, target
 
 
 class DATMaskRCNN(_CheckedMixin, MaskRCNN):
