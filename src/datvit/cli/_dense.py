@@ -15,6 +15,7 @@ commands are imported only by the action that runs.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from ..dense.config import DETECTOR_KINDS, SEGMENTER_KINDS
@@ -188,7 +189,22 @@ def build_eval_parser(p: argparse.ArgumentParser, task: str) -> argparse.Argumen
 def build_predict_parser(p: argparse.ArgumentParser, task: str) -> argparse.ArgumentParser:
     det = task == "detection"
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or glob patterns")
-    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a datvit det/seg training checkpoint")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        metavar="FILE",
+        help=f"a datvit {'det' if det else 'seg'} training checkpoint, or with --runtime a file written by "
+        f"`datvit {'det' if det else 'seg'} export`",
+    )
+    runtimes = ("torch", "onnx", "torchscript") if det else ("torch", "onnx")
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=runtimes,
+        help="torch: the checkpoint in PyTorch eager; onnx: an exported ONNX file in onnxruntime (CPU)"
+        + ("; torchscript: an exported TorchScript file" if det else "")
+        + " (default torch)",
+    )
     p.add_argument(
         "--output",
         default="output/predict",
@@ -209,6 +225,64 @@ def build_predict_parser(p: argparse.ArgumentParser, task: str) -> argparse.Argu
     p.add_argument("--use-ema", action="store_true", help="use the checkpoint's EMA weights")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+# The same as datvit.dense.export's (tests hold them equal); repeated so that the parsers import no exporter.
+DETECTOR_EXPORT_FORMATS = ("torchscript", "onnx", "torch-export")
+SEGMENTER_EXPORT_FORMATS = ("onnx",)
+
+
+def build_export_parser(p: argparse.ArgumentParser, task: str) -> argparse.ArgumentParser:
+    det = task == "detection"
+    p.add_argument("--checkpoint", required=True, metavar="FILE", help="a datvit det/seg training checkpoint")
+    p.add_argument("--output", "-o", required=True, metavar="FILE", help="file to write (replaced atomically)")
+    if det:
+        p.add_argument(
+            "--format",
+            required=True,
+            choices=DETECTOR_EXPORT_FORMATS,
+            help="torchscript (the whole detector, any image size; bit-identical to eager), onnx (one image "
+            "3×H×W in 0..1 per run, H and W dynamic; DAT v1 backbones), torch-export (fails: torchvision's "
+            "post-processing has data-dependent shapes; the error says where)",
+        )
+        p.add_argument(
+            "--onnx-exporter",
+            default="legacy",
+            choices=("legacy", "dynamo"),
+            help="torch's TorchScript-based exporter (legacy, what torchvision supports) or the dynamo exporter "
+            "(fails as torch-export does)",
+        )
+        p.add_argument(
+            "--img-size",
+            type=int,
+            nargs="+",
+            default=None,
+            metavar="N",
+            help="example image H [W] the ONNX exporter traces and the check uses (its size stays dynamic; "
+            "default: the detector's test size, 4:3)",
+        )
+    else:
+        p.add_argument("--format", default="onnx", choices=SEGMENTER_EXPORT_FORMATS, help="onnx (the only one)")
+        p.add_argument(
+            "--img-size",
+            type=int,
+            nargs="+",
+            default=None,
+            metavar="N",
+            help="H [W] to export at while the graph's H×W is fixed (default: the training crop); any H×W is "
+            "padded to /32 inside the graph and cropped back",
+        )
+        p.add_argument(
+            "--dynamic-size",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="symbolic H and W in the graph (default: when the DAT backbone exports them; until then the "
+            "graph has the --img-size and predict runs larger images in windows of it)",
+        )
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17 legacy exporter, 20 dynamo)")
+    p.add_argument("--use-ema", action="store_true", help="export the checkpoint's EMA weights")
+    p.add_argument("--no-check", dest="check", action="store_false", help="do not run the file against eager")
     return p
 
 
@@ -252,12 +326,49 @@ def register_dense(subparsers: argparse._SubParsersAction, command: str, task: s
         show_defaults(train, run_config.DetectionTrainConfig, run_config.DETECTION_RECIPE)
     else:
         show_defaults(train, run_config.SegmentationTrainConfig, run_config.SEGMENTATION_RECIPE)
+    export = sub.add_parser(
+        "export",
+        help="write a checkpoint as " + ("TorchScript or ONNX" if task == "detection" else "ONNX") + " and check it",
+        description=f"datvit {command} export: a checkpoint as a deployable file, checked against eager on two "
+        "image sizes (one non-square, not a multiple of 32). " + _EXPORT_DOC[task],
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     build_eval_parser(evaluate, task)
     build_predict_parser(predict, task)
+    build_export_parser(export, task)
     train.set_defaults(func=lambda args: run_with_user_errors(f"{command} train", lambda: _train(args, task, train)))
     evaluate.set_defaults(func=lambda args: run_with_user_errors(f"{command} eval", lambda: _eval(args, task)))
     predict.set_defaults(func=lambda args: _predict(args, task, command))
+    export.set_defaults(
+        func=lambda args: run_with_user_errors(f"{command} export", lambda: _export(args, task, command))
+    )
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+_EXPORT_DOC = {
+    "detection": "torchscript: torch.jit.script of the whole detector; onnx: torch's TorchScript-based exporter "
+    "(dynamic H×W; DAT++ backbones stop it); torch-export and --onnx-exporter dynamo: tried, they fail on "
+    "torchvision's data-dependent post-processing and say so. Run a file with `datvit det predict --runtime`.",
+    "segmentation": "ONNX of the whole-image segmentation (input B×3×H×W normalised, output B×K×H×W logits), "
+    "dynamic batch; run it with `datvit seg predict --runtime onnx`.",
+}
+
+
+def _export(args: argparse.Namespace, task: str, command: str) -> int:
+    """``run_export`` with an export or check failure as one line and exit status 1 (a runtime failure)."""
+    from ..dense.commands import DenseExportConfig, run_export
+    from ..tools.export import ExportError
+    from ._errors import RUNTIME_FAILURE, debug_enabled, missing_optional_module
+
+    try:
+        run_export(config_from_args(DenseExportConfig, args), task)
+    except ExportError as e:
+        if debug_enabled() or missing_optional_module(e):  # a missing extra: run_with_user_errors names it
+            raise
+        print(f"datvit {command} export: error: {e}", file=sys.stderr)
+        return RUNTIME_FAILURE
+    return 0
 
 
 def _train(args: argparse.Namespace, task: str, parser: argparse.ArgumentParser) -> Any:

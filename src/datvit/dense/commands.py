@@ -57,6 +57,24 @@ class DensePredictConfig:
     use_ema: bool = False
     device: Optional[str] = None
     progress: bool = True
+    runtime: str = "torch"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class DenseExportConfig:
+    """``datvit det|seg export``: a checkpoint written as ``format`` to ``output``, then checked against eager
+    (``datvit.dense.export``). ``img_size``: segmentation, the (fixed-graph) export size, default the training
+    crop; detection, the example image the ONNX exporter traces (its size stays dynamic)."""
+
+    checkpoint: str
+    output: str
+    format: str = "onnx"
+    onnx_exporter: str = "legacy"
+    img_size: Optional[Sequence[int]] = None
+    dynamic_size: Optional[bool] = None
+    opset: Optional[int] = None
+    use_ema: bool = False
+    check: bool = True
 
 
 # -- checkpoints back into models -------------------------------------------------------------------------------
@@ -276,13 +294,17 @@ def predict_image(
     )
     x, _ = rescale(TF.to_image(image), None)
     crop = config.crop_size or data.get("crop_size") or 512
+    mode, stride = config.eval_mode, config.eval_stride or max(1, crop * 2 // 3)
+    fixed = getattr(model, "fixed_size", None)
+    if fixed is not None:  # an exported graph of one size: windows of that size
+        mode, crop, stride = "slide", tuple(fixed), tuple(max(1, c * 2 // 3) for c in fixed)
     logits = segment(
         model,
         x[None].to(device),
         len(ckpt.get("class_names") or []),
-        mode=config.eval_mode,
+        mode=mode,
         crop=crop,
-        stride=config.eval_stride or max(1, crop * 2 // 3),
+        stride=stride,
         out_size=(image.height, image.width),
     )
     return {"classes": logits.argmax(1)[0].cpu()}
@@ -301,9 +323,17 @@ def run_predict(config: DensePredictConfig, task: str) -> int:
     command = f"datvit {'det' if task == 'detection' else 'seg'} predict"
     for item in missing:
         print(f"{command}: error: {item}: no such file, directory or matching pattern", file=sys.stderr)
-    device = resolve_device(config.device)
-    model, ckpt = load_dense_checkpoint(config.checkpoint, task, config.use_ema)
-    model.to(device)
+    if config.runtime == "torch":
+        device = resolve_device(config.device)
+        model, ckpt = load_dense_checkpoint(config.checkpoint, task, config.use_ema)
+        model.to(device)
+    else:
+        from .export import load_exported
+
+        if config.use_ema:
+            raise ValueError("--use-ema takes the EMA weights of a checkpoint; export them with --use-ema instead")
+        device = torch.device("cpu")
+        model, ckpt = load_exported(config.checkpoint, task, config.runtime)
     class_names = list(ckpt.get("class_names") or [])
     out_dir = Path(config.output)
     records, failed = [], len(missing)
@@ -353,3 +383,109 @@ def run_predict(config: DensePredictConfig, task: str) -> int:
 
             atomic_write_text(text, config.json)
     return 1 if failed else 0
+
+
+# -- export -------------------------------------------------------------------------------------------------------
+
+
+def _other_size(h: int, w: int, minimum: int) -> tuple[int, int]:
+    """A second check size: not square, odd sides (never a multiple of 32), at least ``minimum``."""
+    h2 = max(minimum, h * 3 // 4) | 1
+    w2 = max(minimum, w + w // 3) | 1
+    return (h2, w2 + 2) if h2 == w2 else (h2, w2)
+
+
+def run_export(config: DenseExportConfig, task: str) -> dict[str, Any]:
+    """Export a checkpoint (``datvit.dense.export``), print what was written, check it against eager on two
+    sizes (one non-square, neither a multiple of 32); ExportError when the export or the check fails."""
+    from ..tools.export import ExportError, timed
+    from . import export as dx
+
+    formats = dx.DETECTOR_FORMATS if task == "detection" else dx.SEGMENTER_FORMATS
+    command = "det" if task == "detection" else "seg"
+    if config.format not in formats:
+        raise ValueError(f"--format {config.format}: datvit {command} export writes {', '.join(formats)}")
+    if os.path.isdir(config.output):
+        raise ValueError(f"--output {config.output} is a directory; give a file name")
+    model, ckpt = load_dense_checkpoint(config.checkpoint, task, config.use_ema)
+    cfg = model.dense_config if task == "detection" else model.cfg
+    metadata = {
+        "kind": cfg.kind,
+        "backbone": cfg.backbone.model,
+        "class_names": list(ckpt.get("class_names") or []),
+        "data_config": ckpt.get("data_config") or {},
+        "checkpoint": os.path.basename(config.checkpoint),
+    }
+    what = f"{cfg.kind} ({cfg.backbone.model} backbone)"
+    result: dict[str, Any] = {"format": config.format, "output": config.output}
+    if task == "segmentation":
+        default = int((ckpt.get("data_config") or {}).get("crop_size") or 512)
+        h, w = dx.resolve_segmenter_size(model, config.img_size, default)
+        dynamic = dx.dynamic_size_supported() if config.dynamic_size is None else config.dynamic_size
+        opset = config.opset or dx.DEFAULT_OPSET
+        size = "dynamic H×W" if dynamic else f"fixed {h}×{w} (smaller images are padded, larger ones windowed)"
+        print(f"exporting {what} to ONNX (opset {opset}), dynamic batch, {size} ...", flush=True)
+        path, seconds = timed(dx.export_segmenter, model, config.output, (h, w), dynamic, opset, metadata)
+        print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) in {seconds:.1f} s", flush=True)
+        if not config.check:
+            return result
+        sizes = [(h, w), _other_size(h, w, model.min_input_size)] if dynamic else [(h, w)]
+        checks = dx.check_segmenter_export(path, model, sizes)
+        for c in checks:
+            print(
+                f"check: onnxruntime vs eager on {tuple(c.input_shape)}: max |Δ| = {c.max_abs_diff:.3g} (logits up "
+                f"to {c.output_max_abs:.3g}), argmax equal on {100 * c.argmax_agreement:.3f}% of pixels"
+            )
+        result["checks"] = [dataclasses.asdict(c) for c in checks]
+        bad = [c for c in checks if not c.ok]
+        if bad:
+            raise ExportError(
+                f"the exported file differs from eager on {tuple(bad[0].input_shape)} (max |Δ| "
+                f"{bad[0].max_abs_diff:.3g} > {dx.LOGITS_TOLERANCE:g} or argmax agreement "
+                f"{100 * bad[0].argmax_agreement:.2f}% < {100 * dx.ARGMAX_AGREEMENT:g}%): {path} was written "
+                "but should not be trusted"
+            )
+        return result
+    short = int(model.transform.min_size[-1])  # the evaluation size the detector resizes to
+    example = tuple(config.img_size) if config.img_size else (short, short * 4 // 3)
+    if len(example) == 1:
+        example = (example[0], example[0])
+    if len(example) != 2 or min(example) < 1:
+        raise ValueError(f"--img-size takes H or H W (positive), got {list(config.img_size or [])}")
+    exporter = {
+        "torchscript": "TorchScript (torch.jit.script), any image size",
+        "onnx": f"ONNX ({'TorchScript-based' if config.onnx_exporter == 'legacy' else 'dynamo'} exporter), one "
+        "image of any size per run",
+        "torch-export": "torch.export",
+    }[config.format]
+    print(f"exporting {what} to {exporter} ...", flush=True)
+    path, seconds = timed(
+        dx.export_detector, model, config.format, config.output, example, config.onnx_exporter, config.opset, metadata
+    )
+    print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) in {seconds:.1f} s", flush=True)
+    if not config.check:
+        return result
+    sizes = [example, _other_size(example[0], example[1], 1)]
+    runner = {"onnx": "onnxruntime (CPU)", "torchscript": "the loaded ScriptModule"}.get(config.format, "the program")
+    checks = dx.check_detector_export(path, model, sizes, runtime=config.format)
+    for c in checks:
+        print(
+            f"check: {runner} vs eager on a {c.image_shape[1]}×{c.image_shape[2]} image: {c.exported_detections} "
+            f"detections (eager {c.eager_detections}), boxes max |Δ| = {c.max_box_diff:.3g} px, scores max |Δ| = "
+            f"{c.max_score_diff:.3g}"
+        )
+    if not any(c.eager_detections for c in checks):
+        print(
+            "note: no detections above the score threshold on the random check images: only their number was compared",
+            file=sys.stderr,
+        )
+    result["checks"] = [dataclasses.asdict(c) for c in checks]
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        raise ExportError(
+            f"the exported file differs from eager on a {bad[0].image_shape[1]}×{bad[0].image_shape[2]} image "
+            f"({bad[0].exported_detections} vs {bad[0].eager_detections} detections, boxes max |Δ| "
+            f"{bad[0].max_box_diff:.3g} px, scores max |Δ| {bad[0].max_score_diff:.3g}): {path} was written but "
+            "should not be trusted"
+        )
+    return result

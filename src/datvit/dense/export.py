@@ -30,7 +30,9 @@ import contextlib
 import copy
 import dataclasses
 import inspect
+import io
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -63,23 +65,25 @@ SCORE_TOLERANCE = 1e-4
 
 @contextlib.contextmanager
 def _silenced() -> Iterator[None]:
-    """``tools.export``'s quiet context, and file descriptors 1 and 2 sent to a scratch file: torch's
-    TorchScript-based ONNX exporter prints the whole graph from C++ when it fails, and torch.export logs its
-    graph on stderr."""
+    """``tools.export``'s quiet context, stderr and logging off, and file descriptors 1 and 2 sent to a scratch
+    file: torch's TorchScript-based ONNX exporter prints the whole graph from C++ when it fails, and torch.export
+    logs its graph when it fails."""
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
+    logging_disabled = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     try:
-        with tempfile.TemporaryFile() as sink, _quiet():
+        with tempfile.TemporaryFile() as sink, _quiet(), contextlib.redirect_stderr(io.StringIO()):
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
             try:
                 yield
             finally:
-                sys.stderr.flush()
                 os.dup2(saved[0], 1)
                 os.dup2(saved[1], 2)
     finally:
+        logging.disable(logging_disabled)
         for fd in saved:
             os.close(fd)
 
@@ -250,7 +254,10 @@ def _onnx_session(path: str):
         raise ExportError(f"running an ONNX file needs onnxruntime ({e})") from e
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own exception types
+        raise ValueError(f"{path} is not an ONNX file onnxruntime can load ({_first_line(e)})") from e
 
 
 def _onnx_metadata(session: Any, path: str) -> dict[str, Any]:
@@ -419,14 +426,18 @@ class ExportedDetector:
         if not os.path.isfile(self.path):
             raise FileNotFoundError(f"{self.path}: no such file")
         if runtime is None:
-            runtime = "onnx" if self.path.endswith(".onnx") else "torchscript"
-        if runtime not in ("onnx", "torchscript"):
-            raise ValueError(f"runtime must be onnx or torchscript, got {runtime!r}")
+            runtime = {".onnx": "onnx", ".pt2": "torch-export"}.get(os.path.splitext(self.path)[1], "torchscript")
+        if runtime not in ("onnx", "torchscript", "torch-export"):
+            raise ValueError(f"runtime must be onnx, torchscript or torch-export, got {runtime!r}")
         self.runtime = runtime
         if runtime == "onnx":
             self.session = _onnx_session(self.path)
             self.metadata = _onnx_metadata(self.session, self.path)
             self.names = [o.name for o in self.session.get_outputs()]
+        elif runtime == "torch-export":  # what a torch that exports torchvision's detectors would write
+            with open(self.path, "rb") as f:
+                self.module = torch.export.load(io.BytesIO(f.read())).module()
+            self.metadata = {"task": "detection"}
         else:
             extra = {METADATA_FILE: ""}
             try:
@@ -445,7 +456,7 @@ class ExportedDetector:
 
     def __call__(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         images = [img.detach().cpu().float() for img in images]
-        if self.runtime == "torchscript":
+        if self.runtime != "onnx":
             with torch.no_grad(), _quiet():  # "RCNN always returns a (Losses, Detections) tuple in scripting"
                 out = self.module(images)
             return list(out[1] if isinstance(out, tuple) else out)
@@ -460,6 +471,19 @@ def load_exported_detector(path: str | os.PathLike, runtime: Optional[str] = Non
     """A file written by ``export_detector`` / ``datvit det export`` (ONNX or TorchScript; ``runtime`` None:
     from the suffix, ``.onnx`` is ONNX)."""
     return ExportedDetector(path, runtime)
+
+
+def load_exported(path: str | os.PathLike, task: str, runtime: str) -> tuple[Any, dict[str, Any]]:
+    """(callable model, record) for ``datvit det|seg predict --runtime``: the exported file as the model, and
+    what a checkpoint would give the predict pipeline (``class_names``, ``data_config``) from its metadata."""
+    if task == "detection":
+        model: Any = load_exported_detector(path, runtime)
+    else:
+        if runtime != "onnx":
+            raise ValueError(f"--runtime {runtime}: datvit seg export writes ONNX only; use --runtime onnx")
+        model = load_exported_segmenter(path)
+    meta = model.metadata
+    return model, {"class_names": list(meta.get("class_names") or []), "data_config": meta.get("data_config") or {}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -544,6 +568,7 @@ __all__ = [
     "check_segmenter_export",
     "export_detector",
     "export_segmenter",
+    "load_exported",
     "load_exported_detector",
     "load_exported_segmenter",
 ]
