@@ -1,4 +1,4 @@
-"""``datvit det train|eval|predict``: object detection and instance segmentation with a DAT backbone
+"""``datvit det train|eval|predict|export``: object detection and instance segmentation with a DAT backbone
 (torchvision's Mask R-CNN, Faster R-CNN, RetinaNet) on COCO-format data — trained by datvit's one engine
 (torchrun DDP, exact resume, atomic checkpoints, summary.csv and curves), evaluated with pycocotools."""
 
@@ -15,6 +15,9 @@ EPILOG = """examples:
   datvit det train --resume auto --experiment my-run              # continue exactly where it stopped
   datvit det eval --checkpoint output/det/my-run/best.pth         # box/mask mAP, mAP@50, per-class AP
   datvit det predict street.jpg photos/ --checkpoint best.pth --output preds --json preds.json
+  datvit det export --checkpoint best.pth --format torchscript --output detector.pt   # any DAT backbone
+  datvit det export --checkpoint best.pth --format onnx --output detector.onnx        # DAT v1 backbones
+  datvit det predict photos/ --checkpoint detector.onnx --runtime onnx --output preds  # onnxruntime, CPU
 """
 
 

@@ -1,4 +1,4 @@
-"""``datvit seg train|eval|predict``: semantic segmentation with a DAT backbone (UperNet or Semantic FPN from
+"""``datvit seg train|eval|predict|export``: semantic segmentation with a DAT backbone (UperNet or Semantic FPN from
 segmentation_models_pytorch) on ADE20K-layout folders — trained by datvit's one engine (torchrun DDP, exact
 resume, atomic checkpoints, summary.csv and curves); mIoU, per-class IoU and pixel accuracy."""
 
@@ -15,6 +15,8 @@ EPILOG = """examples:
   datvit seg eval --checkpoint output/seg/my-run/best.pth          # mIoU, per-class IoU, pixel accuracy
   datvit seg eval --checkpoint best.pth --mode slide --crop 512 --stride 341
   datvit seg predict room.jpg --checkpoint best.pth --output preds --json preds.json
+  datvit seg export --checkpoint best.pth --output upernet.onnx --img-size 512 683   # checked against eager
+  datvit seg predict room.jpg --checkpoint upernet.onnx --runtime onnx --output preds  # onnxruntime, CPU
 """
 
 

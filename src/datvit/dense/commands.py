@@ -73,6 +73,7 @@ class DenseExportConfig:
     img_size: Optional[Sequence[int]] = None
     dynamic_size: Optional[bool] = None
     opset: Optional[int] = None
+    sampling: Optional[str] = None
     use_ema: bool = False
     check: bool = True
 
@@ -424,8 +425,11 @@ def run_export(config: DenseExportConfig, task: str) -> dict[str, Any]:
         dynamic = dx.dynamic_size_supported() if config.dynamic_size is None else config.dynamic_size
         opset = config.opset or dx.DEFAULT_OPSET
         size = "dynamic H×W" if dynamic else f"fixed {h}×{w} (smaller images are padded, larger ones windowed)"
-        print(f"exporting {what} to ONNX (opset {opset}), dynamic batch, {size} ...", flush=True)
-        path, seconds = timed(dx.export_segmenter, model, config.output, (h, w), dynamic, opset, metadata)
+        sampling = f", {config.sampling} sampling" if config.sampling else ""
+        print(f"exporting {what} to ONNX (opset {opset}{sampling}), dynamic batch, {size} ...", flush=True)
+        path, seconds = timed(
+            dx.export_segmenter, model, config.output, (h, w), dynamic, opset, metadata, config.sampling
+        )
         print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) in {seconds:.1f} s", flush=True)
         if not config.check:
             return result

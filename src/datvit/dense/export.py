@@ -175,11 +175,13 @@ def export_segmenter(
     dynamic_size: Optional[bool] = None,
     opset: int = DEFAULT_OPSET,
     metadata: Optional[dict[str, Any]] = None,
+    sampling: Optional[str] = None,
 ) -> str:
     """Write ``segmenter`` (put in eval mode) as ONNX: input ``image`` B×3×H×W, output ``logits`` B×K×H×W (see
     the module docstring). ``input_size`` (H, W) is the example (and, for a fixed graph, the only) size;
     ``dynamic_size``: a symbolic H×W (None: whenever the backbone supports it). ``metadata`` (class names, data
-    config) is stored in the file for ``load_exported_segmenter``. Returns the path written."""
+    config) is stored in the file for ``load_exported_segmenter``. ``sampling``: the deformable blocks'
+    formulation, as ``datvit export --sampling`` (None: ``export_onnx``'s default). Returns the path written."""
     if dynamic_size is None:
         dynamic_size = dynamic_size_supported()
     elif dynamic_size and not dynamic_size_supported():
@@ -190,9 +192,13 @@ def export_segmenter(
     segmenter.eval()
     wrapper = ExportableSegmenter(segmenter).eval()
     h, w = int(input_size[0]), int(input_size[1])
-    kwargs = {"dynamic_size": True} if dynamic_size else {}
+    kwargs: dict[str, Any] = {"dynamic_size": True} if dynamic_size else {}
+    if sampling is not None:
+        kwargs["sampling"] = sampling
     record = dict(metadata or {})
     record.update(task="segmentation", format="onnx", dynamic_size=bool(dynamic_size), input_size=[h, w])
+    if sampling is not None:
+        record["sampling"] = sampling
 
     def write(staged: str) -> None:
         export_onnx(wrapper, staged, (3, h, w), dynamic_batch=True, opset=opset, **kwargs)
