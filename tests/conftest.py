@@ -130,6 +130,8 @@ SLOW_TESTS = (
     "tests/test_dense_train.py",
     "tests/test_dense_train_ddp.py",
     "tests/test_export.py",
+    "tests/test_dense_export.py::test_unsupported_detector_formats_name_the_reason",
+    "tests/test_dense_export.py::test_segmenter_dynamic_size",
     "tests/test_faults.py",
     "tests/test_packaging.py",
     "tests/test_runtime.py",

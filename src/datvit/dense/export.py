@@ -327,6 +327,11 @@ def detector_output_names(detector: nn.Module) -> list[str]:
     return ["boxes", "labels", "scores"] + (["masks"] if isinstance(detector, MaskRCNN) else [])
 
 
+# why torch.export fails on torchvision's detectors (torch 2.14.1, torchvision 0.29.1): after the score filter the
+# number of boxes is data-dependent, and batched_nms compares boxes.numel() with 4000 and with 0
+_DATA_DEPENDENT = "torchvision's post-processing branches on data-dependent sizes: batched_nms tests boxes.numel()"
+
+
 def _example_image(size: Sequence[int], seed: int = 0) -> torch.Tensor:
     return torch.rand(3, int(size[0]), int(size[1]), generator=torch.Generator().manual_seed(seed))
 
@@ -373,7 +378,7 @@ def export_detector(
         except Exception as e:
             raise ExportError(
                 f"torch.export cannot export torchvision's {type(detector).__name__}: {_first_line(e)} "
-                "(its post-processing branches on data-dependent sizes; use --format torchscript or onnx)"
+                f"({_DATA_DEPENDENT}; use --format torchscript or onnx)"
             ) from e
         return _save_atomically(path, lambda p: torch.export.save(program, p), ".pt2")
     try:
@@ -396,7 +401,8 @@ def export_detector(
             except Exception as e:
                 raise ExportError(
                     f"the dynamo ONNX exporter cannot export torchvision's {type(detector).__name__}: it runs "
-                    f"torch.export first, which fails: {_first_line(e)} (use --onnx-exporter legacy)"
+                    f"torch.export first, which fails: {_first_line(e)} ({_DATA_DEPENDENT}; use --onnx-exporter "
+                    "legacy)"
                 ) from e
             program.save(staged, external_data=False)
 
