@@ -191,6 +191,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         action="store_true",
         help="download Fashion-MNIST with torchvision into --data-dir if it is missing (needs internet)",
     )
+    g.add_argument(
+        "--train-subset",
+        type=positive_int,
+        metavar="N",
+        help="train on the first N images of the training split only (smoke tests, quick looks)",
+    )
+    g.add_argument(
+        "--eval-subset", type=positive_int, metavar="N", help="evaluate on the first N images of the split only"
+    )
     g.add_argument("--num-classes", type=positive_int, help="classifier size (default: the dataset's)")
     g.add_argument("--in-chans", type=int, help="input channels (Fashion-MNIST: 1, folders: 3)")
     g.add_argument("--img-size", type=positive_int, help="training/evaluation image size")
@@ -361,6 +370,19 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     )
     g.add_argument("--log-interval", type=positive_int, help="steps between progress-bar/curve updates")
     g.add_argument("--no-progress", action="store_true", help="no progress bars (epoch lines still printed)")
+    g.add_argument(
+        "--tensorboard",
+        action=bool_flag,
+        help="TensorBoard event files in the run directory, beside summary.csv (default: when the tensorboard "
+        "package is installed, pip install 'datvit[log]')",
+    )
+    g.add_argument(
+        "--wandb",
+        action=bool_flag,
+        help="also log to Weights & Biases (needs wandb; WANDB_MODE=offline writes the run locally, WANDB_DIR "
+        "says where)",
+    )
+    g.add_argument("--wandb-project", metavar="NAME", help="W&B project (default: datvit)")
 
     g = p.add_argument_group("weight averaging, memory and resume")
     g.add_argument("--model-ema", action=bool_flag, help="keep an EMA of the weights")

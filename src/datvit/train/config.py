@@ -168,6 +168,11 @@ class EngineConfig:
     checkpoint_interval: int = 1000
     log_interval: int = 50
     no_progress: bool = False
+    # where researchers look: TensorBoard event files beside summary.csv (None: when tensorboard is installed) and
+    # Weights & Biases (off unless asked; WANDB_MODE=offline writes the run locally)
+    tensorboard: Optional[bool] = None
+    wandb: bool = False
+    wandb_project: Optional[str] = None
     # weight averaging, memory and resume
     model_ema: Optional[bool] = None
     model_ema_decay: Optional[float] = None
@@ -189,6 +194,9 @@ class TrainConfig(EngineConfig):
     train_split: str = "train"
     val_split: str = "val"
     dataset_download: bool = False
+    # the first N images of each split only (smoke tests and quick looks; None: all)
+    train_subset: Optional[int] = None
+    eval_subset: Optional[int] = None
     num_classes: Optional[int] = None
     in_chans: Optional[int] = None
     img_size: Optional[int] = None

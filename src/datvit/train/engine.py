@@ -44,6 +44,7 @@ from .metrics import PLOTS, RunningSum, format_summary_line, plot_curves, summar
 from .precision import autocast, resolve_amp
 from .preemption import RunInterrupted, StopSignals
 from .resolve import as_layers, resolve_run_config
+from .run_logging import RunLoggers
 from .task import Task
 
 
@@ -148,6 +149,7 @@ class Trainer:
         self._stop_signal = 0  # the signal every rank agreed to stop on (0: none)
         self._bad_run: list[int] = []  # steps of the current run of consecutive non-finite losses
         self._last_saved: Optional[tuple[str, int]] = None  # (path, step) of the newest checkpoint written
+        self.run_log: Optional[RunLoggers] = None  # TensorBoard / W&B, opened by fit() on rank 0
         if self.resume_path:
             self._resume(self.resume_path)
             self._last_saved = (str(self.resume_path), self.step)
@@ -569,6 +571,8 @@ class Trainer:
             self.meters["samples"] += n
             point["lr"] = self._current_lr()
             self.history["steps"].append(point)
+            if self.run_log is not None:
+                self.run_log.scalars("train", {k: v for k, v in point.items() if k != "step"}, self.step)
             window.update(self._fresh_window())
         if pbar is not None and not pbar.disable:
             shown = {"loss": f"{self.meters['loss'].mean:.4f}"}
@@ -618,46 +622,66 @@ class Trainer:
             f"({self.updates_per_epoch} steps each) on {self.info.world_size} × {self.device.type}, global batch "
             f"{config.batch_size * self.info.world_size}, lr {config.lr:.3g}; writing to {self.run_dir}"
         )
-        with self.signals:
-            while self.epoch < config.epochs:
-                train = self.train_epoch()
-                row = {
-                    "epoch": self.epoch + 1,
-                    "train_loss": train["loss"],
-                    **self._evaluate_epoch(),
-                    "lr": self._current_lr(),
-                    "images/s": train["images_per_s"],
-                    "seconds": train["seconds"],
-                }
-                best_key = self.task.metrics.best
-                if self.scheduler is not None:
-                    self.scheduler.step(self.epoch + 1, row.get(best_key))
-                metric = row[best_key] if row.get(best_key) is not None else -row["train_loss"]
-                is_best = self.best["metric"] is None or metric > self.best["metric"]
-                if is_best:
-                    self.best = {"metric": metric, "epoch": self.epoch + 1}
-                self.history["epochs"].append(row)
-                self.epoch += 1
-                self.batch_in_epoch = 0
-                self.meters = self._fresh_meters()
-                self.save(epoch_end=self.epoch, is_best=is_best)
-                if self.is_main:
-                    write_summary(self.run_dir, self.history["epochs"], self._summary_columns())
-                    plot_curves(self.run_dir, self.history["epochs"], self.history["steps"], self._plots())
-                self.log(
-                    format_summary_line(row, config.epochs, self.task.metrics.eval_columns, self.task.metrics.best)
-                )
-                skipped = self._skipped()
-                if any(skipped.values()):
-                    self.warn(
-                        f"skipped optimizer steps so far: {skipped['nonfinite_loss']} with a non-finite loss, "
-                        f"{skipped['amp_overflow']} fp16 overflows (GradScaler)"
-                    )
-                # a signal that came during the evaluation or the epoch's checkpoint: stop with that checkpoint
-                self._stop_signal = dist_utils.max_over_ranks([self.signals.requested or 0], self.info)[0]
-                if self._stop_signal and self.epoch < config.epochs:
-                    self._stop_on_signal()
+        if self.is_main:
+            self.run_log = RunLoggers(
+                self.run_dir,
+                config.tensorboard,
+                config.wandb,
+                config_to_dict(config),
+                start_step=self.step,
+                project=config.wandb_project,
+                log=self.log,
+            )
+        try:
+            with self.signals:
+                self._fit_epochs()
+        finally:
+            if self.run_log is not None:
+                self.run_log.close()
+                self.run_log = None
         return self.finish()
+
+    def _fit_epochs(self) -> None:
+        config = self.config
+        while self.epoch < config.epochs:
+            train = self.train_epoch()
+            row = {
+                "epoch": self.epoch + 1,
+                "train_loss": train["loss"],
+                **self._evaluate_epoch(),
+                "lr": self._current_lr(),
+                "images/s": train["images_per_s"],
+                "seconds": train["seconds"],
+            }
+            best_key = self.task.metrics.best
+            if self.scheduler is not None:
+                self.scheduler.step(self.epoch + 1, row.get(best_key))
+            metric = row[best_key] if row.get(best_key) is not None else -row["train_loss"]
+            is_best = self.best["metric"] is None or metric > self.best["metric"]
+            if is_best:
+                self.best = {"metric": metric, "epoch": self.epoch + 1}
+            self.history["epochs"].append(row)
+            if self.run_log is not None:
+                self.run_log.scalars("epoch", row, self.step)
+                self.run_log.flush()
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self.meters = self._fresh_meters()
+            self.save(epoch_end=self.epoch, is_best=is_best)
+            if self.is_main:
+                write_summary(self.run_dir, self.history["epochs"], self._summary_columns())
+                plot_curves(self.run_dir, self.history["epochs"], self.history["steps"], self._plots())
+            self.log(format_summary_line(row, config.epochs, self.task.metrics.eval_columns, self.task.metrics.best))
+            skipped = self._skipped()
+            if any(skipped.values()):
+                self.warn(
+                    f"skipped optimizer steps so far: {skipped['nonfinite_loss']} with a non-finite loss, "
+                    f"{skipped['amp_overflow']} fp16 overflows (GradScaler)"
+                )
+            # a signal that came during the evaluation or the epoch's checkpoint: stop with that checkpoint
+            self._stop_signal = dist_utils.max_over_ranks([self.signals.requested or 0], self.info)[0]
+            if self._stop_signal and self.epoch < config.epochs:
+                self._stop_on_signal()
 
     def finish(self) -> dict[str, Any]:
         corrupt = self._all_corrupt()
