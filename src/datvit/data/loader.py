@@ -131,6 +131,29 @@ class EpochSampler(Sampler):
         return max(self.epoch_length - self.start, 0)
 
 
+class FirstSamples(Dataset):
+    """The first ``n`` samples of ``dataset`` (all when it has fewer): ``--train-subset`` / ``--eval-subset``.
+    Attributes (``classes``, ``transform``, ...) read and write through to the dataset."""
+
+    def __init__(self, dataset: Dataset, n: int):
+        object.__setattr__(self, "dataset", dataset)
+        object.__setattr__(self, "n", min(int(n), len(dataset)))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int):
+        if not -self.n <= index < self.n:
+            raise IndexError(index)
+        return self.dataset[index % self.n]
+
+    def __getattr__(self, name: str):
+        return getattr(object.__getattribute__(self, "dataset"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self.dataset, name, value)
+
+
 class SeededDataset(Dataset):
     """Wraps a dataset so that ``ds[(index, seed)]`` runs ``base[index]`` (with its random transform) with the
     RNGs seeded by ``seed``; plain integer keys pass through. The process's RNG states are restored afterwards

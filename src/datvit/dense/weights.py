@@ -95,6 +95,15 @@ def _split_dense(checkpoint: Any) -> tuple[Any, list[str], str]:
     return checkpoint, [], "classification"
 
 
+def _flattened_key(key: str, own: Mapping[str, Any]) -> str:
+    """``key`` of a timm classifier as its ``features_only`` model names it (``stages.0.x`` → ``stages_0.x``)."""
+    if key in own:
+        return key
+    parts = key.split(".")
+    flat = "_".join(parts[:2]) + "." + ".".join(parts[2:]) if len(parts) > 2 else key
+    return flat if flat in own else key
+
+
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike, use_ema: bool = False) -> WeightsReport:
     """Load a classification or dense checkpoint's backbone weights into ``model``'s backbone (module docstring).
 
@@ -130,6 +139,8 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, use_ema: bo
     for k in classifier:
         del state[k]
     report.ignored += classifier
+    if not is_dat:  # timm's feature extractors flatten the top-level sequentials: stages.0.x is stages_0.x there
+        state = {_flattened_key(k, own): v for k, v in state.items()}
     if is_dat:
         before = {k: tuple(v.shape) for k, v in state.items()}
         state = fit_state_dict(state, backbone)

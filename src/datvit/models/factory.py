@@ -104,6 +104,12 @@ def load_model_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+def is_timm_cnn(name: str) -> bool:
+    """A timm model that is not DAT (``convnext_atto``, ``resnet18``, ...): trained for comparisons, built by timm
+    with its own arguments (``--model-kwargs`` are timm's, e.g. ``dims`` for ConvNeXt)."""
+    return name not in VARIANTS and name not in PRESETS and timm.is_model(name)
+
+
 def resolve_model_kwargs(
     name: str,
     config: Optional[Mapping[str, Any]] = None,
@@ -118,6 +124,9 @@ def resolve_model_kwargs(
     raises ``ValueError`` with the closest known name.
     """
     config, overrides = dict(config or {}), dict(overrides or {})
+    if is_timm_cnn(name):  # timm's own arguments; a CNN takes any input size, so img_size is not one of them
+        fixed = {k: v for k, v in fixed.items() if v is not None and k != "img_size"}
+        return {**config, **overrides, **fixed}
     check_model_arguments(config)
     check_model_arguments(overrides)
     if name in VARIANTS:
@@ -145,7 +154,7 @@ def regenerated_stage_spec(name: str, kwargs: Mapping[str, Any], changed: Mappin
     """The block pattern for ``kwargs``' depths when ``changed`` (what the user gave) alters the depths or the
     generation without a stage_spec of its own — the variant's pattern would no longer fit (``stage_spec_for``:
     v1 L/S then L/D; DAT++ N/D, stage 4 D only); None when the pattern stands."""
-    if "stage_spec" in changed or not ({"depths", "generation"} & set(changed)):
+    if "stage_spec" in changed or not ({"depths", "generation"} & set(changed)) or is_timm_cnn(name):
         return None
     known = model_config(name) if name in VARIANTS else PRESETS.get(name, {})
     depths = kwargs.get("depths", known.get("depths"))
@@ -155,7 +164,10 @@ def regenerated_stage_spec(name: str, kwargs: Mapping[str, Any], changed: Mappin
 
 
 def build_model(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
-    """Build the model: through timm for a registered variant (so it carries its pretrained_cfg), else ``DAT``."""
+    """Build the model: through timm for a registered variant (so it carries its pretrained_cfg) or a timm CNN
+    (:func:`is_timm_cnn`), else ``DAT``."""
+    if is_timm_cnn(name):
+        return timm.create_model(name, pretrained=False, **kwargs)
     check_model_arguments(kwargs)
     if name in VARIANTS:
         return timm.create_model(name, **kwargs)

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from datvit.inference.checkpoint_format import describe_arch_difference
 from datvit.models import CheckpointError, load_checkpoint
 
-from ..data.loader import create_dataset, eval_transform, resolve_dataset_kind, train_transform
+from ..data.loader import FirstSamples, create_dataset, eval_transform, resolve_dataset_kind, train_transform
 from ..models.factory import arch_record, build_model, count_parameters, load_model_config, resolve_model_kwargs
 from . import distributed as dist_utils
 from .config import TrainConfig, recipe_for
@@ -159,6 +159,10 @@ class ClassificationTask(Task):
         except FileNotFoundError as e:
             self.warn(f"no evaluation split ({e}); best.pth will follow the training loss")
             self.eval_set = None
+        if values.get("train_subset"):
+            self.train_set = FirstSamples(self.train_set, values["train_subset"])
+        if values.get("eval_subset") and self.eval_set is not None:
+            self.eval_set = FirstSamples(self.eval_set, values["eval_subset"])
 
     def build_model(self) -> nn.Module:
         config = self.config
