@@ -27,6 +27,7 @@ SUBCOMMANDS: dict[str, str] = {
     "seg": "semantic segmentation with a DAT backbone (UperNet, Semantic FPN): train, eval, predict",
     "demo-dense": "train DAT and CNN detectors/segmenters on generated scenes offline, write a comparison report",
     "export": "export a model to ONNX, torch.export (.pt2) or TorchScript, checked against eager",
+    "experiment": "run a declared grid of training runs (axes × seeds), resumable; report mean ± std, 95% CIs",
 }
 
 
