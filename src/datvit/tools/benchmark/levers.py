@@ -18,6 +18,10 @@ Levers:
 * ``swin_linear`` — a Swin-T training step as timm builds it vs with its ``nn.Linear`` layers routed through
   ``dense``, and dat_tiny: the context for the DAT/Swin-T ratios.
 * ``adamw`` — the optimizer step of a training step: torch's CPU default (per-parameter loop), foreach, fused.
+* ``bf16_gap`` — where compiled bf16 dat_tiny loses to Swin-T (CPUs with native bf16): inference of dat_tiny, of
+  dat_tiny without the D blocks' position bias, of dat_tiny with its D blocks replaced by window (L) blocks, and of
+  Swin-T, each through ``optimize_for_inference(dtype="bfloat16")`` (compiled, frozen). Not run by default (four
+  compiles, minutes): name it.
 """
 
 from __future__ import annotations
@@ -272,6 +276,50 @@ def lever_swin_linear(batch: int, pairs: int) -> None:
     )
 
 
+def lever_bf16_gap(batch: int, pairs: int, img_size: int = 224) -> None:
+    """Compiled bf16 inference of dat_tiny and of the same weights without what only DAT computes — the position
+    bias of its D blocks, then the D blocks themselves (replaced by L window blocks) — next to Swin-T: the
+    differences are what each part costs under the same treatment."""
+    import timm
+    import torch
+
+    from datvit import optimize_for_inference
+    from datvit.layers import DeformableAttention
+    from datvit.layers.ops import cpu_native_bf16
+
+    if not cpu_native_bf16():
+        print("\nbf16_gap: skipped, this CPU has no native bf16 (AVX512-BF16 or AMX)")
+        return
+    torch.manual_seed(0)
+    dat = timm.create_model("dat_tiny", img_size=img_size)
+    no_bias = timm.create_model("dat_tiny", img_size=img_size)
+    no_bias.load_state_dict(dat.state_dict())
+    for m in no_bias.modules():
+        if isinstance(m, DeformableAttention):
+            m.rpe_table = None
+    spec = [["L" if k == "D" else k for k in stage.stage_spec] for stage in dat.stages]
+    windows = timm.create_model("dat_tiny", img_size=img_size, stage_spec=spec)
+    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=img_size)
+    x = torch.randn(batch, 3, img_size, img_size)
+    fns = {}
+    for label, model in (
+        ("dat_tiny", dat),
+        ("dat_tiny, no position bias", no_bias),
+        ("dat_tiny, D blocks → L", windows),
+        ("Swin-T (timm)", swin),
+    ):
+        fast = optimize_for_inference(model, dtype="bfloat16")
+        print(f"  compiling {label} ...", flush=True)
+        fast(x)
+
+        def step(fast=fast):
+            with torch.no_grad():
+                fast(x)
+
+        fns[label] = step
+    _print(f"compiled bf16 inference at batch {batch}, {img_size}² (speed-up over dat_tiny)", ab(fns, pairs, warmup=1))
+
+
 @dataclass(frozen=True, kw_only=True)
 class LeversConfig:
     """Which ``levers`` (names of :data:`LEVERS`; empty: all) :func:`run` measures, at ``batch_size``, over
@@ -294,7 +342,10 @@ LEVERS: dict[str, Callable[[LeversConfig], None]] = {
     "adamw": lambda c: lever_adamw(c.models, c.pairs),
     "linear": lambda c: lever_linear(c.batch_size, c.pairs),
     "swin_linear": lambda c: lever_swin_linear(c.batch_size, c.pairs),
+    "bf16_gap": lambda c: lever_bf16_gap(c.batch_size, c.pairs),
 }
+# Levers run only when named (minutes of compiling each).
+ON_REQUEST = ("bf16_gap",)
 
 
 def run(config: LeversConfig) -> None:
@@ -304,5 +355,5 @@ def run(config: LeversConfig) -> None:
         raise ValueError(f"unknown lever(s) {', '.join(unknown)}; choose from {', '.join(LEVERS)}")
     common.apply_allocator(config.allocator)
     print(f"{common.set_threads(config.threads)} threads, allocator {config.allocator}")
-    for lever in config.levers or LEVERS:
+    for lever in config.levers or [name for name in LEVERS if name not in ON_REQUEST]:
         LEVERS[lever](config)
