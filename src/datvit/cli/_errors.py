@@ -32,6 +32,8 @@ OPTIONAL_MODULES: dict[str, str] = {
     "transformers": "hf",
     "huggingface_hub": "hf",
     "scipy": "hf",  # transformers' Mask2Former matching, with DAT as a transformers backbone
+    "tensorboard": "log",
+    "wandb": "log",
     "mkdocs": "docs",
     "mkdocstrings": "docs",
     "material": "docs",
