@@ -103,9 +103,11 @@ def _write_onnx_metadata(staged: str, metadata: dict[str, Any]) -> None:
     import onnx
 
     model = onnx.load(staged)
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key != METADATA_KEY]  # the exporter's own entries
     del model.metadata_props[:]
-    entry = model.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    for key, value in [*kept, (METADATA_KEY, json.dumps(metadata))]:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
     onnx.save(model, staged)
 
 
@@ -124,13 +126,46 @@ def _save_onnx(path: str | os.PathLike, write: Callable[[str], None], metadata: 
 # -- segmenters ---------------------------------------------------------------------------------------------------
 
 
+class AdaptiveAvgPool2dAnySize(nn.Module):
+    """``nn.AdaptiveAvgPool2d`` written as two averaging matrices built from H and W in the graph: bin ``i`` of
+    ``s`` averages rows ``⌊iH/s⌋ … ⌈(i+1)H/s⌉ − 1``, as PyTorch's kernel. torch's export decomposes adaptive pooling
+    into gathers whose window length is fixed at the example size, so a graph with a symbolic H×W reads out of
+    range at other sizes (UperNet's pyramid pooling: "GatherND … invalid index"); this one holds for every size."""
+
+    def __init__(self, output_size: Any):
+        super().__init__()
+        size = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+        self.output_size = (int(size[0]), int(size[1]))
+
+    @staticmethod
+    def _bins(n: Any, s: int, like: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(s, device=like.device).unsqueeze(1)
+        j = torch.arange(n, device=like.device).unsqueeze(0)
+        inside = (j >= (i * n) // s) & (j < ((i + 1) * n + s - 1) // s)
+        weights = inside.to(like.dtype)
+        return weights / weights.sum(1, keepdim=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self._bins(x.shape[-2], self.output_size[0], x)  # s_h × H
+        cols = self._bins(x.shape[-1], self.output_size[1], x)  # s_w × W
+        return torch.matmul(torch.matmul(rows, x), cols.transpose(0, 1))
+
+
 class ExportableSegmenter(nn.Module):
     """``segment(segmenter, image)`` (whole image) as one module: image B×3×H×W (normalised, H, W ≥ the model's
     minimum) → logits B×K×H×W. Zero-pads the bottom/right to the next multiple of ``output_stride`` (32) and crops
-    back; the padding is written with floor division only, so a symbolic H×W stays symbolic."""
+    back; the padding is written with floor division only, so a symbolic H×W stays symbolic. ``any_size``: run a
+    copy of the segmenter whose adaptive poolings (UperNet's pyramid pooling) are ``AdaptiveAvgPool2dAnySize``,
+    for a graph with a symbolic H×W."""
 
-    def __init__(self, segmenter: nn.Module):
+    def __init__(self, segmenter: nn.Module, any_size: bool = False):
         super().__init__()
+        if any_size:
+            segmenter = copy.deepcopy(segmenter)
+            for module in list(segmenter.modules()):
+                for name, child in list(module.named_children()):
+                    if isinstance(child, nn.AdaptiveAvgPool2d):
+                        setattr(module, name, AdaptiveAvgPool2dAnySize(child.output_size))
         self.segmenter = segmenter
         self.multiple = int(getattr(segmenter, "output_stride", 32))
         self.min_input_size = int(getattr(segmenter, "min_input_size", 32))
@@ -190,13 +225,14 @@ def export_segmenter(
             "tools.export.export_onnx does not offer yet; export at a fixed size (--img-size H W)"
         )
     segmenter.eval()
-    wrapper = ExportableSegmenter(segmenter).eval()
+    wrapper = ExportableSegmenter(segmenter, any_size=bool(dynamic_size)).eval()
     h, w = int(input_size[0]), int(input_size[1])
-    kwargs: dict[str, Any] = {"dynamic_size": True} if dynamic_size else {}
+    kwargs: dict[str, Any] = {"dynamic_size": bool(dynamic_size)} if dynamic_size_supported() else {}
     if sampling is not None:
         kwargs["sampling"] = sampling
     record = dict(metadata or {})
     record.update(task="segmentation", format="onnx", dynamic_size=bool(dynamic_size), input_size=[h, w])
+    record["min_input_size"] = wrapper.min_input_size
     if sampling is not None:
         record["sampling"] = sampling
 
@@ -259,7 +295,7 @@ def _onnx_session(path: str):
     except ModuleNotFoundError as e:
         raise ExportError(f"running an ONNX file needs onnxruntime ({e})") from e
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures come back as exceptions, reported in one line
     try:
         return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime's own exception types
@@ -280,7 +316,7 @@ class ExportedSegmenter:
     that size (``datvit seg predict`` does so)."""
 
     output_stride = 1  # the graph pads to its own multiple
-    min_input_size = 0
+    min_input_size = 0  # a fixed graph: __call__ pads to its size
 
     def __init__(self, path: str | os.PathLike):
         self.path = os.fspath(path)
@@ -292,6 +328,8 @@ class ExportedSegmenter:
             raise ValueError(f"{self.path} holds an exported {self.metadata.get('task')} model; use datvit det")
         self.input_name = self.session.get_inputs()[0].name
         self.fixed_size = None if self.metadata.get("dynamic_size") else tuple(self.metadata["input_size"])
+        if self.fixed_size is None:  # segment() pads smaller images up to the graph's minimum
+            self.min_input_size = int(self.metadata.get("min_input_size", 0))
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """The graph on ``x`` as it is (no padding)."""
