@@ -293,8 +293,10 @@ def _forward_once(kind: str, model: Any, config: Any) -> None:
 
     if kind != "train":
         from ..dense.backbone import DenseBackbone
+        from ..dense.weights import find_backbone
 
-        model = next(m for m in model.modules() if isinstance(m, DenseBackbone))
+        wrapped = [m for m in model.modules() if isinstance(m, DenseBackbone)]  # detectors; segmenters: smp's encoder
+        model = wrapped[0] if wrapped else find_backbone(model)
     was_training = model.training
     model.eval()
     with torch.no_grad():
