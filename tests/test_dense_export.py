@@ -121,9 +121,7 @@ def test_segmenter_export_check_and_predict(files, tmp_path, capsys):
     logits within 1e-3 and argmax equal on ≥ 99.9% of pixels; `seg predict --runtime onnx` agrees with eager."""
     path = str(tmp_path / "seg.onnx")
     argv = ["seg", "export", "--checkpoint", files["seg"], "--output", path, "--img-size", "70", "100"]
-    if dx.dynamic_size_supported():
-        argv.append("--no-dynamic-size")  # the fixed graph here; test_segmenter_dynamic_size has the other
-    assert main(argv) == 0
+    assert main([*argv, "--static-size"]) == 0  # the fixed graph here; test_segmenter_dynamic_size has the other
     out = capsys.readouterr().out
     assert "fixed 70×100" in out and "check: onnxruntime vs eager on (2, 3, 70, 100)" in out, out
     seg = dx.load_exported_segmenter(path)
@@ -148,7 +146,7 @@ def test_segmenter_dynamic_size(files, tmp_path, capsys):
     file runs a third."""
     path = str(tmp_path / "seg_dynamic.onnx")
     argv = ["seg", "export", "--checkpoint", files["seg"], "--output", path, "--img-size", "64", "96"]
-    assert main([*argv, "--dynamic-size"]) == 0
+    assert main(argv) == 0
     assert capsys.readouterr().out.count("check: onnxruntime") == 2
     model = build_segmenter(tiny_segmenter("upernet", "dat_tiny")).eval()
     model.load_state_dict(torch.load(files["seg"], weights_only=True)["model"])

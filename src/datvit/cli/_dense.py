@@ -270,15 +270,15 @@ def build_export_parser(p: argparse.ArgumentParser, task: str) -> argparse.Argum
             nargs="+",
             default=None,
             metavar="N",
-            help="H [W] to export at while the graph's H×W is fixed (default: the training crop); any H×W is "
-            "padded to /32 inside the graph and cropped back",
+            help="H [W] to trace and check at (default: the training crop); the graph takes any H×W ≥ the "
+            "model's minimum (padded to /32 inside the graph and cropped back) unless --static-size",
         )
         p.add_argument(
-            "--dynamic-size",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="symbolic H and W in the graph (default: when the DAT backbone exports them; until then the "
-            "graph has the --img-size and predict runs larger images in windows of it)",
+            "--static-size",
+            action="store_true",
+            help="fix the graph's H×W to --img-size (as datvit export --static-size; predict then runs larger "
+            "images in windows of that size); the default is dynamic wherever the DAT backbone exports a "
+            "symbolic size",
         )
         p.add_argument(
             "--sampling",

@@ -63,15 +63,16 @@ class DensePredictConfig:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class DenseExportConfig:
     """``datvit det|seg export``: a checkpoint written as ``format`` to ``output``, then checked against eager
-    (``datvit.dense.export``). ``img_size``: segmentation, the (fixed-graph) export size, default the training
-    crop; detection, the example image the ONNX exporter traces (its size stays dynamic)."""
+    (``datvit.dense.export``). ``img_size``: segmentation, the size traced and checked (the graph's only size with
+    ``static_size``), default the training crop; detection, the example image the ONNX exporter traces (its size
+    stays dynamic)."""
 
     checkpoint: str
     output: str
     format: str = "onnx"
     onnx_exporter: str = "legacy"
     img_size: Optional[Sequence[int]] = None
-    dynamic_size: Optional[bool] = None
+    static_size: bool = False
     opset: Optional[int] = None
     sampling: Optional[str] = None
     use_ema: bool = False
@@ -422,7 +423,7 @@ def run_export(config: DenseExportConfig, task: str) -> dict[str, Any]:
     if task == "segmentation":
         default = int((ckpt.get("data_config") or {}).get("crop_size") or 512)
         h, w = dx.resolve_segmenter_size(model, config.img_size, default)
-        dynamic = dx.dynamic_size_supported() if config.dynamic_size is None else config.dynamic_size
+        dynamic = not config.static_size and dx.dynamic_size_supported()
         opset = config.opset or dx.DEFAULT_OPSET
         size = "dynamic H×W" if dynamic else f"fixed {h}×{w} (smaller images are padded, larger ones windowed)"
         sampling = f", {config.sampling} sampling" if config.sampling else ""

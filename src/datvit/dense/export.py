@@ -222,7 +222,7 @@ def export_segmenter(
     elif dynamic_size and not dynamic_size_supported():
         raise ExportError(
             "a dynamic H×W needs the DAT backbone to export with symbolic sizes, which this datvit's "
-            "tools.export.export_onnx does not offer yet; export at a fixed size (--img-size H W)"
+            "tools.export.export_onnx does not offer yet; export at a fixed size (dynamic_size=False)"
         )
     segmenter.eval()
     wrapper = ExportableSegmenter(segmenter, any_size=bool(dynamic_size)).eval()
