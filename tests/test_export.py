@@ -14,8 +14,10 @@ from datvit.models.factory import arch_record, build_model, resolve_model_kwargs
 from datvit.tools.export import (
     ExportError,
     check_export,
+    check_export_sizes,
     example_batch,
     export_onnx,
+    export_sizes,
     export_torch,
     load_exported,
     resolve_input_size,
@@ -23,48 +25,76 @@ from datvit.tools.export import (
 from test_tracing import small
 from train_helpers import TINY_MODEL_KWARGS
 
+# One export per family, traced at 64×64 and run at every size from the same file: the export size, a non-square
+# one and one that is not a multiple of 32 (export_sizes: 64×64, 32×96, 40×72; padded and shifted windows, maps
+# smaller than the neighborhood kernel, one-pixel stage-4 maps at 32×32). Each export takes seconds.
+SIZES_64 = [(3, 64, 64), (3, 32, 96), (3, 40, 72)]
 
-# DAT++ also at a second, non-square size (a second export: H and W are fixed in the graph); DAT v1 gets its
-# second size, with padded windows, in test_cli_export_onnx_and_check. Each export takes seconds.
-@pytest.mark.parametrize("family,sizes", [("dat", [(64, 64)]), ("datpp", [(64, 64), (48, 80)])])
-def test_onnx_dynamic_batch_matches_fast_and_reference_paths(family, sizes, tmp_path):
-    """Batch dynamic (1 and 3 run from one file); onnxruntime matches the fast path and the reference path to
-    1e-4."""
+
+@pytest.mark.parametrize("family", ["dat", "datpp"])
+def test_onnx_one_file_every_size_matches_fast_and_reference_paths(family, tmp_path):
+    """Batch, height and width dynamic: onnxruntime runs the one file at batch 1 and 3 and at four sizes (the
+    model's minimum among them), matching the fast path and the reference path to 1e-4; below the minimum the
+    runner raises, naming it."""
     m = small(family)
-    for h, w in sizes:
-        path = export_onnx(m, tmp_path / f"m{h}x{w}.onnx", (3, h, w))
-        graph = onnx.load(path)
-        assert {"GridSample"} <= {n.op_type for n in graph.graph.node}
-        assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # a named, dynamic batch
-        run = load_exported(path, "onnx")
-        for b in (1, 3):
-            x = example_batch((3, h, w), b, seed=b)
-            with torch.no_grad():
-                fast = m(x)
-                reference = m.set_reference(True)(x)
-                m.set_reference(False)
-            out = run(x)
-            torch.testing.assert_close(out, fast, atol=1e-4, rtol=1e-4)
-            torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
-            if b == 3 and "openvino" in _onnx_runtimes():  # the same file in OpenVINO (CPU, f32)
-                torch.testing.assert_close(load_exported(path, "onnx", "openvino")(x), fast, atol=1e-4, rtol=1e-4)
-        with pytest.raises(Exception):  # another spatial size is refused by the fixed graph
-            run(example_batch((3, h + 32, w), 1))
+    assert export_sizes(m, (3, 64, 64)) == SIZES_64
+    path = export_onnx(m, tmp_path / "m.onnx", (3, 64, 64))
+    graph = onnx.load(path)
+    assert {"GridSample"} <= {n.op_type for n in graph.graph.node}
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims] == ["batch", "", "height", "width"] and dims[1].dim_value == 3
+    assert {p.key: p.value for p in graph.metadata_props}["datvit.min_input_size"] == "32"
+    run = load_exported(path, "onnx")
+    for i, size in enumerate([*SIZES_64, (3, 32, 32)]):
+        x = example_batch(size, 3 if i == 0 else 1, seed=i)
+        with torch.no_grad():
+            fast = m(x)
+            reference = m.set_reference(True)(x)
+            m.set_reference(False)
+        out = run(x)
+        torch.testing.assert_close(out, fast, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(out, reference, atol=1e-4, rtol=1e-4)
+        if i == 1 and "openvino" in _onnx_runtimes():  # the same file in OpenVINO (CPU, f32)
+            torch.testing.assert_close(load_exported(path, "onnx", "openvino")(x), fast, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="input 16×48 is too small for this exported model: .* at least 32"):
+        run(example_batch((3, 16, 48), 1))
 
 
-def test_torch_export_file_and_atomic_replace(tmp_path):
-    m = small("datpp")
+@pytest.mark.parametrize("family", ["dat", "datpp"])
+def test_torch_export_one_program_every_size_and_atomic_replace(family, tmp_path):
+    """The ExportedProgram takes every size ≥ the minimum (checked at three sizes and the minimum, to float32
+    rounding) and refuses smaller inputs with torch.export's range check. The file replaces an earlier one
+    atomically, and a failing export leaves it as it was."""
+    m = small(family)
     target = tmp_path / "model.pt2"
     target.write_bytes(b"previous")
-    export_torch(m, target, (3, 64, 64))
-    check = check_export(target, "torch-export", m, (3, 64, 64), batch=3)
-    assert check.max_abs_diff < 1e-5 and check.input_shape == (3, 3, 64, 64)
+    path = export_torch(m, target, (3, 64, 64))
     assert [p.name for p in tmp_path.iterdir()] == ["model.pt2"]  # no staging files left behind
-    # a failing export leaves the earlier file as it was
+    checks = check_export_sizes(path, "torch-export", m, [*SIZES_64, (3, 32, 32)], batch=1)
+    assert [c.input_shape[-2:] for c in checks] == [(64, 64), (32, 96), (40, 72), (32, 32)]
+    assert max(c.max_abs_diff for c in checks) < 1e-5
+    assert check_export(path, "torch-export", m, (3, 64, 64), batch=3).input_shape == (3, 3, 64, 64)
+    with pytest.raises(Exception, match=">= 32"):
+        load_exported(path, "torch-export")(example_batch((3, 64, 24), 1))
     keep = target.read_bytes()
     with pytest.raises(ValueError, match="opset"):
         export_onnx(m, target, (3, 64, 64), opset=13)
     assert target.read_bytes() == keep
+
+
+def test_static_size_graph_is_fixed(tmp_path):
+    """dynamic_size=False (--static-size): H×W fixed to the export size, which runs; another size is refused."""
+    m = small("dat")
+    path = export_onnx(m, tmp_path / "static.onnx", (3, 48, 40), dynamic_size=False)
+    dims = onnx.load(path).graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[2:]] == [48, 40]
+    assert export_sizes(m, (3, 48, 40), dynamic_size=False) == [(3, 48, 40)]
+    run = load_exported(path, "onnx")
+    x = example_batch((3, 48, 40), 2, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(run(x), m(x), atol=1e-4, rtol=1e-4)
+    with pytest.raises(Exception):
+        run(example_batch((3, 80, 40), 1))
 
 
 def test_cli_constants_match_the_tools():
@@ -108,19 +138,27 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def test_cli_export_onnx_and_check(tiny_checkpoint, tmp_path, capsys):
+    """The default: one graph for every size, checked at the export size, a non-square size and one that is not a
+    multiple of 32; --static-size fixes the size and checks it alone."""
     path, model = tiny_checkpoint
     out = tmp_path / "sub" / "tiny.onnx"
-    assert (
-        main(["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(out), "--img-size", "48", "40"])
-        == 0
-    )
+    argv = ["export", "--checkpoint", str(path), "--format", "onnx", "--output", str(out), "--img-size", "48", "40"]
+    assert main(argv) == 0
     text = capsys.readouterr().out
-    assert "3×48×40, dynamic batch" in text and "onnxruntime (CPU) vs eager" in text and "max |Δ|" in text
-    diff = float(text.split("max |Δ| = ")[1].split()[0])
-    assert diff < 1e-4
-    x = example_batch((3, 48, 40), 2, seed=5)
+    assert "3×H×W for any H, W ≥ 32 (traced at 48×40), dynamic batch" in text and "max |Δ|" in text
+    checks = [line for line in text.splitlines() if line.startswith("check: onnxruntime (CPU) vs eager")]
+    assert [c.split("batch ")[1].split(":")[0] for c in checks] == [
+        "(2, 3, 48, 40)",
+        "(2, 3, 80, 72)",
+        "(2, 3, 56, 48)",
+    ]
+    assert all(float(c.split("max |Δ| = ")[1].split()[0]) < 1e-4 for c in checks)
+    x = example_batch((3, 36, 100), 2, seed=5)
     with torch.no_grad():
         np.testing.assert_allclose(load_exported(out, "onnx")(x).numpy(), model(x).numpy(), atol=1e-4)
+    assert main([*argv, "--static-size"]) == 0
+    text = capsys.readouterr().out
+    assert "3×48×40, dynamic batch" in text and text.count("check: ") == 1
 
 
 @pytest.mark.parametrize(

@@ -3,9 +3,12 @@
 The model is loaded by the inference layer like every other command (a datvit checkpoint or a safetensors +
 config.json directory records its architecture; the authors' .pth needs --model), exported on CPU in float32
 with a dynamic batch size, written atomically, then checked: the file is run (onnxruntime or OpenVINO on CPU,
-the loaded ExportedProgram, the loaded ScriptModule) against the eager model on a random batch of 2 and the largest
-logit difference is printed. ONNX and torch.export fix the image size (--img-size, default the checkpoint's);
-TorchScript takes any size.
+the loaded ExportedProgram, the loaded ScriptModule) against the eager model on random batches of 2 and the largest
+logit difference is printed. One file serves every image size: ONNX and torch.export graphs take any height and
+width from the model's minimum (32 for the four-stage models; any size, not only multiples of 32), and are
+checked at three sizes from the same file (--img-size, default the checkpoint's; one non-square; one not a
+multiple of 32). --static-size fixes H×W to --img-size instead (the size-dependent index maths then folds into
+constants; the graph runs at that size only). TorchScript takes any size.
 
 --sampling gather writes the deformable blocks' bilinear sampling and position bias as gathers and arithmetic
 instead of ONNX GridSample (equal to the default graph within 1e-5): for runtimes that lack GridSample or get it
@@ -23,7 +26,8 @@ from ._run_args import add_trust_checkpoint_argument
 EPILOG = """examples:
   datvit export --checkpoint output/train/run/best.pth --format onnx --output dat.onnx
   datvit export --model dat_tiny --checkpoint dat_tiny_in1k_224.pth --format torch-export --output dat_tiny.pt2
-  datvit export --model datpp_tiny --checkpoint datpp_tiny.pth --format onnx --img-size 288 --output datpp_288.onnx
+  datvit export --model datpp_tiny --checkpoint datpp_tiny.pth --format onnx --output datpp_tiny.onnx  # any H×W
+  datvit export --model dat_tiny --checkpoint dat_tiny.pth --format onnx --static-size --img-size 288 --output dat_288.onnx
   datvit export --checkpoint best.pth --format torchscript --output dat_scripted.pt
   datvit export --checkpoint best.pth --format onnx --sampling gather --check-runtime openvino --output dat.onnx
 """
@@ -64,8 +68,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         default=None,
         metavar="N",
-        help="input size H, or H W, to export at (default: the checkpoint's); ONNX and torch-export "
-        "files run at this size only",
+        help="input size H, or H W, to trace and check at (default: the checkpoint's); ONNX and torch-export "
+        "files take any size ≥ the model's minimum unless --static-size",
     )
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}, 18+)")
     p.add_argument(
@@ -83,6 +87,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="what runs an ONNX file for the check: onnxruntime (default) or openvino (CPU, float32)",
     )
     p.add_argument("--static-batch", action="store_true", help="fix the batch size to 1 instead of dynamic")
+    p.add_argument(
+        "--static-size",
+        action="store_true",
+        help="fix H×W of ONNX and torch-export graphs to --img-size instead of dynamic (the index maths of "
+        "windows, masks and tiling becomes constants)",
+    )
     p.add_argument("--no-check", action="store_true", help="do not run the exported file against eager")
     p.add_argument("--use-ema", action="store_true", help="export the checkpoint's EMA weights")
     p.add_argument("--num-classes", type=int, default=None, help="classifier size (default: from the weights)")
@@ -144,7 +154,7 @@ def _load(args: argparse.Namespace):
 
 
 def export(args: argparse.Namespace) -> None:
-    from ..tools.export import check_export, export_model, resolve_input_size, timed
+    from ..tools.export import check_export_sizes, export_model, export_sizes, resolve_input_size, timed
 
     if args.format not in FORMATS:
         raise ValueError(f"--format {args.format!r} is not one of {', '.join(FORMATS)}")
@@ -159,7 +169,14 @@ def export(args: argparse.Namespace) -> None:
     c, h, w = input_size
     what = {"onnx": f"ONNX (opset {args.opset})", "torch-export": "torch.export", "torchscript": "TorchScript"}
     batch = "batch 1" if args.static_batch else "dynamic batch"
-    size = "any size" if args.format == "torchscript" else f"{c}×{h}×{w}"
+    static_size = getattr(args, "static_size", False) or bool(getattr(model, "strict_img_size", False))
+    if args.format == "torchscript":
+        size = "any size"
+    elif static_size:
+        size = f"{c}×{h}×{w}"
+    else:
+        m = int(getattr(model, "min_input_size", 1))
+        size = f"{c}×H×W for any H, W ≥ {m} (traced at {h}×{w})"
     graph = ", GridSample-free (gather sampling)" if sampling == "gather" else ""
     print(f"exporting {name} to {what[args.format]}, {size}, {batch}{graph} ...", flush=True)
     path, seconds = timed(
@@ -171,6 +188,7 @@ def export(args: argparse.Namespace) -> None:
         dynamic_batch=not args.static_batch,
         opset=args.opset,
         sampling=sampling,
+        dynamic_size=not static_size,
     )
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB) in {seconds:.1f} s", flush=True)
     if args.no_check:
@@ -180,17 +198,21 @@ def export(args: argparse.Namespace) -> None:
         "torch-export": "the loaded ExportedProgram",
         "torchscript": "the loaded ScriptModule",
     }[args.format]
-    check = check_export(
-        path, args.format, model, input_size, batch=1 if args.static_batch else 2, runtime=check_runtime
+    sizes = export_sizes(model, input_size, dynamic_size=not static_size)
+    checks = check_export_sizes(
+        path, args.format, model, sizes, batch=1 if args.static_batch else 2, runtime=check_runtime
     )
-    print(
-        f"check: {runner} vs eager on a random batch {check.input_shape}: max |Δ| = {check.max_abs_diff:.3g} "
-        f"(logits up to {check.output_max_abs:.3g})"
-    )
-    if check.max_abs_diff > CHECK_TOLERANCE * max(1.0, check.output_max_abs):
-        from ..tools.export import ExportError
-
-        raise ExportError(
-            f"the exported file differs from eager by {check.max_abs_diff:.3g} (> {CHECK_TOLERANCE:g}"
-            f" relative): {path} was written but should not be trusted"
+    for check in checks:
+        print(
+            f"check: {runner} vs eager on a random batch {check.input_shape}: max |Δ| = {check.max_abs_diff:.3g} "
+            f"(logits up to {check.output_max_abs:.3g})"
         )
+    for check in checks:
+        if check.max_abs_diff > CHECK_TOLERANCE * max(1.0, check.output_max_abs):
+            from ..tools.export import ExportError
+
+            raise ExportError(
+                f"the exported file differs from eager by {check.max_abs_diff:.3g} (> {CHECK_TOLERANCE:g}"
+                f" relative) at {check.input_shape[-2]}×{check.input_shape[-1]}: {path} was written but should "
+                "not be trusted"
+            )

@@ -25,7 +25,10 @@ def biased_attention(
     """softmax(q·kᵀ/√c + bias)·v for q: N×…×L×c, k, v: N×…×S×c. ``bias`` is broadcastable to N×…×L×S, or
     has a leading dimension nW that divides N (N = B·nW, windows-minor: a per-window bias repeated over the
     batch). The explicit form adds such a bias by broadcasting over B; SDPA gets it expanded."""
-    periodic = bias is not None and bias.dim() == q.dim() and bias.shape[0] not in (1, q.shape[0])
+    if not torch.jit.is_scripting():
+        periodic = bias is not None and _periodic_bias(bias, q)
+    else:
+        periodic = bias is not None and bias.dim() == q.dim() and bias.shape[0] not in (1, q.shape[0])
     # one condition, not a named flag: TorchScript refines the Optional bias only inside the test itself
     if bias is None or not (
         q.device.type == "cpu"
@@ -61,6 +64,22 @@ def biased_attention(
     if dropout_p > 0:
         attn = F.dropout(attn, dropout_p)
     return torch.matmul(attn, v)
+
+
+@torch.jit.unused
+def _periodic_bias(bias: torch.Tensor, q: torch.Tensor) -> bool:
+    """Whether ``bias`` has a leading dimension nW ∉ {1, N} that divides q's N (see ``biased_attention``). While
+    exporting, a leading dimension that is symbolically 1 or N answers without a guard (a dynamic-size export
+    must not ask whether its batch or its number of windows is 1)."""
+    if bias.dim() != q.dim():
+        return False
+    n, total = bias.shape[0], q.shape[0]
+    if torch.compiler.is_exporting():
+        from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+        if statically_known_true(n == 1) or statically_known_true(n == total):
+            return False
+    return n not in (1, total)
 
 
 @torch.jit.unused

@@ -25,11 +25,12 @@ from .ops import (
     grid_sample_bilinear,
     linear_from_pointwise_conv,
     pointwise,
-    sample_channels_last,
     position_bias_gather,
+    sample_channels_last,
 )
-
+from .shapes import conv_input, symbolic_sizes
 from .tracing import ExecutionMode, execution_mode, export_sampling
+
 Generation = Literal["v1", "pp"]
 
 
@@ -43,30 +44,46 @@ def deformable_position_bias(table: torch.Tensor, pos: torch.Tensor, q_grid: tor
     1.2–1.7× faster than a direct four-corner gather forward, 2–4× backward. Graphs exported under
     ``export_options(sampling="gather")`` read the table by gathers instead (``ops.position_bias_gather``).
     """
-    heads, th, tw = table.shape
     if not torch.jit.is_scripting():
         if execution_mode(table) is ExecutionMode.EXPORTING and export_sampling() == "gather":
             return position_bias_gather(table, pos, q_grid)
+    heads, th, tw = table.shape
     B, G, ns, _ = pos.shape
     H, W, _ = q_grid.shape
     # halved before the broadcast (exact: a power of two), so the grid is written in one pass; the query half is
     # first repeated over the samples (H·W×Ns×2, small), so that pass runs over rows of Ns·2 contiguous values
     # instead of an inner loop of 2 (7× faster at dat_tiny's stage 3)
-    q_xy = q_grid.flip(-1).reshape(1, H * W, 1, 2).mul(0.5).expand(1, H * W, ns, 2).contiguous()
+    # (a clone: contiguous() would test contiguity, which a dynamic-size export has to guard on, Ns = 1)
+    q_xy = q_grid.flip(-1).reshape(1, H * W, 1, 2).mul(0.5).expand(1, H * W, ns, 2)
+    q_xy = q_xy.clone(memory_format=torch.contiguous_format)
     p_xy = pos.flip(-1).reshape(B * G, 1, ns * 2).mul(0.5)
     grid = torch.sub(q_xy.view(1, H * W, ns * 2), p_xy).view(B * G, H * W, ns, 2)
-    tables = table.reshape(1, heads, th, tw).expand(B, -1, -1, -1).reshape(B * G, heads // G, th, tw)
+    tables = table.reshape(G, heads // G, th, tw).repeat(B, 1, 1, 1)  # (B·G)×(heads/G)×Th×Tw
     bias = grid_sample_bilinear(tables, grid)
     return bias.view(B, heads, H * W, ns)
 
 
 def _reference_axis(n: int, generation: str, dtype: torch.dtype, device: Optional[torch.device]) -> torch.Tensor:
+    if not torch.jit.is_scripting():  # folded by TorchScript: sizes are ints there
+        if symbolic_sizes(n, n):
+            return _reference_axis_symbolic(n, generation, dtype, device)
     i = torch.arange(n, dtype=dtype, device=device) + 0.5
     if generation == "v1":
         return i.div(n).mul(2.0).sub(1.0)
     if n == 1:
         return torch.zeros(1, dtype=dtype, device=device)
     return i.div(n - 1.0).mul(2.0).sub(1.0)
+
+
+@torch.jit.unused
+def _reference_axis_symbolic(n: int, generation: str, dtype: torch.dtype, device: Optional[torch.device]):
+    """``_reference_axis`` for a symbolic ``n`` (a dynamic-size export): DAT++ divides by max(n − 1, 1), which at
+    n = 1 gives (0 + 0.5)/1·2 − 1 = 0, the axis of the branch. (An integer ``arange`` cast: a floating-point
+    ``arange`` of a symbolic length guards on the length being > 1.)"""
+    i = torch.arange(n, device=device).to(dtype) + 0.5
+    if generation == "v1":
+        return i.div(n).mul(2.0).sub(1.0)
+    return i.div(torch.sym_max(n - 1, 1)).mul(2.0).sub(1.0)
 
 
 @register_notrace_function  # branches on the key-grid size (see layers/tracing.py)
@@ -89,9 +106,19 @@ def reference_points(
 
 
 def _query_axis(n: int, dtype: torch.dtype, device: Optional[torch.device]) -> torch.Tensor:
+    if not torch.jit.is_scripting():  # folded by TorchScript: sizes are ints there
+        if symbolic_sizes(n, n):
+            return _query_axis_symbolic(n, dtype, device)
     if n == 1:
         return torch.zeros(1, dtype=dtype, device=device)
     return torch.arange(n, dtype=dtype, device=device).div(n - 1.0).mul(2.0).sub(1.0)
+
+
+@torch.jit.unused
+def _query_axis_symbolic(n: int, dtype: torch.dtype, device: Optional[torch.device]) -> torch.Tensor:
+    """``_query_axis`` for a symbolic ``n``: i / max(n − 1, 1)·2 − min(n − 1, 1), which is 0 at n = 1."""
+    i = torch.arange(n, device=device).to(dtype)
+    return i.div(torch.sym_max(n - 1, 1)).mul(2.0).sub(torch.sym_min(n - 1, 1))
 
 
 @register_notrace_function  # branches on the map size (see layers/tracing.py)
@@ -112,9 +139,24 @@ def query_grid(
 @register_notrace_function  # branches on the key-grid size (see layers/tracing.py)
 def offset_range(hk: int, wk: int, generation: str, like: torch.Tensor) -> torch.Tensor:
     """(y, x) scale of tanh(offset): 1/size (v1) or 1/max(size − 1, 1) (DAT++), as a tensor like ``like``."""
+    if not torch.jit.is_scripting():  # folded by TorchScript: sizes are ints there
+        if symbolic_sizes(hk, wk):
+            return _offset_range_symbolic(hk, wk, generation, like)
     if generation == "v1":
         return torch.tensor([1.0 / hk, 1.0 / wk], dtype=like.dtype, device=like.device)
     return torch.tensor([1.0 / max(hk - 1.0, 1.0), 1.0 / max(wk - 1.0, 1.0)], dtype=like.dtype, device=like.device)
+
+
+@torch.jit.unused
+def _offset_range_symbolic(hk: int, wk: int, generation: str, like: torch.Tensor) -> torch.Tensor:
+    """``offset_range`` for symbolic sizes: the divisors as a tensor computed in the graph (``torch.tensor`` of
+    Python floats would fix the sizes), 1 / that in ``like``'s dtype."""
+    if generation == "v1":
+        dy, dx = hk, wk
+    else:
+        dy, dx = torch.sym_max(hk - 1, 1), torch.sym_max(wk - 1, 1)
+    sizes = torch.stack([like.new_full((), dy, dtype=torch.float64), like.new_full((), dx, dtype=torch.float64)])
+    return sizes.reciprocal().to(like.dtype)
 
 
 @register_notrace_function  # branches on a dtype (see layers/tracing.py)
@@ -246,12 +288,27 @@ class DeformableAttention(nn.Module):
         weight = dw.weight.repeat(self.groups, 1, 1, 1)
         dw_bias = dw.bias
         bias = dw_bias.repeat(self.groups) if dw_bias is not None else None
-        h = F.conv2d(q.permute(0, 3, 1, 2), weight, bias, self.stride, self.offset_conv_padding, groups=self.dim)
+        h = F.conv2d(conv_input(q), weight, bias, self.stride, self.offset_conv_padding, groups=self.dim)
         hk, wk = h.shape[-2:]
+        if not torch.jit.is_scripting():  # folded by TorchScript: sizes are ints there
+            if symbolic_sizes(hk, wk):
+                return self._offsets_tail_symbolic(h)
         h = h.permute(0, 2, 3, 1).reshape(B, hk, wk, self.groups, self.group_dim)
         h = F.gelu(self.conv_offset[1](h))  # the LayerNorm
         off = F.linear(h, pw.weight.flatten(1))  # B×Hk×Wk×G×2
         return off.permute(0, 3, 1, 2, 4).reshape(B * self.groups, hk, wk, 2)
+
+    @torch.jit.unused
+    def _offsets_tail_symbolic(self, h: torch.Tensor) -> torch.Tensor:
+        """The offset network after its depthwise conv, for symbolic sizes (a dynamic-size export): ``h``
+        (contiguous B×C×Hk×Wk, ``shapes.conv_input``) is split into groups by a view and permuted, so that no
+        reshape has to decide from the strides of a possibly 1-pixel map whether it can be a view (each such
+        decision is a guard that would narrow the exported size range)."""
+        B, _, hk, wk = h.shape
+        h = h.view(B, self.groups, self.group_dim, hk, wk).permute(0, 1, 3, 4, 2)  # B×G×Hk×Wk×Cg
+        h = F.gelu(self.conv_offset[1](h))  # the LayerNorm
+        off = F.linear(h, self.conv_offset[3].weight.flatten(1))  # B×G×Hk×Wk×2, contiguous
+        return off.reshape(B * self.groups, hk, wk, 2)
 
     def forward(
         self, x: torch.Tensor, return_positions: bool = False

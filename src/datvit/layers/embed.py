@@ -5,6 +5,7 @@ from torch import nn
 
 from .norm import ChannelLayerNorm
 from .ops import to_channels_last
+from .shapes import conv_input
 
 
 class _ConvNormSequence(nn.Sequential):
@@ -23,7 +24,7 @@ class _ConvNormSequence(nn.Sequential):
                 x = layer(x)
             elif isinstance(layer, nn.Conv2d):
                 if channels_last:
-                    x, channels_last = x.permute(0, 3, 1, 2), False
+                    x, channels_last = conv_input(x), False
                 x = layer(x)
             else:
                 x = layer(x)
@@ -71,4 +72,4 @@ class Downsample(_ConvNormSequence):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: B×H×W×C → B×H/2×W/2×C'."""
-        return super().forward(x.permute(0, 3, 1, 2))
+        return super().forward(conv_input(x))

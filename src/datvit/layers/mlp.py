@@ -11,6 +11,7 @@ from .ops import (
     pointwise,
     residual_depthwise_conv,
 )
+from .shapes import conv_input_channels_last
 
 # the fast-path kernels are leaves of fx graphs (see layers/tracing.py)
 torch.fx.wrap("dense")
@@ -74,7 +75,7 @@ class ConvMlp(nn.Module):
             h = first(x)
         else:
             h = pointwise(x, first.weight, first.bias)
-        h = self.drop1(residual_depthwise_conv(h, self.dwc.weight, self.dwc.bias, gelu=True))
+        h = self.drop1(residual_depthwise_conv(conv_input_channels_last(h), self.dwc.weight, self.dwc.bias, gelu=True))
         if isinstance(second, nn.Linear):
             return self.drop2(second(h))
         return self.drop2(pointwise(h, second.weight, second.bias))

@@ -8,7 +8,8 @@ NATTEN) and cropped after.
 Two implementations: ``reference_forward`` gathers each query's k×k keys explicitly (the definition, memory k²×);
 ``forward`` cuts the queries into t×t tiles, gives each tile the (t+k−1)² halo of keys that covers all of its
 windows, and runs one ``scaled_dot_product_attention`` with the bias and the out-of-window mask as an additive mask;
-maps up to 2t on a side are one tile (the whole map), which needs no halo copies at all.
+maps up to 2t on a side are one tile (the whole map), which needs no halo copies at all. A graph exported with a
+symbolic H×W takes t×t tiles with a (t+k−1)² halo at every size (``_neighborhood_attention_tiles_symbolic``).
 """
 
 from typing import Optional
@@ -21,6 +22,7 @@ from torch import nn
 
 from .attention import biased_attention
 from .ops import dense
+from .shapes import ceil_div, symbolic_sizes
 from .tracing import ExecutionMode, execution_mode
 
 
@@ -82,6 +84,9 @@ def neighborhood_attention_tiled(
     k/v part of ``qkv``; the bias and the out-of-window mask form one additive mask shared by the batch.
     """
     B, H, W, _, heads, c = qkv.shape
+    if not torch.jit.is_scripting():  # folded by TorchScript: sizes are ints there
+        if symbolic_sizes(H, W):
+            return _neighborhood_attention_tiles_symbolic(qkv, rpb, kernel_size, tile, dropout_p)
     if H <= 2 * tile and W <= 2 * tile:
         # Small map: one tile holding the whole map. q, k, v are strided views of qkv (no halo copies); the
         # mask keeps each query's k×k window.
@@ -116,6 +121,65 @@ def neighborhood_attention_tiled(
     out = biased_attention(q, k, v, mask.to(q.dtype), dropout_p)
     out = out.view(B, heads, nty, ntx, ty, tx, c).permute(0, 2, 4, 3, 5, 1, 6).reshape(B, nty * ty, ntx * tx, heads * c)
     return out[:, :H, :W]
+
+
+@torch.jit.unused
+def _tile_halo_symbolic(length: int, tile: int, kernel_size: int, device: Optional[torch.device]):
+    """``_tile_halo`` for a symbolic ``length`` L (the real map; the map itself is padded by k − 1, see
+    ``_pad_to_kernel_symbolic``): every tile gets a halo of t + k − 1 keys, starting at the window of its first
+    query. Windows start at clamp(i − k//2, 0, max(L, k) − k), max(L, k) being the map NATTEN pads to; keys past
+    the padded map's end are clamped for the gather and lie in no window, so the mask drops them."""
+    n_tiles = ceil_div(length, tile)
+    halo = tile + kernel_size - 1
+    tiles = torch.arange(n_tiles, device=device)
+    queries = (tiles[:, None] * tile + torch.arange(tile, device=device)).clamp(max=length - 1)  # n×t
+    last_start = torch.full((), length - kernel_size, device=device).clamp(min=0)  # max(L, k) − k, in the graph
+    first = torch.minimum((queries - kernel_size // 2).clamp(min=0), last_start)  # n×t
+    keys = first[:, :1] + torch.arange(halo, device=device)  # n×L_k
+    inside = (keys[:, None, :] >= first[:, :, None]) & (keys[:, None, :] < first[:, :, None] + kernel_size)
+    bias_index = (keys[:, None, :] - queries[:, :, None] + kernel_size - 1).clamp(0, 2 * kernel_size - 2)
+    return keys.clamp(max=length + kernel_size - 2), inside, bias_index
+
+
+@torch.jit.unused
+def _neighborhood_attention_tiles_symbolic(
+    qkv: torch.Tensor, rpb: torch.Tensor, kernel_size: int, tile: int, dropout_p: float
+) -> torch.Tensor:
+    """``neighborhood_attention_tiled`` for symbolic sizes (a dynamic-size export): one formulation for every size.
+
+    ``qkv`` is the projection of the map padded by exactly k − 1 (``_pad_to_kernel_symbolic``), so the real size
+    is known without a ``max``; returns B×H×W×(heads·c) for the real H×W. t×t query tiles with (t+k−1)² halos
+    (queries past the map's end repeat its last row or column and are dropped by the final gather), where the
+    eager path picks the whole map as one tile up to 2t and tiles of min(t, H)×min(t, W) above. Same result to
+    float rounding (the masked keys add exact zeros; the sums run in another order). Copies are ``clone``s and
+    crops gathers: a ``contiguous()``, a reshape of a permuted tensor or a slice would make the export guard on
+    sizes (whether a dimension is 1, whether a slice is shorter than the tensor)."""
+    B, Hp, Wp, _, heads, c = qkv.shape
+    H, W = Hp - (kernel_size - 1), Wp - (kernel_size - 1)
+    t, device = tile, qkv.device
+    rows, in_y, by = _tile_halo_symbolic(H, t, kernel_size, device)
+    cols, in_x, bx = _tile_halo_symbolic(W, t, kernel_size, device)
+    nty, ntx, lk = ceil_div(H, t), ceil_div(W, t), t + kernel_size - 1
+    n_tiles = heads * nty * ntx
+
+    qkv = qkv.view(B, Hp * Wp, 3, heads, c).permute(2, 0, 3, 1, 4).clone(memory_format=torch.contiguous_format)
+    halo = (rows[:, None, :, None] * Wp + cols[None, :, None, :]).reshape(-1)  # nty×ntx×lk×lk
+    q_rows = torch.arange(nty * t, device=device).clamp(max=H - 1).view(nty, t)
+    q_cols = torch.arange(ntx * t, device=device).clamp(max=W - 1).view(ntx, t)
+    tiles = (q_rows[:, None, :, None] * Wp + q_cols[None, :, None, :]).reshape(-1)  # nty×ntx×t×t
+    q = qkv[0].index_select(2, tiles).view(B, n_tiles, t * t, c)
+    k, v = qkv[1:].index_select(3, halo).view(2, B, n_tiles, lk * lk, c).unbind(0)
+    bias = rpb[:, by[:, :, :, None, None, None], bx[None, None, None, :, :, :]]
+    inside = in_y[:, :, :, None, None, None] & in_x[None, None, None, :, :, :]
+    mask = bias.masked_fill(~inside, float("-inf"))
+    mask = mask.permute(0, 1, 4, 2, 5, 3, 6).clone(memory_format=torch.contiguous_format)
+    # expanded over the batch here: SDPA broadcasting a mask of batch 1 guards on the batch being 1
+    mask = mask.view(1, n_tiles, t * t, lk * lk).expand(B, -1, -1, -1)
+    out = biased_attention(q, k, v, mask.to(q.dtype), dropout_p)  # B×(heads·nty·ntx)×t²×c
+    out = out.view(B, heads, nty, ntx, t, t, c).permute(0, 2, 4, 3, 5, 1, 6)
+    out = out.clone(memory_format=torch.contiguous_format).view(B, nty * t * ntx * t, heads * c)
+    real = (torch.arange(H, device=device)[:, None] * (ntx * t) + torch.arange(W, device=device)[None, :]).reshape(-1)
+    return out.index_select(1, real).view(B, H, W, heads * c)
 
 
 _BLOCK_MASKS: dict = {}
@@ -163,11 +227,23 @@ def neighborhood_attention_flex(qkv: torch.Tensor, rpb: torch.Tensor, kernel_siz
 
 @register_notrace_function  # branches on the map size (see layers/tracing.py)
 def pad_to_kernel(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Zero-pad a B×H×W×C map on the right/bottom to at least k×k (NATTEN pads maps smaller than the kernel)."""
+    """Zero-pad a B×H×W×C map on the right/bottom to at least k×k (NATTEN pads maps smaller than the kernel).
+    With symbolic sizes always by k − 1 (``_pad_to_kernel_symbolic``)."""
+    if not torch.jit.is_scripting():  # folded by TorchScript: sizes are ints there
+        if symbolic_sizes(x.shape[1], x.shape[2]):
+            return _pad_to_kernel_symbolic(x, kernel_size)
     pad_b, pad_r = max(0, kernel_size - x.shape[1]), max(0, kernel_size - x.shape[2])
     if pad_b > 0 or pad_r > 0:
         x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
     return x
+
+
+@torch.jit.unused
+def _pad_to_kernel_symbolic(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """``pad_to_kernel`` for symbolic sizes: k − 1 zero rows and columns at every size (a pad of max(0, k − H)
+    would give sizes that are a ``max``, on which every later shape decision guards). The N block's symbolic path
+    masks the keys that NATTEN's padding to k would not add (``_tile_halo_symbolic``)."""
+    return F.pad(x, (0, 0, 0, kernel_size - 1, 0, kernel_size - 1))
 
 
 @torch.jit.unused

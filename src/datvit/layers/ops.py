@@ -662,9 +662,13 @@ def sample_channels_last(x: torch.Tensor, pos: torch.Tensor, groups: int) -> tor
         return _embedding_bag_channels_last(x, pos, groups)  # what eager runs on CPU
     B, H, W, C = x.shape
     hk, wk = pos.shape[1], pos.shape[2]
-    x_groups = x.permute(0, 3, 1, 2).reshape(B * groups, C // groups, H, W)
+    # (the copy a reshape makes anyway, as a clone: a reshape asks whether the map is one pixel, which a
+    # dynamic-size export would have to guard on)
+    x_groups = x.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format).view(B * groups, C // groups, H, W)
     sampled = grid_sample_bilinear(x_groups.to(pos.dtype), pos.flip(-1)).to(x.dtype)
-    return sampled.reshape(B, C, hk * wk).transpose(1, 2).contiguous()
+    # clone, not contiguous(): the same copy, without the contiguity test that a dynamic-size export would have to
+    # guard on (whether the key grid has one pixel)
+    return sampled.reshape(B, C, hk * wk).transpose(1, 2).clone(memory_format=torch.contiguous_format)
 
 
 # plain torch.fx.symbolic_trace records calls made through this module (``ops.dense``) as leaves too

@@ -15,6 +15,7 @@ from torch import nn
 
 from .attention import biased_attention
 from .ops import dense
+from .shapes import ceil_div, symbolic_sizes
 
 # Added to logits of query/key pairs from different regions of a shifted window (the authors' value).
 REGION_MASK_VALUE = -100.0
@@ -31,9 +32,21 @@ def relative_position_index(window_size: int) -> torch.Tensor:
     return rel[..., 0] * (2 * window_size - 1) + rel[..., 1]
 
 
-def _per_window(t: torch.Tensor, w: int) -> torch.Tensor:
-    """An H×W map (multiples of ``w``) → (number of windows)×w², window by window."""
-    return t.reshape(t.shape[0] // w, w, t.shape[1] // w, w).transpose(1, 2).reshape(-1, w * w)
+def _per_window(t_y: torch.Tensor, t_x: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A row function ``t_y`` (H) and a column function ``t_x`` (W) of a map (multiples of ``w``) as views that
+    broadcast to (rows of windows)×(columns of windows)×w×w: combined and flattened to (number of windows)×w²,
+    window by window. Broadcast straight into that order: a transpose of the H×W map would make a symbolic-size
+    export guard on there being more than one window."""
+    return t_y.view(-1, w)[:, None, :, None], t_x.view(-1, w)[None, :, None, :]
+
+
+def _mod(t: torch.Tensor, n: int) -> torch.Tensor:
+    """``t % n`` of an integer tensor by a size; by a 0-d tensor when the size is symbolic (a dynamic-size export:
+    ONNX's exporter cannot write a remainder by a symbolic scalar)."""
+    if not torch.jit.is_scripting():  # folded by TorchScript: sizes are ints there
+        if symbolic_sizes(n, n):
+            return torch.remainder(t, torch.full((), n, dtype=t.dtype, device=t.device))
+    return t % n
 
 
 def window_attention_mask(
@@ -50,9 +63,10 @@ def window_attention_mask(
     """Additive mask (num_windows, w², w²) for a padded map of ``height``×``width`` (multiples of the window).
 
     Pairs from different shifted regions get ``REGION_MASK_VALUE`` (regions as in Swin / the authors, computed on
-    the rolled padded map); padded keys get ``PADDING_MASK_VALUE``. Returns None when nothing is masked.
+    the rolled padded map); padded keys get ``PADDING_MASK_VALUE``. Returns None when nothing is masked; with
+    symbolic sizes (a dynamic-size export, ``layers/shapes.py``) always the mask, zero where nothing is masked.
     """
-    if shift_size == 0 and pad_bottom == 0 and pad_right == 0:
+    if shift_size == 0 and not symbolic_sizes(pad_bottom, pad_right) and pad_bottom == 0 and pad_right == 0:
         return None
     w, s = window_size, shift_size
     ys = torch.arange(height, device=device)
@@ -62,10 +76,11 @@ def window_attention_mask(
         region_x = (xs >= width - w).long() + (xs >= width - s).long()
     else:
         region_y, region_x = torch.zeros_like(ys), torch.zeros_like(xs)
-    region = region_y[:, None] * 3 + region_x[None, :]
+    ry, rx = _per_window(region_y, region_x, w)
+    region = (ry * 3 + rx).reshape(-1, w * w)
     # After rolling by −s, position y holds padded-map row (y + s) mod height.
-    padded = (((ys + s) % height) >= height - pad_bottom)[:, None] | (((xs + s) % width) >= width - pad_right)[None, :]
-    region, padded = _per_window(region, w), _per_window(padded, w)
+    py, px = _per_window(_mod(ys + s, height) >= height - pad_bottom, _mod(xs + s, width) >= width - pad_right, w)
+    padded = (py | px).reshape(-1, w * w)
     mask = torch.zeros(region.shape[0], w * w, w * w, device=device)
     mask = mask.masked_fill(region[:, :, None] != region[:, None, :], region_value)
     mask = mask + padded[:, None, :].float() * padding_value
@@ -83,16 +98,18 @@ def window_token_index(
     gives, for every real token, its slot. So ``tokens[gather]`` partitions and ``windows[scatter]`` merges.
     """
     w, s = window_size, shift_size
-    hp, wp = height + (-height) % w, width + (-width) % w
-    ys = (torch.arange(hp, device=device) + s) % hp  # padded-map row shown at each rolled row
-    xs = (torch.arange(wp, device=device) + s) % wp
-    tokens = ys.clamp(max=height - 1)[:, None] * width + xs.clamp(max=width - 1)[None, :]
-    gather = tokens.view(hp // w, w, wp // w, w).transpose(1, 2).reshape(-1)
-    ry = (torch.arange(height, device=device) + (hp - s)) % hp  # rolled row of each real row (operands kept ≥ 0:
-    rx = (torch.arange(width, device=device) + (wp - s)) % wp  # inductor cannot bound a modulo of negatives)
-    scatter = (
-        ((ry // w)[:, None] * (wp // w) + (rx // w)[None, :]) * (w * w) + (ry % w)[:, None] * w + (rx % w)[None, :]
-    )
+    nwy, nwx = ceil_div(height, w), ceil_div(width, w)  # windows per column and row (padded map: multiples)
+    hp, wp = nwy * w, nwx * w
+    ys = _mod(torch.arange(hp, device=device) + s, hp)  # padded-map row shown at each rolled row
+    xs = _mod(torch.arange(wp, device=device) + s, wp)
+    # window by window: the rows of window row i are ys[i·w + (0…w−1)], its columns xs[j·w + (0…w−1)]; built in
+    # that order directly (a transpose of the row-major map would make a symbolic-size export guard on nwx > 1)
+    rows = ys.clamp(max=height - 1).view(nwy, w)
+    cols = xs.clamp(max=width - 1).view(nwx, w)
+    gather = (rows[:, None, :, None] * width + cols[None, :, None, :]).reshape(-1)
+    ry = _mod(torch.arange(height, device=device) + (hp - s), hp)  # rolled row of each real row (operands kept
+    rx = _mod(torch.arange(width, device=device) + (wp - s), wp)  # ≥ 0: inductor cannot bound a modulo of negatives)
+    scatter = ((ry // w)[:, None] * nwx + (rx // w)[None, :]) * (w * w) + (ry % w)[:, None] * w + (rx % w)[None, :]
     return gather, scatter.reshape(-1)
 
 
@@ -113,12 +130,15 @@ def window_layout(
 
     The cache matters under torch.compile: computed in the graph, the mask and the token orders are not constants
     that freezing can fold, so inductor fuses their integer arithmetic (remainders, comparisons) into the
-    consumers, and dat_tiny's shifted-window softmax takes 3.6× the time of the unshifted one."""
-    if height == cached_size and width == cached_size:
+    consumers, and dat_tiny's shifted-window softmax takes 3.6× the time of the unshifted one.
+
+    With symbolic sizes (a dynamic-size export, ``layers/shapes.py``) everything is computed in the graph, and the
+    mask is never None."""
+    if not symbolic_sizes(height, width) and height == cached_size and width == cached_size:
         return cached_gather, cached_scatter, cached_mask
     gather, scatter = window_token_index(height, width, window_size, shift_size, device)
-    pad_b, pad_r = (-height) % window_size, (-width) % window_size
-    mask = window_attention_mask(height + pad_b, width + pad_r, window_size, shift_size, pad_b, pad_r, device=device)
+    hp, wp = ceil_div(height, window_size) * window_size, ceil_div(width, window_size) * window_size
+    mask = window_attention_mask(hp, wp, window_size, shift_size, hp - height, wp - width, device=device)
     return gather, scatter, mask
 
 
@@ -216,9 +236,7 @@ class LocalAttention(nn.Module):
         """
         B, H, W, C = x.shape
         w, heads = self.window_size, self.heads
-        pad_b, pad_r = self._padding(H, W)
-        Hp, Wp = H + pad_b, W + pad_r
-        num_windows, n = (Hp // w) * (Wp // w), w * w
+        num_windows, n = ceil_div(H, w) * ceil_div(W, w), w * w
         gather, scatter, mask = window_layout(
             H,
             W,
@@ -235,6 +253,10 @@ class LocalAttention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # (B·nW)×heads×w²×c views
 
         bias = windowed_attention_bias(self.relative_position_bias(), mask)
+        if not torch.jit.is_scripting():  # folded by TorchScript: sizes are ints there
+            if symbolic_sizes(H, W):
+                # one bias per (image, window), so that biased_attention need not ask whether there is one window
+                bias = bias.repeat(B, 1, 1, 1)
         out = biased_attention(q, k, v, bias.to(q.dtype), self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, num_windows * n, C).index_select(1, scatter)
         return self.proj_drop(dense(out, self.proj_out.weight, self.proj_out.bias)).view(B, H, W, C)

@@ -31,6 +31,7 @@ from ..layers import (
     ShiftWindowAttention,
 )
 from ..layers.ops import conv2d_channels_last, residual_depthwise_conv
+from ..layers.shapes import conv_input_channels_last, symbolic_sizes
 from .checkpoint import fit_state_dict
 from .configs import StageConfig, stage_configs, stage_fmap_sizes
 
@@ -60,6 +61,9 @@ def check_image_batch(
             f"{tuple(x.shape)}; build the model with in_chans={x.shape[1]} for other inputs)"
         )
     h, w = x.shape[-2:]
+    if symbolic_sizes(h, w):  # a dynamic-size export: an assertion in the graph instead of a branch on the size
+        _check_symbolic_size(h, w, min_input_size, patch_size, num_stages)
+        return
     if img_size is not None and (h != img_size or w != img_size):
         raise ValueError(
             f"input {h}×{w} differs from the model's img_size {img_size}×{img_size}: the model was built with "
@@ -74,6 +78,19 @@ def check_image_batch(
         )
     if not torch.is_floating_point(x):
         raise ValueError(f"expected a floating-point image tensor, got {x.dtype}")
+
+
+def _check_symbolic_size(h, w, min_input_size: int, patch_size: int, num_stages: int) -> None:
+    """The minimum size as ``torch._check`` (a runtime assertion of the exported program, and a bound the shape
+    solver uses: every stage then has at least one pixel)."""
+    for side in (h, w):
+        torch._check(
+            side >= min_input_size,
+            lambda: (
+                f"input {h}×{w} is too small: this model downsamples by {min_input_size} (patch {patch_size} "
+                f"and {num_stages - 1} downsamplings), so height and width must be at least {min_input_size}"
+            ),
+        )
 
 
 torch.fx.wrap("check_image_batch")
@@ -177,7 +194,7 @@ class DATStage(nn.Module):
         else:
             if self.use_lpu:
                 lpu = self.local_perception_units[d]
-                x = residual_depthwise_conv(x, lpu.weight, lpu.bias)
+                x = residual_depthwise_conv(conv_input_channels_last(x), lpu.weight, lpu.bias)
             if isinstance(attn, DeformableAttention) and return_positions:
                 y, pos, ref = attn(norm1(x), return_positions=True)
                 positions = (pos, ref)

@@ -1,10 +1,18 @@
 """Export a DAT / DAT++ model out of PyTorch eager: ONNX (run by onnxruntime), ``torch.export`` (``.pt2``) and
 TorchScript, each checked against the eager model after writing.
 
-What is dynamic: the batch size, in all three formats. The spatial size is fixed at export time for ONNX and
-``torch.export`` (the window padding, the shifted-window region mask and the neighborhood tiling depend on H and W,
-and ``torch.export`` refuses a symbolic H/W for them: "Constraints violated (h, w)"), so another image size is
-another export; the TorchScript module runs the Python control flow itself and takes any size.
+What is dynamic: the batch size, and by default the height and width too: one ONNX file or ExportedProgram serves
+every image size ≥ the model's minimum (``model.min_input_size``, 32 for the four-stage models: any size, not only
+multiples of 32 — the patch embedding and the downsamplings floor or ceil like eager). The size-dependent parts
+are computed in the graph from the input's shape: the window padding, the shifted-window region mask and the
+token orders of the L/S blocks, the neighborhood tiling of the N blocks (one tiling for every size, with k − 1
+padding and the out-of-window mask), and the D blocks' reference grid and offset scale; the layers take these
+branch-free formulations only while exporting with symbolic sizes (``layers/shapes.py``). The export runs under
+:func:`dynamic_size_export` (torch's ``backed_size_oblivious``: without it, a stage-4 map of one pixel at the
+minimum size would make every contiguity test guard on it). ``dynamic_size=False`` (``datvit export
+--static-size``) fixes H×W to the export size instead: the index maths is then constants that onnxruntime folds,
+and the graph is the one earlier versions wrote. The TorchScript module runs the Python control flow itself and
+takes any size.
 
 Formulations: nothing in the graph needs replacing for these exporters (measured on torch 2.14.1). The deformable
 sampling and its position bias are ``grid_sample`` calls, which the ONNX exporter writes as ``GridSample``
@@ -15,8 +23,8 @@ miscompiled it). ONNX files are checked in onnxruntime or OpenVINO (``runtime``;
 plugin would otherwise run bf16 on CPUs with native bf16).
 Attention goes through ``scaled_dot_product_attention`` with an additive float mask, which the exporter writes
 as MatMul/Softmax. ``flex_attention`` (eager CUDA only) is switched off while tracing or scripting
-(``layers/tracing.py``), and the size-dependent index maths runs at export time and lands in the graph as
-constants.
+(``layers/tracing.py``). In a static-size graph the size-dependent index maths runs at export time and lands in
+the graph as constants; in the default dynamic-size graph it is a few small integer ops on the input's shape.
 """
 
 from __future__ import annotations
@@ -115,6 +123,67 @@ def _batch_dim():
     return torch.export.Dim("batch", min=1)
 
 
+def dynamic_shapes(model: nn.Module, dynamic_batch: bool = True, dynamic_size: bool = True):
+    """``dynamic_shapes`` for ``torch.export.export`` / ``torch.onnx.export`` of an image batch B×C×H×W: the
+    batch (``Dim("batch", min=1)``) and H, W (``Dim("height"/"width", min=min_input_size(model))``) as asked;
+    None when nothing is dynamic. ``model`` is a DAT or a model containing one (a segmenter). A DAT built with
+    ``strict_img_size=True`` takes one size: H and W stay fixed. Export under :func:`dynamic_size_export` when H
+    or W is dynamic."""
+    dims = {0: _batch_dim()} if dynamic_batch else {}
+    if dynamic_size and not _strict_img_size(model):
+        minimum = min_input_size(model)
+        dims[2] = torch.export.Dim("height", min=minimum)
+        dims[3] = torch.export.Dim("width", min=minimum)
+    return (dims,) if dims else None
+
+
+def min_input_size(model: nn.Module) -> int:
+    """The smallest input side ``model`` takes: its ``min_input_size`` (DAT's: patch × 2^(stages − 1)), or the
+    largest among its submodules' (a detector or segmenter around a DAT backbone); 1 when none says."""
+    own = getattr(model, "min_input_size", None)
+    if own is not None:
+        return int(own)
+    sizes = [int(m.min_input_size) for m in model.modules() if isinstance(getattr(m, "min_input_size", None), int)]
+    return max(sizes, default=1)
+
+
+def _strict_img_size(model: nn.Module) -> bool:
+    return any(getattr(m, "strict_img_size", False) is True for m in model.modules())
+
+
+@contextlib.contextmanager
+def dynamic_size_export():
+    """The setting a dynamic-size export of DAT needs around ``torch.export.export`` / ``torch.onnx.export``
+    (``export_onnx`` and ``export_torch`` use it; so can exports of models that contain DAT, e.g. a segmenter):
+    torch's ``backed_size_oblivious``. At the minimum input size the stage-4 map is one pixel, and torch's
+    tracing asks of every tensor whether its sizes are 1 (contiguity, the stride order of a convolution's
+    output, broadcasting); with backed sizes each such question becomes a guard that raises the exported
+    minimum (to 2× the model's, "Constraints violated (height, width)"). Size-oblivious reasoning answers them
+    for sizes ≥ 2 without a guard; the layers write the few places where the answer matters so that it holds
+    for size 1 too (``layers/shapes.py``), and the tests run the graphs at the minimum size."""
+    with torch.fx.experimental._config.patch(backed_size_oblivious=True):
+        yield
+
+
+def export_sizes(model: nn.Module, input_size: Sequence[int], dynamic_size: bool = True) -> list[tuple[int, ...]]:
+    """The input sizes (C, H, W) a check runs an export at: the export size and, for a dynamic-size graph, a
+    non-square size and one that is not a multiple of 32 — for a 224 export with a minimum of m = 32:
+    224×224, 192×256 (H − m, W + m) and 200×232 (H − 3m/4, W + m/4); sizes that would fall below the minimum
+    are taken above the export size instead."""
+    c, h, w = (int(v) for v in input_size)
+    if not dynamic_size or _strict_img_size(model):
+        return [(c, h, w)]
+    m = min_input_size(model)
+    quarter = max(m // 4, 1)
+    non_square = (h - m if h - m >= m else h + m, w + m)
+    odd = (h - 3 * quarter if h - 3 * quarter >= m else h + quarter, w + quarter)
+    sizes = [(c, h, w)]
+    for hh, ww in (non_square, odd):
+        if (c, hh, ww) not in sizes:
+            sizes.append((c, hh, ww))
+    return sizes
+
+
 def _check_sampling(sampling: str) -> None:
     if sampling not in SAMPLINGS:
         raise ValueError(f"--sampling {sampling!r} is not one of {', '.join(SAMPLINGS)}")
@@ -127,11 +196,14 @@ def export_onnx(
     dynamic_batch: bool = True,
     opset: int = DEFAULT_OPSET,
     sampling: str = DEFAULT_SAMPLING,
+    dynamic_size: bool = True,
 ) -> str:
     """Export ``model`` (put in eval mode) to ONNX with torch's dynamo exporter; input ``image`` (B×C×H×W,
-    float32, B dynamic unless ``dynamic_batch=False``), output ``logits``. ``sampling``: the D blocks' bilinear
-    reads as ONNX ``GridSample`` (``"grid-sample"``) or as gathers and arithmetic (``"gather"``, no
-    ``GridSample`` in the graph). Returns the path written."""
+    float32, B dynamic unless ``dynamic_batch=False``, H and W dynamic from the model's minimum unless
+    ``dynamic_size=False``: then fixed to ``input_size``), output ``logits``. ``sampling``: the D blocks'
+    bilinear reads as ONNX ``GridSample`` (``"grid-sample"``) or as gathers and arithmetic (``"gather"``, no
+    ``GridSample`` in the graph). The file's metadata records the minimum input size
+    (``datvit.min_input_size``), which ``load_exported`` checks inputs against. Returns the path written."""
     _check_sampling(sampling)
     if opset < MIN_OPSET:
         raise ValueError(
@@ -147,9 +219,9 @@ def export_onnx(
         ) from None
     model.eval()
     x = example_batch(input_size)
-    dynamic = ({0: _batch_dim()},) if dynamic_batch else None
+    dynamic = dynamic_shapes(model, dynamic_batch, dynamic_size)
     try:
-        with _quiet(), torch.no_grad(), export_options(sampling=sampling):
+        with _quiet(), torch.no_grad(), export_options(sampling=sampling), dynamic_size_export():
             program = torch.onnx.export(
                 model,
                 (x,),
@@ -163,7 +235,16 @@ def export_onnx(
             )
     except Exception as e:  # the exporter wraps its failures in many types
         raise ExportError(f"ONNX export failed: {str(e).strip().splitlines()[0]}") from e
+    _record_input_sizes(program, model, input_size, dynamic is not None and 2 in dynamic[0])
     return _save_atomically(path, lambda p: program.save(p, external_data=False), ".onnx")
+
+
+def _record_input_sizes(program, model: nn.Module, input_size: Sequence[int], dynamic_size: bool) -> None:
+    """Metadata of the ONNX file: the minimum input side (``datvit.min_input_size``) and the export size."""
+    props = program.model.metadata_props
+    props["datvit.min_input_size"] = str(min_input_size(model))
+    props["datvit.export_size"] = "x".join(str(int(v)) for v in input_size[-2:])
+    props["datvit.dynamic_size"] = "true" if dynamic_size else "false"
 
 
 def export_torch(
@@ -172,16 +253,18 @@ def export_torch(
     input_size: Sequence[int],
     dynamic_batch: bool = True,
     sampling: str = DEFAULT_SAMPLING,
+    dynamic_size: bool = True,
 ) -> str:
     """``torch.export.export`` of ``model`` (eval mode) saved as a ``.pt2`` ExportedProgram (load it with
-    ``torch.export.load(path).module()``). Batch dynamic unless ``dynamic_batch=False``; ``sampling`` as for
-    ``export_onnx`` (``grid_sampler_2d`` or gathers in the program)."""
+    ``torch.export.load(path).module()``). Batch dynamic unless ``dynamic_batch=False``, H and W dynamic (≥ the
+    model's minimum; the loaded module raises for smaller inputs) unless ``dynamic_size=False``; ``sampling``
+    as for ``export_onnx`` (``grid_sampler_2d`` or gathers in the program)."""
     _check_sampling(sampling)
     model.eval()
     x = example_batch(input_size)
-    dynamic = ({0: _batch_dim()},) if dynamic_batch else None
+    dynamic = dynamic_shapes(model, dynamic_batch, dynamic_size)
     try:
-        with _quiet(), torch.no_grad(), export_options(sampling=sampling):
+        with _quiet(), torch.no_grad(), export_options(sampling=sampling), dynamic_size_export():
             program = torch.export.export(model, (x,), dynamic_shapes=dynamic)
     except Exception as e:
         raise ExportError(f"torch.export failed: {str(e).strip().splitlines()[0]}") from e
@@ -208,13 +291,14 @@ def export_model(
     dynamic_batch: bool = True,
     opset: int = DEFAULT_OPSET,
     sampling: str = DEFAULT_SAMPLING,
+    dynamic_size: bool = True,
 ) -> str:
-    """Dispatch on ``fmt`` (one of ``FORMATS``). ``sampling`` applies to the recorded graphs (ONNX,
-    torch.export); TorchScript runs the eager kernels and takes the default only."""
+    """Dispatch on ``fmt`` (one of ``FORMATS``). ``sampling`` and ``dynamic_size`` apply to the recorded graphs
+    (ONNX, torch.export); TorchScript runs the eager kernels, at any size, and takes the default sampling only."""
     if fmt == "onnx":
-        return export_onnx(model, path, input_size, dynamic_batch, opset, sampling)
+        return export_onnx(model, path, input_size, dynamic_batch, opset, sampling, dynamic_size)
     if fmt == "torch-export":
-        return export_torch(model, path, input_size, dynamic_batch, sampling)
+        return export_torch(model, path, input_size, dynamic_batch, sampling, dynamic_size)
     if fmt == "torchscript":
         if sampling != DEFAULT_SAMPLING:
             raise ValueError(
@@ -269,8 +353,10 @@ def load_exported(
         options.log_severity_level = 3
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
+        minimum = int(session.get_modelmeta().custom_metadata_map.get("datvit.min_input_size", 0))
 
         def run_onnx(x: torch.Tensor) -> torch.Tensor:
+            _check_min_size(x, minimum)
             return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0])
 
         return run_onnx
@@ -291,6 +377,16 @@ def load_exported(
     return run_torch
 
 
+def _check_min_size(x: torch.Tensor, minimum: int) -> None:
+    """ValueError for an input below the minimum side an ONNX file records (a dynamic-size graph would run on it
+    and return numbers of no meaning, or fail deep inside the runtime)."""
+    h, w = x.shape[-2:]
+    if h < minimum or w < minimum:
+        raise ValueError(
+            f"input {h}×{w} is too small for this exported model: height and width must be at least {minimum}"
+        )
+
+
 def check_export(
     path: str | os.PathLike,
     fmt: str,
@@ -302,8 +398,34 @@ def check_export(
 ) -> ExportCheck:
     """Run the exported file (ONNX in ``runtime``) and the eager model on the same random batch; return max |Δ|
     of the logits."""
-    x = example_batch(input_size, batch, seed)
+    return _compare(load_exported(path, fmt, runtime), path, fmt, model, input_size, batch, seed, runtime)
+
+
+def check_export_sizes(
+    path: str | os.PathLike,
+    fmt: str,
+    model: nn.Module,
+    sizes: Sequence[Sequence[int]],
+    batch: int = 2,
+    seed: int = 1,
+    runtime: str = "onnxruntime",
+) -> list[ExportCheck]:
+    """``check_export`` at each of ``sizes`` ((C, H, W), e.g. ``export_sizes``) from one loaded file."""
     run = load_exported(path, fmt, runtime)
+    return [_compare(run, path, fmt, model, size, batch, seed, runtime) for size in sizes]
+
+
+def _compare(
+    run: Callable[[torch.Tensor], torch.Tensor],
+    path: str | os.PathLike,
+    fmt: str,
+    model: nn.Module,
+    input_size: Sequence[int],
+    batch: int,
+    seed: int,
+    runtime: str,
+) -> ExportCheck:
+    x = example_batch(input_size, batch, seed)
     model.eval()
     with torch.no_grad():
         expected = model(x)
