@@ -394,7 +394,7 @@ def progress_line(item: PlannedRun, result: Mapping[str, Any], skipped: bool = F
     speed = result.get("images_per_s")
     parts = [shown, f"wall {_fmt_seconds(result.get('wall_seconds') or 0.0)}"]
     if speed:
-        parts.append(f"{speed:.0f} img/s")
+        parts.append(f"{speed:.3g} img/s")
     if skipped:
         parts.append("finished before, skipped")
     elif result.get("resumed"):
