@@ -289,7 +289,7 @@ def build_export_parser(p: argparse.ArgumentParser, task: str) -> argparse.Argum
         )
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17 legacy exporter, 20 dynamo)")
     p.add_argument("--use-ema", action="store_true", help="export the checkpoint's EMA weights")
-    p.add_argument("--no-check", dest="check", action="store_false", help="do not run the file against eager")
+    p.add_argument("--no-check", action="store_true", help="do not run the exported file against eager")
     return p
 
 
@@ -373,7 +373,7 @@ def _export(args: argparse.Namespace, task: str, command: str) -> int:
     from ._errors import RUNTIME_FAILURE, debug_enabled, missing_optional_module
 
     try:
-        run_export(config_from_args(DenseExportConfig, args), task)
+        run_export(config_from_args(DenseExportConfig, args, check=not args.no_check), task)
     except ExportError as e:
         if debug_enabled() or missing_optional_module(e):  # a missing extra: run_with_user_errors names it
             raise
