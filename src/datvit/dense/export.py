@@ -4,10 +4,10 @@ back as callables that ``datvit det|seg predict --runtime`` runs through the sam
 **Segmenters** (UperNet, Semantic FPN): ONNX through ``datvit.tools.export.export_onnx`` (torch's dynamo
 exporter). The graph is ``segment(model, image)`` in ``"whole"`` mode: input ``image`` B×3×H×W float32,
 normalised; the graph zero-pads H and W at the bottom/right to multiples of 32 (smp's requirement) and crops the
-logits back, so the output ``logits`` is B×K×H×W for the input's own H×W. The batch is dynamic. H×W is dynamic
-when the DAT backbone exports with symbolic sizes (``export_onnx(..., dynamic_size=True)`` in
-``datvit.tools.export``); until then the graph is fixed to the ``input_size`` it was exported at, and
-``ExportedSegmenter`` runs images of other sizes in sliding windows of that size.
+logits back, so the output ``logits`` is B×K×H×W for the input's own H×W. The batch and H×W are dynamic
+(``export_onnx``'s ``dynamic_size``: any H, W from the model's minimum; UperNet's pyramid pooling is rewritten
+for it, ``AdaptiveAvgPool2dAnySize``). ``dynamic_size=False`` fixes H×W to the ``input_size`` exported at, and
+``ExportedSegmenter`` then runs smaller images padded and ``datvit seg predict`` larger ones in sliding windows.
 
 **Detectors** (torchvision's Mask R-CNN, Faster R-CNN, RetinaNet), measured on torch 2.14.1 / torchvision 0.29.1:
 
