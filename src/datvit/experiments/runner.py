@@ -263,7 +263,7 @@ def check_configuration(kind: str, layers: list[tuple[str, dict[str, Any]]], whe
     task = task_for(kind)
     task.bind(dist_utils.DistInfo(device=torch.device("cpu")), lambda m: None, lambda m: None)
     # no run directory is looked at: the check resolves as a fresh run would
-    check_layers = layers + [("check", {"resume": None, "experiment": "check", "device": "cpu"})]
+    check_layers = layers + [("check", {"resume": "", "experiment": "check", "device": "cpu"})]
     try:
         config = resolve_run_config(task, check_layers, task.info)
         with torch.random.fork_rng(devices=[]):
@@ -432,8 +432,12 @@ def run_experiment(
             except Exception as e:  # noqa: BLE001 — one failed run does not stop the grid
                 from ..train.preemption import RunInterrupted
 
-                if isinstance(e, RunInterrupted):
-                    raise
+                if isinstance(e, RunInterrupted):  # the grid stops with the run; the same command continues both
+                    message = str(e).split(". Continue with")[0]
+                    raise RunInterrupted(
+                        f"{item.label}: {message}. Run the same `datvit experiment run` command again to continue",
+                        e.signum,
+                    ) from None
                 failed.append(item.run.name)
                 log(f"{item.label}: failed: {' '.join(str(e).split()) or type(e).__name__}")
                 continue
