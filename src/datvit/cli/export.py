@@ -2,7 +2,7 @@
 
 The model is loaded by the inference layer like every other command (a datvit checkpoint or a safetensors +
 config.json directory records its architecture; the authors' .pth needs --model), exported on CPU in float32
-with a dynamic batch size, written atomically, then checked: the file is run (onnxruntime or OpenVINO on CPU,
+with a dynamic batch, height and width, written atomically, then checked: the file is run (onnxruntime or OpenVINO on CPU,
 the loaded ExportedProgram, the loaded ScriptModule) against the eager model on random batches of 2 and the largest
 logit difference is printed. One file serves every image size: ONNX and torch.export graphs take any height and
 width from the model's minimum (32 for the four-stage models; any size, not only multiples of 32), and are

@@ -333,8 +333,8 @@ class DeformableAttention(nn.Module):
         ns = hk * wk
 
         if self.no_off:
-            sampled = F.avg_pool2d(x.permute(0, 3, 1, 2), kernel_size=self.stride, stride=self.stride)
-            sampled = sampled.reshape(B, C, ns).transpose(1, 2).contiguous()  # B×Ns×C
+            sampled = F.avg_pool2d(conv_input(x), kernel_size=self.stride, stride=self.stride)
+            sampled = sampled.reshape(B, C, ns).transpose(1, 2).clone(memory_format=torch.contiguous_format)  # B×Ns×C
         else:
             sampled = sample_channels_last(x, pos, G)  # B×Ns×C
         if isinstance(self.proj_k, nn.Linear) and isinstance(self.proj_v, nn.Linear):
