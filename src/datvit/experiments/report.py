@@ -259,7 +259,7 @@ def draw_figure(summary: dict[str, Any], path: Path) -> Optional[Path]:
     names = list(summary["configurations"])
     if not names or not metrics:
         return None
-    fig = Figure(figsize=(max(5.0, 1.1 * len(names) + 2) * len(metrics) / max(1, len(metrics) - 0.5), 4.2))
+    fig = Figure(figsize=(max(3.5, 0.8 * len(names) + 1.5) * len(metrics), 4.4))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics):
@@ -278,9 +278,9 @@ def draw_figure(summary: dict[str, Any], path: Path) -> Optional[Path]:
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels([n.replace(",", "\n") for n in names], fontsize=7, rotation=30, ha="right")
         ax.set_ylabel(metric)
-        ax.set_title(f"{metric}: mean, 95% CI, seeds", fontsize=9)
+        ax.set_title(metric, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    fig.suptitle(f"{summary['experiment']}", fontsize=10)
+    fig.suptitle(f"{summary['experiment']}: mean and 95% interval per configuration, grey dots: seeds", fontsize=9)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
