@@ -362,7 +362,7 @@ class DeformableAttention(nn.Module):
             out = biased_attention(qh, k, v, bias, self.attn_drop.p if self.training else 0.0)
         out = out.transpose(1, 2).reshape(B, H, W, C)
         if isinstance(self.rpe_table, nn.Conv2d):  # dwc_pe; isinstance lets TorchScript skip it for the table
-            out = out + self.rpe_table(q.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+            out = out + self.rpe_table(conv_input(q)).permute(0, 2, 3, 1)
         if isinstance(self.proj_out, nn.Linear):
             y = self.proj_drop(self.proj_out(out))
         else:
