@@ -683,6 +683,18 @@ class Trainer:
             if self._stop_signal and self.epoch < config.epochs:
                 self._stop_on_signal()
 
+    def close(self) -> None:
+        """Stop the loaders' persistent worker processes now. They ignore stop signals (see datvit.data.loader), so
+        a loader iterator still alive when the interpreter exits — kept by any reference cycle — would leave
+        multiprocessing's exit handler waiting for them forever; a grid of runs in one process would also collect
+        them run after run."""
+        for loader in (getattr(self, "train_loader", None), getattr(self, "eval_loader", None)):
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            if loader is not None:
+                loader._iterator = None
+
     def finish(self) -> dict[str, Any]:
         corrupt = self._all_corrupt()
         if corrupt and self.is_main:
@@ -729,7 +741,11 @@ def train(
     ones winning (the command line passes ``[(yaml file, its values), ("command line", the flags given)]``)."""
     layers = as_layers(settings)
     info = dist_utils.init_distributed(settings_device(layers))
+    trainer = None
     try:
-        return Trainer(layers, info, task).fit()
+        trainer = Trainer(layers, info, task)
+        return trainer.fit()
     finally:
+        if trainer is not None:
+            trainer.close()
         dist_utils.cleanup()
