@@ -614,18 +614,19 @@ def position_bias_gather(table: torch.Tensor, pos: torch.Tensor, q_grid: torch.T
     coefs = torch.stack([a, b, c, d]).reshape(4, heads * cells)  # coefficient k of head j at cell i: [k, j·cells + i]
     # the coordinates grid_sample computes: (q − p)/2 from halves (as deformable_position_bias builds its grid),
     # unnormalised as ATen does ((g + 1)·(T − 1)/2), then clamped into the padded table
-    qy = q_grid[:, 0, 0].reshape(1, 1, H, 1) * 0.5
-    qx = q_grid[0, :, 1].reshape(1, 1, W, 1) * 0.5
-    py = pos[..., 0].reshape(B, G, 1, ns) * 0.5
-    px = pos[..., 1].reshape(B, G, 1, ns) * 0.5
+    # (unsqueezes, not reshapes of strided views: a dynamic-size export would guard on one-pixel maps)
+    qy = q_grid[:, :1, 0].unsqueeze(0).unsqueeze(0) * 0.5  # 1×1×H×1
+    qx = q_grid[:1, :, 1].unsqueeze(-1).unsqueeze(0) * 0.5  # 1×1×W×1
+    py = pos[..., 0].unsqueeze(2) * 0.5  # B×G×1×Ns
+    px = pos[..., 1].unsqueeze(2) * 0.5
     y = ((qy - py + 1) * ((th - 1) * 0.5)).clamp(-1.0, float(th))  # B×G×H×Ns
     x = ((qx - px + 1) * ((tw - 1) * 0.5)).clamp(-1.0, float(tw))  # B×G×W×Ns
     y0, x0 = y.floor(), x.floor()
-    wy = (y - y0).view(B, G, 1, H, 1, ns)
-    wx = (x - x0).view(B, G, 1, 1, W, ns)
+    wy = (y - y0).unsqueeze(2).unsqueeze(4)  # B×G×1×H×1×Ns
+    wx = (x - x0).unsqueeze(2).unsqueeze(3)  # B×G×1×1×W×Ns
     # cell (y0 + 1, x0 + 1) of the padded table, in head j's block
     head = torch.arange(heads, device=table.device).view(1, G, hg, 1, 1, 1) * cells + (row + 1)
-    index = (y0.long() * row).view(B, G, 1, H, 1, ns) + x0.long().view(B, G, 1, 1, W, ns) + head
+    index = (y0.long() * row).unsqueeze(2).unsqueeze(4) + x0.long().unsqueeze(2).unsqueeze(3) + head
     index = index.flatten()
     va, vb, vc, vd = [torch.gather(coefs[k], 0, index).view(B, G, hg, H, W, ns) for k in range(4)]
     return (va + wx * vb + wy * (vc + wx * vd)).reshape(B, heads, H * W, ns)
