@@ -143,13 +143,19 @@ class Experiment:
                 out.append(Run(len(out), configuration, seed))
         return out
 
-    def baseline_configuration(self) -> Optional[Configuration]:
+    def baseline_for(self, configuration: Configuration) -> Optional[Configuration]:
+        """The configuration ``configuration`` is compared with: the baseline's values on the axes the baseline
+        names, ``configuration``'s own on the others (a baseline per head, say); None without a baseline."""
         if not self.baseline:
             return None
-        for configuration in self.configurations():
-            if configuration.labels == self.baseline:
-                return configuration
-        return None
+        want = {**configuration.labels, **self.baseline}
+        return next((c for c in self.configurations() if c.labels == want), None)
+
+    def baseline_configuration(self) -> Optional[Configuration]:
+        """The baseline when it names every axis (else the first configuration that is a baseline)."""
+        if not self.baseline:
+            return None
+        return next((c for c in self.configurations() if self.baseline_for(c) == c), None)
 
 
 def experiments_dir() -> Path:
@@ -262,8 +268,6 @@ def parse_experiment(data: Mapping[str, Any], source: str) -> Experiment:
                 raise ExperimentError(
                     f"{source}: baseline {axis}={label} is not a value of the axis{_hint(label, labels)}"
                 )
-        if set(baseline) != set(axes):
-            raise ExperimentError(f"{source}: the baseline must name a value of every axis ({', '.join(axes)})")
     scenes = data.get("scenes")
     quick = dict(data.get("quick") or {})
     for key in quick:

@@ -91,13 +91,15 @@ def summarise(exp_dir: str | os.PathLike) -> dict[str, Any]:
         axes = list(experiment.axes)
         order = [c.name for c in experiment.configurations()]
         metrics = list(experiment.metrics)
-        baseline = experiment.baseline_configuration()
-        baseline_name = baseline.name if baseline is not None else None
+        baselines = {
+            c.name: b.name for c in experiment.configurations() if (b := experiment.baseline_for(c)) is not None
+        }
+        baseline_text = ", ".join(f"{a}={v}" for a, v in (experiment.baseline or {}).items()) or None
     else:
         axes = sorted({a for r in results for a in (r.get("configuration") or {})})
         order = []
         metrics = sorted({m for r in results for m in (r.get("metrics") or {})})
-        baseline_name = None
+        baselines, baseline_text = {}, None
     groups: dict[str, list[dict[str, Any]]] = {}
     for result in results:
         groups.setdefault(_config_key(result, axes), []).append(result)
@@ -114,34 +116,33 @@ def summarise(exp_dir: str | os.PathLike) -> dict[str, Any]:
         entry["gflops"] = runs[0].get("gflops")
         table[name] = entry
     differences: dict[str, dict[str, Any]] = {}
-    if baseline_name in groups:
+    for name in names:
+        baseline_name = baselines.get(name)
+        if baseline_name is None or baseline_name == name or baseline_name not in groups:
+            continue
         base_by_seed = {r.get("seed"): r for r in groups[baseline_name]}
-        for name in names:
-            if name == baseline_name:
-                continue
-            by_seed = {r.get("seed"): r for r in groups[name]}
-            seeds = sorted(set(by_seed) & set(base_by_seed))
-            differences[name] = {"seeds": seeds, "metrics": {}}
-            for metric in metrics:
-                deltas = []
-                for s in seeds:
-                    a, b = (
-                        (by_seed[s].get("metrics") or {}).get(metric),
-                        (base_by_seed[s].get("metrics") or {}).get(metric),
-                    )
-                    if a is not None and b is not None:
-                        deltas.append(a - b)
-                stats = mean_interval(deltas)
-                stats["exceeds_seed_spread"] = (
-                    None if stats["low"] is None else bool(stats["low"] > 0 or stats["high"] < 0)
+        by_seed = {r.get("seed"): r for r in groups[name]}
+        seeds = sorted(set(by_seed) & set(base_by_seed))
+        differences[name] = {"baseline": baseline_name, "seeds": seeds, "metrics": {}}
+        for metric in metrics:
+            deltas = []
+            for s in seeds:
+                a, b = (
+                    (by_seed[s].get("metrics") or {}).get(metric),
+                    (base_by_seed[s].get("metrics") or {}).get(metric),
                 )
-                differences[name]["metrics"][metric] = stats
+                if a is not None and b is not None:
+                    deltas.append(a - b)
+            stats = mean_interval(deltas)
+            stats["exceeds_seed_spread"] = None if stats["low"] is None else bool(stats["low"] > 0 or stats["high"] < 0)
+            differences[name]["metrics"][metric] = stats
     return {
         "experiment": experiment.name if experiment is not None else exp_dir.name,
         "description": experiment.description if experiment is not None else "",
         "axes": axes,
         "metrics": metrics,
-        "baseline": baseline_name,
+        "baseline": baseline_text,
+        "baselines": sorted(set(baselines.values())),
         "configurations": table,
         "differences": differences,
         "runs": results,
@@ -153,7 +154,7 @@ def _f(value: Optional[float], digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
-def _pm(stats: dict[str, Any], digits: int = 2) -> str:
+def _pm(stats: dict[str, Any], digits: int = 3) -> str:
     if stats["mean"] is None:
         return "–"
     if stats["std"] is None:
@@ -161,7 +162,7 @@ def _pm(stats: dict[str, Any], digits: int = 2) -> str:
     return f"{stats['mean']:.{digits}f} ± {stats['std']:.{digits}f}"
 
 
-def _interval(stats: dict[str, Any], digits: int = 2) -> str:
+def _interval(stats: dict[str, Any], digits: int = 3) -> str:
     if stats["low"] is None:
         return "n/a"
     return f"[{stats['low']:.{digits}f}, {stats['high']:.{digits}f}]"
@@ -205,7 +206,7 @@ def markdown(summary: dict[str, Any], figure: Optional[str]) -> str:
     header += ["params (M)", "GFLOPs", "images/s", "wall / run"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, entry in table.items():
-        mark = " (baseline)" if name == summary["baseline"] else ""
+        mark = " (baseline)" if name in summary["baselines"] else ""
         cells = [f"{name}{mark}", str(len(entry["seeds"]))]
         cells += [_pm(entry["metrics"][m]) for m in metrics]
         cells += [_interval(entry["metrics"][m]) for m in metrics]
@@ -222,16 +223,17 @@ def markdown(summary: dict[str, Any], figure: Optional[str]) -> str:
         lines += [
             f"## Differences to the baseline ({summary['baseline']}), paired by seed",
             "",
-            "Per seed, this configuration's value minus the baseline's; mean ± std of those differences and their "
-            "95% t-interval. **exceeds seed spread**: the interval excludes 0.",
+            "Per seed, this configuration's value minus its baseline's (the baseline's values on the axes it names, "
+            "the configuration's own on the others); mean ± std of those differences and their 95% t-interval. "
+            "**exceeds seed spread**: the interval excludes 0.",
             "",
         ]
-        header = ["configuration", "paired seeds"]
+        header = ["configuration", "baseline", "paired seeds"]
         for m in metrics:
             header += [f"Δ {m}", "95% CI", "exceeds seed spread"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for name, diff in summary["differences"].items():
-            cells = [name, str(len(diff["seeds"]))]
+            cells = [name, diff["baseline"], str(len(diff["seeds"]))]
             for m in metrics:
                 stats = diff["metrics"][m]
                 verdict = stats["exceeds_seed_spread"]
@@ -268,7 +270,7 @@ def draw_figure(summary: dict[str, Any], path: Path) -> Optional[Path]:
             if stats["mean"] is None:
                 continue
             err = stats["half_width"] or 0.0
-            color = "tab:orange" if name == summary["baseline"] else "tab:blue"
+            color = "tab:orange" if name in summary["baselines"] else "tab:blue"
             ax.errorbar([i], [stats["mean"]], yerr=[err], fmt="o", color=color, capsize=5, markersize=7)
             seeds = [
                 (r.get("metrics") or {}).get(metric) for r in summary["runs"] if _config_key(r, summary["axes"]) == name
