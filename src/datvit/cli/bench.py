@@ -392,6 +392,12 @@ def add_runtimes_arguments(p: argparse.ArgumentParser) -> None:
         help="DAT export graphs to time, from default, grid-sample, gather (datvit export --sampling; default "
         f"{d('sampling')})",
     )
+    p.add_argument(
+        "--sizes",
+        type=names,
+        help="DAT export graphs to time: dynamic (one graph for every H×W), static (--static-size) or both "
+        f"(default {d('sizes')})",
+    )
     p.add_argument("--rounds", type=int, help=f"interleaved timed rounds per batch size (default {d('rounds')})")
     p.add_argument(
         "--profile-rounds",

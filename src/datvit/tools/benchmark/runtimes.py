@@ -38,7 +38,8 @@ RUNTIMES = ("eager", "onnxruntime", "openvino")
 class RuntimesConfig:
     """What :func:`run` measures: ``models`` (aliases such as ``swin`` allowed; ``baseline`` is the one the others
     are divided by) in ``runtimes`` at ``batch_sizes`` and ``img_size``; DAT graphs exported with each of
-    ``sampling``; ``rounds`` interleaved rounds per batch size; ONNX Runtime's profiler over ``profile_rounds`` calls
+    ``sampling`` and each of ``sizes`` (``dynamic``: one graph for every H×W, ``datvit export``'s default;
+    ``static``: fixed to ``img_size``, ``--static-size``); ``rounds`` interleaved rounds per batch size; ONNX Runtime's profiler over ``profile_rounds`` calls
     (0: no profile); ``threads`` for every runtime (None: the cores this process may use)."""
 
     models: tuple[str, ...] = ("dat_tiny", "datpp_tiny", "swin")
@@ -47,13 +48,16 @@ class RuntimesConfig:
     batch_sizes: tuple[int, ...] = (1, 32)
     img_size: int = 224
     sampling: tuple[str, ...] = ("default",)
+    sizes: tuple[str, ...] = ("dynamic",)
     rounds: int = 5
     profile_rounds: int = 3
     threads: Optional[int] = None
     output: str = f"{common.DEFAULT_OUTPUT}/runtimes"
 
     def __post_init__(self) -> None:
-        common.freeze_sequences(self, ("models", "runtimes", "batch_sizes", "sampling"))
+        common.freeze_sequences(self, ("models", "runtimes", "batch_sizes", "sampling", "sizes"))
+        if not set(self.sizes) <= {"dynamic", "static"}:
+            raise ValueError(f"--sizes takes dynamic and/or static, got {', '.join(self.sizes)}")
         unknown = [r for r in self.runtimes if r not in RUNTIMES]
         if unknown:
             raise ValueError(f"unknown runtime(s) {', '.join(unknown)}; choose from {', '.join(RUNTIMES)}")
@@ -65,9 +69,11 @@ def _log(msg: str) -> None:
     print(f"[runtimes] {msg}", flush=True)
 
 
-def export_graph(model, name: str, dat: bool, img_size: int, directory: str, sampling: str) -> str:
+def export_graph(
+    model, name: str, dat: bool, img_size: int, directory: str, sampling: str = "default", size: str = "dynamic"
+) -> str:
     """The ONNX file a user would deploy: ``datvit export``'s for DAT models (``sampling`` passed on unless it is
-    "default"), torch's dynamo exporter with a dynamic batch for others."""
+    "default"; ``size`` "static" fixes H×W), torch's dynamo exporter with a dynamic batch for others."""
     import torch
 
     path = os.path.join(directory, f"{name}-{sampling}.onnx" if dat else f"{name}.onnx")
@@ -75,6 +81,8 @@ def export_graph(model, name: str, dat: bool, img_size: int, directory: str, sam
         from datvit.tools.export import export_onnx
 
         kwargs = {} if sampling == "default" else {"sampling": sampling}
+        if size == "static":
+            kwargs["dynamic_size"] = False
         return export_onnx(model, path, (3, img_size, img_size), **kwargs)
     from datvit.tools.export import _quiet
 
@@ -141,16 +149,19 @@ def summarize_ort_profile(path: str, calls: int, top: int = 12) -> dict[str, Any
     }
 
 
-def _subjects(config: RuntimesConfig) -> list[tuple[str, str, bool, str]]:
-    """(label, timm name, is DAT, sampling) per graph to build: a DAT model once per sampling."""
+def _subjects(config: RuntimesConfig) -> list[tuple[str, str, bool, str, str]]:
+    """(label, timm name, is DAT, sampling, size) per graph to build: a DAT model once per sampling and size,
+    labelled ``name[sampling,size]`` where there is more than one."""
     out = []
     for alias in config.models:
         name = common.resolve_model_name(alias)
         dat = common.is_dat(name)
         label = common.SHORT_NAMES.get(name, name)
         for sampling in config.sampling if dat else ("default",):
-            suffix = "" if (not dat or sampling == "default" or len(config.sampling) == 1) else f"[{sampling}]"
-            out.append((label + suffix, name, dat, sampling))
+            for size in config.sizes if dat else ("dynamic",):
+                parts = [sampling] if dat and len(config.sampling) > 1 else []
+                parts += [size] if dat and len(config.sizes) > 1 else []
+                out.append((label + (f"[{','.join(parts)}]" if parts else ""), name, dat, sampling, size))
     return out
 
 
@@ -181,15 +192,15 @@ def run(config: RuntimesConfig) -> int:
     models: dict[str, tuple[str, Any]] = {}  # label → (timm name, model)
     graphs: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="datvit-runtimes-") as tmp:
-        for label, name, dat, sampling in _subjects(config):
+        for label, name, dat, sampling, size in _subjects(config):
             if name not in built:
                 torch.manual_seed(0)
                 built[name] = common.build_model(common.subject_for(name), "cpu", config.img_size).eval()
             models[label] = (name, built[name])
             if set(runtimes) & {"onnxruntime", "openvino"}:
                 _log(f"exporting {label} to ONNX")
-                file_name = label.replace("[", "-").rstrip("]")
-                graphs[label] = export_graph(built[name], file_name, dat, config.img_size, tmp, sampling)
+                file_name = label.replace("[", "-").replace(",", "-").rstrip("]")
+                graphs[label] = export_graph(built[name], file_name, dat, config.img_size, tmp, sampling, size)
         for batch in config.batch_sizes:
             x = torch.randn(batch, 3, config.img_size, config.img_size)
             fns: dict[tuple[str, str], Callable[[], Any]] = {}
