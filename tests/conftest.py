@@ -153,6 +153,7 @@ SLOW_TESTS = (
     "tests/test_hub.py::test_one_directory_loads_identically",
     "tests/test_experiment.py::test_quick_dense_backbones_fine_tunes_the_classification_checkpoints",
     "tests/test_experiment.py::test_parallel_runs_in_worker_processes",
+    "tests/test_experiment.py::test_quick_backbones",
 )
 
 
