@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..tools.export import DEFAULT_OPSET, ExportError, _quiet, _save_atomically, export_onnx
+from ..tools.export import DEFAULT_OPSET, ExportError, _quiet, _save_atomically, export_onnx, image_size
 
 SEGMENTER_FORMATS = ("onnx",)
 DETECTOR_FORMATS = ("torchscript", "onnx", "torch-export")
@@ -189,18 +189,7 @@ def dynamic_size_supported() -> bool:
 
 def resolve_segmenter_size(segmenter: nn.Module, img_size: Optional[Sequence[int]], default: int) -> tuple[int, int]:
     """(H, W) to export or check at: ``img_size`` (H, or H W) or ``default``; ValueError below the model's minimum."""
-    if not img_size:
-        h = w = int(default)
-    elif len(img_size) == 1:
-        h = w = int(img_size[0])
-    elif len(img_size) == 2:
-        h, w = int(img_size[0]), int(img_size[1])
-    else:
-        raise ValueError(f"--img-size takes H or H W, got {len(img_size)} numbers: {list(img_size)}")
-    minimum = int(getattr(segmenter, "min_input_size", 32))
-    if h < minimum or w < minimum:
-        raise ValueError(f"--img-size {h}×{w} is below this model's minimum input of {minimum}×{minimum}")
-    return h, w
+    return image_size(img_size, default, int(getattr(segmenter, "min_input_size", 32)))
 
 
 def export_segmenter(

@@ -69,26 +69,32 @@ class ExportCheck:
     output_max_abs: float
 
 
-def resolve_input_size(model: nn.Module, img_size: Optional[Sequence[int]] = None) -> tuple[int, int, int]:
-    """(C, H, W) to export at: ``img_size`` (H, or H W) or the model's own ``img_size``; ValueError when it is
-    below the model's minimum (``model.min_input_size``) or not positive."""
-    in_chans = int(getattr(model, "in_chans", 3))
+def image_size(img_size: Optional[Sequence[int]], default: int, minimum: int) -> tuple[int, int]:
+    """(H, W) from ``--img-size`` (H, or H W; empty: ``default`` square); ValueError for more than two numbers or
+    a size below ``minimum`` (the model downsamples by it)."""
     if img_size is None or len(img_size) == 0:
-        native = getattr(model, "img_size", 224)
-        h = w = int(native[0] if isinstance(native, (tuple, list)) else native)
+        h = w = int(default)
     elif len(img_size) == 1:
         h = w = int(img_size[0])
     elif len(img_size) == 2:
         h, w = int(img_size[0]), int(img_size[1])
     else:
         raise ValueError(f"--img-size takes H or H W, got {len(img_size)} numbers: {list(img_size)}")
-    minimum = int(getattr(model, "min_input_size", 1))
     if h < minimum or w < minimum:
         raise ValueError(
             f"--img-size {h}×{w} is below this model's minimum input of {minimum}×{minimum} "
             f"(it downsamples by {minimum})"
         )
-    return in_chans, h, w
+    return h, w
+
+
+def resolve_input_size(model: nn.Module, img_size: Optional[Sequence[int]] = None) -> tuple[int, int, int]:
+    """(C, H, W) to export at: ``img_size`` (H, or H W) or the model's own ``img_size``; ValueError when it is
+    below the model's minimum (``model.min_input_size``) or not positive."""
+    native = getattr(model, "img_size", 224)
+    native = int(native[0] if isinstance(native, (tuple, list)) else native)
+    h, w = image_size(img_size, native, max(int(getattr(model, "min_input_size", 1)), 1))
+    return int(getattr(model, "in_chans", 3)), h, w
 
 
 def example_batch(input_size: Sequence[int], batch: int = 2, seed: int = 0) -> torch.Tensor:
