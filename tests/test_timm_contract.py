@@ -15,20 +15,10 @@ import timm
 import torch
 from timm.models import FeatureGraphNet
 
-from conftest import assert_scripted_equals_eager
+from conftest import VARIANTS, assert_scripted_equals_eager
 from datvit.models import DAT
 from datvit.models.registry import model_config
 
-VARIANTS = [
-    "dat_tiny",
-    "dat_small",
-    "dat_base",
-    "dat_base_384",
-    "datpp_tiny",
-    "datpp_small",
-    "datpp_base",
-    "datpp_base_384",
-]
 SIZE = 64
 
 
