@@ -102,7 +102,7 @@ def test_custom_model_kwargs_regenerate_the_block_pattern():
     pp = resolve_model_kwargs("datpp_tiny", None, {"depths": [1, 1, 1, 1]})
     assert pp["stage_spec"] == [["N"], ["N"], ["N"], ["D"]]
     with pytest.raises(ValueError, match="unknown model"):
-        resolve_model_kwargs("resnet50")
+        resolve_model_kwargs("dat_tinyy")
     model = build_model("dat_nano", resolve_model_kwargs("dat_nano", num_classes=10, in_chans=1))
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(2.28e6, rel=0.01)
     assert model(torch.randn(2, 1, 32, 32)).shape == (2, 10)
