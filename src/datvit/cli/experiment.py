@@ -1,6 +1,6 @@
 """``datvit experiment run|report|list``: a declared grid of training runs (YAML: base config, axes, seeds,
 metrics) through the same engine as ``datvit train`` / ``det`` / ``seg``, one after another or N at a time,
-resumable, with a report of mean ± std, 95%% intervals and differences to a baseline paired by seed.
+resumable, with a report of mean ± std, 95% intervals and differences to a baseline paired by seed.
 
 Every run has its own directory under ``<output>/<experiment>/runs``; a finished run (``result.json``) is not run
 again and a run killed mid-way continues exactly from its ``last.pth``: run the same command again. The grid is
