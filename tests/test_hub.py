@@ -20,6 +20,7 @@ from datvit.cli.main import main
 from datvit.inference import build_checkpoint, eval_transform, hub_config, load_model, save_hub_directory
 from datvit.inference.hub import is_authors_variant, model_card
 from datvit.models.factory import arch_record, build_model, resolve_model_kwargs
+from datvit.tools.flops import count_flops
 from train_helpers import TINY_MODEL_KWARGS
 
 DATA_CONFIG = {"input_size": [3, 32, 32], "mean": [0.5, 0.4, 0.3], "std": [0.25, 0.2, 0.3], "crop_pct": 0.9}
@@ -178,7 +179,7 @@ def test_an_authors_variant_card_has_the_published_top1():
     data = {**DATA_CONFIG, "input_size": [3, 224, 224]}
     config = hub_config(arch_record("dat_tiny", kwargs), data, model)
     assert is_authors_variant(config) and config["model_args"]["img_size"] == 224
-    card = model_card(config, model, "someone/dat_tiny")
+    card = model_card(config, model, "someone/dat_tiny", macs=count_flops(model, (3, 224, 224)).macs)
     assert "| ImageNet-1k top-1 (published, the authors' weights) | 82.0% |" in card
     assert "| architecture | `dat_tiny` |" in card and "| FLOPs (multiply-adds, the papers' count) | 4.59G |" in card
     assert "| parameters | 28.32M |" in card and "- imagenet-1k" in card and "- arxiv:2201.00520" in card

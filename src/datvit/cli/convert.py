@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional
 
 from ._errors import run_with_user_errors
 from ._run_args import add_trust_checkpoint_argument
@@ -120,7 +121,7 @@ def write_directory(args: argparse.Namespace, src: str, dst: Path) -> Path:
     except OSError as e:
         raise ValueError(f"cannot create --output {dst}: {e.strerror or e}") from None
     config = hub_config(loaded.arch, loaded.data_config, loaded.model, loaded.class_names)
-    readme = model_card(config, loaded.model, args.push_to_hub)
+    readme = model_card(config, loaded.model, args.push_to_hub, macs=_macs(loaded.model, config))
     weights, config_path = save_hub_directory(dst, loaded.model.state_dict(), config, readme)
     n = count_parameters(loaded.model)
     print(
@@ -137,3 +138,14 @@ def push(args: argparse.Namespace, directory: Path) -> str:
     url = push_to_hub(directory, args.push_to_hub, token=args.token, private=args.private, revision=args.revision)
     print(f"pushed model.safetensors, config.json and README.md to {url}", file=sys.stderr)
     return url
+
+
+def _macs(model, config) -> Optional[int]:
+    """The model card's multiply-adds at the model's input size; None when the count fails (a count is a nicety
+    of the card, the weights are written regardless)."""
+    from ..tools.flops import count_flops
+
+    try:
+        return count_flops(model, tuple(config["pretrained_cfg"]["input_size"])).macs
+    except Exception:
+        return None

@@ -182,11 +182,18 @@ def is_authors_variant(config: Mapping[str, Any]) -> bool:
     return config.get("num_classes") == 1000 and has_variant_arguments(config)
 
 
-def model_card(config: Mapping[str, Any], model: torch.nn.Module, repo_id: Optional[str] = None) -> str:
+def model_card(
+    config: Mapping[str, Any],
+    model: torch.nn.Module,
+    repo_id: Optional[str] = None,
+    macs: Optional[int] = None,
+) -> str:
     """The hub model card (``README.md``): YAML front matter (``library_name: timm``, tags, license, the paper),
     a table of parameters, FLOPs and input size (plus the published top-1 for an authors' variant), and how
     to load the model through timm, transformers and datvit. ``repo_id`` names the hub repository in the
-    snippets; without it they read the local directory ``DIR``."""
+    snippets; without it they read the local directory ``DIR``. ``macs``: the model's multiply-adds at its
+    input size (``datvit.tools.flops.count_flops(model, size).macs``, which the caller counts: this layer does
+    not import ``tools``); without it the card says n/a."""
     from ..models import count_parameters
 
     name = (config.get("datvit") or {}).get("model") or config["architecture"]
@@ -195,14 +202,7 @@ def model_card(config: Mapping[str, Any], model: torch.nn.Module, repo_id: Optio
     family = "DAT++" if generation == "pp" else "DAT"
     size = tuple(config["pretrained_cfg"]["input_size"])
     authors = is_authors_variant(config)
-    flops = "n/a"
-    try:
-        from ..tools.flops import count_flops
-
-        macs = count_flops(model, size).macs
-        flops = f"{macs / 1e9:.2f}G" if macs >= 1e8 else f"{macs / 1e6:.1f}M"
-    except Exception:  # a count is a nicety of the card; the weights are written regardless
-        pass
+    flops = "n/a" if macs is None else (f"{macs / 1e9:.2f}G" if macs >= 1e8 else f"{macs / 1e6:.1f}M")
     tags = ["image-classification", "timm", "transformers", "datvit", f"arxiv:{arxiv}"]
     front = ["---", "tags:", *[f"- {t}" for t in tags], "library_name: timm", "license: apache-2.0"]
     front.append("pipeline_tag: image-classification")
