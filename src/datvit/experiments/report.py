@@ -253,22 +253,31 @@ def markdown(summary: dict[str, Any], figure: Optional[str]) -> str:
 
 
 def draw_figure(summary: dict[str, Any], path: Path) -> Optional[Path]:
-    """Mean and 95% interval per configuration (one panel per metric, at most three), every seed as a dot."""
+    """Mean and 95% interval per configuration (one panel per metric, at most three), every seed as a dot. A panel
+    shows the configurations that have the metric (a grid over detection and segmentation heads has mAP for one,
+    mIoU for the other); with more than six of them the panels are stacked, one per row."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    metrics = summary["metrics"][:3]
-    names = list(summary["configurations"])
-    if not names or not metrics:
+    configurations = summary["configurations"]
+    panels = []
+    for metric in summary["metrics"][:3]:
+        names = [n for n in configurations if configurations[n]["metrics"][metric]["mean"] is not None]
+        if names:
+            panels.append((metric, names))
+    if not panels:
         return None
-    fig = Figure(figsize=(max(3.5, 0.8 * len(names) + 1.5) * len(metrics), 4.4))
+    widest = max(len(names) for _, names in panels)
+    one = max(3.5, 0.8 * widest + 1.5)
+    stacked = widest > 6
+    fig = Figure(figsize=(one, 4.2 * len(panels)) if stacked else (one * len(panels), 4.4))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, metric in zip(axes, metrics):
+    axes = (
+        fig.subplots(len(panels), 1, squeeze=False)[:, 0] if stacked else fig.subplots(1, len(panels), squeeze=False)[0]
+    )
+    for ax, (metric, names) in zip(axes, panels):
         for i, name in enumerate(names):
-            stats = summary["configurations"][name]["metrics"][metric]
-            if stats["mean"] is None:
-                continue
+            stats = configurations[name]["metrics"][metric]
             err = stats["half_width"] or 0.0
             color = "tab:orange" if name in summary["baselines"] else "tab:blue"
             ax.errorbar([i], [stats["mean"]], yerr=[err], fmt="o", color=color, capsize=5, markersize=7)
@@ -278,7 +287,10 @@ def draw_figure(summary: dict[str, Any], path: Path) -> Optional[Path]:
             seeds = [s for s in seeds if s is not None]
             ax.scatter([i + 0.15] * len(seeds), seeds, s=12, color="gray", alpha=0.7, zorder=3)
         ax.set_xticks(range(len(names)))
-        ax.set_xticklabels([n.replace(",", "\n") for n in names], fontsize=7, rotation=30, ha="right")
+        # the values only, one line per axis; the axes' names label the x axis
+        labels = ["\n".join(part.split("=", 1)[-1] for part in n.split(",")) for n in names]
+        ax.set_xticklabels(labels, fontsize=7, rotation=0 if len(summary["axes"]) > 1 else 30)
+        ax.set_xlabel(" / ".join(summary["axes"]), fontsize=8)
         ax.set_ylabel(metric)
         ax.set_title(metric, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
