@@ -524,3 +524,38 @@ def test_ort_profile_summary(tmp_path):
     assert summary["ms_per_call"] == 0.5
     assert [(t["op"], t["share"]) for t in summary["by_type"]] == [("GridSample", 0.6), ("MatMul", 0.4)]
     assert summary["top_nodes"][0]["node"] == "c" and summary["top_nodes"][0]["ms"] == 0.3
+
+
+def test_bf16_gap_variants_take_away_one_part_each():
+    """``bench levers bf16_gap``'s subjects (eager, 64²): the dat_tiny variants share dat_tiny's weights and each
+    takes away what its label says — removing the position bias changes the logits, the offset network is replaced by
+    zeros of its output's shape, and ``no_off`` drops the sampling (which changes the logits again: v1's reference
+    points are not pixel centres); the window net and Swin-T have no D blocks."""
+    import torch
+
+    from datvit.layers import DeformableAttention
+    from datvit.tools.benchmark import levers
+
+    models = levers.bf16_gap_models(img_size=64)
+    assert list(models) == [
+        "dat_tiny",
+        "− position bias",
+        "− bias, offset network",
+        "− bias, offsets, sampling",
+        "D blocks → L (windows)",
+        "Swin-T (timm)",
+    ]
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        out = {k: m.eval()(x) for k, m in models.items()}
+    d_blocks = {k: [m for m in model.modules() if isinstance(m, DeformableAttention)] for k, model in models.items()}
+    assert all(len(d_blocks[k]) == 4 for k in list(models)[:4])
+    assert d_blocks["D blocks → L (windows)"] == [] and d_blocks["Swin-T (timm)"] == []
+    assert all(m.rpe_table is not None for m in d_blocks["dat_tiny"])
+    assert all(m.rpe_table is None for k in list(models)[1:4] for m in d_blocks[k])
+    assert all(m.no_off for m in d_blocks["− bias, offsets, sampling"])
+    q = torch.randn(2, 4, 4, d_blocks["dat_tiny"][0].dim)
+    zero = d_blocks["− bias, offset network"][0]._offsets_channels_last(q)
+    assert zero.shape == d_blocks["dat_tiny"][0]._offsets_channels_last(q).shape and not zero.any()
+    assert not torch.allclose(out["dat_tiny"], out["− position bias"])
+    assert not torch.allclose(out["− bias, offset network"], out["− bias, offsets, sampling"])

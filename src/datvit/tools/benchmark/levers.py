@@ -18,10 +18,11 @@ Levers:
 * ``swin_linear`` — a Swin-T training step as timm builds it vs with its ``nn.Linear`` layers routed through
   ``dense``, and dat_tiny: the context for the DAT/Swin-T ratios.
 * ``adamw`` — the optimizer step of a training step: torch's CPU default (per-parameter loop), foreach, fused.
-* ``bf16_gap`` — where compiled bf16 dat_tiny loses to Swin-T (CPUs with native bf16): inference of dat_tiny, of
-  dat_tiny without the D blocks' position bias, of dat_tiny with its D blocks replaced by window (L) blocks, and of
-  Swin-T, each through ``optimize_for_inference(dtype="bfloat16")`` (compiled, frozen). Not run by default (four
-  compiles, minutes): name it.
+* ``bf16_gap`` — where compiled bf16 dat_tiny loses to Swin-T (CPUs with native bf16): inference of dat_tiny, then
+  of the same weights without the D blocks' position bias, also without their offset network (zero offsets), also
+  without the sampling (keys from the map itself), of dat_tiny with its D blocks replaced by window (L) blocks,
+  and of Swin-T, each through ``optimize_for_inference(dtype="bfloat16")`` (compiled, frozen). Not run by default
+  (six compiles, minutes): name it.
 """
 
 from __future__ import annotations
@@ -276,38 +277,71 @@ def lever_swin_linear(batch: int, pairs: int) -> None:
     )
 
 
-def lever_bf16_gap(batch: int, pairs: int, img_size: int = 224) -> None:
-    """Compiled bf16 inference of dat_tiny and of the same weights without what only DAT computes — the position
-    bias of its D blocks, then the D blocks themselves (replaced by L window blocks) — next to Swin-T: the
-    differences are what each part costs under the same treatment."""
+def bf16_gap_models(img_size: int = 224) -> dict:
+    """The subjects of ``bf16_gap``, label → model (random weights, shared by the dat_tiny variants): dat_tiny; the
+    same weights with what only DAT computes taken away one part at a time — the D blocks' position bias; then
+    their offset network (zero offsets: the keys are sampled at the reference points); then the sampling itself
+    (keys and values straight from the map, ``no_off``); dat_tiny with its D blocks replaced by L window blocks;
+    and Swin-T."""
     import timm
     import torch
 
-    from datvit import optimize_for_inference
     from datvit.layers import DeformableAttention
+
+    torch.manual_seed(0)
+    dat = timm.create_model("dat_tiny", img_size=img_size)
+
+    def variant(change: Callable[[DeformableAttention], None]):
+        model = timm.create_model("dat_tiny", img_size=img_size)
+        model.load_state_dict(dat.state_dict())
+        for m in model.modules():
+            if isinstance(m, DeformableAttention):
+                change(m)
+        return model
+
+    def no_bias(m: DeformableAttention) -> None:
+        m.rpe_table = None
+
+    def zero_offsets(m: DeformableAttention) -> None:
+        no_bias(m)
+        groups, stride = m.groups, m.stride
+
+        def offsets(q: torch.Tensor) -> torch.Tensor:  # what the offset network returns, without running it
+            B, H, W, _ = q.shape
+            return q.new_zeros(B * groups, H // stride, W // stride, 2)
+
+        m._offsets_channels_last = offsets
+
+    def no_sampling(m: DeformableAttention) -> None:
+        no_bias(m)
+        m.no_off = True  # keys and values from the map itself (average-pooled by the stride: 1 in dat_tiny)
+
+    spec = [["L" if k == "D" else k for k in stage.stage_spec] for stage in dat.stages]
+    return {
+        "dat_tiny": dat,
+        "− position bias": variant(no_bias),
+        "− bias, offset network": variant(zero_offsets),
+        "− bias, offsets, sampling": variant(no_sampling),
+        "D blocks → L (windows)": timm.create_model("dat_tiny", img_size=img_size, stage_spec=spec),
+        "Swin-T (timm)": timm.create_model("swin_tiny_patch4_window7_224", img_size=img_size),
+    }
+
+
+def lever_bf16_gap(batch: int, pairs: int, img_size: int = 224) -> None:
+    """Compiled bf16 inference of every :func:`bf16_gap_models` subject, interleaved: the differences between
+    neighbours are what each part of the D blocks costs under the same treatment, and the last D-block variant
+    against the window net is the price of attending to all of the map's keys instead of one window's."""
+    import torch
+
+    from datvit import optimize_for_inference
     from datvit.layers.ops import cpu_native_bf16
 
     if not cpu_native_bf16():
         print("\nbf16_gap: skipped, this CPU has no native bf16 (AVX512-BF16 or AMX)")
         return
-    torch.manual_seed(0)
-    dat = timm.create_model("dat_tiny", img_size=img_size)
-    no_bias = timm.create_model("dat_tiny", img_size=img_size)
-    no_bias.load_state_dict(dat.state_dict())
-    for m in no_bias.modules():
-        if isinstance(m, DeformableAttention):
-            m.rpe_table = None
-    spec = [["L" if k == "D" else k for k in stage.stage_spec] for stage in dat.stages]
-    windows = timm.create_model("dat_tiny", img_size=img_size, stage_spec=spec)
-    swin = timm.create_model("swin_tiny_patch4_window7_224", img_size=img_size)
     x = torch.randn(batch, 3, img_size, img_size)
     fns = {}
-    for label, model in (
-        ("dat_tiny", dat),
-        ("dat_tiny, no position bias", no_bias),
-        ("dat_tiny, D blocks → L", windows),
-        ("Swin-T (timm)", swin),
-    ):
+    for label, model in bf16_gap_models(img_size).items():
         fast = optimize_for_inference(model, dtype="bfloat16")
         print(f"  compiling {label} ...", flush=True)
         fast(x)
