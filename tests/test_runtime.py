@@ -1,4 +1,5 @@
-"""datvit.tune_cpu_allocator: freed tensor memory is reused instead of being faulted in again."""
+"""datvit.runtime: freed tensor memory is reused instead of being faulted in again (``tune_cpu_allocator``), and a
+thread keeps its alternate signal stack across native code that replaces it (``preserve_signal_stack``)."""
 
 from __future__ import annotations
 
@@ -61,3 +62,59 @@ def test_environment_switch_turns_it_off():
     tuned, faults = _probe("tuned", env_choice="system")
     assert not tuned
     assert faults > 3 * 256 * 2**20 // os.sysconf("SC_PAGE_SIZE")
+
+
+def test_signal_stack_is_given_back_after_the_block():
+    """A library that installs its own alternate signal stack inside the block (here: ctypes, as OpenVINO does)
+    leaves the thread on its previous one afterwards, whether that was a stack or none."""
+    import ctypes
+
+    from datvit.runtime import _SignalStack, _glibc, _signal_stack, preserve_signal_stack
+
+    libc = _glibc()
+    before = _signal_stack(libc)
+    buffer = ctypes.create_string_buffer(64 * 1024)
+    with preserve_signal_stack():
+        libc.sigaltstack(ctypes.byref(_SignalStack(ctypes.addressof(buffer), 0, len(buffer))), None)
+        assert _signal_stack(libc).ss_sp == ctypes.addressof(buffer)
+    after = _signal_stack(libc)
+    assert (after.ss_sp, after.ss_size, after.ss_flags) == (before.ss_sp, before.ss_size, before.ss_flags)
+
+
+# Compile an ONNX file in OpenVINO on the main thread, drop the compiled model on another thread (as the garbage
+# collector may), then take a signal on the main thread with a Python handler (as SIGCHLD from a DataLoader worker
+# arrives). OpenVINO 2026.4 unmaps the stack it installed on the compiling thread: unguarded, the signal killed
+# the process with SIGSEGV.
+OPENVINO_PROBE = textwrap.dedent("""
+    import gc, os, signal, sys, threading
+    import onnx
+    from onnx import TensorProto, helper
+    from datvit.tools.export import compile_openvino
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), sys.argv[1])
+    held = [compile_openvino(sys.argv[1], {"INFERENCE_PRECISION_HINT": "f32"})]
+    def drop():
+        held.clear()
+        gc.collect()
+    worker = threading.Thread(target=drop)
+    worker.start()
+    worker.join()
+    signal.signal(signal.SIGUSR1, lambda *args: print("handled"))
+    os.kill(os.getpid(), signal.SIGUSR1)
+    print("alive")
+""")
+
+
+def test_openvino_compiled_model_freed_on_another_thread_does_not_crash_the_process(tmp_path):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnx")
+    done = subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", OPENVINO_PROBE, str(tmp_path / "relu.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == ["handled", "alive"]

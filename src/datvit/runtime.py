@@ -8,15 +8,20 @@ heap instead (``mallopt``: no mmap for large blocks, no trimming), so the next c
 The cost is that the process keeps its peak memory until it exits — what a training or benchmark process does
 anyway. Preloading jemalloc or tcmalloc (``LD_PRELOAD``) is the other common cure; this one needs nothing
 installed. It changes no numbers.
+
+:func:`preserve_signal_stack` guards a thread's alternate signal stack across calls into native libraries that
+replace it (OpenVINO's CPU plugin does, and frees its stack later, possibly from another thread: the next signal
+to the first thread — a child process exiting — then kills the process with SIGSEGV).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import platform
-from typing import Optional
+from typing import Iterator, Optional
 
 # mallopt parameters from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
@@ -64,3 +69,44 @@ def tune_cpu_allocator(enable: bool = True) -> bool:
 def cpu_allocator_tuned() -> bool:
     """Whether :func:`tune_cpu_allocator` is in effect in this process."""
     return _tuned
+
+
+class _SignalStack(ctypes.Structure):
+    """``stack_t`` of <signal.h> (Linux)."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+_SS_DISABLE = 2
+
+
+def _signal_stack(libc: ctypes.CDLL) -> Optional[_SignalStack]:
+    stack = _SignalStack()
+    return stack if libc.sigaltstack(None, ctypes.byref(stack)) == 0 else None
+
+
+@contextlib.contextmanager
+def preserve_signal_stack() -> Iterator[None]:
+    """Give the calling thread back its alternate signal stack (``sigaltstack``) after the block, whatever a native
+    library set in between.
+
+    OpenVINO's CPU plugin (2026.4) installs its own alternate stack on the thread that compiles a model, and unmaps
+    it when its plugin is destroyed — on whichever thread drops the last reference, which under Python's garbage
+    collector need not be the compiling one. That thread is then left with a stack that no longer exists, and the
+    next signal delivered to it (SIGCHLD when a DataLoader worker or a subprocess exits: Python runs every handler
+    with ``SA_ONSTACK``) kills the process with SIGSEGV, far from OpenVINO. Compiling inside this block leaves the
+    thread on its own stack (faulthandler's, or none). A no-op off glibc Linux."""
+    libc = _glibc()
+    saved = _signal_stack(libc) if libc is not None and hasattr(libc, "sigaltstack") else None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            current = _signal_stack(libc)
+            if current is None or (current.ss_sp, current.ss_size, current.ss_flags) != (
+                saved.ss_sp,
+                saved.ss_size,
+                saved.ss_flags,
+            ):
+                restore = _SignalStack(saved.ss_sp, saved.ss_flags & _SS_DISABLE, saved.ss_size)
+                libc.sigaltstack(ctypes.byref(restore), None)

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from ..layers.tracing import DEFAULT_SAMPLING, SAMPLINGS, export_options
+from ..runtime import preserve_signal_stack
 from ..utils.files import atomic_link
 
 FORMATS = ("onnx", "torch-export", "torchscript")
@@ -314,9 +315,14 @@ def export_model(
     raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def _openvino_runner(path: str, threads: Optional[int] = None) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Image batch → logits through OpenVINO's CPU plugin, compiled from the ONNX file in float32 (the plugin
-    defaults to bf16 on CPUs with native bf16)."""
+def compile_openvino(path: str | os.PathLike, config: dict, input_shape: Optional[Sequence] = None):
+    """The ONNX file at ``path`` compiled by OpenVINO for its CPU plugin with ``config`` (e.g.
+    ``INFERENCE_PRECISION_HINT=f32``: the plugin runs bf16 by default on CPUs with native bf16), reshaped first to
+    ``input_shape`` where given (dimensions left None stay as exported).
+
+    Compiled under :func:`datvit.runtime.preserve_signal_stack`: OpenVINO replaces the calling thread's alternate
+    signal stack and may free it from another thread later, which crashed whole processes (SIGSEGV at the next
+    SIGCHLD) once their compiled models were garbage-collected."""
     try:
         import openvino as ov
     except ImportError:
@@ -324,11 +330,25 @@ def _openvino_runner(path: str, threads: Optional[int] = None) -> Callable[[torc
             "running an ONNX file in OpenVINO needs the openvino package, which is not installed: "
             "pip install 'datvit[export]' (or check in onnxruntime)"
         ) from None
+    with preserve_signal_stack():
+        core = ov.Core()
+        model = core.read_model(os.fspath(path))
+        if input_shape is not None:
+            shape = model.input(0).get_partial_shape()
+            for i, n in enumerate(input_shape):
+                if n is not None:
+                    shape[i] = int(n)
+            model.reshape({model.input(0): shape})
+        return core.compile_model(model, "CPU", config)
+
+
+def _openvino_runner(path: str, threads: Optional[int] = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Image batch → logits through OpenVINO's CPU plugin, compiled from the ONNX file in float32 (the plugin
+    defaults to bf16 on CPUs with native bf16)."""
     config: dict = {"INFERENCE_PRECISION_HINT": "f32"}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(path), "CPU", config)
+    compiled = compile_openvino(path, config)
     output = compiled.output(0)
 
     def run_openvino(x: torch.Tensor) -> torch.Tensor:

@@ -327,15 +327,10 @@ def openvino_compiled(path: str, batch: int, threads: int):
     """The ONNX file at ``path`` compiled by OpenVINO for its CPU plugin at a fixed ``batch`` (reshaped: what a
     deployment does), in float32 (``INFERENCE_PRECISION_HINT=f32``: the plugin runs bf16 by default on CPUs with
     native bf16) on ``threads`` threads."""
-    import openvino as ov
+    from datvit.tools.export import compile_openvino
 
-    core = ov.Core()
-    model = core.read_model(path)
-    shape = model.input(0).get_partial_shape()
-    shape[0] = batch
-    model.reshape({model.input(0): shape})
     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads)}
-    return core.compile_model(model, "CPU", config)
+    return compile_openvino(path, config, input_shape=(batch,))
 
 
 def openvino_fn(compiled, x):

@@ -113,16 +113,10 @@ def onnxruntime_runner(path: str, threads: int, profile_prefix: Optional[str] = 
 
 def openvino_runner(path: str, threads: int, input_shape: tuple[int, ...]):
     """The ONNX file compiled by OpenVINO for its CPU plugin at ``input_shape``, float32 inference."""
-    import openvino as ov
+    from datvit.tools.export import compile_openvino
 
-    core = ov.Core()
-    model = core.read_model(path)
-    model.reshape(list(input_shape))
-    return core.compile_model(
-        model,
-        "CPU",
-        {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"},
-    )
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+    return compile_openvino(path, config, input_shape=input_shape)
 
 
 def summarize_ort_profile(path: str, calls: int, top: int = 12) -> dict[str, Any]:
