@@ -66,19 +66,31 @@ def test_environment_switch_turns_it_off():
 
 def test_signal_stack_is_given_back_after_the_block():
     """A library that installs its own alternate signal stack inside the block (here: ctypes, as OpenVINO does)
-    leaves the thread on its previous one afterwards, whether that was a stack or none."""
+    leaves the thread on its previous one afterwards, whether that was a stack (the main thread: faulthandler's,
+    under pytest) or none (a new thread)."""
     import ctypes
+    import threading
 
-    from datvit.runtime import _SignalStack, _glibc, _signal_stack, preserve_signal_stack
+    from datvit.runtime import _glibc, _signal_stack, _SignalStack, preserve_signal_stack
 
     libc = _glibc()
-    before = _signal_stack(libc)
     buffer = ctypes.create_string_buffer(64 * 1024)
-    with preserve_signal_stack():
-        libc.sigaltstack(ctypes.byref(_SignalStack(ctypes.addressof(buffer), 0, len(buffer))), None)
-        assert _signal_stack(libc).ss_sp == ctypes.addressof(buffer)
-    after = _signal_stack(libc)
-    assert (after.ss_sp, after.ss_size, after.ss_flags) == (before.ss_sp, before.ss_size, before.ss_flags)
+    seen = []
+
+    def check():
+        before = _signal_stack(libc)
+        with preserve_signal_stack():
+            libc.sigaltstack(ctypes.byref(_SignalStack(ctypes.addressof(buffer), 0, len(buffer))), None)
+            assert _signal_stack(libc).ss_sp == ctypes.addressof(buffer)
+        after = _signal_stack(libc)
+        seen.append(((before.ss_sp, before.ss_size, before.ss_flags), (after.ss_sp, after.ss_size, after.ss_flags)))
+
+    check()
+    worker = threading.Thread(target=check)
+    worker.start()
+    worker.join()
+    assert len(seen) == 2 and all(before == after for before, after in seen)
+    assert seen[1][0][2] & 2  # the new thread had none (SS_DISABLE) and has none again
 
 
 # Compile an ONNX file in OpenVINO on the main thread, drop the compiled model on another thread (as the garbage

@@ -13,7 +13,7 @@ from torch import nn
 
 from .deploy import optimize_for_inference
 from .models import DAT, VARIANTS, CheckpointError, from_authors_config, load_checkpoint, model_config
-from .runtime import tune_cpu_allocator
+from .runtime import preserve_signal_stack, tune_cpu_allocator
 
 __version__ = "0.1.0"
 
@@ -41,6 +41,7 @@ __all__ = [
     "load_checkpoint",
     "model_config",
     "optimize_for_inference",
+    "preserve_signal_stack",
     "tune_cpu_allocator",
     "__version__",
 ]
