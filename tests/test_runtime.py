@@ -66,31 +66,48 @@ def test_environment_switch_turns_it_off():
 
 def test_signal_stack_is_given_back_after_the_block():
     """A library that installs its own alternate signal stack inside the block (here: ctypes, as OpenVINO does)
-    leaves the thread on its previous one afterwards, whether that was a stack (the main thread: faulthandler's,
-    under pytest) or none (a new thread)."""
+    leaves the thread on its previous state afterwards — a stack at least as large (the main thread: faulthandler's,
+    under pytest) or none (a new thread) — and a thread whose previous stack was smaller than the library's on a
+    stack of the library's size that is neither of the two (kept by datvit, never freed)."""
     import ctypes
     import threading
 
     from datvit.runtime import _glibc, _signal_stack, _SignalStack, preserve_signal_stack
 
     libc = _glibc()
-    buffer = ctypes.create_string_buffer(64 * 1024)
-    seen = []
+    library = ctypes.create_string_buffer(12 * 1024)
+    small = ctypes.create_string_buffer(8 * 1024)
 
-    def check():
-        before = _signal_stack(libc)
+    def state():
+        s = _signal_stack(libc)
+        return s.ss_sp, s.ss_size, s.ss_flags
+
+    def block(before=None):
+        if before is not None:
+            libc.sigaltstack(ctypes.byref(_SignalStack(ctypes.addressof(before), 0, len(before))), None)
+        seen = [state()]
         with preserve_signal_stack():
-            libc.sigaltstack(ctypes.byref(_SignalStack(ctypes.addressof(buffer), 0, len(buffer))), None)
-            assert _signal_stack(libc).ss_sp == ctypes.addressof(buffer)
-        after = _signal_stack(libc)
-        seen.append(((before.ss_sp, before.ss_size, before.ss_flags), (after.ss_sp, after.ss_size, after.ss_flags)))
+            libc.sigaltstack(ctypes.byref(_SignalStack(ctypes.addressof(library), 0, len(library))), None)
+            assert state()[0] == ctypes.addressof(library)
+        seen.append(state())
+        libc.sigaltstack(ctypes.byref(_SignalStack(None, 2, 0)), None)  # this thread: none again
+        results.append(seen)
 
-    check()
-    worker = threading.Thread(target=check)
-    worker.start()
-    worker.join()
-    assert len(seen) == 2 and all(before == after for before, after in seen)
-    assert seen[1][0][2] & 2  # the new thread had none (SS_DISABLE) and has none again
+    results = []
+    main_before = state()
+    assert main_before[1] >= len(library)  # faulthandler's, under pytest
+    with preserve_signal_stack():  # the main thread keeps its own: only the block runs on it here
+        block()
+    for before in (None, small):
+        worker = threading.Thread(target=block, args=(before,))
+        worker.start()
+        worker.join()
+    main, fresh, smaller = results
+    assert main[1] == main[0] == main_before
+    assert fresh[0][2] & 2 and fresh[1] == fresh[0]  # none, then none
+    assert smaller[0][:2] == (ctypes.addressof(small), len(small))
+    assert smaller[1][1] == len(library) and smaller[1][0] not in (ctypes.addressof(small), ctypes.addressof(library))
+    assert state() == main_before
 
 
 # Compile an ONNX file in OpenVINO on the main thread, drop the compiled model on another thread (as the garbage

@@ -85,28 +85,44 @@ def _signal_stack(libc: ctypes.CDLL) -> Optional[_SignalStack]:
     return stack if libc.sigaltstack(None, ctypes.byref(stack)) == 0 else None
 
 
+# Alternate signal stacks datvit gave threads (see ``preserve_signal_stack``), kept for the life of the process.
+_kept_stacks: list = []
+
+
 @contextlib.contextmanager
 def preserve_signal_stack() -> Iterator[None]:
-    """Give the calling thread back its alternate signal stack (``sigaltstack``) after the block, whatever a native
-    library set in between.
+    """Keep the calling thread on an alternate signal stack (``sigaltstack``) that no library can free, whatever a
+    native library set during the block.
 
-    OpenVINO's CPU plugin (2026.4) installs its own alternate stack on the thread that compiles a model, and unmaps
-    it when its plugin is destroyed — on whichever thread drops the last reference, which under Python's garbage
-    collector need not be the compiling one. That thread is then left with a stack that no longer exists, and the
-    next signal delivered to it (SIGCHLD when a DataLoader worker or a subprocess exits: Python runs every handler
-    with ``SA_ONSTACK``) kills the process with SIGSEGV, far from OpenVINO. Compiling inside this block leaves the
-    thread on its own stack (faulthandler's, or none). A no-op off glibc Linux."""
+    OpenVINO's CPU plugin (2026.4) installs its own alternate stack on the thread that compiles a model (sized for
+    AMX state: an AMX-enabled process needs larger signal frames), and unmaps it when its plugin is destroyed — on
+    whichever thread drops the last reference, which under Python's garbage collector need not be the compiling
+    one. That thread is then left with a stack that no longer exists, and the next signal delivered to it (SIGCHLD
+    when a DataLoader worker or a subprocess exits: Python runs every handler with ``SA_ONSTACK``) kills the
+    process with SIGSEGV, far from OpenVINO.
+
+    After the block the thread gets its previous state back — none, or its previous stack (faulthandler's) where
+    that is at least as large as the one the library installed — or else a stack of the library's size that datvit
+    allocates and never frees. A no-op off glibc Linux."""
     libc = _glibc()
     saved = _signal_stack(libc) if libc is not None and hasattr(libc, "sigaltstack") else None
     try:
         yield
     finally:
-        if saved is not None:
-            current = _signal_stack(libc)
-            if current is None or (current.ss_sp, current.ss_size, current.ss_flags) != (
-                saved.ss_sp,
-                saved.ss_size,
-                saved.ss_flags,
-            ):
-                restore = _SignalStack(saved.ss_sp, saved.ss_flags & _SS_DISABLE, saved.ss_size)
-                libc.sigaltstack(ctypes.byref(restore), None)
+        current = _signal_stack(libc) if saved is not None else None
+        if saved is not None and current is not None:
+            state = (current.ss_sp, current.ss_size, current.ss_flags)
+            if state != (saved.ss_sp, saved.ss_size, saved.ss_flags):
+                _replace_signal_stack(libc, saved, current)
+
+
+def _replace_signal_stack(libc: ctypes.CDLL, saved: _SignalStack, current: _SignalStack) -> None:
+    """The thread's stack after ``preserve_signal_stack``'s block: ``saved`` where it was none or is large
+    enough for what ``current`` provides, else a process-lifetime buffer of ``current``'s size."""
+    if saved.ss_flags & _SS_DISABLE or current.ss_flags & _SS_DISABLE or saved.ss_size >= current.ss_size:
+        stack = _SignalStack(saved.ss_sp, saved.ss_flags & _SS_DISABLE, saved.ss_size)
+    else:
+        buffer = ctypes.create_string_buffer(current.ss_size)
+        _kept_stacks.append(buffer)
+        stack = _SignalStack(ctypes.addressof(buffer), 0, current.ss_size)
+    libc.sigaltstack(ctypes.byref(stack), None)
