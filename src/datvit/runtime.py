@@ -80,6 +80,10 @@ class _SignalStack(ctypes.Structure):
 _SS_DISABLE = 2
 
 
+def _fields(stack: _SignalStack) -> tuple:
+    return stack.ss_sp, stack.ss_size, stack.ss_flags
+
+
 def _signal_stack(libc: ctypes.CDLL) -> Optional[_SignalStack]:
     stack = _SignalStack()
     return stack if libc.sigaltstack(None, ctypes.byref(stack)) == 0 else None
@@ -110,10 +114,8 @@ def preserve_signal_stack() -> Iterator[None]:
         yield
     finally:
         current = _signal_stack(libc) if saved is not None else None
-        if saved is not None and current is not None:
-            state = (current.ss_sp, current.ss_size, current.ss_flags)
-            if state != (saved.ss_sp, saved.ss_size, saved.ss_flags):
-                _replace_signal_stack(libc, saved, current)
+        if current is not None and _fields(current) != _fields(saved):
+            _replace_signal_stack(libc, saved, current)
 
 
 def _replace_signal_stack(libc: ctypes.CDLL, saved: _SignalStack, current: _SignalStack) -> None:
